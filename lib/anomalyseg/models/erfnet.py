@@ -143,7 +143,7 @@ class ERFNet(nn.Module):
 
 
 def _round8(n: int) -> int:
-    return max(_STRIDE, round(n / _STRIDE) * _STRIDE)
+    return max(_STRIDE, int(n / _STRIDE + 0.5) * _STRIDE)
 
 
 class ErfnetSegmenter:
