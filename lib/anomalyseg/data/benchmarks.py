@@ -1,0 +1,120 @@
+"""The five anomaly benchmarks in the course layout (REFERENCE §1).
+
+    <Validation_Dataset>/<name>/images/<i>.<ext>
+    <Validation_Dataset>/<name>/labels_masks/<i>.png
+
+Masks are converted on load to 0 = in-distribution, 1 = anomaly, 255 = void. Frames without a
+single anomaly pixel are skipped, as the course does, and counted in ``skipped``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..labels import ANOMALY, BENCHMARKS, BINARY, BenchmarkSpec
+from .io import DatasetError, check_values, read_mask, read_rgb
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
+
+
+class AnomalyBenchmark(Dataset):
+    """One benchmark folder. Item: ``{"image": uint8 [3, H, W], "label": uint8 [H, W], "stem": str}``.
+
+    ``spec`` defaults to the benchmark named by the folder (``RoadAnomaly``, ``fs_static``, ...);
+    any other folder is read with the plain binary convention (0 / 1 / 255).
+    """
+
+    def __init__(self, folder: str | Path, spec: BenchmarkSpec | None = None, skip_empty: bool = True):
+        self.folder = Path(folder)
+        self.spec = spec or BENCHMARKS.get(self.folder.name, BINARY)
+        self.name = self.folder.name
+        image_dir, mask_dir = self.folder / "images", self.folder / "labels_masks"
+        for d in (image_dir, mask_dir):
+            if not d.is_dir():
+                raise FileNotFoundError(
+                    f"No folder {d}. Expected the course layout {self.folder}/images/<i>.<ext> with masks "
+                    f"{self.folder}/labels_masks/<i>.png, paired by file stem."
+                )
+        images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
+        masks = {p.stem: p for p in sorted(mask_dir.glob("*.png"))}
+        if not images:
+            raise DatasetError(f"{image_dir} holds no images ({', '.join(IMAGE_EXTS)}).")
+        no_mask, no_image = sorted(set(images) - set(masks)), sorted(set(masks) - set(images))
+        if no_mask or no_image:
+            raise DatasetError(
+                f"Images and masks of {self.folder} do not pair up by stem: "
+                + (f"images without a mask: {no_mask[:10]}; " if no_mask else "")
+                + (f"masks without an image: {no_image[:10]}; " if no_image else "")
+                + "each images/<i>.<ext> needs labels_masks/<i>.png."
+            )
+        stems = sorted(images, key=lambda s: (len(s), s))  # 0, 1, ..., 10 in numeric order
+        self.frames: list[tuple[str, Path, Path]] = []
+        self.skipped: list[str] = []
+        for stem in stems:
+            mask = read_mask(masks[stem])
+            check_values(mask, self.spec.stored_values, masks[stem], f"{self.spec.title} ({self.spec.folder})")
+            if skip_empty and not (self.spec.convert(mask) == ANOMALY).any():
+                self.skipped.append(stem)
+            else:
+                self.frames.append((stem, images[stem], masks[stem]))
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, i: int) -> dict:
+        stem, image_path, mask_path = self.frames[i]
+        image = read_rgb(image_path)
+        label = self.spec.convert(read_mask(mask_path))
+        if image.shape[:2] != label.shape:
+            raise DatasetError(
+                f"{image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
+                f"{label.shape[1]}x{label.shape[0]}; an image and its mask must have the same size."
+            )
+        return {
+            "image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
+            "label": torch.from_numpy(label),
+            "stem": stem,
+        }
+
+    def __repr__(self) -> str:
+        return f"AnomalyBenchmark({self.name!r}, frames={len(self)}, skipped={len(self.skipped)})"
+
+
+def load_benchmarks(validation_root: str | Path, names: list[str] | None = None) -> dict[str, AnomalyBenchmark]:
+    """Open the benchmark folders under ``validation_root`` (the course's ``Validation_Dataset``).
+
+    With ``names=None`` every known benchmark found there is opened; naming one that is missing
+    is an error.
+    """
+    root = Path(validation_root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"No benchmark root {root}. Expected the course's Validation_Dataset folder holding "
+            f"{', '.join(BENCHMARKS)} (each with images/ and labels_masks/)."
+        )
+    if names is None:
+        found = [n for n in BENCHMARKS if (root / n).is_dir()]
+        if not found:
+            raise FileNotFoundError(f"{root} holds none of the benchmark folders {list(BENCHMARKS)}.")
+        names = found
+    missing = [n for n in names if not (root / n).is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"Benchmark folders {missing} are missing under {root}; found {sorted(p.name for p in root.iterdir() if p.is_dir())}. "
+            "Folder names follow the course (note the spelling RoadObsticle21)."
+        )
+    return {n: AnomalyBenchmark(root / n) for n in names}
+
+
+def anomaly_fraction(dataset: AnomalyBenchmark) -> float:
+    """Share of anomaly pixels among valid ones: the AuPRC of a random score (chance level)."""
+    pos = tot = 0
+    for _, _, mask_path in dataset.frames:
+        m = dataset.spec.convert(read_mask(mask_path))
+        pos += int((m == 1).sum())
+        tot += int(((m == 0) | (m == 1)).sum())
+    return pos / max(tot, 1)

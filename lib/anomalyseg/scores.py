@@ -1,0 +1,79 @@
+"""Pixel anomaly scores. Higher means more anomalous, everywhere.
+
+Every score takes a per-pixel class map ``x`` of shape ``[C, H, W]`` or ``[B, C, H, W]`` (ERFNet
+logits ``z`` or EoMT's fused map ``L``, REFERENCE §3-4) and returns ``[H, W]`` or ``[B, H, W]``.
+Scores built on a softmax take a ``temperature`` T: ``p = softmax(x / T)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+CLASS_DIM = -3
+
+
+def _check(x: torch.Tensor) -> torch.Tensor:
+    if x.ndim not in (3, 4):
+        raise ValueError(f"expected a class map of shape [C, H, W] or [B, C, H, W], got {tuple(x.shape)}")
+    return x.float()
+
+
+def msp(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Maximum softmax probability, as an anomaly score: ``1 - max_c softmax(x / T)_c``."""
+    return 1.0 - torch.softmax(_check(x) / temperature, dim=CLASS_DIM).amax(dim=CLASS_DIM)
+
+
+def max_logit(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Negative maximum logit ``-max_c x_c``. The temperature does not change the ranking and is
+    ignored, so that a sweep over T can call every score the same way."""
+    return -_check(x).amax(dim=CLASS_DIM)
+
+
+def max_entropy(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Softmax entropy ``-sum_c p_c log p_c`` with ``p = softmax(x / T)``."""
+    logp = torch.log_softmax(_check(x) / temperature, dim=CLASS_DIM)
+    return -(logp.exp() * logp).sum(dim=CLASS_DIM)
+
+
+def energy(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Free energy ``-T logsumexp(x / T)`` (Liu et al. 2020)."""
+    return -temperature * torch.logsumexp(_check(x) / temperature, dim=CLASS_DIM)
+
+
+def rba(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Rejected by All (Nayal et al. 2023): ``-sum_c tanh(L_c)``, meant for mask-classification
+    maps ``L`` in [0, 1]; high where no class claims the pixel. T is ignored (no softmax)."""
+    return -torch.tanh(_check(x)).sum(dim=CLASS_DIM)
+
+
+def void_prob(z: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """ERFNet void classifier: softmax over all 20 channels, probability of the last (void) one."""
+    z = _check(z)
+    if z.shape[CLASS_DIM] != 20:
+        raise ValueError(f"void_prob needs ERFNet's 20 channels (19 classes + void), got {z.shape[CLASS_DIM]}")
+    return torch.softmax(z / temperature, dim=CLASS_DIM).select(CLASS_DIM, 19)
+
+
+Score = Callable[..., torch.Tensor]
+SCORES: dict[str, Score] = {
+    "msp": msp,
+    "max_logit": max_logit,
+    "max_entropy": max_entropy,
+    "energy": energy,
+    "rba": rba,
+    "void_prob": void_prob,
+}
+# Scores whose value changes ranking with T; the others are evaluated once per sweep.
+TEMPERATURE_SENSITIVE = frozenset({"msp", "max_entropy", "energy", "void_prob"})
+# Scores read from all 20 ERFNet channels instead of the 19 classes.
+NEEDS_VOID_CHANNEL = frozenset({"void_prob"})
+
+
+def get_score(name: str) -> Score:
+    """Look a score up by its field name (``msp``, ``max_logit``, ``max_entropy``, ``energy``, ``rba``)."""
+    try:
+        return SCORES[name]
+    except KeyError:
+        raise ValueError(f"unknown anomaly score {name!r}; expected one of {sorted(SCORES)}") from None

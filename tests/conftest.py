@@ -1,0 +1,31 @@
+"""Shared fixtures: the embedded data set at the `tiny` preset, generated once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+REALDATA = REPO.parent / "shared" / "realdata" / "road_samples"
+
+# Two xdist workers share two cores: one intra-op thread each avoids oversubscription.
+torch.set_num_threads(int(os.environ.get("ANOMALYSEG_TEST_THREADS", "1")))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Root of a `tiny` embedded data set: cityscapes/, Validation_Dataset/, coco/."""
+    from anomalyseg.data.synthetic import make_data
+
+    return make_data(tmp_path_factory.mktemp("embedded") / "tiny", preset="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    """The two real road photos of ../shared/realdata (never copied into the repository)."""
+    if not (REALDATA / "images").is_dir():
+        pytest.skip(f"real road photos not found at {REALDATA} (they live beside the checkout, in ../shared)")
+    return REALDATA

@@ -1,0 +1,134 @@
+"""The evaluation loop against sklearn on the same pooled pixels, with a deterministic toy model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, jaccard_score, roc_auc_score
+
+from anomalyseg import scores as S
+from anomalyseg.evaluate import OutputCache, evaluate_anomaly, evaluate_miou, load_curves
+from anomalyseg.models.base import resize_map
+from anomalyseg.results import read_results
+
+
+class ToySegmenter:
+    """Class logits derived from the image colour, so outputs are fixed and inspectable."""
+
+    name, checkpoint, num_channels, supports_class_temperature = "toy", "toy-v1", 19, True
+    extra_score_names = ("toy_head",)
+
+    def __init__(self):
+        self.forwards = 0
+        g = torch.Generator().manual_seed(0)
+        self.proj = torch.randn(19, 3, generator=g)
+
+    def eval_size(self, frame_size):
+        return frame_size
+
+    def raw_outputs(self, image):
+        self.forwards += 1
+        x = image.float() / 255.0
+        return {"logits": torch.einsum("ck,khw->chw", self.proj, x * 4 - 2).half()}
+
+    def class_map(self, raw, size, class_temperature=1.0):
+        return resize_map(raw["logits"].float() / class_temperature, size)
+
+    def extra_scores(self, raw, size):
+        return {"toy_head": raw["logits"].float().std(0)}
+
+
+class ListData(torch.utils.data.Dataset):
+    def __init__(self, n=3, seed=0, key="label", values=(0, 1, 255)):
+        g = torch.Generator().manual_seed(seed)
+        self.items = []
+        for i in range(n):
+            img = torch.randint(0, 256, (3, 12, 20), generator=g, dtype=torch.uint8)
+            lab = torch.tensor(values, dtype=torch.uint8)[torch.randint(0, len(values), (12, 20), generator=g)]
+            self.items.append({"image": img, key: lab, "stem": str(i)})
+        self.skipped = ["9"]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def _pooled(seg, data, score, t=1.0, class_t=1.0):
+    xs, ys = [], []
+    for item in data.items:
+        raw = seg.raw_outputs(item["image"])
+        m = S.get_score(score)(seg.class_map(raw, (12, 20), class_t), temperature=t).numpy().ravel()
+        lab = item["label"].numpy().ravel()
+        keep = lab < 2
+        xs.append(m[keep]); ys.append(lab[keep])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def test_rows_equal_sklearn_on_pooled_pixels(tmp_path):
+    seg, data = ToySegmenter(), ListData()
+    path = tmp_path / "results.csv"
+    df = evaluate_anomaly(seg, {"RoadAnomaly21": data}, scores=("msp", "max_logit", "toy_head"),
+                          temperatures=(0.5, 1.0), results_path=path, progress=False)
+    assert seg.forwards == 3  # one forward per frame for every score and temperature
+    for score, t in (("msp", 0.5), ("msp", 1.0), ("max_logit", 1.0)):
+        x, y = _pooled(ToySegmenter(), data, score, t)
+        row = df[(df.score == score) & (df.temperature == t)].iloc[0]
+        assert row.auprc == pytest.approx(average_precision_score(y, x), abs=1e-9)
+        assert row.auroc == pytest.approx(roc_auc_score(y, x), abs=1e-9)
+        assert row.frames_used == 3 and row.frames_skipped == 1
+    # max_logit ignores T, and still has a row per swept T; the learned head has one row without T.
+    assert sorted(df[df.score == "max_logit"].temperature) == [0.5, 1.0]
+    head = df[df.score == "toy_head"]
+    assert len(head) == 1 and head.iloc[0].temperature_on == "none"
+    stored = read_results(path)
+    assert len(stored) == len(df)
+    curves = load_curves(path, stored.iloc[0])
+    assert set(curves) == {"recall", "precision", "fpr", "tpr"}
+
+
+def test_class_temperature_changes_the_fusion(tmp_path):
+    seg, data = ToySegmenter(), ListData()
+    df = evaluate_anomaly(seg, {"fs_static": data}, scores=("msp",), temperatures=(0.5, 2.0),
+                          temperature_on="class", results_path=None, progress=False)
+    for t in (0.5, 2.0):
+        x, y = _pooled(ToySegmenter(), data, "msp", 1.0, class_t=t)
+        assert df[df.temperature == t].iloc[0].auprc == pytest.approx(average_precision_score(y, x), abs=1e-9)
+
+
+def test_disk_cache_skips_the_forward(tmp_path):
+    data = ListData()
+    cache = OutputCache(tmp_path / "cache")
+    first = evaluate_anomaly(ToySegmenter(), {"fs_static": data}, scores=("msp",), results_path=None, cache=cache, progress=False)
+    seg = ToySegmenter()
+    second = evaluate_anomaly(seg, {"fs_static": data}, scores=("msp",), results_path=None, cache=cache, progress=False)
+    assert seg.forwards == 0
+    assert first.auprc.tolist() == second.auprc.tolist()
+
+
+def test_bad_settings_are_clear():
+    seg = ToySegmenter()
+    with pytest.raises(ValueError, match="temperature_on"):
+        evaluate_anomaly(seg, {}, temperature_on="logits", results_path=None)
+    seg.supports_class_temperature = False
+    with pytest.raises(ValueError, match="no class logits"):
+        evaluate_anomaly(seg, {}, temperature_on="class", results_path=None)
+    with pytest.raises(ValueError, match="unknown anomaly score"):
+        evaluate_anomaly(seg, {}, scores=("maxlogit",), results_path=None)
+
+
+def test_miou_matches_sklearn_jaccard(tmp_path):
+    seg = ToySegmenter()
+    data = ListData(key="target", values=tuple(range(19)) + (255,))
+    rows, per_class = evaluate_miou(seg, data, results_path=tmp_path / "r.csv", progress=False)
+    preds, targets = [], []
+    for item in data.items:
+        preds.append(seg.class_map(seg.raw_outputs(item["image"]), (12, 20)).argmax(0).numpy().ravel())
+        targets.append(item["target"].numpy().ravel())
+    p, t = np.concatenate(preds), np.concatenate(targets)
+    keep = t != 255
+    ref = jaccard_score(t[keep], p[keep], labels=list(range(19)), average=None, zero_division=0)
+    np.testing.assert_allclose(per_class["T=1"].to_numpy(), ref, atol=1e-12)
+    assert rows.iloc[0].miou == pytest.approx(ref.mean())

@@ -1,0 +1,71 @@
+"""The append-only results store and the course's tables."""
+
+import multiprocessing as mp
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomalyseg import results
+
+
+def _row(**kw):
+    base = dict(run_id="r1", model="erfnet", dataset="RoadAnomaly21", score="msp", temperature=1.0,
+                temperature_on="pixel", auprc=0.291, fpr_at_95_tpr=0.62512, auroc=0.9)
+    base.update(kw)
+    return base
+
+
+def test_appends_never_overwrite(tmp_path):
+    path = tmp_path / "results" / "results.csv"
+    results.append_rows([_row()], path)
+    first = path.read_bytes()
+    results.append_rows([_row(run_id="r2", auprc=0.5)], path)
+    assert path.read_bytes().startswith(first)
+    df = results.read_results(path)
+    assert list(df["run_id"]) == ["r1", "r2"] and df["auprc"].tolist() == [0.291, 0.5]
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_unknown_column_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="auprcc"):
+        results.append_rows([_row(auprcc=1.0)], tmp_path / "r.csv")
+
+
+def _append_many(args):
+    path, k = args
+    for i in range(20):
+        results.append_rows([_row(run_id=f"p{k}-{i}")], path)
+
+
+def test_concurrent_appends_keep_every_row(tmp_path):
+    path = tmp_path / "results.csv"
+    with mp.get_context("fork").Pool(2) as pool:
+        pool.map(_append_many, [(path, 0), (path, 1)])
+    df = results.read_results(path)
+    assert len(df) == 40 and df["run_id"].nunique() == 40
+
+
+def test_older_schema_keeps_its_rows(tmp_path):
+    path = tmp_path / "results.csv"
+    pd.DataFrame([{"run_id": "old", "model": "erfnet", "auprc": 0.1}]).to_csv(path, index=False)
+    results.append_rows([_row(run_id="new")], path)
+    df = results.read_results(path)
+    assert list(df["run_id"]) == ["old", "new"]
+
+
+def test_course_table_formats_percent_and_keeps_latest(tmp_path):
+    path = tmp_path / "results.csv"
+    results.append_rows([_row(auprc=0.1), _row(dataset="RoadAnomaly", auprc=0.1242, fpr_at_95_tpr=0.8258)], path)
+    results.append_rows([_row(run_id="r2")], path)  # a re-run replaces the first RA21 figure in the table
+    table = results.anomaly_table(results.read_results(path))
+    assert list(table.columns) == ["SMIYC RA-21", "Road Anomaly"]
+    assert table.loc[("erfnet", "msp"), "SMIYC RA-21"] == "29.10 / 62.51"
+    assert table.loc[("erfnet", "msp"), "Road Anomaly"] == "12.42 / 82.58"
+    md = results.to_markdown(table)
+    assert "| erfnet | msp | 29.10 / 62.51 | 12.42 / 82.58 |" in md
+
+
+def test_run_ids_are_unique_and_sortable():
+    ids = [results.new_run_id("eomt") for _ in range(50)]
+    assert len(set(ids)) == 50 and all(i.startswith("eomt-") for i in ids)
