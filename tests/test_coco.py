@@ -22,6 +22,8 @@ from anomalyseg.data.io import DatasetError
 H, W = 40, 50  # frame area 2000: with max_area_fraction 0.4 objects up to 800 px fit
 SETTINGS = dict(min_area=60, max_area_fraction=0.4, progress=False)
 REPO = Path(__file__).resolve().parents[1]
+# pycocotools' own numpy-2 DeprecationWarning when the tests call annToMask as the reference.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def _box_polygon(x0, y0, x1, y1):

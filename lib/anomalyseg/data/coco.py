@@ -155,6 +155,8 @@ def prepare_coco_ood(
             f"prepare_coco_ood: no COCO image folder at {p['images']}. Expected the layout "
             f"{_layout(coco_root, split, year)}; unpack {split}{year}.zip into <coco_root>."
         )
+    if progress:
+        print(f"Reading {p['annotations']} (the full COCO train json takes about 20 s) ...")
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints timing chatter
         coco = COCO(str(p["annotations"]))
 

@@ -9,10 +9,11 @@ the frame, the semantic target and an ``outlier_mask``:
                          255  void (target == ignore_index), never pasted over
 
 Pasted pixels are taken away from every inlier class: the semantic target holds
-``OOD_OBJECT_VALUE`` (254) there. Every semantic loss and metric treats values >= 19 as ignore:
-EoMT's target -> (class, mask) conversion keeps only ids below the class count, and ERFNet's
-cross-entropy must see them as ``ignore_index`` — call ``inlier_target`` before a
-``CrossEntropyLoss(ignore_index=255)``, because 254 is not 255 and would be an out-of-range class.
+``OOD_OBJECT_VALUE`` (254) there. Contract: every semantic loss and metric treats values >= 19 as
+ignore. EoMT's target -> (class, mask) conversion must build masks only for ids below the class
+count (so no inlier mask covers a pasted pixel), and ERFNet's cross-entropy must see them as
+``ignore_index``: call ``inlier_target`` before ``CrossEntropyLoss(ignore_index=255)``, because
+254 is not 255 and would otherwise be an out-of-range class.
 """
 
 from __future__ import annotations
