@@ -179,11 +179,11 @@ def evaluate_anomaly(
         skipped = len(getattr(dataset, "skipped", ()))
         # (class temperature, combos) passes; pixel-temperature-free scores are computed once.
         passes: list[tuple[float, list[_Combo]]] = []
-        for t in temperatures if temperature_on == "class" else (1.0,):
+        for i, t in enumerate(temperatures if temperature_on == "class" else (1.0,)):
             combos = []
             for s in scores:
                 if s in extra_names:
-                    if t == temperatures[0]:
+                    if i == 0:
                         combos.append(_Combo(s, float("nan")))
                 elif temperature_on == "pixel" and s in TEMPERATURE_SENSITIVE:
                     combos += [_Combo(s, float(tp)) for tp in temperatures]
@@ -285,3 +285,27 @@ def evaluate_miou(
     if results_path is not None:
         _results.append_rows(rows, results_path)
     return pd.DataFrame(rows, columns=_results.COLUMNS), pd.DataFrame(per_class, index=list(CLASS_NAMES))
+
+
+# ----------------------------------------------------------------------------- maps for figures
+def frame_maps(
+    segmenter: Segmenter,
+    item: dict,
+    scores: Sequence[str] = ("msp", "max_logit"),
+    temperature: float = 1.0,
+    class_temperature: float = 1.0,
+    label_key: str = "label",
+) -> dict:
+    """Score maps of one data set item for figures: ``{"image", "label", "pred", "maps": {score: [H, W]}}``
+    at the segmenter's evaluation size (image resized bilinearly to match)."""
+    label = torch.as_tensor(item[label_key])
+    size = segmenter.eval_size(tuple(label.shape[-2:]))
+    raw = segmenter.raw_outputs(item["image"])
+    class_map = segmenter.class_map(raw, size, class_temperature=class_temperature)
+    extra_names = tuple(getattr(segmenter, "extra_score_names", ()))
+    extras = segmenter.extra_scores(raw, size) if any(s in extra_names for s in scores) else {}
+    maps = {s: extras[s] if s in extra_names else get_score(s)(
+        class_map if s in NEEDS_VOID_CHANNEL else class_map[:NUM_CLASSES], temperature=temperature) for s in scores}
+    image = F.interpolate(item["image"][None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    return {"image": image.clamp(0, 255).byte(), "label": resize_label(label, size),
+            "pred": class_map[:NUM_CLASSES].argmax(0), "maps": maps, "stem": item.get("stem", "")}

@@ -1,0 +1,51 @@
+"""Every notebook runs under papermill on the `tiny` preset, through `anomalyseg run-all`: the same
+code path as a user's run, only the parameters differ."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from anomalyseg.pipeline import NOTEBOOKS, notebooks_dir, run_all
+from anomalyseg.results import read_results
+
+pytestmark = pytest.mark.slow
+
+PRESENT = [n for n in NOTEBOOKS if (notebooks_dir() / f"{n}.ipynb").exists()]
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    run_dir = run_all(preset="tiny", data_root=root / "data", output_dir=root / "out", runs_dir=root / "runs",
+                      stop_after=PRESENT[-1], progress=False)
+    return root, run_dir
+
+
+def _outputs(nb_path):
+    nb = json.loads(nb_path.read_text())
+    return [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+
+
+def test_every_notebook_executes(pipeline_run):
+    _, run_dir = pipeline_run
+    for name in PRESENT:
+        outs = _outputs(run_dir / f"{name}.ipynb")
+        assert not [o for o in outs if o.get("output_type") == "error"], name
+
+
+def test_data_prep_reports_everything_ok(pipeline_run):
+    _, run_dir = pipeline_run
+    text = json.dumps(_outputs(run_dir / "00_data_prep.ipynb"))
+    assert "all data sets found and readable" in text
+
+
+def test_source_notebooks_are_clean():
+    for name in NOTEBOOKS:
+        path = notebooks_dir() / f"{name}.ipynb"
+        if not path.exists():
+            continue
+        nb = json.loads(path.read_text())
+        assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"]), name
+        assert not any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), f"{name} carries outputs"
