@@ -132,3 +132,17 @@ def test_miou_matches_sklearn_jaccard(tmp_path):
     ref = jaccard_score(t[keep], p[keep], labels=list(range(19)), average=None, zero_division=0)
     np.testing.assert_allclose(per_class["T=1"].to_numpy(), ref, atol=1e-12)
     assert rows.iloc[0].miou == pytest.approx(ref.mean())
+
+
+def test_maps_of_first_frames_are_stored_for_the_report(tmp_path):
+    from anomalyseg.evaluate import load_maps
+
+    seg, data = ToySegmenter(), ListData()
+    path = tmp_path / "results.csv"
+    df = evaluate_anomaly(seg, {"fs_static": data}, scores=("msp", "toy_head"), results_path=path, maps_frames=2, progress=False)
+    stored = load_maps(path, df.run_id.iloc[0], "fs_static")
+    assert list(stored) == ["0", "1"]
+    frame = stored["1"]
+    expected = S.msp(seg.class_map(seg.raw_outputs(data.items[1]["image"]), (12, 20)))
+    np.testing.assert_allclose(frame["maps"]["msp"], expected.numpy(), atol=1e-3)  # stored as float16
+    assert frame["image"].shape == (3, 12, 20) and (frame["label"] == data.items[1]["label"].numpy()).all()

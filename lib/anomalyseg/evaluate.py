@@ -149,6 +149,7 @@ def evaluate_anomaly(
     curve_points: int = 256,
     num_workers: int = 0,
     max_bytes: int = 4 << 30,
+    maps_frames: int = 4,
     progress: bool = True,
     notes: str = "",
 ) -> pd.DataFrame:
@@ -158,7 +159,9 @@ def evaluate_anomaly(
     ``"class"`` divides the class logits by T before the mask-classification fusion (EoMT only).
     Learned scores (``segmenter.extra_score_names``, e.g. ``anomaly_head``) are evaluated once.
     Rows are appended to ``results_path`` (None: not stored) and returned as a DataFrame;
-    PR/ROC points go to ``<results dir>/curves/<run_id>.npz``.
+    PR/ROC points go to ``<results dir>/curves/<run_id>.npz``, and the image, label and score maps
+    (at T=1) of the first ``maps_frames`` frames of each data set to
+    ``<results dir>/maps/<run_id>/<dataset>/<stem>.npz`` for the report and the explorer.
     """
     if temperature_on not in ("pixel", "class"):
         raise ValueError(f"temperature_on must be 'pixel' or 'class', got {temperature_on!r}.")
@@ -175,6 +178,9 @@ def evaluate_anomaly(
 
     for name, dataset in benchmarks.items():
         frames = collect_outputs(segmenter, dataset, name, cache, num_workers=num_workers, progress=progress)
+        if results_path is not None and maps_frames:
+            _save_maps(Path(results_path).parent / "maps" / run_id / name, segmenter, dataset, frames[:maps_frames],
+                       [s for s in scores], extra_names)
         n_valid = sum(int(((f.label == 0) | (f.label == 1)).sum()) for f in frames)
         skipped = len(getattr(dataset, "skipped", ()))
         # (class temperature, combos) passes; pixel-temperature-free scores are computed once.
@@ -229,6 +235,31 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with os.fdopen(fd, "wb") as f:
         np.savez_compressed(f, **arrays)
     os.replace(tmp, path)
+
+
+def _save_maps(folder: Path, segmenter, dataset, frames, scores, extra_names) -> None:
+    combos = [_Combo(s, float("nan") if s in extra_names else 1.0) for s in scores]
+    for i, f in enumerate(frames):
+        maps = _score_maps(segmenter, f, combos, 1.0, True, extra_names)
+        image = dataset[i]["image"] if dataset[i]["stem"] == f.stem else None
+        arrays = {f"map|{c.score}": m.numpy().astype(np.float16) for c, m in maps.items()}
+        arrays["label"] = f.label.numpy().astype(np.uint8)
+        if image is not None:
+            img = F.interpolate(image[None].float(), size=f.size, mode="bilinear", align_corners=False)[0]
+            arrays["image"] = img.clamp(0, 255).byte().numpy()
+        _save_npz(folder / f"{f.stem}.npz", arrays)
+
+
+def load_maps(results_path: str | Path, run_id: str, dataset: str) -> dict[str, dict]:
+    """Stored frames of one run and data set: ``{stem: {"image", "label", "maps": {score: [H, W]}}}``."""
+    folder = Path(results_path).parent / "maps" / run_id / dataset
+    out = {}
+    for path in sorted(folder.glob("*.npz"), key=lambda p: (len(p.stem), p.stem)):
+        with np.load(path) as z:
+            out[path.stem] = {"image": z["image"] if "image" in z.files else None, "label": z["label"],
+                              "maps": {k.split("|", 1)[1]: z[k].astype(np.float32) for k in z.files if k.startswith("map|")},
+                              "stem": path.stem}
+    return out
 
 
 def load_curves(results_path: str | Path, row: dict | pd.Series) -> dict[str, np.ndarray] | None:
