@@ -21,6 +21,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..labels import NUM_CLASSES
 from .base import resize_map
+from .checkpoints import load_erfnet  # noqa: F401 - re-exported: ``from anomalyseg.models.erfnet import load_erfnet``
 
 VOID_CHANNEL = 19
 _STRIDE = 8  # three stride-2 downsamplers
@@ -167,8 +168,6 @@ class ErfnetSegmenter:
         device: str | torch.device = "cpu",
     ):
         if isinstance(model, (str, Path)):
-            from .checkpoints import load_erfnet
-
             checkpoint = checkpoint or str(model)
             model = load_erfnet(model)
         input_size = (int(input_size[0]), int(input_size[1]))

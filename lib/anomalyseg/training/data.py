@@ -1,0 +1,121 @@
+"""Cityscapes as a Lightning data module, for ERFNet and EoMT training.
+
+Batches are ``{"image": uint8 [B, 3, H, W], "target": int64 [B, H, W], "stem": list[str]}``
+plus whatever tensors a ``sample_transform`` adds to each item (Outlier Exposure adds
+``outlier_mask``). Images stay uint8 until the model's own preprocessing, so each model keeps
+its normalisation in one place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.cityscapes import CityscapesSegmentation
+from ..data.transforms import eval_transforms, train_transforms
+from ..labels import IGNORE_INDEX
+
+SampleTransform = Callable[[dict], dict]
+
+
+class _WithSampleTransform(Dataset):
+    """Apply a per-item hook after the dataset's own (v2) transforms."""
+
+    def __init__(self, dataset: Dataset, sample_transform: SampleTransform):
+        self.dataset, self.sample_transform = dataset, sample_transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.sample_transform(self.dataset[i])
+        if not isinstance(item, dict) or "image" not in item or "target" not in item:
+            raise TypeError(
+                f"sample_transform {self.sample_transform!r} returned {type(item).__name__}; expected the item "
+                "dict it was given ({'image', 'target', 'stem'}), possibly with added tensors such as 'outlier_mask'."
+            )
+        return item
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack tensors (tv_tensors become plain tensors) and list everything else, key by key."""
+    batch = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if isinstance(values[0], torch.Tensor):
+            batch[key] = torch.stack([v.as_subclass(torch.Tensor) for v in values])
+        else:
+            batch[key] = values
+    return batch
+
+
+class CityscapesDataModule(L.LightningDataModule):
+    """Cityscapes train / val loaders with the shared transforms.
+
+    Args:
+        root: folder holding ``leftImg8bit/`` and ``gtFine/`` (with ``*_gtFine_labelTrainIds.png``).
+        crop_size: training crop ``(H, W)``.
+        scale_range: scale jitter factors; relative to ``base_size`` when given, else to the frame.
+        val_size: validation frames (and labels, nearest) are resized to it; None keeps them as stored.
+        sample_transform: ``item dict -> item dict`` run on every training item after the
+            transforms, e.g. to paste outlier objects and add ``outlier_mask``.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        crop_size: tuple[int, int] = (512, 1024),
+        batch_size: int = 8,
+        num_workers: int = 2,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        base_size: tuple[int, int] | None = None,
+        hflip: bool = True,
+        color_jitter: bool = True,
+        val_size: tuple[int, int] | None = None,
+        val_batch_size: int | None = None,
+        sample_transform: SampleTransform | None = None,
+        train_split: str = "train",
+        val_split: str | None = "val",
+        ignore_index: int = IGNORE_INDEX,
+    ):
+        super().__init__()
+        if int(batch_size) < 1 or int(num_workers) < 0:
+            raise ValueError(
+                f"CityscapesDataModule: batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}."
+            )
+        self.root = Path(root)
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.val_batch_size = int(val_batch_size or batch_size)
+        self.train_split, self.val_split = train_split, val_split
+        self.sample_transform = sample_transform
+        self.train_transforms = train_transforms(crop_size, scale_range, hflip, color_jitter, ignore_index, base_size)
+        self.val_transforms = eval_transforms(val_size)
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None and stage in (None, "fit"):
+            train = CityscapesSegmentation(self.root, self.train_split, transforms=self.train_transforms)
+            self.train_set = _WithSampleTransform(train, self.sample_transform) if self.sample_transform else train
+        if self.val_set is None and self.val_split and stage in (None, "fit", "validate"):
+            self.val_set = CityscapesSegmentation(self.root, self.val_split, transforms=self.val_transforms)
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        # Workers are not persistent: they are re-seeded from torch's generator at each epoch,
+        # which is what makes an epoch's augmentations reproducible after a resume.
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+            collate_fn=collate, pin_memory=torch.cuda.is_available(),
+        )  # fmt: skip
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self.setup("validate")
+        return self._loader(self.val_set, self.val_batch_size, shuffle=False) if self.val_set is not None else []
