@@ -1,0 +1,527 @@
+"""Pooled anomaly metrics (AuPRC, FPR95, AUROC), mIoU and calibration (REFERENCE §5).
+
+Anomaly metrics pool every valid pixel of a data set: label 1 = anomaly (the positive class),
+label 0 = in-distribution, anything else (255, 2, ...) is void and ignored. Scores are pooled as
+float32 (a float64 input is rounded first, which can create ties; the reference figures in the
+tests are sklearn on the same float32 values). -0.0 and +0.0 are one threshold, as in sklearn;
++-inf are ranked like any other value; NaN is an error.
+
+All three metrics come from one ranking: the anomaly and in-distribution scores are sorted
+separately (numpy's SIMD sort) and the cumulative counts at each distinct anomaly score are read
+with ``searchsorted``, which gives
+
+- ``auprc``: sklearn ``average_precision_score``, term for term (to ~1e-15);
+- ``auroc``: sklearn ``roc_auc_score``, from exact integer counts (Mann-Whitney);
+- ``fpr_at_95_tpr``: ``convention="course"`` is the ``ood-metrics`` package the course uses,
+  ``np.interp(0.95, tpr, fpr)`` over sklearn's ``roc_curve``, bit for bit: the two curve points
+  it interpolates between are found the way ``roc_curve(drop_intermediate=True)`` keeps them.
+  ``convention="smiyc"`` is the SegmentMeIfYouCan benchmark's: the FPR at the first (highest)
+  threshold whose TPR reaches 0.95, over every distinct threshold.
+
+Degenerate sets: no anomaly pixel gives NaN for all three (sklearn's AuPRC would be 0.0, an
+artefact of setting recall to 1), no in-distribution pixel gives AuPRC 1.0 and NaN for the other
+two (as sklearn); each with a warning. No valid pixel at all is an error.
+
+Inputs may be numpy arrays or torch tensors (on any device) of any matching shape.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import numpy as np
+
+CONVENTIONS = ("course", "smiyc")
+TARGET_TPR = 0.95
+
+
+def _is_torch(x) -> bool:
+    torch = sys.modules.get("torch")  # no torch import for numpy-only users
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _numpy(x) -> np.ndarray:
+    if not _is_torch(x):
+        return np.asarray(x)
+    x = x.detach().cpu()
+    return (x.float() if x.is_floating_point() and x.element_size() < 4 else x).numpy()  # numpy has no bfloat16
+
+
+def _check_same_shape(a, b, what: str, names=("scores", "labels")) -> None:
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(
+            f"{what}: {names[0]} and {names[1]} must have the same shape (one label per pixel), got "
+            f"{tuple(a.shape)} and {tuple(b.shape)}; resize the label map to the prediction "
+            "(nearest neighbour) first."
+        )
+
+
+def _split(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Valid pixels' scores as float32, split by label: ``(anomaly, in_distribution)``."""
+    if _is_torch(scores) or _is_torch(labels):
+        import torch
+
+        s = torch.as_tensor(scores)
+        l = torch.as_tensor(labels, device=s.device)
+        _check_same_shape(s, l, "anomaly metrics")
+        s, l = s.reshape(-1).float(), l.reshape(-1)
+        # mask on the tensor's device so that only valid pixels cross to the host
+        pos, neg = (s[l], s[~l]) if l.dtype == torch.bool else (s[l == 1], s[l == 0])
+        return pos.cpu().numpy(), neg.cpu().numpy()
+    s, l = np.asarray(scores), np.asarray(labels)
+    _check_same_shape(s, l, "anomaly metrics")
+    s, l = s.reshape(-1).astype(np.float32, copy=False), l.reshape(-1)
+    if l.dtype == bool:
+        return s[l], s[~l]
+    return s[l == 1], s[l == 0]
+
+
+def _sort_checked(x: np.ndarray) -> np.ndarray:
+    x.sort()  # in place: x is always our own copy
+    if x.size and np.isnan(x[-1]):  # numpy sorts NaN last
+        raise ValueError(
+            f"scores contain NaN at {int(np.isnan(x).sum())} valid pixels; anomaly scores must be "
+            "numbers (check the class map for NaN/inf logits, or a temperature of 0)."
+        )
+    return x
+
+
+def _check_convention(convention: str) -> None:
+    if convention not in CONVENTIONS:
+        raise ValueError(
+            f"convention must be 'course' (ood-metrics: interpolate sklearn's ROC curve at TPR 0.95) "
+            f"or 'smiyc' (FPR at the first threshold reaching TPR 0.95), got {convention!r}."
+        )
+
+
+# ----------------------------------------------------------------------------- ranked scores
+class _Ranked:
+    """Anomaly (``pos``) and in-distribution (``neg``) scores, each sorted ascending.
+
+    Threshold t predicts "anomaly" for score >= t, so at t the true positives are
+    ``#pos >= t`` and the false positives ``#neg >= t`` (sklearn's ``roc_curve`` convention).
+    """
+
+    def __init__(self, pos: np.ndarray, neg: np.ndarray):
+        self.pos, self.neg = pos, neg
+        self.P, self.N = len(pos), len(neg)
+
+    def tps(self, t):
+        return self.P - np.searchsorted(self.pos, t, "left")
+
+    def fps(self, t):
+        return self.N - np.searchsorted(self.neg, t, "left")
+
+    def counts(self, t) -> tuple[int, int]:
+        """(#in-distribution, #anomaly) pixels whose score equals t."""
+        return (int(np.searchsorted(self.neg, t, "right") - np.searchsorted(self.neg, t, "left")),
+                int(np.searchsorted(self.pos, t, "right") - np.searchsorted(self.pos, t, "left")))
+
+    def window(self, t, up: bool, width: int):
+        """Distinct scores next to t, nearest first: above t (``up``) or t and below, with their
+        (#in-distribution, #anomaly) counts and whether they run to the end of the data.
+
+        Only ``width`` scores of each class are read; values that more of the unread scores
+        might share are cut off, so every count returned is complete.
+        """
+        ip, ineg = np.searchsorted(self.pos, t, "right"), np.searchsorted(self.neg, t, "right")
+        if up:
+            sl = [(x, slice(i, i + width), i + width) for x, i in ((self.pos, ip), (self.neg, ineg))]
+            cut = [x[j] for x, _, j in sl if j < len(x)]  # first unread score of each class
+            vals = np.union1d(self.pos[sl[0][1]], self.neg[sl[1][1]])
+            vals = vals[vals < min(cut)] if cut else vals
+        else:
+            sl = [(x, slice(max(i - width, 0), i), i - width - 1) for x, i in ((self.pos, ip), (self.neg, ineg))]
+            cut = [x[j] for x, _, j in sl if j >= 0]  # last unread score of each class
+            vals = np.union1d(self.pos[sl[0][1]], self.neg[sl[1][1]])[::-1]
+            vals = vals[vals > max(cut)] if cut else vals
+        ps, ns = self.pos[sl[0][1]], self.neg[sl[1][1]]
+        npos = np.searchsorted(ps, vals, "right") - np.searchsorted(ps, vals, "left")
+        nneg = np.searchsorted(ns, vals, "right") - np.searchsorted(ns, vals, "left")
+        return vals, nneg, npos, not cut
+
+    # -- metrics ---------------------------------------------------------------------------
+    def auprc_auroc(self) -> tuple[float, float]:
+        P, N = self.P, self.N
+        first = np.flatnonzero(np.r_[True, self.pos[1:] != self.pos[:-1]])  # each distinct anomaly score
+        u = self.pos[first]
+        tps = P - first
+        lt = np.searchsorted(self.neg, u, "left")
+        fps = N - lt
+        # sklearn's step sum, one term per threshold where recall moves (the others are exact
+        # zeros): (recall at the next higher threshold - recall here) * precision here.
+        recall = tps / P
+        precision = tps / (tps + fps)
+        ap = float(max(0.0, -np.sum(np.diff(np.append(recall, 0.0)) * precision)))
+        if N == 0:
+            return ap, float("nan")
+        # Mann-Whitney U in integers: each anomaly pixel counts 2 per lower in-distribution
+        # score and 1 per tie, exactly the trapezoids of the ROC curve.
+        le = np.searchsorted(self.neg, u, "right")
+        size = np.diff(np.append(first, P))
+        return ap, float(np.sum(size * (lt + le))) / (2.0 * P * N)
+
+    def fpr_at_tpr(self, convention: str = "course") -> float:
+        P, N = self.P, self.N
+        if N == 0:
+            return float("nan")
+        if convention == "smiyc":
+            k = _min_count(P, TARGET_TPR)  # fewest true positives with tps / P >= 0.95
+            return float(self.fps(self.pos[P - k]) / N)
+        # ood-metrics: np.interp(0.95, tpr, fpr) on roc_curve's points. np.interp reads the last
+        # point with tpr <= 0.95 and the next one, so we find those two among the points
+        # roc_curve keeps, and call np.interp on them for the same float operations.
+        k = _max_count(P, TARGET_TPR)  # most true positives with tps / P <= 0.95
+        v = self.pos[P - k - 1]  # highest threshold with tpr > 0.95
+        above = self._kept_above(v)
+        t0, f0 = (0.0, 0.0) if above is None else (self.tps(above) / P, self.fps(above) / N)
+        below = self._kept_at_or_below(v)
+        return float(np.interp(TARGET_TPR, [t0, self.tps(below) / P], [f0, self.fps(below) / N]))
+
+    # roc_curve(drop_intermediate=True) drops point i (not the first or last threshold) when
+    # both second differences of (fps, tps) vanish there, i.e. when the (#in-distribution,
+    # #anomaly) counts at threshold i equal those at the next lower threshold.
+    def _kept_above(self, v):
+        """Nearest threshold above v that roc_curve keeps; None: only its (0, 0) start."""
+        c0, width = self.counts(v), 64
+        while True:
+            vals, nneg, npos, at_end = self.window(v, up=True, width=width)
+            differ = np.flatnonzero((nneg != c0[0]) | (npos != c0[1]))
+            if differ.size:
+                return vals[differ[0]]
+            if at_end:  # all equal up to the highest score, the first point, always kept
+                return vals[-1] if vals.size else None
+            width *= 4
+
+    def _kept_at_or_below(self, v):
+        """Nearest threshold at or below v that roc_curve keeps."""
+        if np.searchsorted(self.pos, v, "right") == self.P and np.searchsorted(self.neg, v, "right") == self.N:
+            return v  # highest score: the first point, always kept
+        width = 64
+        while True:
+            vals, nneg, npos, at_end = self.window(v, up=False, width=width)
+            if vals.size:
+                differ = np.flatnonzero((nneg[:-1] != nneg[1:]) | (npos[:-1] != npos[1:]))
+                if differ.size:
+                    return vals[differ[0]]
+                if at_end:  # the lowest score, the last point, always kept
+                    return vals[-1]
+            width *= 4
+
+    def curve(self, n: int) -> dict[str, np.ndarray]:
+        """PR and ROC points at about ``n`` thresholds: quantiles of both classes' scores, so
+        that both low recall and low FPR are drawn finely. Starts at threshold +inf."""
+        pick = lambda x, m: x[np.unique(np.linspace(0, len(x) - 1, m).round().astype(np.int64))] if len(x) else x
+        t = np.unique(np.concatenate([pick(self.pos, n // 2), pick(self.neg, n - n // 2)]))[::-1]
+        tps, fps = self.tps(t), self.fps(t)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tpr, fpr = tps / self.P, fps / self.N
+        # (recall 0, precision 1) closes the PR curve as in sklearn's precision_recall_curve
+        return dict(recall=np.r_[0.0, tpr], precision=np.r_[1.0, tps / (tps + fps)],
+                    fpr=np.r_[0.0, fpr], tpr=np.r_[0.0, tpr])
+
+    def metrics(self, convention: str = "course") -> dict:
+        _check_convention(convention)
+        P, N = self.P, self.N
+        if P + N == 0:
+            raise ValueError(
+                "no valid pixel to score: anomaly metrics need labels 0 (in-distribution) or 1 "
+                "(anomaly); every label here is void. Check the mask conversion of the benchmark."
+            )
+        out = dict(auprc=float("nan"), fpr_at_95_tpr=float("nan"), auroc=float("nan"),
+                   num_pixels=P + N, anomaly_fraction=P / (P + N))
+        if P == 0:
+            warnings.warn("no anomaly pixel (label 1): AuPRC, FPR95 and AUROC are undefined (NaN).", RuntimeWarning, stacklevel=3)
+            return out
+        if N == 0:
+            warnings.warn("no in-distribution pixel (label 0): FPR95 and AUROC are undefined (NaN).", RuntimeWarning, stacklevel=3)
+        out["auprc"], out["auroc"] = self.auprc_auroc()
+        out["fpr_at_95_tpr"] = self.fpr_at_tpr(convention)
+        return out
+
+
+def _max_count(P: int, rate: float) -> int:
+    """Largest k in 0..P with k / P <= rate, in the float arithmetic sklearn's tpr uses."""
+    k = min(int(rate * P) + 1, P)
+    while k > 0 and k / P > rate:
+        k -= 1
+    return k
+
+
+def _min_count(P: int, rate: float) -> int:
+    """Smallest k in 0..P with k / P >= rate."""
+    k = _max_count(P, rate)
+    return k if k / P >= rate else k + 1
+
+
+def _rank(scores, labels) -> _Ranked:
+    pos, neg = _split(scores, labels)
+    return _Ranked(_sort_checked(pos), _sort_checked(neg))
+
+
+# ----------------------------------------------------------------------------- one-shot API
+def anomaly_metrics(scores, labels, convention: str = "course") -> dict:
+    """AuPRC, FPR95 and AUROC of pooled pixels from one sort.
+
+    Args:
+        scores: anomaly scores, any shape (e.g. ``[N, H, W]``), higher = more anomalous.
+        labels: same shape; 1 = anomaly, 0 = in-distribution, other values are void.
+        convention: FPR95 convention, ``"course"`` (ood-metrics) or ``"smiyc"``.
+
+    Returns:
+        ``dict(auprc=, fpr_at_95_tpr=, auroc=, num_pixels=, anomaly_fraction=)``, rates as
+        fractions; ``num_pixels`` counts valid pixels.
+    """
+    _check_convention(convention)
+    return _rank(scores, labels).metrics(convention)
+
+
+def auprc(scores, labels) -> float:
+    """Area under the precision-recall curve, equal to sklearn ``average_precision_score``."""
+    return anomaly_metrics(scores, labels)["auprc"]
+
+
+def fpr_at_95_tpr(scores, labels, convention: str = "course") -> float:
+    """False positive rate at 95% true positive rate (``"course"``: ood-metrics, ``"smiyc"``)."""
+    return anomaly_metrics(scores, labels, convention)["fpr_at_95_tpr"]
+
+
+def auroc(scores, labels) -> float:
+    """Area under the ROC curve, equal to sklearn ``roc_auc_score``."""
+    return anomaly_metrics(scores, labels)["auroc"]
+
+
+def curve_points(scores, labels, n: int = 256) -> dict[str, np.ndarray]:
+    """About ``n`` points of the PR and ROC curves for plotting:
+    ``dict(recall=, precision=, fpr=, tpr=)``, from the highest threshold down."""
+    if int(n) < 2:
+        raise ValueError(f"curve_points needs n >= 2 points, got {n!r}.")
+    return _rank(scores, labels).curve(int(n))
+
+
+pr_roc_points = curve_points
+
+
+class AnomalyAccumulator:
+    """Pools the valid pixels of many frames, then computes the anomaly metrics once.
+
+    Keeps only valid pixels' scores, as float32 split by label (4 bytes a pixel: 45 MB for
+    100 Lost&Found frames at 1024x2048 with ~5% void). ``compute`` sorts them in place and keeps
+    the sorted arrays, so ``pr_roc_points`` after it (or a second ``compute``) does not sort again.
+
+    ``update`` counts one frame per call, or ``B`` frames for ``[B, H, W]`` inputs.
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self._pos: list[np.ndarray] = []
+        self._neg: list[np.ndarray] = []
+        self._ranked: _Ranked | None = None
+        self.num_frames = 0
+
+    def update(self, scores, labels) -> None:
+        """Add one frame (``[H, W]``) or a batch (``[B, H, W]``) of scores and labels."""
+        pos, neg = _split(scores, labels)
+        self._pos += [pos] if pos.size else []
+        self._neg += [neg] if neg.size else []
+        self._ranked = None
+        shape = tuple(scores.shape) if _is_torch(scores) else np.shape(scores)
+        self.num_frames += shape[0] if len(shape) == 3 else 1
+
+    @property
+    def num_pixels(self) -> int:
+        return sum(map(len, self._pos)) + sum(map(len, self._neg))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(x.nbytes for x in self._pos) + sum(x.nbytes for x in self._neg)
+
+    def _rank(self) -> _Ranked:
+        if self._ranked is None:
+            cat = lambda xs: xs[0] if len(xs) == 1 else np.concatenate(xs) if xs else np.empty(0, np.float32)
+            pos, neg = _sort_checked(cat(self._pos)), _sort_checked(cat(self._neg))
+            self._pos, self._neg = [pos], [neg]  # one sorted chunk: the frames' chunks are freed
+            self._ranked = _Ranked(pos, neg)
+        return self._ranked
+
+    def compute(self, convention: str = "course") -> dict:
+        """``dict(auprc=, fpr_at_95_tpr=, auroc=, num_pixels=, anomaly_fraction=)`` over all frames."""
+        _check_convention(convention)
+        return self._rank().metrics(convention)
+
+    def pr_roc_points(self, n: int = 256) -> dict[str, np.ndarray]:
+        """About ``n`` PR/ROC points for plotting: ``dict(recall=, precision=, fpr=, tpr=)``."""
+        if int(n) < 2:
+            raise ValueError(f"pr_roc_points needs n >= 2 points, got {n!r}.")
+        return self._rank().curve(int(n))
+
+
+# ----------------------------------------------------------------------------- mIoU
+class ConfusionMatrix:
+    """Confusion matrix over ``num_classes`` for mIoU, rows = ground truth, columns = prediction.
+
+    Ground-truth values outside ``0..num_classes-1`` are ignored: ``ignore_index`` (255), the
+    pasted-outlier value 254, anything else. A prediction outside ``0..num_classes-1`` (ERFNet's
+    void channel 19 when the argmax runs over all 20) is a miss of the true class, counted in
+    its false negatives, as in the course's ``iouEval``.
+
+    IoU = TP / (TP + FP + FN) per class. ``miou(absent="zero")`` is the course convention: the
+    mean over all classes, where a class absent from both prediction and ground truth counts 0;
+    ``absent="nan"`` averages only the classes that appear.
+    """
+
+    def __init__(self, num_classes: int = 19, ignore_index: int = 255):
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be a positive class count (19 for Cityscapes), got {num_classes!r}.")
+        if 0 <= ignore_index < num_classes:
+            raise ValueError(
+                f"ignore_index must lie outside the classes 0..{num_classes - 1} (Cityscapes: 255), "
+                f"got {ignore_index}; a class id cannot also mean 'ignore'."
+            )
+        self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
+        self._counts = np.zeros((self.num_classes, self.num_classes + 1), dtype=np.int64)  # + misses
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """``[C, C]`` int64 counts, rows = ground truth, columns = prediction (sklearn's layout)."""
+        return self._counts[:, : self.num_classes]
+
+    def update(self, pred, target) -> None:
+        """Add predictions and ground truth, ``[H, W]`` or ``[B, H, W]`` integer class ids."""
+        C = self.num_classes
+        if _is_torch(pred) or _is_torch(target):
+            import torch
+
+            p = torch.as_tensor(pred)
+            t = torch.as_tensor(target, device=p.device)
+            if p.is_floating_point() or t.is_floating_point():
+                raise ValueError(_FLOAT_PRED.format(p.dtype, t.dtype, tuple(p.shape)))
+            _check_same_shape(p, t, "ConfusionMatrix.update", ("pred", "target"))
+            p, t = p.reshape(-1).long(), t.reshape(-1).long()
+            valid = (t >= 0) & (t < C)
+            p = torch.where((p >= 0) & (p < C), p, C)[valid]
+            counts = torch.bincount(t[valid] * (C + 1) + p, minlength=C * (C + 1)).cpu().numpy()
+        else:
+            p, t = np.asarray(pred), np.asarray(target)
+            if not (np.issubdtype(p.dtype, np.integer) or p.dtype == bool) or not np.issubdtype(t.dtype, np.integer):
+                raise ValueError(_FLOAT_PRED.format(p.dtype, t.dtype, p.shape))
+            _check_same_shape(p, t, "ConfusionMatrix.update", ("pred", "target"))
+            p, t = p.reshape(-1).astype(np.int64), t.reshape(-1).astype(np.int64)
+            valid = (t >= 0) & (t < C)
+            p = np.where((p >= 0) & (p < C), p, C)[valid]
+            counts = np.bincount(t[valid] * (C + 1) + p, minlength=C * (C + 1))
+        self._counts += counts.reshape(C, C + 1)
+
+    def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+        """Add another matrix's counts (other workers, other shards); returns self."""
+        if other.num_classes != self.num_classes:
+            raise ValueError(f"cannot merge confusion matrices over {self.num_classes} and {other.num_classes} classes.")
+        self._counts += other._counts
+        return self
+
+    def reset(self) -> None:
+        self._counts[:] = 0
+
+    def iou(self) -> np.ndarray:
+        """Per-class IoU ``[C]`` float64; NaN for a class absent from prediction and ground truth."""
+        tp = np.diag(self._counts).astype(np.float64)
+        union = self._counts.sum(1) + self.matrix.sum(0) - tp  # TP + FN (misses included) + FP
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(union > 0, tp / union, np.nan)
+
+    def miou(self, absent: str = "zero") -> float:
+        """Mean IoU. ``absent="zero"`` (course): mean over all classes, absent ones count 0;
+        ``"nan"``: mean over the classes present in prediction or ground truth."""
+        iou = self.iou()
+        if absent == "zero":
+            return float(np.nan_to_num(iou, nan=0.0).mean())
+        if absent == "nan":
+            return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+        raise ValueError(
+            f"absent must be 'zero' (course iouEval: classes absent from prediction and ground truth "
+            f"count 0) or 'nan' (average only the classes present), got {absent!r}."
+        )
+
+
+_FLOAT_PRED = (
+    "ConfusionMatrix.update needs integer class ids for pred and target, got {} and {} of shape {}; "
+    "pass the argmax over the class dimension of the class map, not the map itself."
+)
+
+
+# ----------------------------------------------------------------------------- calibration
+def _bins(confidences, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bin index of each confidence, equal-width bins (lo, hi] over [0, 1] (0 joins bin 0)."""
+    if int(n_bins) < 1:
+        raise ValueError(f"n_bins must be a positive number of confidence bins (15 by convention), got {n_bins!r}.")
+    c = _numpy(confidences).reshape(-1)
+    if c.size and not (c.min() >= 0.0 and c.max() <= 1.0):  # also catches NaN
+        raise ValueError(
+            f"confidences must be probabilities in [0, 1] (the maximum softmax probability per "
+            f"pixel), got values in [{c.min()}, {c.max()}]."
+        )
+    edges = np.linspace(0.0, 1.0, int(n_bins) + 1)
+    return np.clip(np.searchsorted(edges, c, "left") - 1, 0, int(n_bins) - 1), c
+
+
+def _correct(correct, shape) -> np.ndarray:
+    k = _numpy(correct)
+    if k.shape != tuple(shape):
+        raise ValueError(f"correct must have the shape of the confidences {tuple(shape)}, got {k.shape}.")
+    return k.reshape(-1).astype(bool)
+
+
+class CalibrationAccumulator:
+    """Expected calibration error over many frames from per-bin sums, not per-pixel values.
+
+    ``update(confidence, correct, valid)`` per frame: the maximum softmax probability ``[H, W]``,
+    whether its argmax equals the ground truth, and which pixels count (e.g. target != 255).
+    """
+
+    def __init__(self, n_bins: int = 15):
+        _bins(np.empty(0), n_bins)  # validates n_bins
+        self.n_bins = int(n_bins)
+        self.edges = np.linspace(0.0, 1.0, self.n_bins + 1)
+        self.conf_sum = np.zeros(self.n_bins)
+        self.correct_sum = np.zeros(self.n_bins, dtype=np.int64)
+        self.count = np.zeros(self.n_bins, dtype=np.int64)
+
+    def update(self, confidence, correct, valid=None) -> None:
+        shape = tuple(confidence.shape)
+        if valid is not None:
+            v = _correct(valid, shape)
+            confidence, correct = _numpy(confidence).reshape(-1)[v], _correct(correct, shape)[v]
+            shape = confidence.shape
+        idx, c = _bins(confidence, self.n_bins)
+        k = _correct(correct, shape)
+        self.conf_sum += np.bincount(idx, weights=c, minlength=self.n_bins)
+        self.correct_sum += np.bincount(idx[k], minlength=self.n_bins)
+        self.count += np.bincount(idx, minlength=self.n_bins)
+
+    def ece(self) -> float:
+        """sum over bins of (count / total) * |accuracy - mean confidence|."""
+        total = self.count.sum()
+        if total == 0:
+            raise ValueError("ECE of no pixel: call update with at least one valid pixel first.")
+        return float(np.abs(self.conf_sum - self.correct_sum).sum() / total)
+
+    def bins(self) -> dict[str, np.ndarray]:
+        """Reliability diagram: mean ``confidence`` and ``accuracy`` per bin (NaN if empty),
+        ``count`` and ``edges`` ``[n_bins + 1]``."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return dict(confidence=self.conf_sum / self.count, accuracy=self.correct_sum / self.count,
+                        count=self.count.copy(), edges=self.edges.copy())
+
+
+def ece(confidences, correct, n_bins: int = 15) -> float:
+    """Expected calibration error (Guo et al. 2017) with ``n_bins`` equal-width bins (lo, hi].
+
+    ``confidences``: maximum softmax probability per pixel, any shape; ``correct``: same shape,
+    whether the argmax class is right. Pass valid pixels only (or use CalibrationAccumulator).
+    """
+    acc = CalibrationAccumulator(n_bins)
+    acc.update(confidences, correct)
+    return acc.ece()
