@@ -310,7 +310,9 @@ def test_calibration_errors():
         ece(np.array([0.5, 1.2]), np.array([True, False]))
     with pytest.raises(ValueError, match="n_bins must be a positive"):
         CalibrationAccumulator(n_bins=0)
-    with pytest.raises(ValueError, match="correct must have the shape"):
+    with pytest.raises(ValueError, match=r"correct must be a per-pixel mask of the confidences' shape \(2,\)"):
         ece(np.array([0.5, 0.7]), np.array([True]))
+    with pytest.raises(ValueError, match="valid must be a per-pixel mask"):
+        CalibrationAccumulator().update(np.array([0.5, 0.7]), np.array([True, False]), np.array([True]))
     with pytest.raises(ValueError, match="ECE of no pixel"):
         CalibrationAccumulator().ece()
