@@ -1,0 +1,256 @@
+"""The comparison report against the rows it reads: a store written by evaluate_anomaly / evaluate_miou
+on a deterministic toy model, tables checked cell by cell, curves against sklearn, files on disk."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from anomalyseg import report
+from anomalyseg.evaluate import evaluate_anomaly, evaluate_miou
+from anomalyseg.results import read_results
+from test_evaluate import ListData, ToySegmenter
+
+BENCHES = ("RoadAnomaly21", "fs_static")
+
+
+class Toy(ToySegmenter):
+    """The toy model under a course model name, with a learned score named like the real head."""
+
+    extra_score_names = ("anomaly_head",)
+
+    def __init__(self, name: str, seed: int, class_temperature: bool = True):
+        super().__init__()
+        self.name, self.supports_class_temperature = name, class_temperature
+        self.proj = torch.randn(19, 3, generator=torch.Generator().manual_seed(seed))
+
+    def extra_scores(self, raw, size):
+        return {"anomaly_head": raw["logits"].float().std(0)}
+
+
+def make_store(root: Path) -> Path:
+    """ERFNet (MSP, MaxLogit, pixel sweep over 0.5/1/2, mIoU) and EoMT (MSP, MaxLogit, RbA, the anomaly
+    head, then a class sweep of MSP, mIoU over class T) on two benchmarks; returns the store's path."""
+    path = root / "results" / "results.csv"
+    benches = {name: ListData(3, seed=i + 1) for i, name in enumerate(BENCHES)}
+    city = ListData(2, seed=9, key="target", values=tuple(range(19)) + (255,))
+    erfnet, eomt = Toy("erfnet", 1, class_temperature=False), Toy("eomt", 2)
+    kw = dict(results_path=path, progress=False)
+    evaluate_anomaly(erfnet, benches, scores=("msp", "max_logit"), temperatures=(0.5, 1.0, 2.0), **kw)
+    evaluate_miou(erfnet, city, **kw)
+    evaluate_anomaly(eomt, benches, scores=("msp", "max_logit", "rba", "anomaly_head"), **kw)
+    evaluate_anomaly(eomt, benches, scores=("msp",), temperatures=(0.5, 1.0, 2.0), temperature_on="class", **kw)
+    evaluate_miou(eomt, city, class_temperatures=(0.5, 1.0, 2.0), **kw)
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = make_store(tmp_path_factory.mktemp("report"))
+    return path, read_results(path)
+
+
+def _row(df, model, dataset, score, t=1.0):
+    rows = df[(df.model == model) & (df.dataset == dataset) & (df.score == score)]
+    rows = rows[rows.temperature.isna() | (rows.temperature == t)]
+    return rows.iloc[-1]  # the latest row wins
+
+
+def test_table_cells_are_the_rows(store):
+    path, df = store
+    table = report.comparison_table(df)
+    assert list(table.index) == [("erfnet", "msp"), ("erfnet", "max_logit"), ("eomt", "msp"), ("eomt", "max_logit"),
+                                 ("eomt", "rba"), ("eomt", "anomaly_head")]
+    assert list(table.columns) == [(d, m) for d in BENCHES for m in ("auprc", "fpr_at_95_tpr")] + [("cityscapes_val", "miou")]
+    for model, score in table.index:
+        for d in BENCHES:
+            r = _row(df, model, d, score)
+            assert table.loc[(model, score), (d, "auprc")] == r.auprc
+            assert table.loc[(model, score), (d, "fpr_at_95_tpr")] == r.fpr_at_95_tpr
+    # The EoMT MSP at T=1 of the later class sweep wins over the first run's (same value, later row).
+    miou = df[(df.score == "miou") & (df.temperature == 1.0)].groupby("model").miou.last()
+    assert table.loc[("eomt", "anomaly_head"), ("cityscapes_val", "miou")] == miou["eomt"]
+    assert table.loc[("erfnet", "msp"), ("cityscapes_val", "miou")] == miou["erfnet"]
+
+
+def test_markdown_cells_are_percent_of_the_rows(store):
+    _, df = store
+    md = report.to_markdown(report.comparison_table(df)).splitlines()
+    assert md[0] == "| Method | Score | SMIYC RA-21 (AuPRC / FPR95) | FS Static (AuPRC / FPR95) | mIoU |"
+    cells = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): [c.strip() for c in line.strip("|").split("|")[2:]]
+             for line in md[2:]}
+    r = _row(df, "eomt", "fs_static", "rba")
+    assert cells[("EoMT", "RbA")][1] == f"{100 * r.auprc:.2f} / {100 * r.fpr_at_95_tpr:.2f}"
+    head = _row(df, "eomt", "RoadAnomaly21", "anomaly_head")
+    assert cells[("EoMT + anomaly head", "learned")][0] == f"{100 * head.auprc:.2f} / {100 * head.fpr_at_95_tpr:.2f}"
+    assert cells[("ERFNet", "MaxLogit")][2] == f"{100 * _row(df, 'erfnet', 'cityscapes_val', 'miou').miou:.2f}"
+
+
+def test_latex_bolds_the_best_of_each_column(store):
+    _, df = store
+    table = report.comparison_table(df)
+    tex = report.to_latex(table)
+    assert tex.count(r"\toprule") == tex.count(r"\midrule") == tex.count(r"\bottomrule") == 1
+    assert r"\multicolumn{2}{c}{SMIYC RA-21}" in tex and r"\cmidrule(lr){3-4}" in tex
+    body = [l for l in tex.splitlines() if l.endswith(r"\\") and ("MSP" in l or "RbA" in l or "MaxLogit" in l or "learned" in l)]
+    assert len(body) == len(table)
+    grid = [[c.strip() for c in l[:-2].split("&")][2:] for l in body]
+    for j, (d, metric) in enumerate(table.columns):
+        shown = [round(100 * v, 2) for v in table[(d, metric)]]
+        best = max(shown) if metric != "fpr_at_95_tpr" else min(shown)
+        for i, cell in enumerate(grid):
+            bold = re.fullmatch(r"\\textbf\{(.*)\}", cell[j])
+            assert float(bold.group(1) if bold else cell[j]) == shown[i]
+            assert bool(bold) == (shown[i] == best), (d, metric, i)
+
+
+def test_latex_marks_missing_cells_and_escapes_titles():
+    rows = pd.DataFrame([dict(model="eomt", dataset="FS_LostFound_full", score="msp", temperature=1.0, temperature_on="pixel",
+                              auprc=0.25, fpr_at_95_tpr=0.15, miou=np.nan),
+                         dict(model="erfnet", dataset="fs_static", score="msp", temperature=1.0, temperature_on="pixel",
+                              auprc=0.07, fpr_at_95_tpr=0.42, miou=np.nan)])
+    tex = report.to_latex(report.comparison_table(rows))
+    assert r"FS L\&F" in tex
+    assert r"ERFNet & MSP & -- & -- & \textbf{7.00} & \textbf{42.00} & -- \\" in tex
+
+
+def test_pr_and_roc_points_lie_on_sklearns_curves(store):
+    path, df = store
+    data = {(c["model"], c["score"]): c for c in report.curve_data(df, path, "fs_static")}
+    assert set(data) == {("erfnet", "msp"), ("erfnet", "max_logit"), ("eomt", "msp"), ("eomt", "max_logit"),
+                         ("eomt", "rba"), ("eomt", "anomaly_head")}
+    seg, items = Toy("erfnet", 1, class_temperature=False), ListData(3, seed=2).items
+    from anomalyseg.scores import msp
+
+    scores = np.concatenate([msp(seg.class_map(seg.raw_outputs(it["image"]), (12, 20))).numpy().ravel() for it in items])
+    labels = np.concatenate([it["label"].numpy().ravel() for it in items])
+    keep = labels < 2
+    precision, recall, _ = precision_recall_curve(labels[keep], scores[keep].astype(np.float32))
+    fpr, tpr, _ = roc_curve(labels[keep], scores[keep].astype(np.float32), drop_intermediate=False)
+    c = data[("erfnet", "msp")]
+    ref_pr = np.c_[recall, precision]
+    for point in np.c_[c["recall"], c["precision"]]:  # each stored point is one of sklearn's thresholds
+        assert np.abs(ref_pr - point).max(axis=1).min() < 1e-9, point
+    for point in np.c_[c["fpr"], c["tpr"]]:
+        assert np.abs(np.c_[fpr, tpr] - point).max(axis=1).min() < 1e-9, point
+
+
+def test_temperature_sweeps_hold_only_swept_scores(store):
+    _, df = store
+    pixel = report.temperature_sweeps(df, "pixel")
+    assert set(zip(pixel.model, pixel.score)) == {("erfnet", "msp"), ("erfnet", "max_logit")}
+    assert pixel[(pixel.model == "erfnet") & (pixel.score == "msp") & (pixel.dataset == "fs_static")].temperature.tolist() == [0.5, 1.0, 2.0]
+    cls = report.temperature_sweeps(df, "class")
+    assert set(zip(cls.model, cls.score)) == {("eomt", "msp")}
+    with pytest.raises(ValueError, match="'pixel' or 'class'"):
+        report.temperature_sweeps(df, "logits")
+
+
+def test_save_all_writes_every_figure(store, tmp_path):
+    path, df = store
+    written = report.save_all(df, path, tmp_path / "figures")
+    names = {p.name for p in written}
+    for fig in ("bars_auprc", "bars_fpr_at_95_tpr", "pr_curves", "roc_curves", "temperature_pixel",
+                "temperature_class", "miou_temperature", "qualitative"):
+        assert {f"{fig}.png", f"{fig}.pdf"} <= names, fig
+    assert {"comparison_table.md", "comparison_table.tex"} <= names
+    assert all(p.stat().st_size > 0 for p in written)
+    md = (tmp_path / "figures" / "comparison_table.md").read_text()
+    assert report.to_markdown(report.comparison_table(df)) in md
+
+
+def test_qualitative_grid_shows_each_methods_best_map(store):
+    path, df = store
+    rows = df[df.dataset.isin(BENCHES) & (df.temperature == 1.0) & (df.score != "anomaly_head")]
+    rows = rows.drop_duplicates(["model", "dataset", "score"], keep="last")
+    best = {m: g.groupby("score").auprc.mean().idxmax() for m, g in rows.groupby("model")}
+    assert report.best_scores(df) == {"erfnet": [best["erfnet"]], "eomt": [best["eomt"], "anomaly_head"]}
+    samples = report.qualitative_samples(df, path, "fs_static", frames=2)
+    assert [s["stem"] for s in samples] == ["FS Static · 0", "FS Static · 1"]
+    assert list(samples[0]["maps"]) == [report.label("erfnet", best["erfnet"]), report.label("eomt", best["eomt"]),
+                                        "EoMT + anomaly head"]
+    # The maps are the stored ones of the run that holds them (the class sweep stored only MSP).
+    from anomalyseg.evaluate import load_maps
+
+    run = df[(df.model == "eomt") & (df.score == "anomaly_head")].run_id.iloc[-1]
+    np.testing.assert_array_equal(samples[1]["maps"]["EoMT + anomaly head"],
+                                  load_maps(path, run, "fs_static")["1"]["maps"]["anomaly_head"])
+
+
+def test_figures_cope_with_partial_and_empty_stores(store, tmp_path):
+    path, df = store
+    only_erfnet = report.select_models(df, ["erfnet"])
+    assert report.temperature_figure(only_erfnet, "class") is None and report.miou_temperature_figure(only_erfnet) is None
+    assert report.bar_chart(only_erfnet) is not None
+    empty = read_results(tmp_path / "none.csv")
+    assert report.comparison_table(empty).empty and report.to_markdown(report.comparison_table(empty)) == "_no results yet_"
+    assert report.save_all(empty, tmp_path / "none.csv", tmp_path / "figures") == []
+    with pytest.raises(ValueError, match=r"stored models: \['eomt', 'erfnet'\]"):
+        report.select_models(df, ["eomt_oe"])
+    with pytest.raises(ValueError, match="not the results store"):
+        report.comparison_table(pd.DataFrame({"model": ["eomt"]}))
+
+
+def test_missing_report_names_what_is_absent(store, tmp_path):
+    _, df = store
+    text = report.missing_report(df)
+    assert "EoMT + OE: no rows yet (notebook 04_outlier_exposure)" in text
+    assert "EoMT + OE:" not in text.replace("EoMT + OE: no rows yet", "")  # one line for an absent model
+    assert "ERFNet: no rows on SMIYC RO-21, FS L&F and Road Anomaly" in text
+    assert "ERFNet: no MaxEntropy rows" in text and "EoMT: no MaxEntropy rows" in text
+    assert "EoMT + hybrid anomaly head: no rows yet" in text and "EoMT + anomaly head:" not in text
+    assert "EoMT: no pixel-temperature sweep" in text
+    assert "class-temperature" not in text and "over class temperatures" not in text  # both are stored
+    assert "mIoU at T = 1" not in text
+    assert "ERFNet: no mIoU" not in report.missing_report(df, models=["erfnet"])
+    assert "EoMT" not in report.missing_report(df, models=["erfnet"])
+    assert "empty" in report.missing_report(read_results(tmp_path / "none.csv"))
+
+
+# ----------------------------------------------------------------------------- notebook 06
+@pytest.fixture
+def data_root(tiny_data):
+    return tiny_data.parent  # the session's tiny embedded data set: the workspace finds <data_root>/tiny
+
+
+def _run_notebook06(out, data_root):
+    import json
+
+    import papermill as pm
+
+    from anomalyseg.pipeline import notebooks_dir
+
+    pm.execute_notebook(str(notebooks_dir() / "06_comparison_report.ipynb"), str(out / "06.ipynb"),
+                        parameters=dict(output_dir=str(out), preset="tiny", data_root=str(data_root)),
+                        cwd=str(notebooks_dir()), progress_bar=False)
+    nb = json.loads((out / "06.ipynb").read_text())
+    outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    return json.dumps(outputs)
+
+
+@pytest.mark.slow
+def test_notebook06_reports_a_filled_store(tmp_path, data_root):
+    path = make_store(tmp_path)
+    text = _run_notebook06(tmp_path, data_root)
+    assert "EoMT + OE: no rows yet" in text and "image/png" in text
+    figures = tmp_path / "figures"
+    assert (figures / "comparison_table.md").read_text().endswith(report.to_markdown(report.comparison_table(read_results(path))) + "\n")
+    assert {f"{n}.pdf" for n in ("bars_auprc", "pr_curves", "temperature_class", "qualitative")} <= {p.name for p in figures.iterdir()}
+
+
+@pytest.mark.slow
+def test_notebook06_runs_on_an_empty_store(tmp_path, data_root):
+    text = _run_notebook06(tmp_path, data_root)
+    assert "The results store is empty" in text and "nothing to save yet" in text and "No stored score maps" in text
+    assert not (tmp_path / "figures").exists() or not any((tmp_path / "figures").iterdir())
