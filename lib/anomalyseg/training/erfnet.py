@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -248,7 +249,12 @@ def train_erfnet(
         val_check_interval=val_every_n_steps, check_val_every_n_epoch=None if val_every_n_steps else 1,
     )  # fmt: skip
     last = out_dir / "last.ckpt"
-    trainer.fit(module, datamodule=data, ckpt_path=last if resume and last.is_file() else None, weights_only=True)
+    with warnings.catch_warnings():
+        # Expected here: out_dir holds earlier checkpoints when resuming, and a resumed epoch end
+        # may pass through ModelCheckpoint before validation has logged val_miou again.
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        warnings.filterwarnings("ignore", message=r".*could not find the monitored key")
+        trainer.fit(module, datamodule=data, ckpt_path=last if resume and last.is_file() else None, weights_only=True)
     exported = out_dir / "erfnet.safetensors"
     if trainer.is_global_zero:
         if not last.is_file():  # stopped before the first checkpoint: keep what was trained
