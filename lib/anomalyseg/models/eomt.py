@@ -449,8 +449,19 @@ class EomtSegmenter:
 
     def _window_inputs(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         s = self.window_size
-        inputs = dict(out, mask_logits=F.interpolate(out["mask_logits"].float(), size=(s, s), mode="bilinear"))
-        return inputs
+        return dict(out, mask_logits=F.interpolate(out["mask_logits"].float(), size=(s, s), mode="bilinear"))
+
+    @torch.no_grad()
+    def predict(
+        self, image: torch.Tensor, class_temperature: float = 1.0, size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Class map ``[C, H, W]`` of a uint8 frame ``[3, H, W]``, computed on the model's device
+        without the float16 cache (training-time validation, notebooks)."""
+        windows, offsets, resized_size = split_windows(torch.as_tensor(image), self.window_size)
+        out = self.forward_windows(windows)
+        raw = dict(out, offsets=offsets, resized_size=torch.tensor(resized_size),
+                   frame_size=torch.tensor(image.shape[-2:]))  # fmt: skip
+        return self.class_map(raw, size, class_temperature)
 
     def window_class_maps(self, raw: dict[str, torch.Tensor], class_temperature: float = 1.0) -> torch.Tensor:
         """Per-window class maps ``[N, C, S, S]``: mask logits upsampled to the window first, then

@@ -1,0 +1,444 @@
+"""Training and fine-tuning EoMT with Lightning, following upstream tue-mps/eomt.
+
+Recipe (upstream ``training/lightning_module.py``): transformers' own mask-classification loss
+(Hungarian matching; class 2.0, mask 5.0, dice 5.0, no-object 0.1) on the final prediction and on
+every intermediate prediction of the query blocks; AdamW (weight decay 0.05) with layer-wise lr
+decay 0.8 over the ViT blocks; a two-stage warm-up (heads first, then the backbone) followed by a
+poly schedule (power 0.9); masked attention annealed block by block from 1 to 0 with a polynomial
+(power 0.9), so that the trained model runs without it.
+
+Targets: each semantic map ``[H, W]`` becomes one binary mask per class present. Void (255) and
+pasted outliers (254) belong to no mask, so every query learns to leave them uncovered.
+
+``train_eomt`` resumes from ``<out_dir>/last.ckpt`` and exports a ``save_pretrained`` folder that
+``build_eomt`` / ``load_eomt`` read. Subclasses add loss terms by extending ``compute_loss``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, Dataset, Sampler
+from transformers import EomtConfig, EomtForUniversalSegmentation
+
+from ..data.cityscapes import CityscapesSegmentation
+from ..data.io import read_rgb
+from ..labels import IGNORE_INDEX, NUM_CLASSES
+from ..metrics import ConfusionMatrix
+from ..models.checkpoints import CheckpointError, fit_state_dict
+from ..models.eomt import EomtSegmenter, build_eomt, normalize, scaled_size, small_eomt_config
+from .data import CityscapesDataModule, collate
+
+# Only these train under trainable="heads" (Outlier Exposure fine-tuning): the class head, the
+# mask head, the upscaling of patch features for the masks, and the learned queries.
+HEAD_PREFIXES = ("class_predictor.", "mask_head.", "upscale_block.", "query.")
+# The ViT proper: its parameters warm up after the heads and get layer-wise lr decay.
+BACKBONE_PREFIXES = ("embeddings.", "layers.", "layernorm.")
+
+
+def semantic_to_mask_labels(target: torch.Tensor, num_classes: int = NUM_CLASSES) -> tuple[torch.Tensor, torch.Tensor]:
+    """One binary mask per class present in a semantic map.
+
+    ``target`` int ``[H, W]`` (train ids, 255 void, 254 pasted outlier) -> ``mask_labels`` float
+    ``[K, H, W]`` and ``class_labels`` int64 ``[K]``, the per-image inputs of transformers' EoMT
+    loss. Values ``>= num_classes`` are in no mask.
+    """
+    classes = torch.unique(target)
+    classes = classes[(classes >= 0) & (classes < num_classes)]
+    masks = (target[None] == classes[:, None, None]).float()
+    return masks, classes.long()
+
+
+def annealing_schedule(num_blocks: int, max_steps: int) -> tuple[list[int], list[int]]:
+    """Per-block (start, end) steps of the masked-attention annealing.
+
+    Upstream's Cityscapes config anneals block i over ``[0.10 + 0.15 i, 0.20 + 0.15 i]`` of
+    training (steps 3317..6634, 8292..11609, ... of 33170), the first query block first.
+    """
+    starts = [round((0.10 + 0.15 * i) * max_steps) for i in range(num_blocks)]
+    ends = [round((0.20 + 0.15 * i) * max_steps) for i in range(num_blocks)]
+    return starts, ends
+
+
+def mask_annealing_prob(step: int, start: int, end: int, power: float = 0.9) -> float:
+    """Probability of masked attention at ``step``: 1 before ``start``, 0 from ``end`` on, and
+    ``(1 - progress) ** power`` in between (upstream ``mask_annealing``)."""
+    if step < start:
+        return 1.0
+    if step >= end:
+        return 0.0
+    return (1.0 - (step - start) / (end - start)) ** power
+
+
+class WarmupPoly:
+    """lr factor at a step: linear warm-up over ``warmup`` steps after ``delay`` steps of 0, then
+    poly decay to 0 at ``total`` (upstream ``TwoStageWarmupPolySchedule``, one stage per group).
+    A callable object, so that its settings travel in the scheduler's state dict."""
+
+    def __init__(self, delay: int, warmup: int, total: int, power: float):
+        self.delay, self.warmup, self.total, self.power = int(delay), int(warmup), int(total), float(power)
+
+    def __call__(self, step: int) -> float:
+        if step < self.delay:
+            return 0.0
+        if step < self.delay + self.warmup:
+            return (step - self.delay) / self.warmup
+        done = step - self.delay - self.warmup
+        return max(0.0, 1.0 - done / max(1, self.total - self.delay - self.warmup)) ** self.power
+
+
+class EomtModule(L.LightningModule):
+    """EoMT (transformers) trained or fine-tuned on Cityscapes-layout batches.
+
+    Batches: ``{"image": uint8 [B, 3, S, S], "target": int64 [B, S, S]}`` with ``S`` the model's
+    ``image_size`` (optionally ``outlier_mask``, used by subclasses). Validation batches hold
+    whole frames, run through the windowed inference used for evaluation.
+
+    Args:
+        model: an ``EomtForUniversalSegmentation``, an ``EomtConfig``, or None with ``model_config``
+            (a config dict, as stored in the checkpoint's hyper-parameters).
+        trainable: ``"all"``, or ``"heads"`` (class head, mask head, upscaling, queries).
+        warmup_steps: (heads, backbone) warm-up; None scales upstream's (500, 1000) to short runs.
+        attn_mask_annealing: anneal masked attention from 1 to 0 over ``annealing_steps`` (None:
+            ``annealing_schedule``); off keeps it at 0. Default: on for ``"all"``, off for ``"heads"``.
+    """
+
+    def __init__(
+        self,
+        model: EomtForUniversalSegmentation | EomtConfig | None = None,
+        *,
+        model_config: dict | None = None,
+        max_steps: int = 1000,
+        lr: float = 1e-4,
+        llrd: float = 0.8,
+        weight_decay: float = 0.05,
+        poly_power: float = 0.9,
+        warmup_steps: Sequence[int] | None = None,
+        trainable: str = "all",
+        attn_mask_annealing: bool | None = None,
+        annealing_steps: tuple[Sequence[int], Sequence[int]] | None = None,
+        ignore_index: int = IGNORE_INDEX,
+        seed: int | None = None,
+    ):
+        super().__init__()
+        if trainable not in ("all", "heads"):
+            raise ValueError(f"EomtModule: trainable={trainable!r}; expected 'all' (whole network) or 'heads' "
+                             f"(only {', '.join(p.rstrip('.') for p in HEAD_PREFIXES)}, for Outlier Exposure fine-tuning).")
+        if int(max_steps) < 1:
+            raise ValueError(f"EomtModule: max_steps sets the schedules' length and must be >= 1, got {max_steps}.")
+        if isinstance(model, EomtConfig):
+            model = EomtForUniversalSegmentation(model)
+        elif model is None:
+            if model_config is None:
+                raise ValueError("EomtModule needs a model, an EomtConfig, or model_config (a config dict).")
+            model = EomtForUniversalSegmentation(EomtConfig.from_dict(model_config))
+        self.model = model
+        blocks = model.config.num_blocks
+        if attn_mask_annealing is None:
+            attn_mask_annealing = trainable == "all"
+        if annealing_steps is None:
+            annealing_steps = annealing_schedule(blocks, int(max_steps))
+        starts, ends = ([int(s) for s in seq] for seq in annealing_steps)
+        if len(starts) != blocks or len(ends) != blocks or any(e < s for s, e in zip(starts, ends)):
+            raise ValueError(f"EomtModule: annealing_steps={annealing_steps!r}; expected (starts, ends) with "
+                             f"{blocks} steps each (one per query block, config.num_blocks) and every end >= its start.")
+        if warmup_steps is None:
+            warmup_steps = (min(500, int(max_steps) // 20), min(1000, int(max_steps) // 10))
+        # Plain values only: checkpoints are read back with weights_only=True.
+        self.save_hyperparameters(ignore=["model", "model_config"])
+        self.hparams.update(
+            model_config=model.config.to_dict(), attn_mask_annealing=bool(attn_mask_annealing),
+            annealing_steps=(starts, ends), warmup_steps=[int(w) for w in warmup_steps],
+        )  # fmt: skip
+        if trainable == "heads":
+            for name, p in model.named_parameters():
+                p.requires_grad_(name.startswith(HEAD_PREFIXES))
+        # transformers sums the loss of every prediction inside forward; this hook keeps each
+        # term so that compute_loss can return them by name.
+        self._layer_losses: list[dict[str, torch.Tensor]] = []
+        model.criterion.register_forward_hook(lambda _m, _args, out: self._layer_losses.append(out))
+        self._val_cm: ConfusionMatrix | None = None
+
+    # ------------------------------------------------------------------ loss
+    def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None):
+        """uint8 ``[B, 3, S, S]`` (and int64 targets ``[B, S, S]``) -> transformers' output."""
+        if targets is None:
+            return self.model(pixel_values=normalize(images))
+        labels = [semantic_to_mask_labels(t, self.model.config.num_labels) for t in targets]
+        return self.model(pixel_values=normalize(images), mask_labels=[m for m, _ in labels],
+                          class_labels=[c for _, c in labels])  # fmt: skip
+
+    def compute_loss(self, batch: dict, outputs) -> dict[str, torch.Tensor]:
+        """Named, weighted loss terms whose sum is the training loss.
+
+        ``loss_cross_entropy``, ``loss_mask`` and ``loss_dice`` are summed over the final and the
+        intermediate predictions, exactly as transformers sums them into ``outputs.loss``.
+        ``outputs`` also carries ``masks_queries_logits`` ``[B, Q, S/4, S/4]`` and
+        ``class_queries_logits`` ``[B, Q, C+1]`` of the final prediction for extra terms.
+        """
+        names = self._layer_losses[0].keys()
+        return {name: sum(layer[name] for layer in self._layer_losses) for name in names}
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        if self.hparams.seed is not None:
+            # transformers' loss samples its points from torch's global generator: seeding it by
+            # step makes a resumed run draw the same points as an uninterrupted one.
+            torch.manual_seed((self.hparams.seed * 6_700_417 + self.global_step) % 2**63)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self._layer_losses.clear()
+        outputs = self(batch["image"], batch["target"])
+        losses = self.compute_loss(batch, outputs)
+        loss = sum(losses.values())
+        self.log("train_loss", loss, prog_bar=True)
+        self.log_dict({f"train_{k}": v.detach() for k, v in losses.items()})
+        self.log("lr", self.optimizers().param_groups[-1]["lr"])
+        return loss
+
+    # ------------------------------------------------------------------ masked attention
+    def _anneal(self) -> None:
+        probs = self.model.attn_mask_probs
+        if not self.hparams.attn_mask_annealing:
+            probs.zero_()
+            return
+        for i, (start, end) in enumerate(zip(*self.hparams.annealing_steps)):
+            probs[i] = mask_annealing_prob(self.global_step, start, end, self.hparams.poly_power)
+
+    def on_train_start(self) -> None:
+        self._anneal()  # a resumed or fine-tuned model starts from the schedule, not from its buffer
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self._anneal()
+        for i, p in enumerate(self.model.attn_mask_probs):
+            self.log(f"attn_mask_prob_{i}", p)
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_cm = ConfusionMatrix(num_classes=self.model.config.num_labels, ignore_index=self.hparams.ignore_index)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        # Masked attention stays as the schedule has it: upstream validates the same way.
+        seg = EomtSegmenter(self.model, checkpoint="training", device=self.device)
+        for image, target in zip(batch["image"], batch["target"]):
+            self._val_cm.update(seg.predict(image).argmax(0), target)
+
+    def on_validation_epoch_end(self) -> None:
+        counts = torch.as_tensor(self._val_cm._counts, device=self.device)
+        self._val_cm._counts[:] = self.trainer.strategy.reduce(counts, reduce_op="sum").cpu().numpy()
+        self.log("val_miou", float(self._val_cm.miou()), prog_bar=True)
+
+    # ------------------------------------------------------------------ optimiser
+    def param_groups(self) -> list[dict]:
+        """AdamW groups with upstream's layer-wise lr decay: ViT block i gets
+        ``lr * llrd ** (L - 1 - i)``, the embeddings as block 0, the final norm, the queries and
+        the heads ``lr``. Each group records whether it belongs to the backbone (for warm-up)."""
+        hp, n_layers = self.hparams, self.model.config.num_hidden_layers
+        groups = []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            depth = 0
+            if name.startswith("layers."):
+                depth = n_layers - 1 - int(name.split(".")[1])
+            elif name.startswith("embeddings."):
+                depth = n_layers - 1
+            groups.append({"params": [p], "lr": hp.lr * hp.llrd**depth, "name": name,
+                           "backbone": name.startswith(BACKBONE_PREFIXES)})  # fmt: skip
+        return groups
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = self.param_groups()
+        optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "backbone"} for g in groups],
+                                      lr=hp.lr, weight_decay=hp.weight_decay)  # fmt: skip
+        heads_warmup, backbone_warmup = hp.warmup_steps
+        heads = WarmupPoly(0, heads_warmup, hp.max_steps, hp.poly_power)
+        backbone = WarmupPoly(heads_warmup, backbone_warmup, hp.max_steps, hp.poly_power)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [backbone if g["backbone"] else heads for g in groups])
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+# ----------------------------------------------------------------------------- resumable data stream
+class StepSampler(Sampler):
+    """An endless stream of ``(position, index)``: epoch ``e`` visits the ``n`` items in the order
+    ``randperm(n)`` seeded by ``(seed, e)``, and the stream starts at ``start()`` (the number of
+    items already trained on), read when iteration begins. Which item a step sees is then a
+    function of the step alone, so a run resumed at any step continues exactly where the
+    interrupted one stopped; Lightning's own epoch bookkeeping cannot promise that after a
+    mid-epoch checkpoint."""
+
+    def __init__(self, n: int, seed: int, start=lambda: 0):
+        self.n, self.seed, self.start = int(n), int(seed), start
+
+    def __iter__(self):
+        pos = int(self.start())
+        while True:
+            epoch, first = divmod(pos, self.n)
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+            for index in order[first:].tolist():
+                yield pos, index
+                pos += 1
+
+
+class _SeededItems(Dataset):
+    """Seeds torch's generator from ``(seed, position)`` before each item, so that augmentations
+    (which draw from it) depend on the position in the stream, not on process or worker state."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        pos, index = key
+        torch.manual_seed((self.seed * 7_919 + pos * 104_729 + 1) % 2**63)
+        return self.dataset[index]
+
+
+class EomtDataModule(CityscapesDataModule):
+    """``CityscapesDataModule`` whose training loader is the resumable ``StepSampler`` stream
+    (one endless epoch; ``max_steps`` ends training)."""
+
+    def __init__(self, *args, seed: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seed = int(seed)
+
+    def _trained_items(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return trainer.global_step * self.batch_size if trainer is not None else 0
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        return DataLoader(
+            _SeededItems(self.train_set, self.seed), batch_size=self.batch_size,
+            sampler=StepSampler(len(self.train_set), self.seed, self._trained_items), num_workers=self.num_workers,
+            collate_fn=collate, pin_memory=torch.cuda.is_available(),
+        )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- entry points
+def _as_model(model_or_config) -> EomtForUniversalSegmentation:
+    if model_or_config is None:
+        return EomtForUniversalSegmentation(small_eomt_config())
+    if isinstance(model_or_config, EomtForUniversalSegmentation):
+        return model_or_config
+    if isinstance(model_or_config, EomtConfig):
+        return EomtForUniversalSegmentation(model_or_config)
+    return build_eomt(model_or_config, for_eval=False)  # a folder, checkpoint file or hub id to fine-tune
+
+
+def train_eomt(
+    data_root: str | Path,
+    out_dir: str | Path,
+    model_or_config: EomtForUniversalSegmentation | EomtConfig | str | Path | None = None,
+    max_steps: int = 2000,
+    batch_size: int = 4,
+    crop_size: int | tuple[int, int] | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    seed: int = 0,
+    *,
+    lr: float = 1e-4,
+    trainable: str = "all",
+    num_workers: int = 0,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    base_size: tuple[int, int] | None = None,
+    val_every_n_steps: int | None = None,
+    limit_val_batches: int | float | None = None,
+    checkpoint_every_n_steps: int | None = None,
+    sample_transform=None,
+    module_cls: type[EomtModule] = EomtModule,
+    module_kwargs: dict | None = None,
+    callbacks: Sequence[Callback] = (),
+    accelerator: str = "auto",
+    precision: str = "32-true",
+) -> Path:
+    """Train (or fine-tune) EoMT on the Cityscapes-layout folder ``data_root``.
+
+    ``model_or_config``: a model, an ``EomtConfig`` (None: ``small_eomt_config()``), or a
+    ``build_eomt`` source (folder, checkpoint file, hub id) to fine-tune. Crops are squares of
+    the model's ``image_size`` (its position embeddings are fixed); ``crop_size`` may only
+    restate it. Scale jitter is ``scale_range`` relative to ``base_size``, by default the frame
+    at evaluation scale (short side = ``image_size``), so training sees objects at the sizes
+    windowed inference shows them.
+
+    Writes into ``out_dir``: ``last.ckpt`` (every ``checkpoint_every_n_steps`` steps, at each
+    validation and at the end; ``resume`` continues it up to ``max_steps``), CSV logs under
+    ``logs/``, and ``model/``, a ``save_pretrained`` folder of the final weights, which is
+    returned (``load_eomt(path)`` evaluates it). Validation (mIoU of windowed inference on the
+    ``val`` split) runs every ``val_every_n_steps`` steps and at the end.
+    ``sample_transform`` / ``module_cls`` / ``module_kwargs``: hooks for Outlier Exposure.
+    """
+    data_root, out_dir = Path(data_root), Path(out_dir)
+    L.seed_everything(seed, workers=True, verbose=False)  # before building: the initial weights depend on it
+    model = _as_model(model_or_config)
+    size = model.config.image_size
+    if crop_size is not None and tuple(crop_size if isinstance(crop_size, (tuple, list)) else (crop_size, crop_size)) != (size, size):
+        raise ValueError(
+            f"train_eomt crop_size={crop_size!r}: transformers' EoMT takes only {size}x{size} inputs (its "
+            f"config.image_size; the position embeddings are fixed), so training crops must be {size}x{size}. "
+            "Leave crop_size unset, or build the model with another image_size (small_eomt_config(image_size=...))."
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if base_size is None:
+        first_frame = CityscapesSegmentation(data_root, "train").pairs[0][0]
+        base_size = scaled_size(read_rgb(first_frame).shape[:2], size)
+    has_val = (data_root / "leftImg8bit" / "val").is_dir()
+    data = EomtDataModule(
+        data_root, crop_size=(size, size), batch_size=batch_size, num_workers=num_workers, scale_range=scale_range,
+        base_size=base_size, val_batch_size=1, sample_transform=sample_transform, val_split="val" if has_val else None,
+        seed=seed,
+    )  # fmt: skip
+    module = module_cls(model, max_steps=max_steps, lr=lr, trainable=trainable, seed=seed, **(module_kwargs or {}))
+    checkpoint = ModelCheckpoint(dirpath=out_dir, save_last=True, save_top_k=0,
+                                 every_n_train_steps=checkpoint_every_n_steps)  # fmt: skip
+    trainer = L.Trainer(
+        max_steps=max_steps, max_epochs=-1, accelerator=accelerator, devices=1, precision=precision,
+        default_root_dir=out_dir, logger=CSVLogger(out_dir, name="logs"),
+        callbacks=[checkpoint, *callbacks], enable_progress_bar=progress,
+        enable_model_summary=progress, log_every_n_steps=max(1, min(50, max_steps // 20)), num_sanity_val_steps=0,
+        limit_val_batches=limit_val_batches if has_val else 0,
+        val_check_interval=min(val_every_n_steps or max_steps, max_steps), check_val_every_n_epoch=None,
+    )  # fmt: skip
+    last = out_dir / "last.ckpt"
+    trainer.fit(module, datamodule=data, ckpt_path=last if resume and last.is_file() else None, weights_only=True)
+    exported = out_dir / "model"
+    if trainer.is_global_zero:
+        if not last.is_file() or torch.load(last, map_location="cpu", weights_only=True)["global_step"] != trainer.global_step:
+            trainer.save_checkpoint(last)  # the full state (optimizer too), so that it can be resumed
+        export_eomt(last, exported)
+    trainer.strategy.barrier()
+    return exported
+
+
+def export_eomt(ckpt: str | Path, folder: str | Path) -> Path:
+    """Write the EoMT of a training checkpoint as a ``save_pretrained`` folder (config.json +
+    model.safetensors) that ``build_eomt(folder)`` and ``load_eomt(folder)`` read."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} does not exist; expected the last.ckpt written by train_eomt.")
+    obj = torch.load(ckpt, map_location="cpu", weights_only=True)
+    config = obj.get("hyper_parameters", {}).get("model_config") if isinstance(obj, dict) else None
+    if config is None:
+        raise CheckpointError(
+            f"checkpoint {str(ckpt)!r} has no hyper_parameters['model_config']; expected a checkpoint written by "
+            "train_eomt / EomtModule. For an upstream tue-mps/eomt checkpoint use build_eomt(path) instead."
+        )
+    model = EomtForUniversalSegmentation(EomtConfig.from_dict(config))
+    fit_state_dict(model, obj["state_dict"], source=ckpt)
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp)
+    if folder.exists():  # replace as a whole, so a reader never sees a mix of two exports
+        for f in folder.iterdir():
+            f.unlink()
+        folder.rmdir()
+    os.replace(tmp, folder)
+    return folder
