@@ -61,8 +61,8 @@ def test_metrics_match_sklearn_with_ties_and_void(seed, n, ties):
 
 
 def test_fpr95_course_follows_roc_curve_dropped_points():
-    # roc_curve drops the collinear point (tpr 0.5, fpr 1/3) here; interpolating over all points
-    # gives a result 2 ulp away, so only the dropped-point search matches ood-metrics exactly.
+    # roc_curve drops the point at score 4 (tpr 1/2, fpr 2/3), collinear with its neighbours;
+    # interpolating over all points lands 2 ulp away, so only the kept-point search matches.
     scores, labels = np.float32([4, 8, 2, 4, 2]), np.array([1, 0, 1, 0, 0])
     ref = ood_metrics_fpr95(scores, labels)
     assert ref != ood_metrics_fpr95(scores, labels, drop_intermediate=False)

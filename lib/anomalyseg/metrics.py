@@ -62,7 +62,7 @@ def _split(scores, labels) -> tuple[np.ndarray, np.ndarray]:
     if _is_torch(scores) or _is_torch(labels):
         import torch
 
-        s = torch.as_tensor(scores)
+        s = torch.as_tensor(scores).detach()
         l = torch.as_tensor(labels, device=s.device)
         _check_same_shape(s, l, "anomaly metrics")
         s, l = s.reshape(-1).float(), l.reshape(-1)
