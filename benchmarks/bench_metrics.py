@@ -91,7 +91,8 @@ def run_child(method: str, prefix: str, repeat: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pixels", type=float, nargs="+", default=[1e6, 10e6, 50e6], help="pooled pixels per run, void included")
+    ap.add_argument("--pixels", type=float, nargs="+", default=[1e6, 10e6, 50e6],
+                    help="pooled pixels per run, void included")
     ap.add_argument("--repeat", type=int, default=1, help="timed runs per subprocess (best is reported)")
     ap.add_argument("--sklearn-max", type=float, default=50e6, help="skip sklearn above this many pixels")
     ap.add_argument("--child", nargs=3, metavar=("METHOD", "PREFIX", "REPEAT"), help=argparse.SUPPRESS)
@@ -101,12 +102,14 @@ def main() -> None:
 
     import sklearn
 
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor()) \
-        if Path("/proc/cpuinfo").exists() else platform.processor()
+    cpu = platform.processor()
+    if Path("/proc/cpuinfo").exists():
+        cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), cpu)
     print(f"machine: {cpu}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
           f"numpy {np.__version__}, scikit-learn {sklearn.__version__}, Python {platform.python_version()}")
     print("time: best of --repeat; memory: peak RSS (VmHWM) rise over the loaded data; fresh subprocess each\n")
-    print("| pixels | valid | ours (s) | sklearn (s) | speed-up | ours peak (MiB) | sklearn peak (MiB) | memory ratio | max abs diff |")
+    print("| pixels | valid | ours (s) | sklearn (s) | speed-up | ours peak (MiB) | sklearn peak (MiB) "
+          "| memory ratio | max abs diff |")
     print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="bench_metrics_") as tmp:
         for n in map(int, args.pixels):

@@ -231,10 +231,12 @@ class _Ranked:
         out = dict(auprc=float("nan"), fpr_at_95_tpr=float("nan"), auroc=float("nan"),
                    num_pixels=P + N, anomaly_fraction=P / (P + N))
         if P == 0:
-            warnings.warn("no anomaly pixel (label 1): AuPRC, FPR95 and AUROC are undefined (NaN).", RuntimeWarning, stacklevel=3)
+            warnings.warn("no anomaly pixel (label 1): AuPRC, FPR95 and AUROC are undefined (NaN).",
+                          RuntimeWarning, stacklevel=3)
             return out
         if N == 0:
-            warnings.warn("no in-distribution pixel (label 0): FPR95 and AUROC are undefined (NaN).", RuntimeWarning, stacklevel=3)
+            warnings.warn("no in-distribution pixel (label 0): FPR95 and AUROC are undefined (NaN).",
+                          RuntimeWarning, stacklevel=3)
         out["auprc"], out["auroc"] = self.auprc_auroc()
         out["fpr_at_95_tpr"] = self.fpr_at_tpr(convention)
         return out
