@@ -311,3 +311,24 @@ def test_upstream_checkpoint_reports_what_did_not_map(tmp_path):
     torch.save(up, tmp_path / "stats.bin")
     with pytest.raises(CheckpointError, match="pixel_std"):
         build_eomt(tmp_path / "stats.bin", num_attention_heads=2)
+
+
+def test_transformers_named_weight_file(tmp_path, tiny_model):
+    """A bare model.safetensors (transformers names, no config.json): config read from its shapes."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tiny_model.state_dict().items()}, tmp_path / "model.safetensors")
+    model = build_eomt(tmp_path / "model.safetensors", num_attention_heads=2)
+    assert model.config.num_hidden_layers == 3 and model.config.num_blocks == 2 and model.config.image_size == 64
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values=pixels).class_queries_logits,
+                                   tiny_model(pixel_values=pixels).class_queries_logits)
+
+
+def test_predict_equals_cached_class_map(tiny_model):
+    image = torch.randint(0, 256, (3, 70, 150), dtype=torch.uint8)
+    seg = EomtSegmenter(tiny_model, checkpoint="random-init")
+    direct = seg.predict(image, class_temperature=1.5)
+    assert direct.shape == (19, 70, 150)
+    torch.testing.assert_close(direct, seg.class_map(seg.raw_outputs(image), class_temperature=1.5), atol=2e-3, rtol=0)
