@@ -291,6 +291,9 @@ def evaluate_miou(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cityscapes mIoU (course convention: all 19 classes, ignore 255) for each class temperature.
 
+    The prediction is the argmax over all channels of ``class_map``; the course's ERFNet figure
+    (72.20) takes it over 20 channels, void included: use ``ErfnetSegmenter(use_void=True)``.
+
     Returns ``(rows, per_class)`` where ``per_class`` holds the IoU of each class (fractions) per T.
     A pixel temperature never changes the argmax, so only class temperatures are swept.
     """
@@ -303,7 +306,9 @@ def evaluate_miou(
     for t in class_temperatures:
         cm = ConfusionMatrix(num_classes=NUM_CLASSES, ignore_index=255)
         for f in frames:
-            pred = segmenter.class_map(f.raw, f.size, class_temperature=t)[:NUM_CLASSES].argmax(0)
+            # Argmax over every channel the model gives: with ERFNet's void channel (use_void=True)
+            # a pixel won by void counts as a miss, as in the course's iouEval.
+            pred = segmenter.class_map(f.raw, f.size, class_temperature=t).argmax(0)
             cm.update(pred, f.label)
         per_class[f"T={t:g}"] = cm.iou()
         rows.append(dict(
