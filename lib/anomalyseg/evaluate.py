@@ -76,10 +76,14 @@ class Frame:
 
 
 def resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resize of a label map ``[H, W]`` (course convention for masks)."""
+    """Nearest-neighbour resize of a label map ``[H, W]`` (course convention for masks).
+
+    The course resizes masks with PIL's ``Resize(NEAREST)``, which samples at pixel centres;
+    torch's ``"nearest-exact"`` is that rule (plain ``"nearest"`` takes ``floor(i * scale)`` and
+    shifts the boundaries by up to a pixel)."""
     if tuple(label.shape) == tuple(size):
         return label
-    return F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].to(label.dtype)
+    return F.interpolate(label[None, None].float(), size=size, mode="nearest-exact")[0, 0].to(label.dtype)
 
 
 def _loader(dataset: Dataset, num_workers: int) -> Iterable[dict]:
