@@ -1,0 +1,449 @@
+"""Outlier Exposure fine-tuning of EoMT (seed 000 and RbA; REFERENCE §6).
+
+A trained EoMT is fine-tuned on Cityscapes frames into which ``MixOOD`` pastes COCO objects, with
+one extra loss term: RbA's ``outlier_loss`` on the per-pixel class map ``L`` of the final
+prediction, which pushes ``s = -sum_c tanh(L_c)`` below ``inlier_upper_threshold`` on inlier
+pixels and above ``outlier_lower_threshold`` on pasted ones. The usual mask-classification
+losses stay on, and pasted pixels belong to no inlier mask (they hold 254 in the target), so
+every query also learns to leave them uncovered. By default only the class and mask heads train
+(RbA's recipe), so segmentation barely moves.
+
+Every setting has seed 000's name and lives in one ``OEConfig``:
+
+- ``EomtOEModule``: ``EomtModule`` plus ``outlier_weight * outlier_loss(...)`` as ``loss_outlier``.
+- ``oe_sample_transform`` / ``oe_datamodule``: the data side, ``MixOOD(OODObjects(coco_root),
+  **config.mix_ood_kwargs())`` after the train transforms of ``EomtDataModule`` (whose step-indexed
+  stream makes a resumed run draw the same crops and pastes); every item carries an
+  ``outlier_mask`` (0 / 255 without a paste). Objects keep their size relative to the scene when
+  the model sees the frames smaller than they are stored (``object_scale``).
+- ``ensure_ood_objects``: ``prepare_coco_ood`` once; ``pasted_samples``: crops to look at.
+- ``finetune_oe``: the whole run with Lightning (progress bar, CSV or Weights & Biases logs,
+  ``last.ckpt`` resumed exactly), exported as a ``save_pretrained`` folder for ``load_eomt``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger
+from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
+from transformers import EomtForUniversalSegmentation
+
+from ..data.cityscapes import CityscapesSegmentation
+from ..data.coco import OODObjects
+from ..data.io import read_rgb
+from ..data.mix_ood import MixOOD
+from ..losses import outlier_loss
+from ..models.eomt import EomtSegmenter, build_eomt, per_pixel_logits, scaled_size
+from .eomt import EomtDataModule, EomtModule, export_eomt
+from .oe_config import OEConfig
+
+OE_CONFIG_FILE = "oe_config.json"
+LOGGERS = ("csv", "wandb")
+
+
+def as_oe_config(config: OEConfig | dict | None) -> OEConfig:
+    """An ``OEConfig`` from itself, a plain dict of settings (``OEConfig.from_dict``) or None (defaults)."""
+    if config is None:
+        return OEConfig()
+    if isinstance(config, OEConfig):
+        return config
+    if isinstance(config, dict):
+        return OEConfig.from_dict(config)
+    raise TypeError(f"Outlier Exposure settings must be an OEConfig or a dict of its fields, got {type(config).__name__}.")
+
+
+# ----------------------------------------------------------------------------- loss
+class EomtOEModule(EomtModule):
+    """``EomtModule`` with RbA's outlier loss, configured by one ``OEConfig``.
+
+    Batches must carry ``outlier_mask`` ``[B, S, S]`` in {0, 1, 255} (``oe_sample_transform``)
+    when ``outlier_loss_enabled``. ``trainable`` comes from the config (``heads``: class head,
+    mask head, upscaling and queries; the ViT stays frozen). Masked attention stays off: the
+    model being fine-tuned was trained to run without it.
+
+    Args:
+        model: as ``EomtModule`` (a model, an ``EomtConfig``, or None with ``model_config``).
+        oe: an ``OEConfig`` or its dict; stored in the checkpoint's hyper-parameters as a dict.
+        **kwargs: ``EomtModule``'s settings (``max_steps``, ``lr``, ``seed``...), except
+            ``trainable``, which the config sets.
+    """
+
+    def __init__(self, model=None, *, oe: OEConfig | dict | None = None, attn_mask_annealing: bool = False, **kwargs):
+        oe = as_oe_config(oe).to_dict()  # plain values: checkpoints are read with weights_only=True
+        trainable = kwargs.pop("trainable", oe["trainable"])
+        if trainable != oe["trainable"]:
+            raise ValueError(
+                f"EomtOEModule: trainable={trainable!r} disagrees with the OEConfig's trainable={oe['trainable']!r}; "
+                "set it in the OEConfig only (one place for every Outlier Exposure setting)."
+            )
+        super().__init__(model, trainable=trainable, attn_mask_annealing=attn_mask_annealing, **kwargs)
+        self.hparams["oe"] = oe
+        self.oe_config = OEConfig.from_dict(oe)
+
+    def on_train_start(self) -> None:
+        # A model handed over for evaluation (or from from_pretrained) is in eval mode, and
+        # transformers' EoMT skips the intermediate predictions, and so their loss terms, outside
+        # training mode; Lightning keeps the mode it finds.
+        self.model.train()
+        super().on_train_start()
+
+    def compute_loss(self, batch: dict, outputs) -> dict[str, torch.Tensor]:
+        """``EomtModule``'s terms plus ``loss_outlier`` = ``outlier_weight * outlier_loss(L, outlier_mask)``
+        when ``outlier_loss_enabled``, with ``L`` the per-pixel class map of the final prediction at
+        mask resolution (S/4); ``outlier_loss`` upsamples its score to the mask's size."""
+        losses = super().compute_loss(batch, outputs)
+        cfg = self.oe_config
+        if not cfg.outlier_loss_enabled:
+            return losses
+        if "outlier_mask" not in batch:
+            raise KeyError(
+                "EomtOEModule: outlier_loss_enabled is set but the batch has no 'outlier_mask'. Build the training "
+                "data with oe_sample_transform(config, coco_root) as CityscapesDataModule's sample_transform (finetune_oe "
+                "does), which adds one to every item, 0 / 255 where nothing was pasted."
+            )
+        pixel_logits = per_pixel_logits(outputs.masks_queries_logits, outputs.class_queries_logits)
+        term = outlier_loss(pixel_logits, batch["outlier_mask"], **cfg.outlier_loss_kwargs())
+        losses["loss_outlier"] = cfg.outlier_weight * term
+        return losses
+
+
+# ----------------------------------------------------------------------------- data
+class ScaledObjects(Dataset):
+    """The objects of ``OODObjects`` resized by ``scale`` (image bilinear with antialiasing, mask by
+    area coverage >= 1/2), so that they keep their size relative to the street scene when the
+    frames are shown to the model at another resolution than they are stored."""
+
+    def __init__(self, objects: Dataset, scale: float):
+        if not scale > 0:
+            raise ValueError(f"ScaledObjects: scale must be > 0, got {scale!r}.")
+        self.objects, self.scale = objects, float(scale)
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.objects[index]
+        if self.scale == 1.0:
+            return image, mask
+        h, w = mask.shape
+        size = [max(1, round(h * self.scale)), max(1, round(w * self.scale))]
+        image = TF.resize(torch.as_tensor(image), size, antialias=True)
+        small = TF.resize(torch.as_tensor(mask)[None].float(), size, antialias=True)[0] >= 0.5
+        if not small.any():  # a sliver thinner than a pixel at this scale: keep its nearest pixels
+            small = TF.resize(torch.as_tensor(mask)[None].to(torch.uint8), size, interpolation=TF.InterpolationMode.NEAREST)[0].bool()
+        return image, small
+
+
+class PasteOutliers:
+    """``sample_transform`` for ``CityscapesDataModule``: ``item -> item`` with ``image`` and ``target``
+    replaced by ``mix``'s output and ``outlier_mask`` added (uint8 [H, W], 0 / 1 / 255)."""
+
+    def __init__(self, mix: MixOOD):
+        self.mix = mix
+
+    def __call__(self, item: dict) -> dict:
+        item = dict(item)
+        item["image"], item["target"], item["outlier_mask"] = self.mix(item["image"], item["target"])
+        return item
+
+    def __repr__(self) -> str:
+        m = self.mix
+        return (f"PasteOutliers(objects={len(m.objects)}, ood_prob={m.ood_prob}, road_only={m.road_only}, "
+                f"perspective_scale={m.perspective_scale})")
+
+
+def ensure_ood_objects(coco_root: str | Path, max_images: int | None = 400, seed: int = 0, progress: bool = True,
+                       **prepare_kwargs) -> dict:
+    """The COCO objects for pasting, prepared once: ``prepare_coco_ood(coco_root, max_images=...,
+    seed=...)`` unless its manifest shows a complete preparation that already holds exactly that
+    selection (same settings, or every candidate kept and ``max_images`` not below their number),
+    in which case the full COCO json is not read again. Returns the summary (``kept``...)."""
+    from ..data.coco import prepare_coco_ood
+
+    manifest_path = Path(coco_root) / "annotations" / "ood_seg_train2017.json"
+    if manifest_path.is_file() and not prepare_kwargs:
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            done, settings, summary = manifest.get("complete"), manifest["settings"], manifest["summary"]
+        except (ValueError, KeyError, TypeError):
+            done = False
+        if done and settings.get("seed") == seed and settings.get("min_area") == 1000 and settings.get("max_area_fraction") == 0.4:
+            same = settings.get("max_images") == max_images
+            all_kept = summary.get("unused") == 0 and (max_images is None or max_images >= summary.get("kept", 0))
+            if same or all_kept:
+                if progress:
+                    print(f"COCO OOD objects: reusing the {summary['kept']} prepared in {manifest_path.parent}")
+                return {**summary, "masks": str(manifest_path.with_suffix("")),
+                        "images": str(Path(coco_root) / "train2017_ood_subset")}
+    return prepare_coco_ood(coco_root, max_images=max_images, seed=seed, progress=progress, **prepare_kwargs)
+
+
+def oe_sample_transform(config: OEConfig | dict | None, coco_root: str | Path | None, object_scale: float = 1.0,
+                        **overrides) -> PasteOutliers:
+    """The data side of Outlier Exposure: with ``oe_enabled``, paste objects of
+    ``OODObjects(coco_root)`` (resized by ``object_scale``) with ``config.mix_ood_kwargs()``
+    (``overrides`` replace some, e.g. ``ood_prob=1.0`` to show pastes); without, nothing is pasted
+    but every item still gets its ``outlier_mask`` (0, 255 on void), so the inlier side of the
+    outlier loss keeps training."""
+    cfg = as_oe_config(config)
+    if not cfg.oe_enabled:
+        return PasteOutliers(MixOOD([], ood_prob=0.0))
+    if coco_root is None:
+        raise ValueError(
+            "Outlier Exposure with oe_enabled=True pastes COCO objects, so it needs coco_root: the folder prepared by "
+            "prepare_coco_ood (`anomalyseg prepare-coco`). Pass it, or set oe_enabled=False to train without pasting."
+        )
+    objects = ScaledObjects(OODObjects(coco_root), object_scale)
+    return PasteOutliers(MixOOD(objects, **{**cfg.mix_ood_kwargs(), **overrides}))
+
+
+def oe_datamodule(
+    data_root: str | Path,
+    coco_root: str | Path | None,
+    config: OEConfig | dict | None,
+    image_size: int,
+    batch_size: int = 16,
+    seed: int = 0,
+    num_workers: int = 0,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    object_scale: float | None = None,
+    with_val: bool = True,
+    **paste_overrides,
+) -> EomtDataModule:
+    """``EomtDataModule`` (resumable step-indexed stream) with ``image_size`` square crops and the
+    Outlier Exposure ``sample_transform``.
+
+    As in ``train_eomt``, scale jitter (``scale_range``) is relative to the frame at evaluation
+    scale, short side = ``image_size``. ``object_scale`` resizes the COCO objects; None scales
+    them with the frames (``image_size / frame short side``), so that an object keeps its size
+    relative to the street scene whatever the model's input resolution: 1 for EoMT at 1024 on
+    Cityscapes, where objects are pasted at their COCO size as seed 000 and RbA do.
+    """
+    data_root = Path(data_root)
+    first_frame = CityscapesSegmentation(data_root, "train").pairs[0][0]
+    frame_size = read_rgb(first_frame).shape[:2]
+    base_size = scaled_size(frame_size, image_size)
+    if object_scale is None:
+        object_scale = base_size[0] / frame_size[0]
+    has_val = with_val and (data_root / "leftImg8bit" / "val").is_dir()
+    return EomtDataModule(
+        data_root, crop_size=(image_size, image_size), batch_size=batch_size, num_workers=num_workers,
+        scale_range=scale_range, base_size=base_size, val_batch_size=1,
+        sample_transform=oe_sample_transform(config, coco_root, object_scale, **paste_overrides),
+        val_split="val" if has_val else None, seed=seed,
+    )  # fmt: skip
+
+
+def pasted_samples(
+    data_root: str | Path,
+    coco_root: str | Path,
+    config: OEConfig | dict | None,
+    image_size: int,
+    n: int = 4,
+    seed: int = 0,
+    object_scale: float | None = None,
+    max_draws: int = 200,
+) -> list[dict]:
+    """``n`` training items as fine-tuning sees them, each with a pasted object: the config's
+    placement rules (road only, perspective) with ``ood_prob`` forced to 1 so that every frame
+    tries. Items: ``image`` uint8 [3, S, S], ``target`` (254 = pasted), ``outlier_mask``, ``stem``."""
+    cfg = as_oe_config(config)
+    if not cfg.oe_enabled:
+        return []
+    data = oe_datamodule(data_root, coco_root, cfg, image_size, seed=seed, object_scale=object_scale, with_val=False,
+                         ood_prob=1.0)  # fmt: skip
+    data.setup("fit")
+    g = torch.Generator().manual_seed(seed)
+    found = []
+    for _ in range(max_draws):
+        index = int(torch.randint(len(data.train_set), (1,), generator=g))
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=g)))  # augmentations draw from the global RNG
+        item = data.train_set[index]
+        if (item["outlier_mask"] == 1).any():
+            found.append(item)
+            if len(found) == n:
+                break
+    return found
+
+
+# ----------------------------------------------------------------------------- entry point
+def _make_logger(logger: str | Logger | None, out_dir: Path, config: OEConfig) -> Logger | bool:
+    if logger is None or logger is False:
+        return False
+    if isinstance(logger, Logger):
+        return logger
+    if logger == "csv":
+        return CSVLogger(out_dir, name="logs")
+    if logger == "wandb":
+        try:
+            import wandb  # noqa: F401  (optional: only this logger needs it)
+        except ImportError:
+            raise ImportError(
+                "finetune_oe(logger='wandb') logs to Weights & Biases, but the wandb package is not installed. "
+                "Install it with `pip install wandb` (then `wandb login`), or use logger='csv' (the default), "
+                f"which writes {out_dir / 'logs'}/version_*/metrics.csv."
+            ) from None
+        from lightning.pytorch.loggers import WandbLogger
+
+        # One W&B run per output folder, so that a resumed fine-tuning continues its curves.
+        id_file = out_dir / "wandb_run_id.txt"
+        run_id = id_file.read_text().strip() if id_file.is_file() else None
+        wb = WandbLogger(project="anomalyseg", name=f"eomt_oe-{out_dir.name}", save_dir=str(out_dir), id=run_id,
+                         resume="allow", config={"oe": config.to_dict()})  # fmt: skip
+        if run_id is None:
+            id_file.write_text(str(wb.version))
+        return wb
+    raise ValueError(f"finetune_oe: logger={logger!r}; expected one of {list(LOGGERS)}, a Lightning Logger, or None.")
+
+
+def _lightning_device(device) -> tuple[str, int | list[int]]:
+    """``"auto"`` / ``"cpu"`` / ``"cuda"`` / ``"cuda:N"`` as Lightning's (accelerator, devices)."""
+    if str(device) in ("auto", "cpu"):
+        return str(device), 1
+    d = torch.device(device)
+    if d.type != "cuda":
+        raise ValueError(f"finetune_oe: device={device!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    return "gpu", [d.index or 0]
+
+
+def _base_model(source) -> EomtForUniversalSegmentation:
+    """A private copy of the model to fine-tune (the caller's model, e.g. the 'before' segmenter
+    of a notebook, must not change under it)."""
+    if isinstance(source, EomtSegmenter):
+        source = source.model
+    if isinstance(source, EomtForUniversalSegmentation):
+        return copy.deepcopy(source)
+    if isinstance(source, (str, Path)):
+        return build_eomt(source, for_eval=False)
+    raise TypeError(
+        f"finetune_oe: base_model_or_folder must be an EomtForUniversalSegmentation, an EomtSegmenter, or a folder / "
+        f"checkpoint file / hub id that build_eomt reads (notebook 02 exports <checkpoints>/eomt/model); got "
+        f"{type(source).__name__}."
+    )
+
+
+def _check_resumable(last: Path, config: OEConfig) -> None:
+    obj = torch.load(last, map_location="cpu", weights_only=True)
+    stored = obj.get("hyper_parameters", {}).get("oe")
+    if stored is None:
+        raise ValueError(
+            f"{last} was not written by finetune_oe (its hyper-parameters hold no Outlier Exposure settings). Use an "
+            "empty out_dir for Outlier Exposure fine-tuning, or resume=False to overwrite it."
+        )
+    if stored != config.to_dict():
+        diff = {k: (stored.get(k), v) for k, v in config.to_dict().items() if stored.get(k) != v}
+        raise ValueError(
+            f"{last} was fine-tuned with other Outlier Exposure settings (checkpoint vs now: {diff}); resuming would "
+            "mix two experiments. Use another out_dir for these settings (oe_run_dir gives one per setting), or "
+            "resume=False to start this folder over."
+        )
+
+
+def oe_run_dir(root: str | Path, config: OEConfig | dict | None, **settings) -> Path:
+    """``<root>/<8 hex digits>``: one folder per combination of Outlier Exposure settings and
+    run ``settings`` (base model, steps, batch...), so changing a parameter never resumes or
+    overwrites another experiment, and re-running the same one resumes it."""
+    import hashlib
+
+    key = json.dumps({"oe": as_oe_config(config).to_dict(), **{k: str(v) for k, v in settings.items()}}, sort_keys=True)
+    return Path(root) / hashlib.sha1(key.encode()).hexdigest()[:8]
+
+
+def finetune_oe(
+    base_model_or_folder: EomtForUniversalSegmentation | EomtSegmenter | str | Path,
+    data_root: str | Path,
+    coco_root: str | Path | None,
+    out_dir: str | Path,
+    config: OEConfig | dict | None = None,
+    max_steps: int = 2000,
+    batch_size: int = 16,
+    crop_size: int | tuple[int, int] | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    seed: int = 0,
+    logger: str | Logger | None = "csv",
+    *,
+    lr: float = 1e-4,
+    num_workers: int = 0,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    object_scale: float | None = None,
+    val_every_n_steps: int | None = None,
+    limit_val_batches: int | float | None = None,
+    checkpoint_every_n_steps: int | None = None,
+    callbacks: Sequence[Callback] = (),
+    device: str | torch.device = "auto",
+    precision: str = "32-true",
+) -> Path:
+    """Fine-tune a trained EoMT with Outlier Exposure; returns the exported ``save_pretrained`` folder.
+
+    RbA's recipe by default: AdamW ``lr`` 1e-4 with a poly schedule, ``max_steps`` 2000 at
+    ``batch_size`` 16, only the heads training (``config.trainable``), one COCO object pasted
+    with probability ``config.ood_prob``. ``crop_size`` may only restate the model's
+    ``image_size`` (transformers' EoMT has fixed position embeddings). Objects are resized by
+    ``object_scale`` (None: with the frames, see ``oe_datamodule``).
+
+    Writes into ``out_dir``: ``last.ckpt`` (every ``checkpoint_every_n_steps`` steps, by default
+    every 5% of ``max_steps``, and at the end; with ``resume`` a later call continues it up to ``max_steps``, drawing exactly the
+    batches, pastes and loss points an uninterrupted run would), logs (``logger="csv"``:
+    ``logs/version_*/metrics.csv`` with ``train_loss_outlier`` beside the mask-classification
+    terms; ``"wandb"``: Weights & Biases, ``pip install wandb``), and ``model/``, the final
+    weights with ``oe_config.json``, which is returned (``load_eomt(path)`` evaluates it).
+    Validation (Cityscapes-val mIoU of windowed inference) runs every ``val_every_n_steps``
+    steps and at the end when set; None skips it (evaluate the exported model instead).
+    ``device``: ``"auto"`` (the GPU when there is one), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    """
+    cfg = as_oe_config(config)
+    data_root, out_dir = Path(data_root), Path(out_dir)
+    if int(max_steps) < 1 or int(batch_size) < 1:
+        raise ValueError(f"finetune_oe: max_steps and batch_size must be >= 1, got {max_steps} and {batch_size}.")
+    L.seed_everything(seed, workers=True, verbose=False)
+    model = _base_model(base_model_or_folder)
+    size = model.config.image_size
+    crop = None if crop_size is None else tuple(crop_size if isinstance(crop_size, (tuple, list)) else (crop_size, crop_size))
+    if crop is not None and crop != (size, size):
+        raise ValueError(
+            f"finetune_oe crop_size={crop_size!r}: the EoMT being fine-tuned takes only {size}x{size} inputs (its "
+            f"config.image_size; the position embeddings are fixed), so crops must be {size}x{size}. Leave crop_size "
+            "unset (None) to use the model's size."
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last = out_dir / "last.ckpt"
+    resuming = resume and last.is_file()
+    if resuming:
+        _check_resumable(last, cfg)
+    run_logger = _make_logger(logger, out_dir, cfg)
+    data = oe_datamodule(data_root, coco_root, cfg, size, batch_size=batch_size, seed=seed, num_workers=num_workers,
+                         scale_range=scale_range, object_scale=object_scale,
+                         with_val=val_every_n_steps is not None)  # fmt: skip
+    module = EomtOEModule(model, oe=cfg, max_steps=max_steps, lr=lr, seed=seed)
+    every = checkpoint_every_n_steps or max(1, int(max_steps) // 20)
+    checkpoint = ModelCheckpoint(dirpath=out_dir, save_last=True, save_top_k=0, every_n_train_steps=every)
+    has_val = data.val_split is not None
+    accelerator, devices = _lightning_device(device)
+    trainer = L.Trainer(
+        max_steps=max_steps, max_epochs=-1, accelerator=accelerator, devices=devices, precision=precision,
+        default_root_dir=out_dir, logger=run_logger, callbacks=[checkpoint, *callbacks],
+        enable_progress_bar=progress, enable_model_summary=progress,
+        log_every_n_steps=max(1, min(50, max_steps // 20)), num_sanity_val_steps=0,
+        limit_val_batches=(limit_val_batches if has_val else 0),
+        val_check_interval=min(val_every_n_steps or max_steps, max_steps), check_val_every_n_epoch=None,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data, ckpt_path=last if resuming else None, weights_only=True)
+    exported = out_dir / "model"
+    if trainer.is_global_zero:
+        if not last.is_file() or torch.load(last, map_location="cpu", weights_only=True)["global_step"] != trainer.global_step:
+            trainer.save_checkpoint(last)  # the full state (optimizer too), so that it can be resumed
+        export_eomt(last, exported)
+        (exported / OE_CONFIG_FILE).write_text(json.dumps(
+            {"oe": cfg.to_dict(), "max_steps": int(max_steps), "batch_size": int(batch_size), "lr": lr, "seed": seed,
+             "global_step": int(trainer.global_step)}, indent=1))  # fmt: skip
+    trainer.strategy.barrier()
+    return exported
