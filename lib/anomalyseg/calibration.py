@@ -1,0 +1,252 @@
+"""Temperature scaling: fit T by the NLL of the true class, ECE and reliability diagrams.
+
+The probabilities are those the softmax scores read (REFERENCE §3-4): ``p = softmax(x / T)``
+over the 19 classes, where ``x`` is the segmenter's per-pixel class map (ERFNet's logits ``z``,
+EoMT's fused map ``L``).
+
+- ``temperature_on="pixel"`` divides ``x`` by T.
+- ``temperature_on="class"`` (EoMT only) divides the class logits by T before the
+  mask-classification fusion, ``x = L(T)``, and reads ``p = softmax(L(T))``.
+
+For EoMT, ``L_c = sum_q p_q(c) sigmoid(m_q)`` is a mass of masks, mostly in [0, 1], not a logit:
+``softmax(L)`` at T = 1 is close to uniform (at best about e / (e + 18) = 0.13 for one clear
+class), so the fitted pixel temperature is far below 1, and no class temperature can make
+``softmax(L(T))`` confident, since it only moves mass between classes inside [0, 1].
+
+Everything runs on cached outputs (``evaluate.collect_outputs(..., label_key="target")`` on
+Cityscapes val): fitting costs one class-map pass per tried class temperature, and one pass in
+all for a pixel temperature.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from scipy.optimize import minimize_scalar
+
+from .labels import NUM_CLASSES
+from .metrics import CalibrationAccumulator
+
+DEFAULT_BOUNDS = (0.01, 100.0)
+
+
+def _check_mode(segmenter, temperature_on: str) -> None:
+    if temperature_on not in ("pixel", "class"):
+        raise ValueError(f"temperature_on must be 'pixel' (divide the per-pixel class map) or 'class' (divide the "
+                         f"class logits, EoMT), got {temperature_on!r}.")  # fmt: skip
+    if temperature_on == "class" and not getattr(segmenter, "supports_class_temperature", False):
+        raise ValueError(f"{getattr(segmenter, 'name', 'this segmenter')} has no class logits to scale; use temperature_on='pixel'.")
+
+
+def _check_frames(frames) -> None:
+    if not len(frames):
+        raise ValueError("no frames: pass the Cityscapes val frames from collect_outputs(..., label_key='target').")
+    label = frames[0].label
+    if label.dtype == torch.uint8 and set(torch.unique(label).tolist()) <= {0, 1, 255}:
+        raise ValueError("these frames carry anomaly masks (0/1/255), not class ids: collect the Cityscapes val frames "
+                         "with collect_outputs(segmenter, val, 'cityscapes_val', cache, label_key='target').")  # fmt: skip
+
+
+def _valid(label: torch.Tensor) -> torch.Tensor:
+    """Pixels with a real class id (void 255, and anything >= 19, excluded)."""
+    return (label >= 0) & (label < NUM_CLASSES)
+
+
+def sample_pixels(frames, max_pixels: int | None = 500_000, seed: int = 0) -> list[torch.Tensor]:
+    """Flat indices of the valid pixels to use in each frame: all of them when they are at most
+    ``max_pixels`` (or ``max_pixels`` is None), else a uniform sample without replacement of
+    ``max_pixels`` over all frames, drawn from a generator seeded by ``seed`` (deterministic)."""
+    valid = [torch.nonzero(_valid(f.label).reshape(-1)).squeeze(1) for f in frames]
+    total = sum(len(v) for v in valid)
+    if total == 0:
+        raise ValueError("no valid pixel (class id 0..18) in the frames' labels: nothing to calibrate on.")
+    if max_pixels is None or total <= max_pixels:
+        return valid
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive pixel count or None, got {max_pixels}.")
+    chosen = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[: int(max_pixels)].sort().values
+    picks, start = [], 0
+    for v in valid:
+        inside = chosen[(chosen >= start) & (chosen < start + len(v))] - start
+        picks.append(v[inside])
+        start += len(v)
+    return picks
+
+
+def gather_logits(segmenter, frames, picks, class_temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-map values ``[N, 19]`` and true classes ``[N]`` at the picked pixels."""
+    xs, ys = [], []
+    for f, idx in zip(frames, picks):
+        x = segmenter.class_map(f.raw, f.size, class_temperature=class_temperature)[:NUM_CLASSES]
+        xs.append(x.reshape(NUM_CLASSES, -1)[:, idx].T)
+        ys.append(f.label.reshape(-1)[idx].long())
+    return torch.cat(xs).double(), torch.cat(ys)
+
+
+def nll(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of ``targets`` under ``softmax(logits / T)``."""
+    return float(torch.nn.functional.cross_entropy(logits.double() / temperature, targets))
+
+
+def temperature_nll(
+    segmenter, frames, temperatures: Sequence[float], temperature_on: str = "pixel",
+    max_pixels: int | None = 500_000, seed: int = 0,
+) -> np.ndarray:
+    """NLL of the true class at each temperature (for a plot of the curve ``fit_temperature``
+    minimises), on the same pixel sample."""
+    _check_mode(segmenter, temperature_on)
+    _check_frames(frames)
+    picks = sample_pixels(frames, max_pixels, seed)
+    if temperature_on == "pixel":
+        x, y = gather_logits(segmenter, frames, picks)
+        return np.array([nll(x, y, t) for t in temperatures])
+    return np.array([nll(*gather_logits(segmenter, frames, picks, t)) for t in temperatures])
+
+
+def fit_temperature(
+    segmenter,
+    frames,
+    temperature_on: str = "pixel",
+    max_pixels: int | None = 500_000,
+    bounds: tuple[float, float] = DEFAULT_BOUNDS,
+    grid: int = 9,
+    seed: int = 0,
+) -> float:
+    """The temperature minimising the NLL of the true class over valid pixels of ``frames``.
+
+    ``frames``: Cityscapes val frames from ``collect_outputs(..., label_key="target")``.
+    ``max_pixels`` valid pixels are sampled deterministically (``sample_pixels``). The search
+    runs over log T within ``bounds``: ``grid`` log-spaced temperatures bracket the minimum,
+    then a bounded Brent search refines it between the grid neighbours of the best one. With a
+    pixel temperature the NLL is convex in 1/T, so this finds the global minimum; a result on a
+    bound is returned with a warning (the NLL still falls beyond it).
+    """
+    _check_mode(segmenter, temperature_on)
+    _check_frames(frames)
+    lo, hi = (float(b) for b in bounds)
+    if not 0 < lo < hi:
+        raise ValueError(f"bounds must be 0 < low < high, got {bounds!r}.")
+    picks = sample_pixels(frames, max_pixels, seed)
+    if temperature_on == "pixel":
+        x, y = gather_logits(segmenter, frames, picks)
+        objective = lambda log_t: nll(x, y, math.exp(log_t))  # noqa: E731
+    else:
+        objective = lambda log_t: nll(*gather_logits(segmenter, frames, picks, math.exp(log_t)))  # noqa: E731
+    logs = np.linspace(math.log(lo), math.log(hi), max(3, int(grid)))
+    values = [objective(v) for v in logs]
+    best = int(np.argmin(values))
+    a, b = logs[max(best - 1, 0)], logs[min(best + 1, len(logs) - 1)]
+    res = minimize_scalar(objective, bounds=(a, b), method="bounded", options={"xatol": 1e-3})
+    log_t = float(res.x) if res.fun <= values[best] else float(logs[best])
+    t = math.exp(log_t)
+    if abs(log_t - math.log(lo)) < 1e-3 or abs(log_t - math.log(hi)) < 1e-3:
+        warnings.warn(f"fit_temperature ({temperature_on}): the NLL is smallest at the bound T = {t:.4g} of {bounds}; "
+                      "widen bounds to look further.", stacklevel=2)  # fmt: skip
+    return t
+
+
+def calibration_curve(
+    segmenter, frames, temperature: float = 1.0, temperature_on: str = "pixel", n_bins: int = 15
+) -> dict:
+    """Reliability of ``p = softmax(x / T)`` over every valid pixel of ``frames``.
+
+    Confidence is ``max_c p_c``, a pixel is correct when that class is the true one.
+    Returns ``ece`` (``n_bins`` equal-width bins, REFERENCE §5), ``nll`` (mean over valid
+    pixels), the per-bin ``confidence``, ``accuracy`` (NaN in empty bins), ``count`` and
+    ``edges``, and the ``temperature`` / ``temperature_on`` used.
+    """
+    _check_mode(segmenter, temperature_on)
+    _check_frames(frames)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    acc = CalibrationAccumulator(n_bins)
+    class_t, pixel_t = (temperature, 1.0) if temperature_on == "class" else (1.0, temperature)
+    nll_sum, n = 0.0, 0
+    for f in frames:
+        x = segmenter.class_map(f.raw, f.size, class_temperature=class_t)[:NUM_CLASSES].float()
+        logp = torch.log_softmax(x / pixel_t, dim=0)
+        conf, pred = logp.max(dim=0)
+        valid = _valid(f.label)
+        target = torch.where(valid, f.label.long(), torch.zeros_like(f.label, dtype=torch.long))
+        acc.update(conf.exp(), pred == target, valid)
+        nll_sum -= float(logp.gather(0, target[None])[0][valid].double().sum())
+        n += int(valid.sum())
+    if n == 0:
+        raise ValueError("no valid pixel (class id 0..18) in the frames' labels: nothing to calibrate on.")
+    return dict(ece=acc.ece(), nll=nll_sum / n, **acc.bins(), temperature=float(temperature), temperature_on=temperature_on)
+
+
+def calibrate(
+    segmenter, frames, temperature_on: str = "pixel", max_pixels: int | None = 500_000, n_bins: int = 15,
+    bounds: tuple[float, float] = DEFAULT_BOUNDS,
+) -> dict:
+    """Fit T (``fit_temperature``) and measure calibration at T = 1 and at the fitted T:
+    ``{"model", "temperature_on", "temperature", "before": curve, "after": curve}`` with curves
+    from ``calibration_curve`` over every valid pixel."""
+    t = fit_temperature(segmenter, frames, temperature_on, max_pixels=max_pixels, bounds=bounds)
+    return dict(model=getattr(segmenter, "name", ""), temperature_on=temperature_on, temperature=t,
+                before=calibration_curve(segmenter, frames, 1.0, temperature_on, n_bins),
+                after=calibration_curve(segmenter, frames, t, temperature_on, n_bins))  # fmt: skip
+
+
+def calibration_table(fits: Sequence[dict]) -> pd.DataFrame:
+    """One row per ``calibrate`` result: the fitted temperature, NLL and ECE (percent) before and after."""
+    return pd.DataFrame([dict(model=f["model"], temperature_on=f["temperature_on"], fitted_T=round(f["temperature"], 4),
+                              nll_T1=round(f["before"]["nll"], 4), nll_fitted=round(f["after"]["nll"], 4),
+                              ece_T1=round(100 * f["before"]["ece"], 2), ece_fitted=round(100 * f["after"]["ece"], 2))
+                         for f in fits])  # fmt: skip
+
+
+def temperature_spread(sweeps: pd.DataFrame, metric: str = "auprc") -> pd.DataFrame:
+    """How much a sweep moves ``metric``: max minus min over the temperatures, in percentage
+    points, one row per (model, score), one column per benchmark. ``sweeps`` are rows as
+    ``report.temperature_sweeps`` returns them (one sweep kind)."""
+    from .results import DATASET_ORDER, DATASET_TITLES
+
+    if not len(sweeps):
+        return pd.DataFrame()
+    spread = sweeps.groupby(["model", "score", "dataset"], sort=False)[metric].agg(lambda v: 100 * (v.max() - v.min()))
+    table = spread.unstack("dataset")
+    table = table[[d for d in DATASET_ORDER if d in table.columns]].rename(columns=DATASET_TITLES).round(2)
+    table.columns.name = f"{metric} range over T (points)"
+    return table
+
+
+def reliability_figure(curves: Mapping[str, dict], title: str | None = None, cell: float = 2.8):
+    """Reliability diagrams side by side, one per ``calibration_curve`` result in ``curves``
+    (``{"EoMT, T = 1": curve, ...}``): accuracy per confidence bin against the diagonal of
+    perfect calibration, the gap shaded, ECE in the panel title; below, the share of pixels
+    per bin (log scale), since a bin with few pixels weighs little in the ECE."""
+    if not curves:
+        raise ValueError("reliability_figure needs at least one calibration_curve result.")
+    n = len(curves)
+    fig, axes = plt.subplots(2, n, figsize=(cell * n, cell * 1.45), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1]}, sharex=True)  # fmt: skip
+    for j, (name, c) in enumerate(curves.items()):
+        edges = np.asarray(c["edges"])
+        left, width = edges[:-1], np.diff(edges)
+        acc, conf, count = np.asarray(c["accuracy"]), np.asarray(c["confidence"]), np.asarray(c["count"])
+        full = count > 0
+        ax = axes[0, j]
+        ax.bar(left[full], acc[full], width[full], align="edge", color="tab:blue", edgecolor="white", label="accuracy")
+        lo, hi = np.minimum(acc, conf)[full], np.maximum(acc, conf)[full]
+        ax.bar(left[full], hi - lo, width[full], bottom=lo, align="edge", color="tab:red", alpha=0.3, label="gap")
+        ax.plot([0, 1], [0, 1], color="black", lw=0.8, ls="--")
+        ax.set_xlim(0, 1), ax.set_ylim(0, 1), ax.grid(alpha=0.3)
+        ax.set_title(f"{name}\nECE {100 * c['ece']:.2f}%", fontsize=9)
+        share = count / max(count.sum(), 1)
+        axes[1, j].bar(left, np.where(share > 0, share, np.nan), width, align="edge", color="grey")
+        axes[1, j].set_yscale("log"), axes[1, j].set_ylim(1e-5, 1.5)
+        axes[1, j].set_xlabel("confidence (max softmax)")
+    axes[0, 0].set_ylabel("accuracy"), axes[1, 0].set_ylabel("pixel share")
+    axes[0, 0].legend(fontsize=7, loc="upper left")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
