@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import warnings
 
 import pytest
 import torch
@@ -49,7 +50,8 @@ def test_embedded_eomt_is_trained_once_then_reused(ws, monkeypatch):
     assert weights.is_file() and first.checkpoint == str(weights.parent)
     assert first.window_size == 32 and first.model.attn_mask_probs.tolist() == [0.0, 0.0]
     stored = json.loads((ws.checkpoints / "eomt" / zoo.SETTINGS_FILE).read_text())
-    assert stored["max_steps"] == 2 and stored["config"]["image_size"] == 32
+    assert stored["max_steps"] == 2 and stored["config"]["image_size"] == 32 and stored["config"]["patch_size"] == 16
+    assert stored["seed"] == 0 and "num_workers" not in stored  # defaults filled in, run-only settings left out
     mtime = weights.stat().st_mtime_ns
 
     import anomalyseg.training.eomt as training
@@ -63,6 +65,10 @@ def test_embedded_eomt_is_trained_once_then_reused(ws, monkeypatch):
 
     with pytest.warns(UserWarning, match=r"Reusing the EoMT .*max_steps: trained 2, asked 5"):
         zoo.eomt_segmenter(ws, train={**TINY_EOMT, "max_steps": 5}, device="cpu", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: settings that do not change the weights, or none at all
+        zoo.eomt_segmenter(ws, train={**TINY_EOMT, "num_workers": 2, "val_every_n_steps": 1}, device="cpu")
+        zoo.eomt_segmenter(ws, device="cpu")
 
     log = zoo.training_log(ws.checkpoints / "eomt")
     assert list(log.columns) == ["step", "train_loss", "val_miou"]
