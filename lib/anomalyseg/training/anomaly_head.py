@@ -1,0 +1,387 @@
+"""Training the pixel-wise anomaly head on a frozen EoMT (seed 001; REFERENCE §6).
+
+Only the head learns. EoMT runs in eval mode under ``torch.no_grad`` with masked attention off,
+exactly as at evaluation, and its weights are checked to be unchanged at the end of training. The
+training frames are Cityscapes-layout *train* frames with one COCO object pasted by ``MixOOD``
+(Outlier Exposure data, never a benchmark's frames); the loss is ``losses.anomaly_head_loss``:
+BCE-with-logits against the outlier mask with ``pos_weight`` 10, void pixels masked out (seed
+001 trained on them; here they carry no label and no gradient).
+
+Per step, on crops ``[B, 3, S, S]`` (``S`` = EoMT's window size, the only input size its position
+embeddings take): EoMT's mask logits ``[B, Q, S/4, S/4]`` are upsampled to ``S`` and fused into
+the class map ``[B, C, S, S]`` (``per_pixel_logits``), the patch features ``[B, D, g, g]`` are
+kept for a hybrid head, and both are rounded to float16 first, as ``EomtSegmenter`` caches them,
+so that the head sees in training exactly what windowed evaluation feeds it. The head returns
+``[B, 1, S, S]`` logits.
+
+``train_anomaly_head`` shows a progress bar, writes ``last.ckpt`` (head and optimiser only; the
+frozen EoMT stays out of it), CSV logs and the head as ``head.safetensors``, and resumes exactly:
+the data come from EoMT training's step-indexed stream (``EomtDataModule``) and dropout is seeded
+by the step, so an interrupted and resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from transformers import EomtForUniversalSegmentation
+
+from ..data.cityscapes import CityscapesSegmentation
+from ..data.coco import OODObjects
+from ..data.io import read_rgb
+from ..data.mix_ood import MixOOD
+from ..losses import anomaly_head_loss
+from ..models.anomaly_head import VARIANT_SCORES, build_anomaly_head, save_anomaly_head
+from ..models.checkpoints import CheckpointError, fit_state_dict
+from ..results import DATASET_ORDER
+from ..models.eomt import (
+    EomtSegmenter,
+    build_eomt,
+    normalize,
+    patch_features,
+    per_pixel_logits,
+    scaled_size,
+    zero_attn_mask_probs,
+)
+from .eomt import EomtDataModule, WarmupPoly
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+HEAD_FILE = "head.safetensors"
+
+
+class PasteOOD:
+    """``sample_transform`` for the data module: paste an object with ``MixOOD`` and add the
+    ``outlier_mask`` (uint8 ``[H, W]`` in {0, 1, 255}) to the item."""
+
+    def __init__(self, mix: MixOOD):
+        self.mix = mix
+
+    def __call__(self, item: dict) -> dict:
+        image, target, outlier_mask = self.mix(item["image"], item["target"])
+        return {**item, "image": image, "target": target, "outlier_mask": outlier_mask}
+
+
+class AnomalyHeadModule(L.LightningModule):
+    """The head (trained) on a frozen EoMT (not trained, not checkpointed).
+
+    Args:
+        eomt: the frozen ``EomtForUniversalSegmentation``. It is held outside the module's
+            sub-modules, so Lightning neither trains it, nor switches it to train mode, nor writes
+            it into checkpoints; it is moved to the training device when training starts and back
+            when it ends. Its masked attention is switched off, as for evaluation.
+        variant: ``"stats"`` or ``"hybrid"`` (``models.anomaly_head``).
+        pos_weight: weight of outlier pixels in the BCE (seed 001: 10).
+        lr, weight_decay, poly_power: AdamW on the head's parameters with a per-step poly schedule.
+        eomt_checkpoint: where the frozen EoMT came from (recorded, so that a resume on another
+            EoMT is refused); None when unknown.
+
+    Batches: ``{"image": uint8 [B, 3, S, S], "outlier_mask": uint8 [B, S, S], ...}``.
+    """
+
+    def __init__(
+        self,
+        eomt: EomtForUniversalSegmentation,
+        variant: str = "stats",
+        *,
+        max_steps: int = 1000,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        poly_power: float = 0.9,
+        pos_weight: float = 10.0,
+        dropout: float = 0.1,
+        seed: int | None = None,
+        eomt_checkpoint: str | None = None,
+    ):
+        super().__init__()
+        if not isinstance(eomt, EomtForUniversalSegmentation):
+            raise TypeError(f"AnomalyHeadModule needs a transformers EomtForUniversalSegmentation, got {type(eomt).__name__}.")
+        if int(max_steps) < 1:
+            raise ValueError(f"AnomalyHeadModule: max_steps sets the poly schedule's length and must be >= 1, got {max_steps}.")
+        if float(pos_weight) <= 0:
+            raise ValueError(f"AnomalyHeadModule: pos_weight must be > 0 (seed 001: 10), got {pos_weight}.")
+        self.save_hyperparameters(ignore=["eomt"])
+        self.hparams["feature_dim"] = int(eomt.config.hidden_size)
+        self.head = build_anomaly_head(variant, eomt.config.hidden_size, dropout)
+        self.__dict__["eomt"] = zero_attn_mask_probs(eomt.eval())  # bypasses nn.Module registration
+        self._home_device: torch.device | None = None
+        self._frozen_checksum: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ frozen EoMT
+    @torch.no_grad()
+    def frozen_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """uint8 ``[B, 3, S, S]`` -> EoMT's class map ``[B, C, S, S]`` and, for a hybrid head,
+        the patch features ``[B, D, g, g]`` (both float32 of float16-rounded values), no grad."""
+        self.eomt.eval()
+        out = self.eomt(pixel_values=normalize(images))
+        masks = F.interpolate(out.masks_queries_logits.half().float(), size=images.shape[-2:], mode="bilinear")
+        class_map = per_pixel_logits(masks, out.class_queries_logits.float())
+        features = None
+        if self.head.needs_features:
+            features = patch_features(self.eomt, out.last_hidden_state).half().float()
+        return class_map, features
+
+    def frozen_checksum(self) -> torch.Tensor:
+        """Per-parameter sums of EoMT's weights (float64 ``[P]``): equal before and after training."""
+        return torch.stack([p.detach().double().sum() for p in self.eomt.parameters()]).cpu()
+
+    def on_train_start(self) -> None:
+        self._home_device = next(self.eomt.parameters()).device
+        self.eomt.to(self.device)
+        self._frozen_checksum = self.frozen_checksum()
+
+    def on_train_end(self) -> None:
+        if self._frozen_checksum is not None and not torch.equal(self.frozen_checksum(), self._frozen_checksum):
+            raise RuntimeError(
+                "The frozen EoMT's weights changed while the anomaly head trained; only the head may learn. "
+                "Something outside AnomalyHeadModule updated the model passed to it (a shared optimiser?)."
+            )
+
+    def teardown(self, stage: str) -> None:
+        if self._home_device is not None:
+            self.eomt.to(self._home_device)
+
+    # ------------------------------------------------------------------ training
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, 3, S, S]`` -> anomaly logits ``[B, 1, S, S]``."""
+        class_map, features = self.frozen_outputs(images)
+        return self.head(class_map, features)
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        if self.hparams.seed is not None:
+            # dropout draws from torch's global generator: seeding it by step makes a resumed run
+            # drop the same units as an uninterrupted one
+            torch.manual_seed((self.hparams.seed * 6_700_417 + self.global_step) % 2**63)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if "outlier_mask" not in batch:
+            raise KeyError(
+                "AnomalyHeadModule: the batch has no 'outlier_mask'; train on Outlier Exposure frames "
+                "(CityscapesDataModule with sample_transform=PasteOOD(MixOOD(...)), as train_anomaly_head builds them)."
+            )
+        logits = self(batch["image"])
+        loss = anomaly_head_loss(logits, batch["outlier_mask"], pos_weight=self.hparams.pos_weight)
+        mask = batch["outlier_mask"]
+        self.log("train_loss", loss, prog_bar=True)
+        self.log("outlier_fraction", (mask == 1).sum() / (mask != 255).sum().clamp(min=1))
+        self.log("lr", self.optimizers().param_groups[0]["lr"])
+        return loss
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.head.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupPoly(0, 0, hp.max_steps, hp.poly_power))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+# ----------------------------------------------------------------------------- entry points
+def _as_eomt(source) -> tuple[EomtForUniversalSegmentation, torch.device | None, str | None]:
+    """(model, device of the segmenter or None, checkpoint label or None)."""
+    if isinstance(source, EomtSegmenter):
+        return source.model, source.device, source.checkpoint
+    if isinstance(source, EomtForUniversalSegmentation):
+        return source, None, None
+    if isinstance(source, (str, Path)):
+        return build_eomt(source, for_eval=True), None, str(source)
+    raise TypeError(
+        f"train_anomaly_head needs the frozen EoMT as an EomtSegmenter, an EomtForUniversalSegmentation or a "
+        f"build_eomt source (folder, checkpoint file, hub id); got {type(source).__name__}."
+    )
+
+
+def _check_resumable(last: Path, variant: str, feature_dim: int, eomt_checkpoint: str | None) -> None:
+    hp = torch.load(last, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    saved = {k: hp.get(k) for k in ("variant", "feature_dim")}
+    if saved != {"variant": variant, "feature_dim": feature_dim}:
+        raise CheckpointError(
+            f"{last} belongs to an anomaly head with {saved}, not variant={variant!r} on a {feature_dim}-wide EoMT, "
+            "so it cannot be resumed. Give each variant its own out_dir, or pass resume=False to start over."
+        )
+    saved_eomt = hp.get("eomt_checkpoint")
+    if saved_eomt and eomt_checkpoint and saved_eomt != eomt_checkpoint:
+        raise CheckpointError(
+            f"{last} is a head trained on the EoMT {saved_eomt!r}, but the EoMT given now is {eomt_checkpoint!r}: a head "
+            "reads one model's class maps and does not transfer. Use another out_dir, or resume=False to start over."
+        )
+
+
+def train_anomaly_head(
+    eomt_segmenter_or_model,
+    data_root: str | Path,
+    coco_root: str | Path,
+    out_dir: str | Path,
+    variant: str = "stats",
+    max_steps: int = 1000,
+    batch_size: int = 8,
+    crop_size: int | tuple[int, int] | None = None,
+    ood_prob: float = 0.5,
+    resume: bool = True,
+    progress: bool = True,
+    seed: int = 0,
+    *,
+    pos_weight: float = 10.0,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    road_only: bool = False,
+    perspective_scale: bool = False,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    base_size: tuple[int, int] | None = None,
+    num_workers: int = 0,
+    checkpoint_every_n_steps: int | None = None,
+    callbacks: Sequence[Callback] = (),
+    accelerator: str | None = None,
+) -> Path:
+    """Train an anomaly head on the frozen EoMT with Outlier Exposure frames; returns the
+    ``head.safetensors`` path (``load_anomaly_head`` reads it).
+
+    Args:
+        eomt_segmenter_or_model: the frozen EoMT: an ``EomtSegmenter`` (its device is used), a
+            model, or a ``build_eomt`` source. It is never updated.
+        data_root: Cityscapes-layout folder; its ``train`` split is used (never a benchmark).
+        coco_root: COCO folder with the objects prepared by ``prepare_coco_ood`` (``OODObjects``).
+        out_dir: ``last.ckpt``, ``logs/`` and ``head.safetensors`` go here; one folder per variant.
+        variant: ``"stats"`` (4 statistics of the class map) or ``"hybrid"`` (+ patch features).
+        crop_size: training crops are squares of EoMT's window size (``config.image_size``; its
+            position embeddings take no other); ``crop_size`` may only restate it. Scale jitter
+            ``scale_range`` is relative to ``base_size``, by default a frame at evaluation scale.
+        ood_prob: probability that a training frame gets a pasted object. Higher than Outlier
+            Exposure fine-tuning's 0.1-0.2 on purpose: pasted pixels are the head's only positive
+            examples, so at 0.2 most batches would teach it nothing about anomalies, while OE keeps
+            the rate low to protect the segmentation, which cannot suffer here since EoMT is frozen.
+            Below 1, frames without an object still teach the in-distribution side (rare classes,
+            object borders) without an anomaly nearby to explain them. Default 0.5.
+        road_only, perspective_scale: ``MixOOD``'s placement options (seed 000's OE variants).
+        resume: continue ``out_dir/last.ckpt`` up to ``max_steps`` (a finished run is not retrained);
+            the data stream and dropout are functions of the step, so the result equals an
+            uninterrupted run's.
+        accelerator: Lightning's; None follows the segmenter's device (``"auto"`` for a bare model).
+    """
+    if variant not in VARIANT_SCORES:
+        raise ValueError(f"train_anomaly_head: unknown variant {variant!r}; expected one of {list(VARIANT_SCORES)}.")
+    data_root, out_dir = Path(data_root), Path(out_dir)
+    if not (data_root / "leftImg8bit" / "train").is_dir():
+        raise FileNotFoundError(
+            f"train_anomaly_head trains on the train split of a Cityscapes-layout folder, but {data_root / 'leftImg8bit' / 'train'} "
+            "does not exist. Pass the folder holding leftImg8bit/ and gtFine/ (workspace.cityscapes), never a benchmark's "
+            "frames: the head must not see the data it is evaluated on."
+        )
+    L.seed_everything(seed, workers=True, verbose=False)  # before building: the head's initial weights depend on it
+    eomt, seg_device, eomt_checkpoint = _as_eomt(eomt_segmenter_or_model)
+    size = eomt.config.image_size
+    if crop_size is not None and tuple(crop_size if isinstance(crop_size, (tuple, list)) else (crop_size, crop_size)) != (size, size):
+        raise ValueError(
+            f"train_anomaly_head crop_size={crop_size!r}: this EoMT takes only {size}x{size} windows (config.image_size; "
+            f"its position embeddings are fixed), and the head trains on what it sees in one window. Leave crop_size "
+            f"unset or pass {size}."
+        )
+    if accelerator is None:
+        accelerator = "auto" if seg_device is None else ("gpu" if seg_device.type == "cuda" else seg_device.type)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last = out_dir / "last.ckpt"
+    if resume and last.is_file():
+        _check_resumable(last, variant, int(eomt.config.hidden_size), eomt_checkpoint)
+    if base_size is None:
+        first_frame = CityscapesSegmentation(data_root, "train").pairs[0][0]
+        base_size = scaled_size(read_rgb(first_frame).shape[:2], size)
+    mix = MixOOD(OODObjects(coco_root), ood_prob=ood_prob, road_only=road_only, perspective_scale=perspective_scale)
+    data = EomtDataModule(
+        data_root, crop_size=(size, size), batch_size=batch_size, num_workers=num_workers, scale_range=scale_range,
+        base_size=base_size, sample_transform=PasteOOD(mix), val_split=None, seed=seed,
+    )  # fmt: skip
+    module = AnomalyHeadModule(eomt, variant, max_steps=max_steps, lr=lr, weight_decay=weight_decay,
+                               pos_weight=pos_weight, seed=seed, eomt_checkpoint=eomt_checkpoint)  # fmt: skip
+    checkpoint = ModelCheckpoint(dirpath=out_dir, save_last=True, save_top_k=0, every_n_train_steps=checkpoint_every_n_steps)
+    trainer = L.Trainer(
+        max_steps=max_steps, max_epochs=-1, accelerator=accelerator, devices=1, default_root_dir=out_dir,
+        logger=CSVLogger(out_dir, name="logs"), callbacks=[checkpoint, *callbacks], enable_progress_bar=progress,
+        enable_model_summary=progress, log_every_n_steps=max(1, min(50, max_steps // 20)), limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        # a resumed run writes into its own non-empty folder, on purpose; there is no validation
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        warnings.filterwarnings("ignore", message=r"You passed in a `val_dataloader` but have no `validation_step`")
+        trainer.fit(module, datamodule=data, ckpt_path=last if resume and last.is_file() else None, weights_only=True)
+    if not last.is_file() or torch.load(last, map_location="cpu", weights_only=True)["global_step"] != trainer.global_step:
+        trainer.save_checkpoint(last, weights_only=False)  # the full state (optimizer too), so that it can be resumed
+    return export_anomaly_head(last, out_dir / HEAD_FILE)
+
+
+def export_anomaly_head(ckpt: str | Path, path: str | Path) -> Path:
+    """Write the head of a ``train_anomaly_head`` checkpoint as safetensors (``save_anomaly_head``)."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} does not exist; expected the last.ckpt written by train_anomaly_head.")
+    obj = torch.load(ckpt, map_location="cpu", weights_only=True)
+    hp = obj.get("hyper_parameters", {}) if isinstance(obj, dict) else {}
+    if "variant" not in hp or "feature_dim" not in hp:
+        raise CheckpointError(
+            f"checkpoint {str(ckpt)!r} has no anomaly-head hyper-parameters (variant, feature_dim); expected a "
+            "last.ckpt written by train_anomaly_head / AnomalyHeadModule."
+        )
+    head = build_anomaly_head(hp["variant"], hp["feature_dim"], hp.get("dropout", 0.1))
+    state = {k.removeprefix("head."): v for k, v in obj["state_dict"].items() if k.startswith("head.")}
+    fit_state_dict(head, state, source=ckpt)
+    return save_anomaly_head(head, path)
+
+
+# ----------------------------------------------------------------------------- reading a run
+def training_log(out_dir: str | Path) -> "pd.DataFrame":
+    """The logged training steps of a ``train_anomaly_head`` folder (every resumed session, the
+    latest value per step): index ``step``, columns ``train_loss``, ``outlier_fraction``, ``lr``."""
+    import pandas as pd
+
+    files = sorted(Path(out_dir).glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    if not files:
+        raise FileNotFoundError(f"No training logs under {Path(out_dir) / 'logs'}; train_anomaly_head writes them there.")
+    df = pd.concat([pd.read_csv(p) for p in files])
+    df = df[df["train_loss"].notna()].drop_duplicates("step", keep="last").set_index("step").sort_index()
+    return df[[c for c in ("train_loss", "outlier_fraction", "lr") if c in df]]
+
+
+def compare_with_posthoc(
+    rows: "pd.DataFrame", learned: Sequence[str] = tuple(VARIANT_SCORES.values()), percent: bool = False
+) -> "pd.DataFrame":
+    """Per benchmark: the best post-hoc score of the same model (highest AuPRC) next to each learned
+    score, from ``evaluate_anomaly``'s rows at T = 1.
+
+    Returns one row per dataset (course order) with columns ``best_posthoc`` (its name),
+    ``best_posthoc_auprc``, ``best_posthoc_fpr_at_95_tpr`` and ``<learned>_auprc`` /
+    ``<learned>_fpr_at_95_tpr`` for each learned score present: fractions, or percent with two
+    decimals when ``percent``.
+    """
+    import numpy as np
+    import pandas as pd
+
+    rows = rows[rows["temperature"].isna() | np.isclose(rows["temperature"].astype(float), 1.0)]
+    out = []
+    for dataset, group in rows.groupby("dataset", sort=False):
+        post = group[~group["score"].isin(learned)].sort_values("auprc", ascending=False)
+        entry = {"dataset": dataset}
+        if len(post):
+            best = post.iloc[0]
+            entry.update(best_posthoc=best["score"], best_posthoc_auprc=float(best["auprc"]),
+                         best_posthoc_fpr_at_95_tpr=float(best["fpr_at_95_tpr"]))  # fmt: skip
+        for score in learned:
+            found = group[group["score"] == score]
+            if len(found):
+                entry[f"{score}_auprc"] = float(found.iloc[-1]["auprc"])
+                entry[f"{score}_fpr_at_95_tpr"] = float(found.iloc[-1]["fpr_at_95_tpr"])
+        out.append(entry)
+    if not out:
+        return pd.DataFrame()
+    order = {d: i for i, d in enumerate(DATASET_ORDER)}
+    table = pd.DataFrame(out).set_index("dataset")
+    table = table.sort_index(key=lambda idx: idx.map(lambda d: order.get(d, len(order))))
+    if percent:
+        numeric = table.columns[table.dtypes != object]
+        table[numeric] = (table[numeric] * 100).round(2)
+    return table
