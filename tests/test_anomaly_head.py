@@ -322,4 +322,6 @@ def test_compare_with_posthoc_picks_the_best_posthoc_score_per_benchmark():
     assert table.loc["RoadAnomaly", "best_posthoc"] == "rba" and table.loc["RoadAnomaly", "best_posthoc_auprc"] == 0.40
     assert table.loc["RoadAnomaly", "anomaly_head_fpr_at_95_tpr"] == 0.20
     assert "anomaly_head_hybrid_auprc" not in table
-    assert compare_with_posthoc(rows, percent=True).loc["RoadAnomaly21", "best_posthoc_auprc"] == 12.35
+    in_percent = compare_with_posthoc(rows, percent=True)
+    assert in_percent.loc["RoadAnomaly21", "best_posthoc_auprc"] == 12.35
+    assert in_percent.loc["RoadAnomaly21", "best_posthoc"] == "msp"  # names stay names

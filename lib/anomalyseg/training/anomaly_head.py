@@ -382,6 +382,6 @@ def compare_with_posthoc(
     table = pd.DataFrame(out).set_index("dataset")
     table = table.sort_index(key=lambda idx: idx.map(lambda d: order.get(d, len(order))))
     if percent:
-        numeric = table.columns[table.dtypes != object]
+        numeric = table.select_dtypes("number").columns
         table[numeric] = (table[numeric] * 100).round(2)
     return table
