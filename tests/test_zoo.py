@@ -51,7 +51,7 @@ def test_embedded_eomt_is_trained_once_then_reused(ws, monkeypatch):
     assert first.window_size == 32 and first.model.attn_mask_probs.tolist() == [0.0, 0.0]
     stored = json.loads((ws.checkpoints / "eomt" / zoo.SETTINGS_FILE).read_text())
     assert stored["max_steps"] == 2 and stored["config"]["image_size"] == 32 and stored["config"]["patch_size"] == 16
-    assert stored["seed"] == 0 and "num_workers" not in stored  # defaults filled in, run-only settings left out
+    assert stored["seed"] == 0 and "num_workers" not in stored and "resume" not in stored  # defaults in, run-only out
     mtime = weights.stat().st_mtime_ns
 
     import anomalyseg.training.eomt as training

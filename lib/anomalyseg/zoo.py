@@ -248,7 +248,7 @@ def _fingerprint(source) -> str:
 
 
 # Settings that do not change the trained weights: never a reason to warn or to refuse a resume.
-_RUN_ONLY = {"num_workers", "progress", "val_every_n_steps", "limit_val_batches", "checkpoint_every_n_steps",
+_RUN_ONLY = {"resume", "num_workers", "progress", "val_every_n_steps", "limit_val_batches", "checkpoint_every_n_steps",
              "callbacks", "accelerator", "devices", "strategy"}
 
 
