@@ -11,8 +11,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = REPO.parent / "shared" / "realdata" / "road_samples"
 
-# Two xdist workers share two cores: one intra-op thread each avoids oversubscription.
-torch.set_num_threads(int(os.environ.get("ANOMALYSEG_TEST_THREADS", "1")))
+# Two xdist workers share two cores: one intra-op thread each avoids oversubscription, in this
+# process and in the notebook kernels papermill starts (they inherit the environment).
+_THREADS = os.environ.get("ANOMALYSEG_TEST_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", _THREADS)
+torch.set_num_threads(int(_THREADS))
 
 
 @pytest.fixture(scope="session")
