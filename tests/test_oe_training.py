@@ -262,3 +262,20 @@ def test_training_runs_in_training_mode():
     module._layer_losses.clear()
     module(batch["image"], batch["target"])
     assert len(module._layer_losses) == 1 + module.model.config.num_blocks  # final + one per query block
+
+
+def test_ood_objects_prepared_once(tiny_data, tmp_path):
+    import shutil
+
+    from anomalyseg.training.oe import ensure_ood_objects
+
+    coco = shutil.copytree(tiny_data / "coco", tmp_path / "coco")  # the session's data stays as it is
+    manifest = coco / "annotations" / "ood_seg_train2017.json"
+    stamp = manifest.stat().st_mtime_ns
+    kept = len(OODObjects(coco))
+    # every candidate is already kept: a larger max_images selects the same objects, nothing is rewritten
+    assert ensure_ood_objects(coco, max_images=400, progress=False)["kept"] == kept
+    assert manifest.stat().st_mtime_ns == stamp
+    # a smaller selection is prepared again, and OODObjects reads exactly it
+    assert ensure_ood_objects(coco, max_images=3, progress=False)["kept"] == 3
+    assert len(OODObjects(coco)) == 3 and manifest.stat().st_mtime_ns != stamp

@@ -320,9 +320,9 @@ def _base_model(source) -> EomtForUniversalSegmentation:
     if isinstance(source, EomtSegmenter):
         source = source.model
     if isinstance(source, EomtForUniversalSegmentation):
-        return copy.deepcopy(source)
+        return copy.deepcopy(source).train()
     if isinstance(source, (str, Path)):
-        return build_eomt(source, for_eval=False)
+        return build_eomt(source, for_eval=False).train()  # from_pretrained hands models over in eval mode
     raise TypeError(
         f"finetune_oe: base_model_or_folder must be an EomtForUniversalSegmentation, an EomtSegmenter, or a folder / "
         f"checkpoint file / hub id that build_eomt reads (notebook 02 exports <checkpoints>/eomt/model); got "
