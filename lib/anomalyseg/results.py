@@ -34,8 +34,8 @@ DATASET_ORDER = ("RoadAnomaly21", "RoadObsticle21", "FS_LostFound_full", "fs_sta
 
 
 def new_run_id(tag: str = "run") -> str:
-    """A sortable, unique id: ``<tag>-YYYYmmdd-HHMMSS-<4 hex>``."""
-    return f"{tag}-{_dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    """A sortable, unique id: ``<tag>-YYYYmmdd-HHMMSS-<8 hex>`` (32 random bits: no clash within a second)."""
+    return f"{tag}-{_dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(4)}"
 
 
 def git_commit() -> str:
