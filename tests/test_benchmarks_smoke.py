@@ -1,0 +1,72 @@
+"""Smoke tests of the benchmark scripts: each main() at its smallest size on the CPU prints a
+markdown table with the expected columns and positive numbers. No timing is asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+from anomalyseg.benchmarking import parse_markdown_table
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _number(cell: str) -> float:
+    match = re.match(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?", cell.strip())
+    assert match, f"not a number: {cell!r}"
+    return float(match.group(0))
+
+
+def test_bench_models_smoke(capsys):
+    bench = _load("bench_models")
+    out = bench.main(["--model", "all", "--small", "--erfnet-size", "32", "64", "--eomt-frame", "64", "128",
+                      "--frames", "1", "--batch", "1", "--warmup", "1", "--threads", "1"])
+    assert out.strip() in capsys.readouterr().out
+    assert out.startswith("machine: ") and "torch " in out and "device: CPU" in out
+    rows = parse_markdown_table(out)
+    assert list(rows[0]) == list(bench.HEADERS)
+    expected = [("erfnet", "bare"), ("erfnet", "full"), ("eomt", "bare"), ("eomt", "full")]
+    assert [(r["model"], r["mode"]) for r in rows] == expected
+    for r in rows:
+        assert _number(r["frames/s"]) > 0 and _number(r["ms/frame"]) > 0 and _number(r["first call (s)"]) > 0
+        assert _number(r["CPU ms/frame"]) >= 0  # process_time ticks coarsely on some systems
+        assert _number(r["weights (MiB)"]) > 0
+        assert _number(r["peak extra (MiB)"]) >= 0  # a reused allocation may add nothing
+        for col in ("vs bare", "vs bare (CPU time)"):
+            assert r[col] == "-" if r["mode"] == "bare" else r[col].endswith("%")
+    assert [r["windows/frame"] for r in rows] == ["1", "1", "2", "2"]  # EoMT: two windows per 1:2 frame
+
+
+def test_bench_models_refuses_cuda_without_gpu():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        _load("bench_models").main(["--device", "cuda", "--model", "erfnet"])
+
+
+def test_bench_eval_loop_smoke(tiny_data, capsys):
+    bench = _load("bench_eval_loop")
+    out = bench.main(["--data", str(tiny_data), "--preset", "tiny", "--input-size", "32", "64", "--max-frames", "1",
+                      "--workers", "0", "1", "--threads", "1"])
+    assert out.strip() in capsys.readouterr().out
+    assert out.startswith("machine: ")
+    rows = {r["step"]: r for r in parse_markdown_table(out)}
+    cols = ["workers=0 ms/frame", "workers=1 ms/frame"]
+    assert list(next(iter(rows.values()))) == ["step"] + cols
+    assert set(bench.STAGES) <= set(rows)
+    for stage in ("network", "class map + scores", "metric update"):
+        assert all(_number(rows[stage][c]) > 0 for c in cols)
+    for key in ("**sum of the steps**", "**frames/s, timed loop**", "**frames/s, evaluate_anomaly**"):
+        assert all(_number(rows[key][c]) > 0 for c in cols)
