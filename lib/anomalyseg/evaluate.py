@@ -245,7 +245,8 @@ def _save_maps(folder: Path, segmenter, dataset, frames, scores, extra_names) ->
     combos = [_Combo(s, float("nan") if s in extra_names else 1.0) for s in scores]
     for i, f in enumerate(frames):
         maps = _score_maps(segmenter, f, combos, 1.0, True, extra_names)
-        image = dataset[i]["image"] if dataset[i]["stem"] == f.stem else None
+        item = dataset[i]
+        image = item["image"] if item["stem"] == f.stem else None
         arrays = {f"map|{c.score}": m.numpy().astype(np.float16) for c, m in maps.items()}
         arrays["label"] = f.label.numpy().astype(np.uint8)
         if image is not None:
