@@ -110,6 +110,9 @@ def test_class_temperature_matches_a_brute_force_grid():
     assert fitted_nll <= nlls.min() + 1e-7
     assert abs(math.log(fitted) - math.log(grid[int(np.argmin(nlls))])) <= 2 * np.log(grid[1] / grid[0])
     assert fitted == pytest.approx(0.6, rel=0.25)  # labels were drawn at class T = 0.6
+    # a class fit on max_frames evenly spaced frames is the fit on exactly those frames
+    assert fit_temperature(seg, frames, "class", max_pixels=None, max_frames=2) == pytest.approx(
+        fit_temperature(seg, [frames[0], frames[3]], "class", max_pixels=None, max_frames=None))
 
 
 def test_pixel_sample_is_deterministic_uniform_and_valid():
