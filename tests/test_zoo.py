@@ -124,6 +124,10 @@ def test_erfnet_default_is_loaded_without_training(ws, monkeypatch):
     reference = ErfnetSegmenter(model, input_size=(64, 128))
     torch.testing.assert_close(seg.class_map(seg.raw_outputs(frame), (64, 128)),
                                reference.class_map(reference.raw_outputs(frame), (64, 128)))  # fmt: skip
+    # input_size=None: the size the default was trained at (its stored settings), else the course's
+    assert zoo.erfnet_segmenter(ws, input_size=None, device="cpu").input_size == (64, 128)  # stored by the call above
+    (path.parent / zoo.SETTINGS_FILE).unlink()
+    assert zoo.erfnet_segmenter(ws, input_size=None, device="cpu").input_size == (512, 1024)
     # a retrained file at the same path changes the cache key
     tag = seg.cache_tag
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))

@@ -9,9 +9,9 @@ EoMT's fused map ``L``).
   mask-classification fusion, ``x = L(T)``, and reads ``p = softmax(L(T))``.
 
 For EoMT, ``L_c = sum_q p_q(c) sigmoid(m_q)`` is a mass of masks, mostly in [0, 1], not a logit:
-``softmax(L)`` at T = 1 is close to uniform (at best about e / (e + 18) = 0.13 for one clear
-class), so the fitted pixel temperature is far below 1, and no class temperature can make
-``softmax(L(T))`` confident, since it only moves mass between classes inside [0, 1].
+``softmax(L)`` at T = 1 is close to uniform (about e / (e + 18) = 0.13 when one class holds a mass
+of 1), so the fitted pixel temperature is far below 1, and no class temperature can make
+``softmax(L(T))`` confident, since it only moves mass between classes and L stays that small.
 
 Everything runs on cached outputs (``evaluate.collect_outputs(..., label_key="target")`` on
 Cityscapes val): fitting costs one class-map pass per tried class temperature, and one pass in

@@ -43,10 +43,10 @@ ERFNET_DIR = "erfnet"
 SETTINGS_FILE = "zoo_train.json"
 
 # The embedded default: a small EoMT that learns the generated road scenes on a 2-core CPU in
-# minutes: on the demo data (300 frames at 256x512) about 3.5 steps/s at batch 4 on an idle CPU
-# core, and val mIoU 0.19 after 400 steps, 0.21 after 800. lr 1e-3: upstream's 1e-4 is meant for
+# minutes: on the demo data (300 frames at 256x512) 400 steps at batch 4 take 2 minutes on two
+# idle cores and reach val mIoU 0.199 (600 steps: 0.205). lr 1e-3: upstream's 1e-4 is meant for
 # a pre-trained DINOv2 backbone, this one starts from scratch. The demo preset uses these.
-DEFAULT_EOMT_TRAIN = dict(max_steps=600, batch_size=4, lr=1e-3, config={})
+DEFAULT_EOMT_TRAIN = dict(max_steps=400, batch_size=4, lr=1e-3, config={})
 # What train_erfnet is called with when train= leaves a setting out (notebook 01 passes its own).
 DEFAULT_ERFNET_TRAIN: dict = {}
 
@@ -162,7 +162,7 @@ def erfnet_segmenter(
     ws: Workspace,
     checkpoint: str | Path | None = None,
     train: dict | None = None,
-    input_size: tuple[int, int] = (512, 1024),
+    input_size: tuple[int, int] | None = (512, 1024),
     use_void: bool = False,
     device: str | torch.device = "auto",
     progress: bool = True,
@@ -173,12 +173,17 @@ def erfnet_segmenter(
     (what notebook 01 trains), trained now with ``train_erfnet(ws.cityscapes, ...,
     input_size=input_size, **train)`` when it does not exist yet. Otherwise ``checkpoint`` is an
     ERFNet weight file (the course's ``erfnet_pretrained.pth``, a training ``.ckpt`` or an
-    exported ``.safetensors``). Frames are scored at ``input_size`` (H and W divisible by 8).
+    exported ``.safetensors``). Frames are scored at ``input_size`` (H and W divisible by 8);
+    ``None`` takes the size the embedded default was trained and evaluated at (its stored
+    settings), else the course's 512x1024.
     """
     from .models.checkpoints import load_erfnet
     from .models.erfnet import ErfnetSegmenter
 
     device = resolve_device(device)
+    if input_size is None:
+        stored = _read_settings(Path(ws.checkpoints) / ERFNET_DIR) if checkpoint is None else None
+        input_size = tuple(stored["input_size"]) if stored and stored.get("input_size") else (512, 1024)
     if checkpoint is None:
         path = _trained_erfnet(ws, train, input_size, progress)
     else:
@@ -302,7 +307,7 @@ def training_log(folder: str | Path) -> pd.DataFrame:
     return out.reindex(columns=["step", "train_loss", "val_miou"])
 
 
-def seconds_per_frame(segmenter, dataset, frames: int = 8, warmup: int = 1) -> float:
+def seconds_per_frame(segmenter, dataset, frames: int = 24, warmup: int = 2) -> float:
     """Median wall time of one forward pass (``segmenter.raw_outputs``) over the first ``frames``
     items of ``dataset`` after ``warmup`` untimed ones: what an evaluation pass costs per frame."""
     n = min(len(dataset), warmup + frames)
