@@ -166,6 +166,18 @@ def test_class_temperature_recomputed_from_cache(tiny_model):
     assert seg.eval_size((50, 90)) == (50, 90)
 
 
+def test_class_maps_share_the_masks_and_equal_class_map(tiny_model):
+    from anomalyseg.evaluate import class_argmax, class_maps
+
+    torch.manual_seed(3)
+    seg = EomtSegmenter(tiny_model, checkpoint="random-init")
+    raw = seg.raw_outputs(torch.randint(0, 256, (3, 50, 90), dtype=torch.uint8))
+    temps = (0.5, 1.0, 2.0)
+    for t, m in zip(temps, class_maps(seg, raw, (50, 90), temps)):
+        torch.testing.assert_close(m, seg.class_map(raw, (50, 90), class_temperature=t))
+        assert torch.equal(class_argmax(m), m.argmax(0))
+
+
 def test_features_and_head_hook(tiny_model):
     class MassHead(nn.Module):  # anomaly logit = -total class mass; linear, so stitching commutes with it
         def forward(self, out):

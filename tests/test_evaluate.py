@@ -146,3 +146,61 @@ def test_maps_of_first_frames_are_stored_for_the_report(tmp_path):
     expected = S.msp(seg.class_map(seg.raw_outputs(data.items[1]["image"]), (12, 20)))
     np.testing.assert_allclose(frame["maps"]["msp"], expected.numpy(), atol=1e-3)  # stored as float16
     assert frame["image"].shape == (3, 12, 20) and (frame["label"] == data.items[1]["label"].numpy()).all()
+
+
+class ModuleToy(ToySegmenter):
+    """A segmenter whose outputs come from an nn.Module, as real models' do."""
+
+    def __init__(self, weight: float = 1.0):
+        super().__init__()
+        self.model = torch.nn.Conv2d(3, 19, 1)
+        with torch.no_grad():
+            self.model.weight.copy_(self.proj[:, :, None, None] * weight)
+            self.model.bias.zero_()
+
+    def raw_outputs(self, image):
+        self.forwards += 1
+        with torch.no_grad():
+            return {"logits": self.model(image[None].float() / 255.0 * 4 - 2)[0].half()}
+
+
+def test_disk_cache_keys_on_the_weights_and_reads_frames_lazily(tmp_path):
+    from anomalyseg.evaluate import collect_outputs
+
+    data, cache = ListData(), OutputCache(tmp_path / "cache")
+    in_memory = collect_outputs(ModuleToy(), data, "fs_static", OutputCache(), progress=False)
+    frames = collect_outputs(ModuleToy(), data, "fs_static", cache, progress=False)
+    assert all(f._raw is None for f in frames)  # read back from disk when used
+    for a, b in zip(in_memory, frames):
+        torch.testing.assert_close(a.raw["logits"], b.raw["logits"], rtol=0, atol=0)
+    same = ModuleToy()
+    collect_outputs(same, data, "fs_static", cache, progress=False)
+    assert same.forwards == 0  # same name, checkpoint and weights: cached
+    trained = ModuleToy(weight=0.5)  # same name and checkpoint string, other weights
+    again = collect_outputs(trained, data, "fs_static", cache, progress=False)
+    assert trained.forwards == len(data)
+    assert not torch.equal(again[0].raw["logits"], frames[0].raw["logits"])
+
+
+def test_histogram_metrics_for_sweeps(tmp_path):
+    seg, data = ToySegmenter(), ListData(n=4)
+    path = tmp_path / "results.csv"
+    kw = dict(scores=("msp", "energy", "max_logit"), temperatures=(0.5, 2.0), results_path=path, progress=False, maps_frames=0)
+    exact = evaluate_anomaly(seg, {"fs_static": data}, **kw)
+    binned = evaluate_anomaly(seg, {"fs_static": data}, histogram_bits=20, **kw)
+    assert len(binned) == len(exact) == 6 and set(binned.metric_bins) == {"2^20"} and set(exact.metric_bins) == {""}
+    for (_, a), (_, b) in zip(exact.iterrows(), binned.iterrows()):
+        assert (a.score, a.temperature) == (b.score, b.temperature)
+        assert b.auprc == pytest.approx(a.auprc, abs=1e-4) and b.auroc == pytest.approx(a.auroc, abs=1e-4)
+    assert set(read_results(path).metric_bins.fillna("")) == {"", "2^20"}
+
+
+def test_class_temperatures_in_one_pass_equal_separate_runs(tmp_path):
+    data = ListData()
+    together = evaluate_anomaly(ToySegmenter(), {"fs_static": data}, scores=("msp", "rba"), temperatures=(0.5, 1.0, 2.0),
+                                temperature_on="class", results_path=None, progress=False, max_bytes=1)
+    for t in (0.5, 2.0):
+        alone = evaluate_anomaly(ToySegmenter(), {"fs_static": data}, scores=("msp", "rba"), temperatures=(t,),
+                                 temperature_on="class", results_path=None, progress=False)
+        got = together[together.temperature == t]
+        assert got.auprc.tolist() == alone.auprc.tolist() and got.score.tolist() == alone.score.tolist()

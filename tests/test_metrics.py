@@ -7,6 +7,7 @@ from sklearn.metrics import average_precision_score, confusion_matrix, jaccard_s
 
 from anomalyseg.metrics import (
     AnomalyAccumulator,
+    BinnedAnomalyAccumulator,
     CalibrationAccumulator,
     ConfusionMatrix,
     anomaly_metrics,
@@ -203,6 +204,55 @@ def test_curve_points_lie_on_sklearn_curves():
 
 
 # ----------------------------------------------------------------------------- mIoU
+@pytest.mark.parametrize("seed,n,bits", [(0, 300, 12), (1, 20_000, 14), (2, 200_000, 20), (3, 50, 10)])
+def test_binned_metrics_are_sklearn_on_the_binned_scores(seed, n, bits):
+    scores, labels = synthetic(seed, n, ties=False)
+    scores[:5] = -0.0
+    scores[5:10] = 0.0  # one threshold, as in sklearn
+    scores[10:15] = -3e-30  # negatives below -0.0 keep their order
+    acc = BinnedAnomalyAccumulator(bits)
+    half = n // 2  # two updates pool like one
+    acc.update(scores[:half], labels[:half])
+    acc.update(torch.from_numpy(scores[half:]), torch.from_numpy(labels[half:]))
+    q = acc.quantize(scores)
+    assert (np.diff(q[np.argsort(scores, kind="stable")]) >= 0).all()  # monotone rounding down
+    assert (q <= scores).all() and acc.num_frames == 2
+    v = (labels == 0) | (labels == 1)
+    m = acc.compute()
+    assert m["auprc"] == pytest.approx(average_precision_score(labels[v], q[v]), rel=0, abs=1e-12)
+    assert m["auroc"] == pytest.approx(roc_auc_score(labels[v], q[v]), rel=0, abs=1e-12)
+    assert m["fpr_at_95_tpr"] == pytest.approx(ood_metrics_fpr95(q[v], labels[v]), rel=0, abs=1e-12)
+    assert acc.compute("smiyc")["fpr_at_95_tpr"] == pytest.approx(smiyc_fpr95(q[v], labels[v]), rel=0, abs=1e-12)
+    assert m["num_pixels"] == v.sum()
+
+
+def test_binned_metrics_close_to_exact_at_20_bits():
+    scores, labels = synthetic(5, 400_000, ties=False)
+    acc = BinnedAnomalyAccumulator(20)
+    acc.update(scores, labels)
+    m, exact = acc.compute(), anomaly_metrics(scores, labels)
+    for k in ("auprc", "fpr_at_95_tpr", "auroc"):
+        assert abs(m[k] - exact[k]) < 1e-4, k  # under a hundredth of a percentage point
+    pts = acc.pr_roc_points(64)
+    assert (np.diff(pts["recall"]) >= 0).all() and (np.diff(pts["fpr"]) >= 0).all()
+    assert pts["recall"][-1] == 1.0 and pts["fpr"][-1] == 1.0
+
+
+def test_binned_errors_and_degenerate_sets():
+    with pytest.raises(ValueError, match="bits must be in 10..24"):
+        BinnedAnomalyAccumulator(32)
+    acc = BinnedAnomalyAccumulator(12)
+    with pytest.raises(ValueError, match="NaN at 1 pixels"):
+        acc.update(np.array([0.1, np.nan], np.float32), np.array([0, 1], np.uint8))
+    acc.update(np.array([0.1, 0.2], np.float32), np.array([0, 255], np.uint8))
+    with pytest.warns(RuntimeWarning, match="no anomaly pixel"):
+        assert np.isnan(acc.compute()["auprc"])
+    empty = BinnedAnomalyAccumulator(12)
+    empty.update(np.array([0.1], np.float32), np.array([255], np.uint8))
+    with pytest.raises(ValueError, match="no valid pixel"):
+        empty.compute()
+
+
 def test_confusion_matrix_hand_computed():
     #   target: 0 0 1 1 2 255 254 1      pred: 0 1 1 1 0 2 2 3 (3 = a void channel: a miss)
     target = np.array([[0, 0, 1, 1], [2, 255, 254, 1]], dtype=np.uint8)  # 254: a pasted outlier

@@ -246,11 +246,13 @@ def test_one_run_folder_per_setting(tmp_path):
     assert a != oe_run_dir(tmp_path, OEConfig(), base="m", steps=11)
 
 
-def test_training_runs_in_training_mode():
-    """A model taken from an evaluation segmenter is in eval mode, where transformers' EoMT drops
-    the intermediate predictions and their loss terms: fine-tuning must switch it back."""
+@pytest.mark.parametrize("module_class", [EomtModule, EomtOEModule])
+def test_training_runs_in_training_mode(module_class):
+    """A model taken from an evaluation segmenter (or from_pretrained) is in eval mode, where
+    transformers' EoMT drops the intermediate predictions and their loss terms: training and
+    fine-tuning, with or without Outlier Exposure, must switch it back."""
     model = tiny_model().eval()
-    module = EomtOEModule(model, max_steps=10)
+    module = module_class(model, max_steps=10)
 
     class FakeTrainer:
         global_step = 0

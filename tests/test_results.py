@@ -69,3 +69,17 @@ def test_course_table_formats_percent_and_keeps_latest(tmp_path):
 def test_run_ids_are_unique_and_sortable():
     ids = [results.new_run_id("eomt") for _ in range(50)]
     assert len(set(ids)) == 50 and all(i.startswith("eomt-") for i in ids)
+
+
+def test_tables_prefer_exact_rows_and_course_score_order(tmp_path):
+    from anomalyseg.results import anomaly_table, append_rows, latest, read_results
+
+    path = tmp_path / "r.csv"
+    base = dict(model="eomt", dataset="fs_static", temperature=1.0, temperature_on="pixel", fpr_at_95_tpr=0.5)
+    append_rows([dict(base, score=s, auprc=a) for s, a in (("rba", 0.3), ("msp", 0.1), ("energy", 0.2), ("max_logit", 0.4))], path)
+    append_rows([dict(base, score="msp", auprc=0.11, metric_bins="2^20")], path)  # a later sweep row
+    df = read_results(path)
+    assert latest(df).set_index("score").auprc["msp"] == 0.1
+    table = anomaly_table(df)
+    assert [s for _, s in table.index] == ["msp", "max_logit", "energy", "rba"]
+    assert table.iloc[0, 0].startswith("10.00")

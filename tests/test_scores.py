@@ -60,3 +60,16 @@ def test_void_prob_and_errors(x):
         scores.get_score("msq")
     with pytest.raises(ValueError, match=r"\[C, H, W\]"):
         scores.msp(torch.zeros(19, 4))
+
+
+@pytest.mark.parametrize("t", [0.5, 1.0, 2.0])
+def test_one_softmax_serves_all_three(x, t):
+    a = x.double().numpy()
+    p = _np_softmax(a, t)
+    found = scores.softmax_scores(x, ("msp", "max_entropy", "energy"), t)
+    np.testing.assert_allclose(found["msp"].numpy(), 1 - p.max(0), atol=1e-6)
+    np.testing.assert_allclose(found["max_entropy"].numpy(), -(p * np.log(p)).sum(0), atol=1e-5)
+    np.testing.assert_allclose(found["energy"].numpy(), -t * np.log(np.exp(a / t).sum(0)), rtol=1e-5)
+    with pytest.raises(ValueError, match="not \\['rba'\\]"):
+        scores.softmax_scores(x, ("msp", "rba"))
+

@@ -26,11 +26,12 @@ from .labels import BENCHMARKS
 COLUMNS = (
     "run_id", "time", "git_commit", "model", "checkpoint", "dataset", "score", "temperature",
     "temperature_on", "auprc", "fpr_at_95_tpr", "auroc", "miou", "frames_used", "frames_skipped",
-    "fpr_convention", "eval_size", "curves", "notes",
+    "fpr_convention", "eval_size", "curves", "metric_bins", "notes",
 )
 # Course order of the benchmark columns, with their short titles.
 DATASET_TITLES = {name: spec.title for name, spec in BENCHMARKS.items()}
 DATASET_ORDER = ("RoadAnomaly21", "RoadObsticle21", "FS_LostFound_full", "fs_static", "RoadAnomaly")
+SCORE_ORDER = ("msp", "max_logit", "max_entropy", "energy", "rba", "void_prob")
 
 
 def new_run_id(tag: str = "run") -> str:
@@ -122,9 +123,15 @@ def read_results(path: str | Path = "results/results.csv") -> pd.DataFrame:
 
 
 def latest(df: pd.DataFrame, keys=("model", "dataset", "score", "temperature", "temperature_on")) -> pd.DataFrame:
-    """Keep the most recent row for each combination of ``keys`` (later rows win)."""
+    """Keep the most recent row for each combination of ``keys`` (later rows win), where an exact
+    row wins over a binned one (``metric_bins``, a temperature sweep's) whatever their order."""
+    if not len(df):
+        return df
     keys = [k for k in keys if k in df]
-    return df.drop_duplicates(subset=keys, keep="last") if len(df) else df
+    if "metric_bins" in df:
+        binned = df["metric_bins"].notna() & (df["metric_bins"].astype(str) != "")
+        df = pd.concat([df[binned], df[~binned]])
+    return df.drop_duplicates(subset=keys, keep="last")
 
 
 def _pct(x: float) -> str:
@@ -144,6 +151,11 @@ def anomaly_table(
         return pd.DataFrame()
     rows = rows.assign(cell=[" / ".join(_pct(r[m]) for m in metrics) for _, r in rows.iterrows()])
     table = rows.pivot_table(index=list(index), columns="dataset", values="cell", aggfunc="last")
+    if "score" in table.index.names:  # the course's order of the scores, learned ones after them
+        rank = {s: i for i, s in enumerate(SCORE_ORDER)}
+        order = sorted(range(len(table)), key=lambda i: tuple(
+            (rank.get(v, len(rank)), v) if n == "score" else (0, v) for n, v in zip(table.index.names, table.index[i])))
+        table = table.iloc[order]
     cols = [d for d in DATASET_ORDER if d in table.columns]
     table = table[cols].rename(columns=DATASET_TITLES).fillna("–")
     table.columns.name = " / ".join({"auprc": "AuPRC", "fpr_at_95_tpr": "FPR95", "auroc": "AUROC"}[m] for m in metrics)

@@ -22,7 +22,7 @@ def _check(x: torch.Tensor) -> torch.Tensor:
 
 def msp(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Maximum softmax probability, as an anomaly score: ``1 - max_c softmax(x / T)_c``."""
-    return 1.0 - torch.softmax(_check(x) / temperature, dim=CLASS_DIM).amax(dim=CLASS_DIM)
+    return softmax_scores(x, ("msp",), temperature)["msp"]
 
 
 def max_logit(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -33,13 +33,36 @@ def max_logit(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
 
 def max_entropy(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Softmax entropy ``-sum_c p_c log p_c`` with ``p = softmax(x / T)``."""
-    logp = torch.log_softmax(_check(x) / temperature, dim=CLASS_DIM)
-    return -(logp.exp() * logp).sum(dim=CLASS_DIM)
+    return softmax_scores(x, ("max_entropy",), temperature)["max_entropy"]
 
 
 def energy(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Free energy ``-T logsumexp(x / T)`` (Liu et al. 2020)."""
-    return -temperature * torch.logsumexp(_check(x) / temperature, dim=CLASS_DIM)
+    return softmax_scores(x, ("energy",), temperature)["energy"]
+
+
+def softmax_scores(x: torch.Tensor, names=("msp", "max_entropy", "energy"), temperature: float = 1.0) -> dict[str, torch.Tensor]:
+    """MSP, MaxEntropy and Energy from a single ``log_softmax(x / T)`` (the scores of a sweep).
+
+    ``logsumexp(x / T) = x_c / T - log p_c`` for any class c, so with c the argmax,
+    ``energy = -(max_c x_c - T max_c log p_c)``: one softmax per temperature serves all three.
+    Returns ``{name: [H, W] or [B, H, W]}`` for the requested ``names``.
+    """
+    unknown = set(names) - SOFTMAX_SCORES
+    if unknown:
+        raise ValueError(f"softmax_scores computes {sorted(SOFTMAX_SCORES)}, not {sorted(unknown)}.")
+    x = _check(x)
+    logp = torch.log_softmax(x / temperature, dim=CLASS_DIM)
+    out = {}
+    if "msp" in names or "energy" in names:
+        top = logp.amax(dim=CLASS_DIM)
+        if "msp" in names:
+            out["msp"] = -torch.expm1(top)
+        if "energy" in names:
+            out["energy"] = temperature * top - x.amax(dim=CLASS_DIM)
+    if "max_entropy" in names:
+        out["max_entropy"] = -(logp.exp() * logp).sum(dim=CLASS_DIM)
+    return out
 
 
 def rba(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -65,6 +88,8 @@ SCORES: dict[str, Score] = {
     "rba": rba,
     "void_prob": void_prob,
 }
+# Scores that one log-softmax serves (``softmax_scores``).
+SOFTMAX_SCORES = frozenset({"msp", "max_entropy", "energy"})
 # Scores whose value changes ranking with T; the others are evaluated once per sweep.
 TEMPERATURE_SENSITIVE = frozenset({"msp", "max_entropy", "energy", "void_prob"})
 # Scores read from all 20 ERFNet channels instead of the 19 classes.

@@ -277,6 +277,10 @@ class HeadSegmenter:
         """EoMT's class map ``[C, H, W]``."""
         return self.base.class_map(raw, size, class_temperature)
 
+    def class_maps(self, raw: dict[str, torch.Tensor], size: tuple[int, int], class_temperatures):
+        """EoMT's class maps for each class temperature in turn (``EomtSegmenter.class_maps``)."""
+        return self.base.class_maps(raw, size, class_temperatures)
+
     @torch.no_grad()
     def window_head_logits(self, raw: dict[str, torch.Tensor], name: str) -> torch.Tensor:
         """One head's logits per window ``[N, 1, S, S]`` on the segmenter's device."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -302,8 +302,13 @@ def per_pixel_logits(
         )
     if class_temperature <= 0:
         raise ValueError(f"class_temperature must be > 0, got {class_temperature}")
+    return fuse_masks(mask_logits.float().sigmoid(), class_logits, class_temperature)
+
+
+def fuse_masks(mask_probs: torch.Tensor, class_logits: torch.Tensor, class_temperature: float = 1.0) -> torch.Tensor:
+    """``per_pixel_logits`` from mask probabilities ``[B, Q, H, W]`` (already sigmoid) -> ``[B, C, H, W]``."""
     probs = torch.softmax(class_logits.float() / class_temperature, dim=-1)[..., :-1]
-    return torch.einsum("bqc,bqhw->bchw", probs, mask_logits.float().sigmoid())
+    return torch.einsum("bqc,bqhw->bchw", probs, mask_probs)
 
 
 # ----------------------------------------------------------------------------- windows
@@ -480,6 +485,17 @@ class EomtSegmenter:
         size = tuple(raw["frame_size"].tolist()) if size is None else tuple(size)
         maps = self.window_class_maps(raw, class_temperature)
         return stitch_windows(maps, raw["offsets"], tuple(raw["resized_size"].tolist()), size)
+
+    def class_maps(
+        self, raw: dict[str, torch.Tensor], size: tuple[int, int], class_temperatures: Sequence[float]
+    ) -> Iterator[torch.Tensor]:
+        """``class_map(raw, size, T)`` for each T in turn, upsampling the masks of the windows
+        only once (a class temperature changes the fusion, not the masks)."""
+        s = self.window_size
+        masks = [F.interpolate(m[None].float(), size=(s, s), mode="bilinear").sigmoid_() for m in raw["mask_logits"]]
+        for t in class_temperatures:
+            maps = torch.cat([fuse_masks(m, c[None], t) for m, c in zip(masks, raw["class_logits"])])
+            yield stitch_windows(maps, raw["offsets"], tuple(raw["resized_size"].tolist()), tuple(size))
 
     def extra_scores(self, raw: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
         """``{head_name: [H, W]}`` anomaly logits of the head when one is attached, else ``{}``."""

@@ -211,6 +211,10 @@ class EomtModule(L.LightningModule):
             probs[i] = mask_annealing_prob(self.global_step, start, end, self.hparams.poly_power)
 
     def on_train_start(self) -> None:
+        # A model from from_pretrained (a folder to fine-tune) arrives in eval mode, where
+        # transformers' EoMT skips the intermediate predictions and so their loss terms;
+        # Lightning keeps the mode it finds.
+        self.model.train()
         self._anneal()  # a resumed or fine-tuned model starts from the schedule, not from its buffer
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
@@ -359,6 +363,7 @@ def train_eomt(
     callbacks: Sequence[Callback] = (),
     accelerator: str = "auto",
     precision: str = "32-true",
+    logger="csv",
 ) -> Path:
     """Train (or fine-tune) EoMT on the Cityscapes-layout folder ``data_root``.
 
@@ -374,8 +379,8 @@ def train_eomt(
 
     Writes into ``out_dir``: ``last.ckpt`` (every ``checkpoint_every_n_steps`` steps, by default
     every 5% of ``max_steps``, and at the end; ``resume`` continues it up to ``max_steps``,
-    exactly as an uninterrupted run would have gone on), CSV logs under
-    ``logs/``, and ``model/``, a ``save_pretrained`` folder of the final weights, which is
+    exactly as an uninterrupted run would have gone on), logs (``logger="csv"``: CSV under
+    ``logs/``; or any Lightning logger; None: none), and ``model/``, a ``save_pretrained`` folder of the final weights, which is
     returned (``load_eomt(path)`` evaluates it). Validation (mIoU of windowed inference on the
     ``val`` split) runs every ``val_every_n_steps`` steps and at the end.
     ``sample_transform`` / ``module_cls`` / ``module_kwargs``: hooks for Outlier Exposure.
@@ -401,25 +406,43 @@ def train_eomt(
         seed=seed,
     )  # fmt: skip
     module = module_cls(model, max_steps=max_steps, lr=lr, trainable=trainable, seed=seed, **(module_kwargs or {}))
-    every = checkpoint_every_n_steps or max(1, max_steps // 20)
+    last = out_dir / "last.ckpt"
+    trainer, exported = fit_and_export(
+        module, data, out_dir, max_steps, resume=resume and last.is_file(), progress=progress,
+        logger=CSVLogger(out_dir, name="logs") if logger == "csv" else logger, callbacks=callbacks,
+        accelerator=accelerator, devices=1, precision=precision, has_val=has_val, val_every_n_steps=val_every_n_steps,
+        limit_val_batches=limit_val_batches, checkpoint_every_n_steps=checkpoint_every_n_steps,
+    )  # fmt: skip
+    return exported
+
+
+def fit_and_export(
+    module: EomtModule, data: L.LightningDataModule, out_dir: Path, max_steps: int, *, resume: bool, progress: bool,
+    logger, callbacks: Sequence[Callback], accelerator: str, devices, precision: str, has_val: bool,
+    val_every_n_steps: int | None, limit_val_batches, checkpoint_every_n_steps: int | None,
+) -> tuple[L.Trainer, Path]:
+    """The Lightning run shared by ``train_eomt`` and ``finetune_oe``: ``last.ckpt`` every
+    ``checkpoint_every_n_steps`` (default 5% of ``max_steps``) and at the end, resumed when
+    ``resume``, validation every ``val_every_n_steps``, and the final weights exported to
+    ``out_dir/model`` (a ``save_pretrained`` folder)."""
+    every = checkpoint_every_n_steps or max(1, int(max_steps) // 20)
     checkpoint = ModelCheckpoint(dirpath=out_dir, save_last=True, save_top_k=0, every_n_train_steps=every)
     trainer = L.Trainer(
-        max_steps=max_steps, max_epochs=-1, accelerator=accelerator, devices=1, precision=precision,
-        default_root_dir=out_dir, logger=CSVLogger(out_dir, name="logs"),
-        callbacks=[checkpoint, *callbacks], enable_progress_bar=progress,
+        max_steps=max_steps, max_epochs=-1, accelerator=accelerator, devices=devices, precision=precision,
+        default_root_dir=out_dir, logger=logger, callbacks=[checkpoint, *callbacks], enable_progress_bar=progress,
         enable_model_summary=progress, log_every_n_steps=max(1, min(50, max_steps // 20)), num_sanity_val_steps=0,
         limit_val_batches=limit_val_batches if has_val else 0,
         val_check_interval=min(val_every_n_steps or max_steps, max_steps), check_val_every_n_epoch=None,
     )  # fmt: skip
     last = out_dir / "last.ckpt"
-    trainer.fit(module, datamodule=data, ckpt_path=last if resume and last.is_file() else None, weights_only=True)
+    trainer.fit(module, datamodule=data, ckpt_path=last if resume else None, weights_only=True)
     exported = out_dir / "model"
     if trainer.is_global_zero:
         if not last.is_file() or torch.load(last, map_location="cpu", weights_only=True)["global_step"] != trainer.global_step:
             trainer.save_checkpoint(last)  # the full state (optimizer too), so that it can be resumed
         export_eomt(last, exported)
     trainer.strategy.barrier()
-    return exported
+    return trainer, exported
 
 
 def export_eomt(ckpt: str | Path, folder: str | Path) -> Path:

@@ -30,7 +30,7 @@ from typing import Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
@@ -42,7 +42,7 @@ from ..data.io import read_rgb
 from ..data.mix_ood import MixOOD
 from ..losses import outlier_loss
 from ..models.eomt import EomtSegmenter, build_eomt, per_pixel_logits, scaled_size
-from .eomt import EomtDataModule, EomtModule, export_eomt
+from .eomt import EomtDataModule, EomtModule, fit_and_export
 from .oe_config import OEConfig
 
 OE_CONFIG_FILE = "oe_config.json"
@@ -87,13 +87,6 @@ class EomtOEModule(EomtModule):
         super().__init__(model, trainable=trainable, attn_mask_annealing=attn_mask_annealing, **kwargs)
         self.hparams["oe"] = oe
         self.oe_config = OEConfig.from_dict(oe)
-
-    def on_train_start(self) -> None:
-        # A model handed over for evaluation (or from from_pretrained) is in eval mode, and
-        # transformers' EoMT skips the intermediate predictions, and so their loss terms, outside
-        # training mode; Lightning keeps the mode it finds.
-        self.model.train()
-        super().on_train_start()
 
     def compute_loss(self, batch: dict, outputs) -> dict[str, torch.Tensor]:
         """``EomtModule``'s terms plus ``loss_outlier`` = ``outlier_weight * outlier_loss(L, outlier_mask)``
@@ -424,24 +417,14 @@ def finetune_oe(
                          scale_range=scale_range, object_scale=object_scale,
                          with_val=val_every_n_steps is not None)  # fmt: skip
     module = EomtOEModule(model, oe=cfg, max_steps=max_steps, lr=lr, seed=seed)
-    every = checkpoint_every_n_steps or max(1, int(max_steps) // 20)
-    checkpoint = ModelCheckpoint(dirpath=out_dir, save_last=True, save_top_k=0, every_n_train_steps=every)
-    has_val = data.val_split is not None
     accelerator, devices = _lightning_device(device)
-    trainer = L.Trainer(
-        max_steps=max_steps, max_epochs=-1, accelerator=accelerator, devices=devices, precision=precision,
-        default_root_dir=out_dir, logger=run_logger, callbacks=[checkpoint, *callbacks],
-        enable_progress_bar=progress, enable_model_summary=progress,
-        log_every_n_steps=max(1, min(50, max_steps // 20)), num_sanity_val_steps=0,
-        limit_val_batches=(limit_val_batches if has_val else 0),
-        val_check_interval=min(val_every_n_steps or max_steps, max_steps), check_val_every_n_epoch=None,
+    trainer, exported = fit_and_export(
+        module, data, out_dir, max_steps, resume=resuming, progress=progress, logger=run_logger, callbacks=callbacks,
+        accelerator=accelerator, devices=devices, precision=precision, has_val=data.val_split is not None,
+        val_every_n_steps=val_every_n_steps, limit_val_batches=limit_val_batches,
+        checkpoint_every_n_steps=checkpoint_every_n_steps,
     )  # fmt: skip
-    trainer.fit(module, datamodule=data, ckpt_path=last if resuming else None, weights_only=True)
-    exported = out_dir / "model"
     if trainer.is_global_zero:
-        if not last.is_file() or torch.load(last, map_location="cpu", weights_only=True)["global_step"] != trainer.global_step:
-            trainer.save_checkpoint(last)  # the full state (optimizer too), so that it can be resumed
-        export_eomt(last, exported)
         (exported / OE_CONFIG_FILE).write_text(json.dumps(
             {"oe": cfg.to_dict(), "max_steps": int(max_steps), "batch_size": int(batch_size), "lr": lr, "seed": seed,
              "global_step": int(trainer.global_step)}, indent=1))  # fmt: skip
