@@ -178,9 +178,15 @@ def test_missing_and_unreadable_files(tmp_path):
     with pytest.raises(CheckpointError, match=r"nowhere\.pth.*does not exist"):
         load_state_dict_file(tmp_path / "nowhere.pth")
     junk = tmp_path / "junk.pth"
-    junk.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(CheckpointError, match=r"junk\.pth.*could not be read by torch\.load"):
+    junk.write_bytes(b"<html>404 Not Found</html>")  # a failed download saved as the checkpoint
+    with pytest.raises(CheckpointError, match=r"junk\.pth.*is not a file written by torch\.save \(it starts with b'<htm'") as err:
         load_state_dict_file(junk)
+    assert "pickled" not in str(err.value)
+    truncated = tmp_path / "truncated.pth"
+    torch.save({"w": torch.zeros(1000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match=r"truncated\.pth.*could not be read by torch\.load"):
+        load_state_dict_file(truncated)
     bad_st = tmp_path / "junk.safetensors"
     bad_st.write_bytes(b"\x00" * 16)
     with pytest.raises(CheckpointError, match=r"junk\.safetensors.*not a readable safetensors"):

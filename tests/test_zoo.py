@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -65,6 +66,9 @@ def test_embedded_eomt_is_trained_once_then_reused(ws, monkeypatch):
 
     with pytest.warns(UserWarning, match=r"Reusing the EoMT .*max_steps: trained 2, asked 5"):
         zoo.eomt_segmenter(ws, train={**TINY_EOMT, "max_steps": 5}, device="cpu", progress=False)
+    other_data = dataclasses.replace(ws, cityscapes=ws.cityscapes.parent / "real_cityscapes")
+    with pytest.warns(UserWarning, match=r"Reusing the EoMT .*data_root: trained '.*cityscapes', asked '.*real_cityscapes'"):
+        zoo.eomt_segmenter(other_data, train=TINY_EOMT, device="cpu", progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning: settings that do not change the weights, or none at all
         zoo.eomt_segmenter(ws, train={**TINY_EOMT, "num_workers": 2, "val_every_n_steps": 1}, device="cpu")

@@ -138,7 +138,7 @@ def _trained_eomt(ws: Workspace, train: dict | None, progress: bool) -> Path:
     from .training.eomt import train_eomt
 
     settings = eomt_train_settings(train)
-    resolved = _resolved(settings, train_eomt, small_eomt_config)
+    resolved = {**_resolved(settings, train_eomt, small_eomt_config), "data_root": _data_root(ws)}
     folder = Path(ws.checkpoints) / EOMT_DIR
     exported = folder / "model"
     if (exported / "config.json").is_file():
@@ -214,7 +214,7 @@ def _trained_erfnet(ws: Workspace, train: dict | None, input_size, progress: boo
     if unknown:
         raise ValueError(f"erfnet_segmenter train= has unknown settings {unknown}; expected keywords of train_erfnet "
                          f"({', '.join(sorted(allowed))}).")  # fmt: skip
-    resolved = _resolved(settings, train_erfnet)
+    resolved = {**_resolved(settings, train_erfnet), "data_root": _data_root(ws)}
     folder = Path(ws.checkpoints) / ERFNET_DIR
     path = folder / "erfnet.safetensors"
     if path.is_file():
@@ -272,6 +272,12 @@ def _resolved(settings: dict, trainer, config_fn=None) -> dict:
     if config_fn is not None:
         full["config"] = {**_defaults(config_fn), **settings.get("config", {})}
     return _jsonable(full)
+
+
+def _data_root(ws: Workspace) -> str:
+    """The training data of a zoo model belong to its settings: a model trained on the embedded
+    scenes is not reused silently for real Cityscapes written to the same output folder."""
+    return str(Path(ws.cityscapes).expanduser().resolve())
 
 
 def _read_settings(folder: Path) -> dict | None:

@@ -54,9 +54,24 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"checkpoint {str(path)!r} is not a readable safetensors file: {e}") from e
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (torch >= 1.6) or, in the legacy format, a pickle
+    # (protocol marker 0x80); anything else is another kind of file, not a refused checkpoint.
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not a file written by torch.save (it starts with {head!r}; a torch.save file "
+            "is a zip archive or a pickle). Expected ERFNet/EoMT weights (.pth/.pt/.ckpt) or a .safetensors file; "
+            "a download that saved an HTML error page or a text file looks like this."
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} could not be read by torch.load ({str(e).splitlines()[0]}). "
+                "Expected a file written by torch.save; it may be truncated or in another format."
+            ) from e
         raise CheckpointError(
             f"checkpoint {str(path)!r} was refused by torch.load(weights_only=True): it contains pickled "
             "objects other than tensors and plain containers, and unpickling them could run arbitrary code. "
