@@ -27,14 +27,9 @@ from anomalyseg.models.anomaly_head import (
 )
 from anomalyseg.models.base import Segmenter
 from anomalyseg.models.checkpoints import CheckpointError
-from anomalyseg.models.eomt import EomtSegmenter, build_eomt, normalize, small_eomt_config, split_windows
+from anomalyseg.models.eomt import EomtSegmenter, build_eomt, normalize, split_windows
 from anomalyseg.training.anomaly_head import AnomalyHeadModule, train_anomaly_head
-
-
-def tiny_config(**kw):
-    base = dict(image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                num_blocks=2, num_queries=6, num_register_tokens=1)
-    return small_eomt_config(**{**base, **kw})
+from helpers import Crash, tiny_eomt_config as tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -234,15 +229,6 @@ def test_training_loss_is_masked_bce_with_pos_weight(tiny_eomt):
     torch.testing.assert_close(anomaly_head_loss(changed[:, None].float(), mask), loss.detach(), rtol=1e-5, atol=1e-6)
     changed[1, 0, 0] += 5.0  # a non-void pixel does
     assert not torch.isclose(anomaly_head_loss(changed[:, None].float(), mask), loss.detach())
-
-
-class Crash(Callback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, *args):
-        if trainer.global_step == self.step:
-            raise RuntimeError("kernel died")
 
 
 class InitialHead(Callback):

@@ -25,17 +25,15 @@ from anomalyseg.models.eomt import (
     normalize,
     per_pixel_logits,
     scaled_size,
-    small_eomt_config,
     split_windows,
     stitch_windows,
     window_offsets,
 )
+from helpers import tiny_eomt_config
 
 
 def tiny_config(**kw):
-    base = dict(image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                num_blocks=2, num_queries=6, num_register_tokens=2)
-    return small_eomt_config(**{**base, **kw})
+    return tiny_eomt_config(**{"image_size": 64, "num_register_tokens": 2, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,11 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
 from transformers import EomtForUniversalSegmentation
 
 from anomalyseg.data.coco import OODObjects
 from anomalyseg.labels import OOD_OBJECT_VALUE
-from anomalyseg.models.eomt import build_eomt, small_eomt_config
+from anomalyseg.models.eomt import build_eomt
 from anomalyseg.training.eomt import BACKBONE_PREFIXES, HEAD_PREFIXES, EomtModule
 from anomalyseg.training.oe import (
     EomtOEModule,
@@ -25,15 +24,10 @@ from anomalyseg.training.oe import (
     pasted_samples,
 )
 from anomalyseg.training.oe_config import OEConfig
+from helpers import Crash, tiny_eomt_config as tiny_config
 
 # Tiny crops need small objects: the tiny COCO objects are 40-136 px, the crops 32 px.
 SMALL_OBJECTS = 0.25
-
-
-def tiny_config(**kw):
-    base = dict(image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                num_blocks=2, num_queries=6, num_register_tokens=1)
-    return small_eomt_config(**{**base, **kw})
 
 
 def tiny_model(seed: int = 0) -> EomtForUniversalSegmentation:
@@ -186,17 +180,6 @@ def test_heads_only_fine_tuning_freezes_the_backbone_and_lowers_the_outlier_loss
     assert list(term.index) == list(range(30)) and term.notna().all()
     first, last = term.iloc[:5].mean(), term.iloc[-5:].mean()
     assert first > 0.1 and last < 0.5 * first, f"outlier loss did not fall: {first:.3f} -> {last:.3f}"
-
-
-class Crash(Callback):
-    """Kill training when step ``step`` starts, as a dying notebook kernel would."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, *args):
-        if trainer.global_step == self.step:
-            raise RuntimeError("kernel died")
 
 
 @pytest.mark.slow

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
 from transformers import EomtForUniversalSegmentation
 
-from anomalyseg.models.eomt import build_eomt, load_eomt, small_eomt_config
+from anomalyseg.models.eomt import build_eomt, load_eomt
 from anomalyseg.training.eomt import (
     EomtModule,
     WarmupPoly,
@@ -17,12 +16,7 @@ from anomalyseg.training.eomt import (
     semantic_to_mask_labels,
     train_eomt,
 )
-
-
-def tiny_config(**kw):
-    base = dict(image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                num_blocks=2, num_queries=6, num_register_tokens=1)
-    return small_eomt_config(**{**base, **kw})
+from helpers import Crash, tiny_eomt_config as tiny_config
 
 
 def test_semantic_to_mask_labels_leaves_void_and_outliers_uncovered():
@@ -129,17 +123,6 @@ def test_two_stage_warmup_poly():
 def test_crop_size_must_match_the_model(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="32x32"):
         train_eomt(tiny_data / "cityscapes", tmp_path, tiny_config(), max_steps=1, crop_size=(32, 64), progress=False)
-
-
-class Crash(Callback):
-    """Kill training when step ``step`` starts, as a dying notebook kernel would."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, *args):
-        if trainer.global_step == self.step:
-            raise RuntimeError("kernel died")
 
 
 def _metrics(out_dir):

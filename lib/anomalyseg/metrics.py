@@ -229,23 +229,28 @@ class _Ranked:
     def metrics(self, convention: str = "course") -> dict:
         _check_convention(convention)
         P, N = self.P, self.N
-        if P + N == 0:
-            raise ValueError(
-                "no valid pixel to score: anomaly metrics need labels 0 (in-distribution) or 1 "
-                "(anomaly); every label here is void. Check the mask conversion of the benchmark."
-            )
-        out = dict(auprc=float("nan"), fpr_at_95_tpr=float("nan"), auroc=float("nan"),
-                   num_pixels=P + N, anomaly_fraction=P / (P + N))
+        out = _empty_result(P, N)
         if P == 0:
-            warnings.warn("no anomaly pixel (label 1): AuPRC, FPR95 and AUROC are undefined (NaN).",
-                          RuntimeWarning, stacklevel=3)
             return out
-        if N == 0:
-            warnings.warn("no in-distribution pixel (label 0): FPR95 and AUROC are undefined (NaN).",
-                          RuntimeWarning, stacklevel=3)
         out["auprc"], out["auroc"] = self.auprc_auroc()
         out["fpr_at_95_tpr"] = self.fpr_at_tpr(convention)
         return out
+
+
+def _empty_result(P: int, N: int) -> dict:
+    """The result dict before the metrics, NaN-filled; refuses an empty set and warns about a
+    degenerate one (P = 0: every metric undefined; N = 0: FPR95 and AUROC undefined)."""
+    if P + N == 0:
+        raise ValueError(
+            "no valid pixel to score: anomaly metrics need labels 0 (in-distribution) or 1 "
+            "(anomaly); every label here is void. Check the mask conversion of the benchmark."
+        )
+    if P == 0:
+        warnings.warn("no anomaly pixel (label 1): AuPRC, FPR95 and AUROC are undefined (NaN).", RuntimeWarning, stacklevel=4)
+    elif N == 0:
+        warnings.warn("no in-distribution pixel (label 0): FPR95 and AUROC are undefined (NaN).", RuntimeWarning, stacklevel=4)
+    return dict(auprc=float("nan"), fpr_at_95_tpr=float("nan"), auroc=float("nan"), num_pixels=P + N,
+                anomaly_fraction=P / (P + N))
 
 
 def _max_count(P: int, rate: float) -> int:
@@ -463,23 +468,13 @@ class BinnedAnomalyAccumulator:
         """``dict(auprc=, fpr_at_95_tpr=, auroc=, num_pixels=, anomaly_fraction=)`` over all frames."""
         _check_convention(convention)
         tps, fps, P, N = self._curve()
-        if P + N == 0:
-            raise ValueError(
-                "no valid pixel to score: anomaly metrics need labels 0 (in-distribution) or 1 "
-                "(anomaly); every label here is void. Check the mask conversion of the benchmark."
-            )
-        out = dict(auprc=float("nan"), fpr_at_95_tpr=float("nan"), auroc=float("nan"),
-                   num_pixels=P + N, anomaly_fraction=P / (P + N))
+        out = _empty_result(P, N)
         if P == 0:
-            warnings.warn("no anomaly pixel (label 1): AuPRC, FPR95 and AUROC are undefined (NaN).",
-                          RuntimeWarning, stacklevel=2)
             return out
         # sklearn's average precision: sum over thresholds of (recall step) x precision
         recall = tps / P
         out["auprc"] = float(max(0.0, np.sum(np.diff(np.r_[0.0, recall]) * (tps / (tps + fps)))))
         if N == 0:
-            warnings.warn("no in-distribution pixel (label 0): FPR95 and AUROC are undefined (NaN).",
-                          RuntimeWarning, stacklevel=2)
             return out
         # AUROC: trapezoids between consecutive thresholds, in exact integers
         t0, f0 = np.r_[0, tps[:-1]], np.r_[0, fps[:-1]]

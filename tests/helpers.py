@@ -1,0 +1,23 @@
+"""Small builders shared by the EoMT, training, Outlier Exposure and anomaly-head tests."""
+
+from lightning.pytorch.callbacks import Callback
+
+from anomalyseg.models.eomt import small_eomt_config
+
+
+def tiny_eomt_config(**kw):
+    """An EoMT of a few thousand parameters: 32 px windows of 2x2 patches, 6 queries in 2 blocks."""
+    base = dict(image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                num_blocks=2, num_queries=6, num_register_tokens=1)
+    return small_eomt_config(**{**base, **kw})
+
+
+class Crash(Callback):
+    """Kill training when step ``step`` starts, as a dying notebook kernel would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise RuntimeError("kernel died")
