@@ -347,7 +347,7 @@ def _save_maps(folder: Path, segmenter, dataset, frames, scores, extra_names) ->
         maps = dict(_score_maps(segmenter, f, combos, extra_names))
         item = dataset[i]
         image = item["image"] if item["stem"] == f.stem else None
-        arrays = {f"map|{c.score}": m.numpy().astype(np.float16) for c, m in maps.items()}
+        arrays = {f"map|{c.score}": maps[c].numpy().astype(np.float16) for c in combos}  # in the order asked
         arrays["label"] = f.label.numpy().astype(np.uint8)
         if image is not None:
             img = F.interpolate(image[None].float(), size=f.size, mode="bilinear", align_corners=False)[0]
