@@ -217,6 +217,24 @@ def test_calibrate_and_its_table():
     assert row["ece_T1"] == round(100 * fit["before"]["ece"], 2) and row["nll_fitted"] == round(fit["after"]["nll"], 4)
 
 
+def test_calibration_is_stored_and_read_back(tmp_path):
+    from anomalyseg.calibration import store_calibration, stored_calibration_table
+    from anomalyseg.results import append_rows, read_results
+
+    frames = pixel_frames(n=2)
+    fit = calibrate(LogitSegmenter(), frames, "pixel", max_pixels=None)
+    path = tmp_path / "results.csv"
+    append_rows([dict(model="toy_pixel", dataset="fs_static", score="msp", temperature=1.0, auprc=0.5)], path)
+    rows = store_calibration([fit], path)
+    assert list(rows.temperature) == [1.0, fit["temperature"]] and set(rows.score) == {"calibration"}
+    df = read_results(path)
+    assert len(df) == 3 and df.ece.notna().sum() == 2
+    stored = stored_calibration_table(df)
+    direct = calibration_table([fit])
+    assert stored.to_dict("records") == direct.to_dict("records")  # the report shows what notebook 03 measured
+    assert stored_calibration_table(df[df.score != "calibration"]).empty
+
+
 def test_temperature_spread_in_points():
     import pandas as pd
 

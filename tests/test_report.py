@@ -210,6 +210,7 @@ def test_missing_report_names_what_is_absent(store, tmp_path):
     assert "ERFNet: no MaxEntropy rows" in text and "EoMT: no MaxEntropy rows" in text
     assert "EoMT + hybrid anomaly head: no rows yet" in text and "EoMT + anomaly head:" not in text
     assert "EoMT: no pixel-temperature sweep" in text
+    assert "EoMT: no calibration (ECE, fitted T) on the class temperature" in text
     assert "class-temperature" not in text and "over class temperatures" not in text  # both are stored
     assert "mIoU at T = 1" not in text
     assert "ERFNet: no mIoU" not in report.missing_report(df, models=["erfnet"])

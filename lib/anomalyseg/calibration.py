@@ -20,6 +20,8 @@ all for a pixel temperature.
 
 from __future__ import annotations
 
+import datetime as _dt
+
 import math
 import warnings
 from typing import Mapping, Sequence
@@ -209,17 +211,57 @@ def calibrate(
     ``{"model", "temperature_on", "temperature", "before": curve, "after": curve}`` with curves
     from ``calibration_curve`` over every valid pixel of every frame."""
     t = fit_temperature(segmenter, frames, temperature_on, max_pixels=max_pixels, bounds=bounds, max_frames=max_frames)
-    return dict(model=getattr(segmenter, "name", ""), temperature_on=temperature_on, temperature=t,
+    return dict(model=getattr(segmenter, "name", ""), checkpoint=str(getattr(segmenter, "checkpoint", "")),
+                temperature_on=temperature_on, temperature=t, frames=len(frames),
                 before=calibration_curve(segmenter, frames, 1.0, temperature_on, n_bins),
                 after=calibration_curve(segmenter, frames, t, temperature_on, n_bins))  # fmt: skip
 
 
+FITTED_NOTE = "NLL-fitted temperature"
+
+
+def store_calibration(fits: Sequence[dict], results_path: str | Path, run_id: str | None = None,
+                      dataset: str = "cityscapes_val") -> pd.DataFrame:
+    """Append two rows per ``calibrate`` result to the results store: ``score="calibration"`` with
+    ``ece`` and ``nll`` at T = 1 and at the fitted T (``notes`` = ``FITTED_NOTE``), so that the
+    report can show calibration next to the anomaly metrics without refitting. Returns the rows."""
+    from . import results as _results
+
+    run_id = run_id or _results.new_run_id("calibration")
+    commit, now = _results.git_commit(), _dt.datetime.now().isoformat(timespec="seconds")
+    rows = [dict(run_id=run_id, time=now, git_commit=commit, model=f["model"], checkpoint=f.get("checkpoint", ""),
+                 dataset=dataset, score="calibration", temperature=t, temperature_on=f["temperature_on"],
+                 ece=curve["ece"], nll=curve["nll"], frames_used=f.get("frames", ""), notes=note)
+            for f in fits
+            for t, curve, note in ((1.0, f["before"], ""), (f["temperature"], f["after"], FITTED_NOTE))]  # fmt: skip
+    _results.append_rows(rows, results_path)
+    return pd.DataFrame(rows, columns=_results.COLUMNS)
+
+
+def stored_calibration_table(df: pd.DataFrame) -> pd.DataFrame:
+    """``calibration_table`` from the store's ``calibration`` rows (latest per model and kind)."""
+    rows = df[df["score"] == "calibration"] if len(df) and "score" in df else df.iloc[0:0]
+    if not len(rows):
+        return pd.DataFrame()
+    fitted = rows["notes"].fillna("").astype(str) == FITTED_NOTE
+    out = []
+    for (model, t_on), group in rows.groupby(["model", "temperature_on"], sort=False):
+        before, after = group[~fitted.loc[group.index]], group[fitted.loc[group.index]]
+        if not len(before) or not len(after):
+            continue
+        out.append(_table_row(model, t_on, after.iloc[-1]["temperature"], before.iloc[-1], after.iloc[-1]))
+    return pd.DataFrame(out)
+
+
 def calibration_table(fits: Sequence[dict]) -> pd.DataFrame:
     """One row per ``calibrate`` result: the fitted temperature, NLL and ECE (percent) before and after."""
-    return pd.DataFrame([dict(model=f["model"], temperature_on=f["temperature_on"], fitted_T=round(f["temperature"], 4),
-                              nll_T1=round(f["before"]["nll"], 4), nll_fitted=round(f["after"]["nll"], 4),
-                              ece_T1=round(100 * f["before"]["ece"], 2), ece_fitted=round(100 * f["after"]["ece"], 2))
-                         for f in fits])  # fmt: skip
+    return pd.DataFrame([_table_row(f["model"], f["temperature_on"], f["temperature"], f["before"], f["after"]) for f in fits])
+
+
+def _table_row(model: str, temperature_on: str, fitted_t: float, before, after) -> dict:
+    return dict(model=model, temperature_on=temperature_on, fitted_T=round(float(fitted_t), 4),
+                nll_T1=round(float(before["nll"]), 4), nll_fitted=round(float(after["nll"]), 4),
+                ece_T1=round(100 * float(before["ece"]), 2), ece_fitted=round(100 * float(after["ece"]), 2))
 
 
 def temperature_spread(sweeps: pd.DataFrame, metric: str = "auprc") -> pd.DataFrame:

@@ -523,6 +523,9 @@ def missing_report(df: pd.DataFrame, models: Sequence[str] | None = None) -> str
             swept = temperature_sweeps(df[df["model"] == m], t_on)
             if not len(swept):
                 lines.append(f"- {model_title(m)}: no {t_on}-temperature sweep (notebook 03_temperature_scaling).")
+            if not ((df["model"] == m) & (df["score"] == "calibration") & (df["temperature_on"] == t_on)).any():
+                lines.append(f"- {model_title(m)}: no calibration (ECE, fitted T) on the {t_on} temperature "
+                             "(notebook 03_temperature_scaling).")
         if not len(miou_rows(df[df["model"] == m])):
             lines.append(f"- {model_title(m)}: no Cityscapes-val mIoU at T = 1 (notebook {e['notebook']}).")
         miou = df[(df["model"] == m) & (df["score"] == "miou") & (df["temperature_on"] == "class")]
@@ -532,7 +535,7 @@ def missing_report(df: pd.DataFrame, models: Sequence[str] | None = None) -> str
         lines += [f"- {method_title('eomt', s)}: no rows yet (notebook {nb})."
                   for s, nb in EXPECTED_LEARNED.items() if s not in set(anomaly["score"])]
     if not lines:
-        return "Nothing missing: every expected model, benchmark, score, temperature sweep and mIoU has rows."
+        return "Nothing missing: every expected model, benchmark, score, temperature sweep, calibration and mIoU has rows."
     return "Missing from the results store (the report shows what exists):\n" + "\n".join(lines)
 
 

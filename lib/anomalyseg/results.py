@@ -25,7 +25,7 @@ from .labels import BENCHMARKS
 
 COLUMNS = (
     "run_id", "time", "git_commit", "model", "checkpoint", "dataset", "score", "temperature",
-    "temperature_on", "auprc", "fpr_at_95_tpr", "auroc", "miou", "frames_used", "frames_skipped",
+    "temperature_on", "auprc", "fpr_at_95_tpr", "auroc", "miou", "ece", "nll", "frames_used", "frames_skipped",
     "fpr_convention", "eval_size", "curves", "metric_bins", "notes",
 )
 # Course order of the benchmark columns, with their short titles.
@@ -116,7 +116,7 @@ def read_results(path: str | Path = "results/results.csv") -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame(columns=list(COLUMNS))
     df = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    for col in ("temperature", "auprc", "fpr_at_95_tpr", "auroc", "miou"):
+    for col in ("temperature", "auprc", "fpr_at_95_tpr", "auroc", "miou", "ece", "nll"):
         if col in df:
             df[col] = pd.to_numeric(df[col], errors="coerce")
     return df
