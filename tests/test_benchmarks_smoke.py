@@ -70,3 +70,16 @@ def test_bench_eval_loop_smoke(tiny_data, capsys):
         assert all(_number(rows[stage][c]) > 0 for c in cols)
     for key in ("**sum of the steps**", "**frames/s, timed loop**", "**frames/s, evaluate_anomaly**"):
         assert all(_number(rows[key][c]) > 0 for c in cols)
+
+
+def test_bench_sweep_smoke(tiny_data, tmp_path, capsys):
+    bench = _load("bench_sweep")
+    out = bench.main(["--data-root", str(tiny_data.parent), "--preset", "tiny", "--output-dir", str(tmp_path),
+                      "--train-steps", "2", "--temperatures", "0.5", "1.0", "--threads", "1"])
+    assert out.strip() in capsys.readouterr().out
+    rows = {r["model"]: r for r in parse_markdown_table(out)}
+    assert set(rows) == {"eomt", "erfnet"} and list(rows["eomt"]) == list(bench.HEADERS)
+    assert rows["eomt"]["points"] == "4" and rows["erfnet"]["points"] == "2"  # EoMT: pixel and class T
+    for r in rows.values():
+        assert _number(r["pass (s)"]) > 0 and _number(r["sweep exact (s)"]) > 0 and _number(r["sweep binned (s)"]) > 0
+        assert _number(r["binned - exact AuPRC (max, points)"]) >= 0

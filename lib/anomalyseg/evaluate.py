@@ -12,6 +12,7 @@ import hashlib
 import math
 import os
 import tempfile
+import time
 from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,11 @@ def collect_outputs(
 
 
 # ----------------------------------------------------------------------------- anomaly evaluation
+# What a binned accumulator holds, for sizing passes: its histogram covers only the bins its scores
+# touch, a few hundred thousand for the usual scores at 24 bits.
+BINNED_BYTES = 64 << 20
+
+
 @dataclass(frozen=True)
 class _Combo:
     score: str
@@ -255,10 +261,10 @@ def evaluate_anomaly(
     ``temperature_on``: ``"pixel"`` divides the per-pixel class map by T before a score's softmax;
     ``"class"`` divides the class logits by T before the mask-classification fusion (EoMT only).
     Learned scores (``segmenter.extra_score_names``, e.g. ``anomaly_head``) are evaluated once.
-    ``histogram_bits``: None computes the metrics exactly (sklearn's values, from a sort of every
-    pooled pixel); an int b takes them from 2**b-bin histograms (``BinnedAnomalyAccumulator``:
-    hundredths of a point off, several times cheaper, fixed memory): for temperature sweeps.
-    Binned rows carry ``metric_bins`` so that tables can prefer exact ones.
+    ``histogram_bits``: None (default) computes the metrics exactly (sklearn's values, from a sort
+    of every pooled pixel); an int b takes them from histograms (``BinnedAnomalyAccumulator``:
+    cheaper, memory independent of the pixel count, but approximate where a score crowds into a
+    narrow band). Binned rows carry ``metric_bins`` so that tables prefer exact ones.
     Rows are appended to ``results_path`` (None: not stored) and returned as a DataFrame;
     PR/ROC points go to ``<results dir>/curves/<run_id>.npz``, and the image, label and score maps
     (at T=1) of the first ``maps_frames`` frames of each data set to
@@ -300,7 +306,7 @@ def evaluate_anomaly(
         skipped = len(getattr(dataset, "skipped", ()))
         # Exact metrics keep 4 bytes per valid pixel and combo: split the combos into passes over
         # the frames that fit max_bytes. Histograms have a fixed size.
-        per_combo = 5 * n_valid if histogram_bits is None else new_acc().nbytes
+        per_combo = 5 * n_valid if histogram_bits is None else BINNED_BYTES
         per_pass = max(1, max_bytes // max(per_combo, 1))
         for start in range(0, len(combos), per_pass):
             accs = {c: new_acc() for c in combos[start : start + per_pass]}
@@ -426,6 +432,52 @@ def evaluate_miou(
     if results_path is not None:
         _results.append_rows(rows, results_path)
     return pd.DataFrame(rows, columns=_results.COLUMNS), pd.DataFrame(per_class, index=list(CLASS_NAMES))
+
+
+# ----------------------------------------------------------------------------- temperature sweeps
+def evaluation_pass(segmenter: Segmenter, benchmarks: dict[str, Dataset], val: Dataset | None,
+                    scores: Sequence[str] = ("msp", "max_logit", "max_entropy", "energy", "rba")) -> float:
+    """Seconds of one uncached evaluation at T = 1, what each temperature point would cost without
+    the output cache: a forward of every frame, the class maps, ``scores`` (RbA only for mask
+    classification) with exact metrics on ``benchmarks``, and the mIoU on ``val``. Stores nothing."""
+    started = time.perf_counter()
+    scores = [s for s in scores if s != "rba" or segmenter.supports_class_temperature]
+    evaluate_anomaly(segmenter, benchmarks, scores, results_path=None, cache=OutputCache(), maps_frames=0, progress=False)
+    if val is not None:
+        evaluate_miou(segmenter, val, results_path=None, cache=OutputCache(), progress=False)
+    return time.perf_counter() - started
+
+
+def temperature_sweep(
+    segmenter: Segmenter,
+    benchmarks: dict[str, Dataset],
+    val: Dataset | None,
+    temperatures: Sequence[float],
+    scores: Sequence[str] = ("msp", "max_logit", "max_entropy", "energy", "rba"),
+    results_path: str | Path | None = "results/results.csv",
+    cache: OutputCache | None = None,
+    histogram_bits: int | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Every temperature point of notebook 03 on cached outputs: the per-pixel temperature for the
+    scores it changes (MSP, MaxEntropy, Energy) and, for mask classification, the class temperature
+    for every score and the mIoU on ``val``. Exact metrics, or ``histogram_bits``-bit histograms
+    (see ``evaluate_anomaly``). Returns the rows (anomaly and mIoU), appended to ``results_path``
+    unless None."""
+    kw = dict(results_path=results_path, cache=cache, maps_frames=0, histogram_bits=histogram_bits, progress=progress)
+    sensitive = [s for s in scores if s in TEMPERATURE_SENSITIVE]
+    frames = [evaluate_anomaly(segmenter, benchmarks, sensitive, temperatures, "pixel", **kw)] if sensitive else []
+    if segmenter.supports_class_temperature:
+        frames.append(evaluate_anomaly(segmenter, benchmarks, scores, temperatures, "class", **kw))
+        if val is not None:
+            frames.append(evaluate_miou(segmenter, val, temperatures, results_path=results_path, cache=cache,
+                                        progress=progress)[0])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_results.COLUMNS)
+
+
+def sweep_points(segmenter: Segmenter, temperatures: Sequence[float]) -> int:
+    """Temperature points of ``temperature_sweep``: per-pixel, plus class for mask classification."""
+    return len(temperatures) * (2 if segmenter.supports_class_temperature else 1)
 
 
 # ----------------------------------------------------------------------------- maps for figures
