@@ -219,13 +219,14 @@ def _score_maps(segmenter: Segmenter, frame: Frame, combos: Sequence[_Combo], ex
     """Every combo's score map of one frame: one class map per class temperature, one
     log-softmax per pixel temperature for MSP, MaxEntropy and Energy together."""
     from_classes = [c for c in combos if c.score not in extra_names]
+    raw = frame.raw  # read once: with a disk cache each access loads the file
     if len(from_classes) < len(combos):
-        extras = segmenter.extra_scores(frame.raw, frame.size)
+        extras = segmenter.extra_scores(raw, frame.size)
         yield from ((c, extras[c.score]) for c in combos if c.score in extra_names)
     if not from_classes:
         return
     class_ts = list(dict.fromkeys(c.class_t for c in from_classes))
-    for class_t, class_map in zip(class_ts, class_maps(segmenter, frame.raw, frame.size, class_ts)):
+    for class_t, class_map in zip(class_ts, class_maps(segmenter, raw, frame.size, class_ts)):
         by_t: dict[float, list[_Combo]] = {}
         for c in (c for c in from_classes if c.class_t == class_t):
             if c.score in SOFTMAX_SCORES:
