@@ -204,3 +204,16 @@ def test_class_temperatures_in_one_pass_equal_separate_runs(tmp_path):
                                  temperature_on="class", results_path=None, progress=False)
         got = together[together.temperature == t]
         assert got.auprc.tolist() == alone.auprc.tolist() and got.score.tolist() == alone.score.tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weights_fingerprint_of_large_tensors(dtype):
+    from anomalyseg.evaluate import weights_fingerprint
+
+    seg = ModuleToy()
+    seg.model = torch.nn.Linear(1000, 200).to(dtype)  # 200k weights: hashed through a strided sample and the sum
+    first = weights_fingerprint(seg)
+    assert first == weights_fingerprint(seg) and len(first) == 16
+    with torch.no_grad():
+        seg.model.weight[0, 1] += 1.0  # off the sampled stride: the sum still changes
+    assert weights_fingerprint(seg) != first

@@ -102,7 +102,8 @@ def weights_fingerprint(segmenter, sample: int = 1 << 16) -> str:
             if flat.numel() > sample:
                 h.update(repr(float(flat.double().sum())).encode())
                 flat = flat[:: flat.numel() // sample]
-            h.update(flat.cpu().view(torch.uint8).numpy().tobytes() if flat.dtype != torch.bool else flat.cpu().numpy().tobytes())
+            # contiguous: a strided sample cannot be reinterpreted as bytes in place
+            h.update(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -282,7 +283,7 @@ def evaluate_anomaly(
     run_id = run_id or _results.new_run_id(segmenter.name)
     cache = cache if cache is not None else OutputCache()
     commit, now = _results.git_commit(), _dt.datetime.now().isoformat(timespec="seconds")
-    new_acc = (lambda: AnomalyAccumulator()) if histogram_bits is None else (lambda: BinnedAnomalyAccumulator(histogram_bits))
+    new_acc = AnomalyAccumulator if histogram_bits is None else partial(BinnedAnomalyAccumulator, histogram_bits)
     rows, curves = [], {}
 
     # Every (score, pixel T, class T) to evaluate; a score that ignores the pixel temperature
