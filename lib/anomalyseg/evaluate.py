@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from . import results as _results
 from .labels import CLASS_NAMES, NUM_CLASSES
+from .progress import tqdm
 from .metrics import AnomalyAccumulator, BinnedAnomalyAccumulator, ConfusionMatrix
 from .models.base import Segmenter
 from .scores import NEEDS_VOID_CHANNEL, SOFTMAX_SCORES, TEMPERATURE_SENSITIVE, get_score, softmax_scores
@@ -160,7 +160,7 @@ def collect_outputs(
     cache = cache if cache is not None else OutputCache()
     key = cache.key(segmenter) if cache.root is not None else None
     frames = []
-    for item in tqdm(_loader(dataset, num_workers), total=len(dataset), desc=f"{segmenter.name} on {dataset_name}",
+    for item in tqdm(_loader(dataset, num_workers), total=len(dataset), desc=f"{segmenter.name} on {dataset_name}", unit="frame",
                      disable=not progress, leave=False):
         stem = item["stem"]
         label = resize_label(torch.as_tensor(item[label_key]), segmenter.eval_size(tuple(item[label_key].shape[-2:])))

@@ -7,11 +7,15 @@ exactly the notebooks a user runs, with smaller numbers.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
+from . import progress as _progress
 from .results import new_run_id
 
 NOTEBOOKS = (
@@ -43,6 +47,43 @@ def preset_parameters(preset: str, notebook: str, presets_file: Path | None = No
         raise ValueError(f"Unknown preset {preset!r}; notebooks/presets.yaml defines {sorted(presets)}.")
     p = presets[preset] or {}
     return {**(p.get("common") or {}), **(p.get(notebook) or {})}
+
+
+class _ProgressEcho:
+    """papermill's ``stdout_file``: receives each cell's stdout as the kernel sends it and echoes
+    the package's ``[progress]`` lines to the console, tagged with the notebook's number."""
+
+    def __init__(self, tag: str, out=None):
+        self.tag, self.out, self._partial = tag, out or sys.stdout, ""
+
+    def write(self, text: str) -> None:
+        lines = (self._partial + text).replace("\r", "\n").split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if line.startswith(_progress.MARK):
+                self.out.write(f"[run-all] {self.tag} {line[len(_progress.MARK):]}\n")
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+@contextmanager
+def _console_progress():
+    """Kernels started inside inherit ``ANOMALYSEG_CONSOLE_PROGRESS=1`` (see ``progress``)."""
+    old = os.environ.get(_progress.ENV)
+    os.environ[_progress.ENV] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(_progress.ENV, None)
+        else:
+            os.environ[_progress.ENV] = old
+
+
+# The kernel's own log would print "Kernel is running over TCP without encryption" in every
+# notebook: papermill talks to it on loopback only, so its warnings are noise on the console.
+_KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 
 
 class NotebookFailed(RuntimeError):
@@ -91,10 +132,13 @@ def run_all(
         started = time.time()
         print(f"[run-all] {name} ...", flush=True)
         try:
-            pm.execute_notebook(
-                str(root / f"{name}.ipynb"), str(run_dir / f"{name}.ipynb"), parameters=params,
-                cwd=str(root), kernel_name=kernel_name, progress_bar=progress, log_output=False,
-            )
+            with _console_progress():
+                pm.execute_notebook(
+                    str(root / f"{name}.ipynb"), str(run_dir / f"{name}.ipynb"), parameters=params,
+                    cwd=str(root), kernel_name=kernel_name, progress_bar=progress, log_output=False,
+                    stdout_file=_ProgressEcho(name.split("_", 1)[0]) if progress else None,
+                    extra_arguments=_KERNEL_ARGS,
+                )
         except pm.PapermillExecutionError as e:
             raise NotebookFailed(
                 f"Notebook {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}. The executed copy with the "

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from ..labels import OOD_OBJECT_VALUE
+from ..progress import tqdm
 from .io import DatasetError, read_mask, read_rgb
 
 # COCO categories that look like a Cityscapes class: pasting them as "anomalies" would teach the

@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from tqdm.auto import tqdm
 
 from ..labels import BENCHMARKS, CLASS_NAMES, IGNORE_INDEX
 from . import _draw as d
 from ._draw import Camera, Canvas
+from ..progress import tqdm
 
 GENERATOR_VERSION = 1
 MARKER = "EMBEDDED_DATA.json"

@@ -50,6 +50,7 @@ from ..models.eomt import (
     scaled_size,
     zero_attn_mask_probs,
 )
+from .callbacks import console_callbacks
 from .eomt import EomtDataModule, WarmupPoly
 
 if TYPE_CHECKING:
@@ -301,7 +302,7 @@ def train_anomaly_head(
     checkpoint = ModelCheckpoint(dirpath=out_dir, save_last=True, save_top_k=0, every_n_train_steps=checkpoint_every_n_steps)
     trainer = L.Trainer(
         max_steps=max_steps, max_epochs=-1, accelerator=accelerator, devices=1, default_root_dir=out_dir,
-        logger=CSVLogger(out_dir, name="logs"), callbacks=[checkpoint, *callbacks], enable_progress_bar=progress,
+        logger=CSVLogger(out_dir, name="logs"), callbacks=[checkpoint, *callbacks, *console_callbacks()], enable_progress_bar=progress,
         enable_model_summary=progress, log_every_n_steps=max(1, min(50, max_steps // 20)), limit_val_batches=0,
         num_sanity_val_steps=0,
     )  # fmt: skip

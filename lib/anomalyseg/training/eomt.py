@@ -33,6 +33,7 @@ from ..labels import IGNORE_INDEX, NUM_CLASSES
 from ..metrics import ConfusionMatrix
 from ..models.checkpoints import CheckpointError, fit_state_dict
 from ..models.eomt import EomtSegmenter, build_eomt, normalize, scaled_size, small_eomt_config
+from .callbacks import console_callbacks
 from .data import CityscapesDataModule, collate
 
 # Only these train under trainable="heads" (Outlier Exposure fine-tuning): the class head, the
@@ -429,7 +430,7 @@ def fit_and_export(
     checkpoint = ModelCheckpoint(dirpath=out_dir, save_last=True, save_top_k=0, every_n_train_steps=every)
     trainer = L.Trainer(
         max_steps=max_steps, max_epochs=-1, accelerator=accelerator, devices=devices, precision=precision,
-        default_root_dir=out_dir, logger=logger, callbacks=[checkpoint, *callbacks], enable_progress_bar=progress,
+        default_root_dir=out_dir, logger=logger, callbacks=[checkpoint, *callbacks, *console_callbacks()], enable_progress_bar=progress,
         enable_model_summary=progress, log_every_n_steps=max(1, min(50, max_steps // 20)), num_sanity_val_steps=0,
         limit_val_batches=limit_val_batches if has_val else 0,
         val_check_interval=min(val_every_n_steps or max_steps, max_steps), check_val_every_n_epoch=None,

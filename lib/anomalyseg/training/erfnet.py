@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from tqdm.auto import tqdm
 
 from ..data.cityscapes import CityscapesSegmentation
 from ..data.io import read_mask
@@ -34,6 +33,8 @@ from ..labels import IGNORE_INDEX, NUM_CLASSES
 from ..metrics import ConfusionMatrix
 from ..models.checkpoints import fit_state_dict, load_state_dict_file
 from ..models.erfnet import ERFNet
+from ..progress import tqdm
+from .callbacks import console_callbacks
 from .data import CityscapesDataModule
 
 # ENet's constant: weights 1 / ln(c + p) lie in [1 / ln(c + 1), 1 / ln(c)], i.e. about 1.35..10.5.
@@ -243,7 +244,7 @@ def train_erfnet(
     trainer = L.Trainer(
         max_steps=max_steps, max_epochs=-1, accelerator=accelerator, devices=devices, strategy=strategy,
         precision=precision, default_root_dir=out_dir, logger=CSVLogger(out_dir, name="logs"),
-        callbacks=[checkpoint, EpochSeed(seed), *callbacks], enable_progress_bar=progress,
+        callbacks=[checkpoint, EpochSeed(seed), *callbacks, *console_callbacks()], enable_progress_bar=progress,
         enable_model_summary=progress, log_every_n_steps=max(1, min(50, max_steps // 20)),
         num_sanity_val_steps=0, limit_val_batches=limit_val_batches if has_val else 0,
         val_check_interval=val_every_n_steps, check_val_every_n_epoch=None if val_every_n_steps else 1,
