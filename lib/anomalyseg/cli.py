@@ -71,6 +71,15 @@ def _train(a):
     print(f"checkpoint: {ckpt}")
 
 
+def _demo_weights(a):
+    from .demo_models import train
+
+    entry = train(a.model, a.steps, a.data_root, a.work_dir / a.model, a.out, seed=a.seed,
+                  val_every_n_steps=a.val_every, preset=a.preset)
+    print(f"{a.model}: {entry['steps']} steps, val mIoU {100 * entry['val_miou']:.2f}% (fp16 weights), "
+          f"{entry['wall_s']} s; written to {a.out / a.model} and {a.out / 'manifest.json'}")
+
+
 def _run_all(a):
     from .pipeline import NotebookFailed, run_all
 
@@ -127,6 +136,19 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--crop-size", nargs=2, type=int, default=(256, 512))
     s.set_defaults(func=_train)
+
+    from .demo_models import WEIGHTS_DIR
+
+    s = sub.add_parser("demo-weights", help="train a demo segmenter and ship it as fp16 weights with a manifest entry")
+    s.add_argument("--model", choices=("erfnet", "eomt"), required=True)
+    s.add_argument("--steps", type=int, required=True)
+    s.add_argument("--seed", type=int, default=0, help="seed of the embedded data set and of the training")
+    s.add_argument("--preset", choices=("tiny", "demo"), default="demo")
+    s.add_argument("--data-root", type=Path, default=Path("data"))
+    s.add_argument("--work-dir", type=Path, default=Path("checkpoints/demo-weights"), help="training folder (resumable)")
+    s.add_argument("--out", type=Path, default=WEIGHTS_DIR)
+    s.add_argument("--val-every", type=int, help="validate every N steps (default: once, at the end)")
+    s.set_defaults(func=_demo_weights)
 
     s = sub.add_parser("run-all", help="execute notebooks 00-06 with papermill (the README's main job)")
     s.add_argument("--preset", choices=("tiny", "demo"), default="demo")

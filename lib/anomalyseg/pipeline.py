@@ -49,6 +49,22 @@ def preset_parameters(preset: str, notebook: str, presets_file: Path | None = No
     return {**(p.get("common") or {}), **(p.get(notebook) or {})}
 
 
+def notebook_parameters(preset: str, notebook: str) -> dict:
+    """What ``notebook`` runs with under ``preset``: its ``parameters`` cell's defaults (read by
+    papermill, literal values only) overridden by the preset's."""
+    import ast
+
+    import papermill as pm
+
+    defaults = {}
+    for name, p in pm.inspect_notebook(str(notebooks_dir() / f"{notebook}.ipynb")).items():
+        try:
+            defaults[name] = ast.literal_eval(p["default"])
+        except (ValueError, SyntaxError):
+            pass  # an expression: not needed outside the notebook
+    return {**defaults, **preset_parameters(preset, notebook)}
+
+
 class _ProgressEcho:
     """papermill's ``stdout_file``: receives each cell's stdout as the kernel sends it and echoes
     the package's ``[progress]`` lines to the console, tagged with the notebook's number."""

@@ -78,6 +78,7 @@ def eomt_segmenter(
     device: str | torch.device = "auto",
     name: str = "eomt",
     progress: bool = True,
+    train_from_scratch: bool = False,
 ):
     """An ``EomtSegmenter`` ready for evaluation.
 
@@ -91,12 +92,16 @@ def eomt_segmenter(
     Otherwise ``checkpoint`` is what ``load_eomt`` reads: a hub id, a ``save_pretrained``
     folder or an upstream tue-mps/eomt ``.ckpt`` / ``.bin`` file. ``window_size`` defaults to
     the model's ``image_size``; ``name`` labels its rows in the results store.
+
+    On the embedded data, the shipped demo weights (``demo_models``) stand in for the training
+    when they were trained with exactly these settings on exactly this data set, unless
+    ``train_from_scratch``.
     """
     from .models.eomt import load_eomt
 
     device = resolve_device(device)
     if checkpoint is None:
-        source = _trained_eomt(ws, train, progress)
+        source = _trained_eomt(ws, train, progress, train_from_scratch)
     else:
         if train:
             raise ValueError(
@@ -133,7 +138,7 @@ def eomt_train_settings(train: dict | None = None) -> dict:
     return {**settings, "config": config}
 
 
-def _trained_eomt(ws: Workspace, train: dict | None, progress: bool) -> Path:
+def _trained_eomt(ws: Workspace, train: dict | None, progress: bool, from_scratch: bool = False) -> Path:
     from .models.eomt import small_eomt_config
     from .training.eomt import train_eomt
 
@@ -144,6 +149,8 @@ def _trained_eomt(ws: Workspace, train: dict | None, progress: bool) -> Path:
     if (exported / "config.json").is_file():
         if train is not None:
             _warn_if_other_settings(folder, resolved, "EoMT")
+        return exported
+    if not from_scratch and _install_demo_weights("eomt", ws, folder, resolved, progress):
         return exported
     stored = _read_settings(folder)
     resume = stored is None or stored == resolved  # never continue a run of other settings
@@ -166,6 +173,7 @@ def erfnet_segmenter(
     use_void: bool = False,
     device: str | torch.device = "auto",
     progress: bool = True,
+    train_from_scratch: bool = False,
 ):
     """An ``ErfnetSegmenter`` ready for evaluation.
 
@@ -175,7 +183,8 @@ def erfnet_segmenter(
     ERFNet weight file (the course's ``erfnet_pretrained.pth``, a training ``.ckpt`` or an
     exported ``.safetensors``). Frames are scored at ``input_size`` (H and W divisible by 8);
     ``None`` takes the size the embedded default was trained and evaluated at (its stored
-    settings), else the course's 512x1024.
+    settings), else the course's 512x1024. Shipped demo weights stand in for the training as in
+    ``eomt_segmenter``, unless ``train_from_scratch``.
     """
     from .models.checkpoints import load_erfnet
     from .models.erfnet import ErfnetSegmenter
@@ -185,7 +194,7 @@ def erfnet_segmenter(
         stored = _read_settings(Path(ws.checkpoints) / ERFNET_DIR) if checkpoint is None else None
         input_size = tuple(stored["input_size"]) if stored and stored.get("input_size") else (512, 1024)
     if checkpoint is None:
-        path = _trained_erfnet(ws, train, input_size, progress)
+        path = _trained_erfnet(ws, train, input_size, progress, train_from_scratch)
     else:
         if train:
             raise ValueError(
@@ -205,7 +214,7 @@ def erfnet_segmenter(
     return segmenter
 
 
-def _trained_erfnet(ws: Workspace, train: dict | None, input_size, progress: bool) -> Path:
+def _trained_erfnet(ws: Workspace, train: dict | None, input_size, progress: bool, from_scratch: bool = False) -> Path:
     from .training.erfnet import train_erfnet
 
     settings = {**DEFAULT_ERFNET_TRAIN, "input_size": tuple(input_size), **(train or {})}
@@ -221,6 +230,8 @@ def _trained_erfnet(ws: Workspace, train: dict | None, input_size, progress: boo
         if train is not None:
             _warn_if_other_settings(folder, resolved, "ERFNet")
         return path
+    if not from_scratch and _install_demo_weights("erfnet", ws, folder, resolved, progress):
+        return path
     stored = _read_settings(folder)
     resume = stored is None or stored == resolved
     folder.mkdir(parents=True, exist_ok=True)
@@ -229,6 +240,22 @@ def _trained_erfnet(ws: Workspace, train: dict | None, input_size, progress: boo
 
 
 # ----------------------------------------------------------------------------- helpers
+def _install_demo_weights(model: str, ws: Workspace, folder: Path, resolved: dict, progress: bool) -> bool:
+    """The shipped demo weights of ``model`` into ``folder`` when they match ``resolved`` and the data."""
+    from . import demo_models
+
+    if not ws.embedded or _read_settings(folder) is not None:  # real data, or a training of ours underway
+        return False
+    if not demo_models.install(model, {k: v for k, v in resolved.items() if k != "data_root"}, ws.cityscapes, folder):
+        return False
+    _write_settings(folder, resolved)
+    if progress:
+        entry = demo_models.read_manifest()[model]
+        print(f"{model}: the shipped demo weights ({entry['steps']} steps, val mIoU {100 * entry['val_miou']:.2f}%, "
+              f"made by `{entry['command']}`) -> {folder}; train_from_scratch=True trains it here instead")
+    return True
+
+
 def _local_or_hub(checkpoint: str | Path, what: str, expected: str) -> str | Path:
     """A path that exists, or a string shaped like a hub id (``org/name``); anything else that
     names a local file or folder which is not there is refused before the hub is asked."""

@@ -1,0 +1,89 @@
+"""Shipped demo weights: made by `anomalyseg demo-weights`, checked against their manifest, and
+used by the zoo instead of a training only for exactly the settings and data they were made with."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from anomalyseg import demo_models, zoo
+from anomalyseg.cli import main
+from anomalyseg.workspace import open_workspace
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def shipped_tiny(tmp_path_factory):
+    """`anomalyseg demo-weights` for both models on the tiny preset (2 steps), the command a
+    maintainer runs on the demo preset to make the shipped weights."""
+    root = tmp_path_factory.mktemp("demo_weights")
+    for model in ("erfnet", "eomt"):
+        main(["demo-weights", "--model", model, "--steps", "2", "--preset", "tiny", "--data-root", str(root / "data"),
+              "--work-dir", str(root / "work"), "--out", str(root / "out")])
+    return root
+
+
+@pytest.mark.parametrize("model", ["erfnet", "eomt"])
+def test_zoo_installs_matching_weights_instead_of_training(shipped_tiny, monkeypatch, tmp_path, model, capsys):
+    root = shipped_tiny
+    monkeypatch.setattr(demo_models, "WEIGHTS_DIR", root / "out")
+    entry = demo_models.read_manifest()[model]
+    assert entry["command"] == f"anomalyseg demo-weights --model {model} --steps 2 --seed 0 --preset tiny"
+    ws = open_workspace(data_root=root / "data", preset="tiny", output_dir=tmp_path)
+    from anomalyseg.pipeline import notebook_parameters
+
+    params = notebook_parameters("tiny", "01_erfnet_baseline" if model == "erfnet" else "02_eomt_eval")
+    train = demo_models.demo_train_settings(model, {**params, "train_steps": 2})
+    if model == "erfnet":
+        seg = zoo.erfnet_segmenter(ws, train=train, input_size=tuple(params["input_size"]), device="cpu")
+        shipped = root / "out" / "erfnet" / "erfnet.safetensors"
+        installed = zoo.default_checkpoint(ws, "erfnet")
+    else:
+        seg = zoo.eomt_segmenter(ws, train=train, device="cpu")
+        shipped = root / "out" / "eomt" / "model" / "model.safetensors"
+        installed = zoo.default_checkpoint(ws, "eomt") / "model.safetensors"
+    assert "shipped demo weights" in capsys.readouterr().out
+    folder = zoo.default_checkpoint(ws, model).parent
+    assert not (folder / "last.ckpt").exists()  # nothing was trained
+    want, got = load_file(shipped), load_file(installed)
+    assert want.keys() == got.keys()
+    for k in want:
+        assert got[k].dtype == (torch.float32 if want[k].is_floating_point() else want[k].dtype)
+        assert torch.equal(got[k], want[k].to(got[k].dtype)), k
+    # the notebooks' training curve comes along
+    assert len(zoo.training_log(folder)) >= 1
+    assert seg is not None
+
+
+def test_other_settings_or_from_scratch_train_instead(shipped_tiny, monkeypatch, tmp_path):
+    root = shipped_tiny
+    monkeypatch.setattr(demo_models, "WEIGHTS_DIR", root / "out")
+    ws = open_workspace(data_root=root / "data", preset="tiny", output_dir=tmp_path / "a")
+    from anomalyseg.pipeline import notebook_parameters
+
+    params = notebook_parameters("tiny", "01_erfnet_baseline")
+    train = demo_models.demo_train_settings("erfnet", {**params, "train_steps": 2})
+    zoo.erfnet_segmenter(ws, train={**train, "lr": 1e-3}, input_size=tuple(params["input_size"]), device="cpu")
+    assert (zoo.default_checkpoint(ws, "erfnet").parent / "last.ckpt").is_file()  # trained: lr differs
+    ws = open_workspace(data_root=root / "data", preset="tiny", output_dir=tmp_path / "b")
+    zoo.erfnet_segmenter(ws, train=train, input_size=tuple(params["input_size"]), device="cpu", train_from_scratch=True)
+    assert (zoo.default_checkpoint(ws, "erfnet").parent / "last.ckpt").is_file()
+
+
+def test_a_damaged_weight_file_is_named(shipped_tiny, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(shipped_tiny / "out", out)
+    path = out / "erfnet" / "erfnet.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(demo_models.DemoWeightsError, match=r"erfnet\.safetensors does not match .*manifest\.json"):
+        demo_models.verify("erfnet", out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert demo_models.verify("eomt", out) == manifest["eomt"]
