@@ -1,15 +1,49 @@
 """The ``anomalyseg`` command: ``make-data``, ``prepare-coco``, ``eval``, ``train``, ``run-all``.
 
 Every subcommand is a thin entry to a package function; nothing imports this module.
+
+One error boundary (``main``) turns every error a user can cause (a missing or damaged file, a
+wrong setting, a full disk) into one paragraph on stderr and exit code 1, without a Python
+traceback; ``--debug`` or ``ANOMALYSEG_DEBUG=1`` re-raises instead, traceback included. An error
+raised in a DataLoader worker arrives wrapped by torch ("Caught DatasetError in DataLoader worker
+process 0 ... Original Traceback ..."); the boundary prints the original message.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import re
+import signal
 import sys
 from pathlib import Path
 
+DEBUG_ENV = "ANOMALYSEG_DEBUG"
+EXIT_ERROR = 1
 
+
+# ----------------------------------------------------------------------------- argument types
+def _number(kind, low: float, strict: bool, what: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value != value or value in (float("inf"), float("-inf")) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"{text!r}: {what}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, 0, True, "must be an integer > 0")
+nonnegative_int = _number(int, 0, False, "must be an integer >= 0")
+positive_float = _number(float, 0.0, True, "must be a finite number > 0 (a temperature divides the logits)")
+
+
+# ----------------------------------------------------------------------------- subcommands
 def _make_data(a):
     from .data.synthetic import make_data
 
@@ -25,49 +59,68 @@ def _prepare_coco(a):
 
 
 def _segmenter(a):
+    """The segmenter of ``--model`` / ``--checkpoint``, loaded as the notebooks load it (``zoo``)."""
+    from .zoo import eomt_segmenter, erfnet_segmenter
+
     if a.model == "erfnet":
-        from .models.erfnet import ErfnetSegmenter, load_erfnet
-
-        h, w = a.input_size
-        return ErfnetSegmenter(load_erfnet(a.checkpoint), checkpoint=str(a.checkpoint), input_size=(h, w),
-                               use_void="void_prob" in a.scores, device=a.device)
-    from .models.eomt import EomtSegmenter, load_eomt
-
-    model = load_eomt(a.checkpoint)
-    return EomtSegmenter(model, checkpoint=str(a.checkpoint), window_size=a.window_size, device=a.device)
+        return erfnet_segmenter(None, checkpoint=a.checkpoint, input_size=tuple(a.input_size),
+                                use_void="void_prob" in a.scores, device=a.device)
+    return eomt_segmenter(None, checkpoint=a.checkpoint, window_size=a.window_size, device=a.device)
 
 
 def _eval(a):
+    import pandas as pd
+
     from .data.benchmarks import load_benchmarks
     from .data.cityscapes import CityscapesSegmentation
     from .evaluate import OutputCache, evaluate_anomaly, evaluate_miou
-    from .results import anomaly_table, read_results, to_markdown
+    from .results import anomaly_table, check_store, miou_table, new_run_id, to_markdown
 
+    if a.benchmarks_root is None and a.cityscapes_root is None:
+        raise ValueError(
+            "anomalyseg eval: nothing to evaluate. Give --benchmarks-root (the course's Validation_Dataset folder) "
+            "and/or --cityscapes-root (a Cityscapes folder, for mIoU on val)."
+        )
+    check_store(a.results)  # before any forward pass: a bad output path must not cost an evaluation
+    # Open the data before the model: a wrong folder is reported in a second, not after loading EoMT-L.
+    benchmarks = load_benchmarks(a.benchmarks_root, a.benchmarks) if a.benchmarks_root else None
+    val = CityscapesSegmentation(a.cityscapes_root, "val") if a.cityscapes_root else None
     seg = _segmenter(a)
     cache = OutputCache(a.cache_dir) if a.cache_dir else None
-    if a.benchmarks_root:
-        evaluate_anomaly(seg, load_benchmarks(a.benchmarks_root, a.benchmarks), scores=a.scores,
-                         temperatures=a.temperatures, temperature_on=a.temperature_on, results_path=a.results,
-                         cache=cache, fpr_convention=a.fpr_convention, num_workers=a.workers)
-    if a.cityscapes_root:
-        rows, _ = evaluate_miou(seg, CityscapesSegmentation(a.cityscapes_root, "val"), results_path=a.results,
-                                cache=cache, num_workers=a.workers)
-        print(f"mIoU {100 * rows.miou.iloc[0]:.2f}")
-    df = read_results(a.results)
-    print(to_markdown(anomaly_table(df[df.model == seg.name])))
+    run_id = new_run_id(seg.name)
+    frames = []
+    if benchmarks:
+        frames.append(evaluate_anomaly(seg, benchmarks, scores=a.scores, temperatures=a.temperatures,
+                                       temperature_on=a.temperature_on, results_path=a.results, run_id=run_id,
+                                       cache=cache, fpr_convention=a.fpr_convention, num_workers=a.workers))
+    if val is not None:
+        rows, _ = evaluate_miou(seg, val, results_path=a.results, run_id=run_id, cache=cache, num_workers=a.workers)
+        frames.append(rows)
+    # The table of this run only: rows of other runs in the same store are not this checkpoint's.
+    mine = pd.concat(frames, ignore_index=True)
+    for col in ("temperature", "auprc", "fpr_at_95_tpr", "miou"):
+        mine[col] = pd.to_numeric(mine[col], errors="coerce")
+    print(f"run {run_id}: {seg.name} {seg.checkpoint}; rows appended to {a.results}")
+    if benchmarks:
+        temperature = a.temperatures[0] if len(a.temperatures) == 1 else None
+        print(to_markdown(anomaly_table(mine, index=("model", "score", "temperature") if temperature is None else
+                                        ("model", "score"), temperature=temperature)))
+    if val is not None:
+        print(to_markdown(miou_table(mine)))
 
 
 def _train(a):
+    workers = {} if a.workers is None else {"num_workers": a.workers}
     if a.model == "erfnet":
         from .training.erfnet import train_erfnet
 
         ckpt = train_erfnet(a.cityscapes_root, a.out, max_steps=a.steps, batch_size=a.batch_size,
-                            crop_size=tuple(a.crop_size), input_size=tuple(a.crop_size))
+                            crop_size=tuple(a.crop_size), input_size=tuple(a.crop_size), **workers)
     else:
         from .training.eomt import train_eomt
 
         ckpt = train_eomt(a.cityscapes_root, a.out, max_steps=a.steps, batch_size=a.batch_size,
-                          crop_size=tuple(a.crop_size))
+                          crop_size=tuple(a.crop_size) if a.crop_size else None, **workers)
     print(f"checkpoint: {ckpt}")
 
 
@@ -81,33 +134,92 @@ def _demo_weights(a):
 
 
 def _run_all(a):
-    from .pipeline import NotebookFailed, run_all
+    from .pipeline import run_all
 
-    try:
-        run_dir = run_all(preset=a.preset, data_root=a.data_root, output_dir=a.output_dir, params_file=a.params,
-                          start_at=a.start_at, stop_after=a.stop_after)
-    except NotebookFailed as e:
-        sys.exit(f"run-all stopped: {e}")
+    run_dir = run_all(preset=a.preset, data_root=a.data_root, output_dir=a.output_dir, params_file=a.params,
+                      start_at=a.start_at, stop_after=a.stop_after)
     print(f"executed notebooks in {run_dir}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="anomalyseg", description=__doc__.splitlines()[0])
+# ----------------------------------------------------------------------------- the error boundary
+_WORKER_WRAPPER = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\s*Original Traceback", re.S)
+
+
+def original_message(exc: BaseException) -> str:
+    """The message of ``exc``; for an error torch re-raised from a DataLoader worker, the message
+    of the original error (the last lines of the worker's traceback)."""
+    text = str(exc)
+    if _WORKER_WRAPPER.match(text):
+        lines = text.rstrip().splitlines()
+        # The worker's traceback ends with "<Type>: <message>" after its indented frame lines.
+        last = max(i for i, line in enumerate(lines) if line.startswith((" ", "\t")) or line.startswith("Original Traceback"))
+        tail = "\n".join(lines[last + 1 :]).strip()
+        text = re.sub(r"^[\w.]+: ", "", tail, count=1) or text
+    if isinstance(exc, KeyError) and text.startswith("'") and text.endswith("'"):
+        text = text[1:-1]
+    return text
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """Errors a user can cause with a file, a folder or a setting: our DatasetError and
+    CheckpointError (ValueErrors), missing or unwritable files, a full disk, bad YAML, a failed notebook."""
+    from .pipeline import NotebookFailed
+
+    try:
+        import yaml
+
+        yaml_errors: tuple = (yaml.YAMLError,)
+    except ImportError:  # pragma: no cover - yaml is a dependency
+        yaml_errors = ()
+    return isinstance(exc, (ValueError, OSError, NotebookFailed, *yaml_errors))
+
+
+def describe_error(exc: BaseException) -> str:
+    """One paragraph for ``exc``: its message, with the file named for an OS error that lacks it."""
+    text = " ".join(original_message(exc).split())  # one paragraph, whatever the message's layout
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and "No space left" not in text:
+        text = f"No space left on device: {text}"
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+        text = f"{text} ({exc.filename})"
+    if not _is_user_error(exc):
+        text = (f"unexpected {type(exc).__name__}: {text}. This looks like a bug in anomalyseg, not in your input; "
+                f"rerun with --debug (or {DEBUG_ENV}=1) for the traceback and report it.")
+    return text
+
+
+def _debug_env() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _on_sigterm(signum, frame):
+    # Unwind like Ctrl-C so that cleanup runs (make-data removes its temporary folder).
+    raise KeyboardInterrupt
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --debug is accepted before or after the subcommand (SUPPRESS: a subcommand's default never
+    # overwrites a --debug given before it).
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help=f"show the Python traceback of an error (or set {DEBUG_ENV}=1)")
+    p = argparse.ArgumentParser(prog="anomalyseg", description=__doc__.splitlines()[0], parents=[debug])
     sub = p.add_subparsers(dest="command", required=True)
+    _add_parser = sub.add_parser
+    sub.add_parser = lambda *args, **kw: _add_parser(*args, parents=[debug], **kw)
 
     s = sub.add_parser("make-data", help="generate the embedded procedural road benchmark")
     s.add_argument("--preset", choices=("tiny", "demo"), default="demo")
     s.add_argument("--out", type=Path, default=Path("data/demo"))
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=nonnegative_int, default=0)
     s.set_defaults(func=_make_data)
 
     s = sub.add_parser("prepare-coco", help="write one-object OOD masks (value 254) from COCO instances")
     s.add_argument("--coco-root", type=Path, required=True)
     s.add_argument("--split", default="train")
-    s.add_argument("--year", type=int, default=2017)
-    s.add_argument("--max-images", type=int, default=400)
-    s.add_argument("--min-area", type=int, default=1000)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--year", type=positive_int, default=2017)
+    s.add_argument("--max-images", type=positive_int, default=400)
+    s.add_argument("--min-area", type=nonnegative_int, default=1000)
+    s.add_argument("--seed", type=nonnegative_int, default=0)
     s.set_defaults(func=_prepare_coco)
 
     s = sub.add_parser("eval", help="evaluate a checkpoint on the benchmarks and/or Cityscapes val")
@@ -117,24 +229,28 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--benchmarks", nargs="*", default=None, help="folder names (default: all found)")
     s.add_argument("--cityscapes-root", type=Path, help="Cityscapes root, for mIoU on val")
     s.add_argument("--scores", nargs="+", default=["msp", "max_logit", "max_entropy", "energy"])
-    s.add_argument("--temperatures", nargs="+", type=float, default=[1.0])
+    s.add_argument("--temperatures", nargs="+", type=positive_float, default=[1.0])
     s.add_argument("--temperature-on", choices=("pixel", "class"), default="pixel")
     s.add_argument("--fpr-convention", choices=("course", "smiyc"), default="course")
-    s.add_argument("--input-size", nargs=2, type=int, default=(512, 1024), help="ERFNet input H W")
-    s.add_argument("--window-size", type=int, default=1024, help="EoMT window size S")
+    s.add_argument("--input-size", nargs=2, type=positive_int, default=(512, 1024), metavar=("H", "W"),
+                   help="ERFNet input H W (divisible by 8)")
+    s.add_argument("--window-size", type=positive_int, default=None,
+                   help="EoMT window size S (default: the model's own input size, config.image_size)")
     s.add_argument("--results", type=Path, default=Path("results/results.csv"))
     s.add_argument("--cache-dir", type=Path)
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one, else cpu), cpu, cuda, cuda:1 ...")
+    s.add_argument("--workers", type=nonnegative_int, default=2)
     s.set_defaults(func=_eval)
 
     s = sub.add_parser("train", help="train ERFNet or a small EoMT on a Cityscapes-layout folder")
     s.add_argument("model", choices=("erfnet", "eomt"))
     s.add_argument("--cityscapes-root", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--steps", type=int, default=2000)
-    s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--crop-size", nargs=2, type=int, default=(256, 512))
+    s.add_argument("--steps", type=positive_int, default=2000)
+    s.add_argument("--batch-size", type=positive_int, default=8)
+    s.add_argument("--crop-size", nargs=2, type=positive_int, default=None, metavar=("H", "W"),
+                   help="training crop (ERFNet default 256 512; EoMT: only its image_size square)")
+    s.add_argument("--workers", type=nonnegative_int, default=None, help="DataLoader workers (default: the trainer's)")
     s.set_defaults(func=_train)
 
     from .demo_models import WEIGHTS_DIR
@@ -158,9 +274,37 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--from", dest="start_at", help="resume at this notebook (name or number, e.g. 03)")
     s.add_argument("--to", dest="stop_after", help="stop after this notebook")
     s.set_defaults(func=_run_all)
+    return p
 
-    a = p.parse_args(argv)
-    a.func(a)
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = build_parser().parse_args(argv)  # usage errors: argparse's message and exit code 2
+    if a.command == "train" and a.crop_size is None and a.model == "erfnet":
+        a.crop_size = (256, 512)
+    debug = getattr(a, "debug", False) or _debug_env()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    try:
+        a.func(a)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"anomalyseg {a.command}: interrupted.", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # the boundary: one paragraph, no traceback (unless --debug)
+        if debug:
+            raise
+        print(f"anomalyseg {a.command}: {describe_error(e)}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
@@ -55,21 +57,67 @@ class OutputCache:
         return self.root / segmenter.name / (key or self.key(segmenter)) / dataset / f"{stem}.safetensors"
 
     def get(self, segmenter: Segmenter, dataset: str, stem: str, key: str | None = None) -> dict[str, torch.Tensor] | None:
+        """The cached outputs of one frame, or None; a damaged file is removed (and None returned)."""
         if self.root is None:
             return self._memory.get((id(segmenter), dataset, stem))
         path = self.path(segmenter, dataset, stem, key)
-        return load_file(path) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            return load_file(path)
+        except Exception as e:  # safetensors raises several types for a truncated or foreign file
+            _evict(path, e)
+            return None
 
     def put(self, segmenter: Segmenter, dataset: str, stem: str, raw: dict[str, torch.Tensor], key: str | None = None) -> None:
         if self.root is None:
             self._memory[(id(segmenter), dataset, stem)] = raw
             return
         path = self.path(segmenter, dataset, stem, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        save_file({k: v.contiguous() for k, v in raw.items()}, tmp)
+        _atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in raw.items()}, tmp))
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``; on any
+    failure (a full disk) the temporary file is removed and the error names ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
         os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise OSError(e.errno, f"could not write {path}: {e.strerror or e}. Free some space or write elsewhere "
+                          "(--results / --cache-dir)", str(path)) from None
+        raise
+
+
+def _evict(path: Path, error: Exception) -> None:
+    """Remove a damaged output-cache file, so that its frame is computed again."""
+    warnings.warn(f"The output-cache file {path} is damaged ({type(error).__name__}: {error}); removed it, the frame "
+                  "is computed again.", stacklevel=3)
+    path.unlink(missing_ok=True)
+
+
+def _readable(path: Path) -> bool:
+    """True when ``path`` is a complete safetensors file (its header and the data it announces);
+    reads the header only."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+        return True
+    except Exception:
+        return False
+
+
+def _load_cached(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except Exception as e:
+        raise OSError(f"The output-cache file {path} could not be read ({type(e).__name__}: {e}); it was damaged after "
+                      "it was written. Delete it (or the whole cache folder) and run again.") from None
 
 
 def _modules(obj, seen: set) -> Iterator[torch.nn.Module]:
@@ -172,12 +220,14 @@ def collect_outputs(
             frames.append(Frame(stem, raw, label))
             continue
         path = cache.path(segmenter, dataset_name, stem, key)
+        if path.exists() and not _readable(path):  # truncated by a crash or a full disk: compute it again
+            _evict(path, ValueError("incomplete safetensors file"))
         if path.exists():
-            raw = load_file(path) if keep_in_memory else None
+            raw = _load_cached(path) if keep_in_memory else None
         else:
             raw = segmenter.raw_outputs(item["image"])
             cache.put(segmenter, dataset_name, stem, raw, key)
-        frames.append(Frame(stem, raw if keep_in_memory else None, label, load=partial(load_file, path)))
+        frames.append(Frame(stem, raw if keep_in_memory else None, label, load=partial(_load_cached, path)))
     return frames
 
 
@@ -280,6 +330,9 @@ def evaluate_anomaly(
     for s in scores:
         if s not in extra_names:
             get_score(s)  # fail early on a typo
+    temperatures = check_temperatures(temperatures, f"{temperature_on} temperature")
+    if results_path is not None:
+        results_path = _results.check_store(results_path)  # before any forward pass
     run_id = run_id or _results.new_run_id(segmenter.name)
     cache = cache if cache is not None else OutputCache()
     commit, now = _results.git_commit(), _dt.datetime.now().isoformat(timespec="seconds")
@@ -299,7 +352,16 @@ def evaluate_anomaly(
         else:
             combos.append(_Combo(s, 1.0))
 
+    all_rows = []
     for name, dataset in benchmarks.items():
+        if len(dataset) == 0:
+            skipped = len(getattr(dataset, "skipped", ()))
+            warnings.warn(
+                f"{name}: all {skipped} frames were skipped (no mask holds an anomaly pixel, label 1 after the "
+                f"{getattr(getattr(dataset, 'spec', None), 'title', name)} conversion), so it has no rows. Check that "
+                "its labels_masks/ are this benchmark's masks.", stacklevel=2)
+            continue
+        rows = []
         frames = collect_outputs(segmenter, dataset, name, cache, num_workers=num_workers, progress=progress)
         if results_path is not None and maps_frames:
             _save_maps(Path(results_path).parent / "maps" / run_id / name, segmenter, dataset, frames[:maps_frames],
@@ -333,20 +395,38 @@ def evaluate_anomaly(
                         curves=f"curves/{run_id}.npz#{key}" if curve_points else "",
                         metric_bins=f"2^{histogram_bits}" if histogram_bits else "", notes=notes,
                     ))
-    if results_path is not None:
-        results_path = Path(results_path)
-        if curves:
-            _save_npz(results_path.parent / "curves" / f"{run_id}.npz", curves)
-        _results.append_rows(rows, results_path)
-    return pd.DataFrame(rows, columns=_results.COLUMNS)
+        # Each benchmark's rows are stored as soon as they exist: a later benchmark that fails
+        # (a bad frame, a full disk) never costs the ones already done.
+        if results_path is not None:
+            if curves:
+                _save_npz(results_path.parent / "curves" / f"{run_id}.npz", curves)
+            _results.append_rows(rows, results_path)
+        all_rows += rows
+    return pd.DataFrame(all_rows, columns=_results.COLUMNS)
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    with os.fdopen(fd, "wb") as f:
-        np.savez_compressed(f, **arrays)
-    os.replace(tmp, path)
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    _atomic_write(path, write)
+
+
+def check_temperatures(temperatures: Sequence[float], what: str = "temperature") -> list[float]:
+    """``temperatures`` as floats, each finite and > 0 (a temperature divides the logits), else ValueError."""
+    out = []
+    for t in temperatures:
+        try:
+            value = float(t)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what} {t!r} is not a number; expected finite values > 0.") from None
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{what} {t!r}: a temperature divides the logits and must be a finite number > 0.")
+        out.append(value)
+    if not out:
+        raise ValueError(f"no {what} given; expected at least one finite value > 0 (T = 1 leaves the logits as they are).")
+    return out
 
 
 def _save_maps(folder: Path, segmenter, dataset, frames, scores, extra_names) -> None:
@@ -410,8 +490,11 @@ def evaluate_miou(
     Returns ``(rows, per_class)`` where ``per_class`` holds the IoU of each class (fractions) per T.
     A pixel temperature never changes the argmax, so only class temperatures are swept.
     """
+    class_temperatures = check_temperatures(class_temperatures, "class temperature")
     if any(t != 1.0 for t in class_temperatures) and not segmenter.supports_class_temperature:
         raise ValueError(f"{segmenter.name} has no class logits to scale; mIoU does not depend on a pixel temperature.")
+    if results_path is not None:
+        results_path = _results.check_store(results_path)
     run_id = run_id or _results.new_run_id(segmenter.name)
     frames = collect_outputs(segmenter, dataset, dataset_name, cache, label_key="target", num_workers=num_workers, progress=progress)
     commit, now = _results.git_commit(), _dt.datetime.now().isoformat(timespec="seconds")

@@ -62,12 +62,88 @@ def _locked(path: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+class ResultsStoreError(ValueError):
+    """The results store cannot be read or appended to as it is; the message names the file, says
+    how to repair it and, for a refused append, where the new rows were kept instead."""
+
+
+def _store_path(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ResultsStoreError(
+            f"The results store {path} is a folder; expected a CSV file path such as {path / 'results.csv'}."
+        )
+    return path
+
+
+def check_store(path: str | Path = "results/results.csv") -> Path:
+    """Check, before any work, that rows can be appended to the store at ``path``: it is a file
+    (or does not exist yet) in a folder that can be created and written, and an existing file is
+    a store this module wrote (UTF-8, comma-separated, a ``run_id`` column). Raises
+    ``ResultsStoreError`` (or ``PermissionError``) naming the file otherwise; returns ``path``."""
+    path = _store_path(path)
+    folder = path.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ResultsStoreError(f"Cannot create the results folder {folder}: {existing} is a file, not a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        target = path if path.exists() else existing
+        raise PermissionError(
+            f"The results store {path} cannot be written ({target} is read-only); choose a writable --results "
+            "path (results_path=...) before anything is computed."
+        )
+    if path.is_file():
+        _parse_header(path, path.read_bytes())
+    return path
+
+
+def _parse_header(path: Path, data: bytes) -> list[str] | None:
+    """The column names of the store's bytes ``data`` (None when it holds no header: empty or only
+    blank lines); raises ``ResultsStoreError`` for a file that is not a store of this module."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ResultsStoreError(
+            f"The results store {path} is not UTF-8 text (byte {e.start} is {data[e.start:e.start + 1]!r}): it is "
+            f"damaged or not a results file. Move it away (or restore it from a backup); the store is a "
+            f"comma-separated UTF-8 file whose first line is {','.join(COLUMNS[:4])},..."
+        ) from None
+    if not text.strip():
+        return None
+    first = text.lstrip("\ufeff").split("\n", 1)[0].rstrip("\r")
+    header = next(csv.reader([first]))
+    if "run_id" not in header:
+        semicolon = ";" in first and "run_id" in first
+        raise ResultsStoreError(
+            f"The results store {path} does not start with a header of comma-separated columns with run_id "
+            f"(its first line is {first[:80]!r})"
+            + ("; it looks re-saved by a spreadsheet with ';' as separator (and perhaps decimal commas). "
+               "Re-save it as CSV with ',' as separator and '.' as decimal point (UTF-8), or move it away"
+               if semicolon else "; it is damaged or not a results file. Move it away or restore it from a backup")
+            + ". Nothing in it was changed."
+        )
+    return header
+
+
+def _side_file(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.unsaved-{_dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}{path.suffix}")
+
+
 def append_rows(rows: Iterable[dict], path: str | Path = "results/results.csv") -> int:
     """Append ``rows`` (dicts keyed by ``COLUMNS``; missing keys stay empty) atomically.
 
     Unknown keys are an error, so a typo never silently drops a figure. Returns the rows written.
+
+    Rows already in the store are never rewritten: new rows are written in the file's own column
+    order, and columns it lacks (an older store) are added at the end of its header line only, so
+    older rows read as empty there. A file that is not a store of this module (re-saved by a
+    spreadsheet with ';' separators, damaged) is left untouched: the new rows go to a side file
+    ``<stem>.unsaved-<time>.csv`` beside it and ``ResultsStoreError`` names both files and the repair
+    (``merge_results`` appends the side file once the store is repaired).
     """
-    path = Path(path)
+    path = _store_path(path)
     rows = list(rows)
     for row in rows:
         unknown = set(row) - set(COLUMNS)
@@ -77,24 +153,47 @@ def append_rows(rows: Iterable[dict], path: str | Path = "results/results.csv") 
         return 0
     with _locked(path):
         old = path.read_bytes() if path.exists() else b""
-        if old:
-            header = next(csv.reader(io.StringIO(old.decode().split("\n", 1)[0])))
-            if tuple(header) != COLUMNS:
-                # An older schema: keep every earlier row and column, add ours.
-                frame = pd.concat([pd.read_csv(path, dtype=str, keep_default_na=False), pd.DataFrame(rows)], ignore_index=True)
-                buf = io.StringIO()
-                frame.to_csv(buf, index=False)
-                _replace(path, buf.getvalue().encode())
-                return len(rows)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-        if not old:
-            writer.writeheader()
-        writer.writerows(rows)
-        if old and not old.endswith(b"\n"):
+        try:
+            header = _parse_header(path, old)
+        except ResultsStoreError as e:
+            side = _side_file(path)
+            _replace(side, _csv_bytes(rows, list(COLUMNS), header=True))
+            raise ResultsStoreError(
+                f"{e} The {len(rows)} new rows were written to {side} instead; once {path.name} is repaired, add them "
+                f"with anomalyseg.results.merge_results({str(side)!r}, {str(path)!r})."
+            ) from None
+        if header is None:  # a new store, or one holding only blank lines (no row to keep)
+            _replace(path, _csv_bytes(rows, list(COLUMNS), header=True))
+            return len(rows)
+        missing = [c for c in COLUMNS if c not in header]
+        if missing:  # extend the header line only; every earlier row keeps its bytes
+            first, sep, rest = old.partition(b"\n")
+            newline = b"\r\n" if first.endswith(b"\r") else b"\n"
+            old = first.rstrip(b"\r") + ("," + ",".join(missing)).encode() + newline + rest
+            header = header + missing
+        if not old.endswith(b"\n"):
             old += b"\n"
-        _replace(path, old + buf.getvalue().encode())
+        _replace(path, old + _csv_bytes(rows, header, header=False))
     return len(rows)
+
+
+def _csv_bytes(rows: list[dict], fieldnames: list[str], header: bool) -> bytes:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fieldnames, lineterminator="\n")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def merge_results(side_file: str | Path, path: str | Path = "results/results.csv") -> int:
+    """Append the rows of a side file (written when an append was refused) to the store at
+    ``path``, then delete the side file. Returns the rows appended."""
+    side_file = Path(side_file)
+    df = pd.read_csv(side_file, dtype=str, keep_default_na=False)
+    n = append_rows(df.to_dict("records"), path)
+    side_file.unlink()
+    return n
 
 
 def _replace(path: Path, data: bytes) -> None:
@@ -110,15 +209,48 @@ def _replace(path: Path, data: bytes) -> None:
         raise
 
 
+NUMERIC_COLUMNS = ("temperature", "auprc", "fpr_at_95_tpr", "auroc", "miou", "ece", "nll")
+
+
 def read_results(path: str | Path = "results/results.csv") -> pd.DataFrame:
-    """All rows of the store as a DataFrame (metrics as floats, fractions not percent)."""
-    path = Path(path)
+    """All rows of the store as a DataFrame (metrics as floats, fractions not percent).
+
+    Reads what the file holds: a store re-saved by a spreadsheet with ';' separators and decimal
+    commas is read as such. A line with more fields than the header, or bytes that are not text,
+    raise ``ResultsStoreError`` naming the file and the lines (a dropped line could let an older
+    figure stand in for a newer one). An empty file reads as no rows.
+    """
+    path = _store_path(path)
     if not path.exists():
         return pd.DataFrame(columns=list(COLUMNS))
-    df = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    for col in ("temperature", "auprc", "fpr_at_95_tpr", "auroc", "miou", "ece", "nll"):
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8").lstrip("\ufeff")
+    except UnicodeDecodeError:
+        _parse_header(path, data)  # raises, naming the file and the repair
+        raise
+    if not text.strip():
+        return pd.DataFrame(columns=list(COLUMNS))
+    first = text.split("\n", 1)[0].rstrip("\r")
+    # A spreadsheet's re-save: ';' between fields and decimal commas in the numbers.
+    spreadsheet = "run_id" not in next(csv.reader([first])) and "run_id" in next(csv.reader([first], delimiter=";"))
+    sep, decimal = (";", ",") if spreadsheet else (",", ".")
+    if not spreadsheet:
+        _parse_header(path, data)  # raises for a file without a run_id column
+    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    width = len(next(reader))
+    long_lines = [reader.line_num for row in reader if len(row) > width]
+    if long_lines:
+        raise ResultsStoreError(
+            f"The results store {path} has lines with more fields than its {width} columns: line(s) "
+            f"{long_lines[:10]}{' ...' if len(long_lines) > 10 else ''}. A field holding a comma must be quoted; "
+            "remove the extra field (or quote it) in those lines with a text editor. Nothing was changed."
+        )
+    df = pd.read_csv(io.StringIO(text), sep=sep, keep_default_na=False, na_values=[""])
+    for col in NUMERIC_COLUMNS:
         if col in df:
-            df[col] = pd.to_numeric(df[col], errors="coerce")
+            values = df[col].astype(str).str.replace(",", ".", regex=False) if decimal == "," else df[col]
+            df[col] = pd.to_numeric(values, errors="coerce")
     return df
 
 

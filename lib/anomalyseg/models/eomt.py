@@ -15,7 +15,8 @@ here. This module adds what the evaluation needs around it:
 
 Masked attention: transformers applies it at inference whenever ``model.attn_mask_probs[i] > 0``
 and the buffer starts at ones, while upstream evaluates with it annealed away. Every loader here
-therefore zeroes the buffer before evaluation.
+therefore zeroes the buffer before evaluation, and so does ``EomtSegmenter`` for a model loaded
+elsewhere (``EomtForUniversalSegmentation.from_pretrained``, as transformers' docs do).
 """
 
 from __future__ import annotations
@@ -244,7 +245,7 @@ def build_eomt(
                     f"{path} is a folder without config.json; expected a folder written by "
                     "model.save_pretrained(...) / export_eomt(...) (config.json + model.safetensors)."
                 )
-            model = EomtForUniversalSegmentation.from_pretrained(path)
+            model = _from_folder(path)
         elif path.suffix in _CHECKPOINT_SUFFIXES or path.exists():
             model = _from_checkpoint_file(path, config, strict, config_overrides)
         else:
@@ -252,6 +253,19 @@ def build_eomt(
     if for_eval:
         zero_attn_mask_probs(model.eval())
     return model
+
+
+def _from_folder(path: Path) -> EomtForUniversalSegmentation:
+    try:
+        return EomtForUniversalSegmentation.from_pretrained(path)
+    except Exception as e:  # transformers and safetensors raise several types for a damaged file
+        files = ", ".join(sorted(p.name for p in path.iterdir())) or "nothing"
+        raise CheckpointError(
+            f"could not load the EoMT save_pretrained folder {str(path)!r} (it holds {files}): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. A truncated or partly copied "
+            "model.safetensors / config.json looks like this; copy the folder again (or export it again with "
+            "export_eomt / save_pretrained)."
+        ) from e
 
 
 def _from_checkpoint_file(path: Path, config: EomtConfig | None, strict: bool, overrides: dict):
@@ -390,6 +404,10 @@ class EomtSegmenter:
     is called on the per-window outputs (``mask_logits`` and ``class_logits`` upsampled to the
     window, ``features`` when kept) and must return ``[N, 1, S, S]`` anomaly logits, which are
     stitched like class maps and returned by ``extra_scores`` under ``head_name``.
+
+    Masked attention is switched off (``attn_mask_probs`` zeroed in place), as upstream evaluates,
+    unless ``masked_attention=True`` (validation during training, which follows the annealing).
+    A model whose ``num_labels`` is not the 19 Cityscapes classes is refused (ValueError).
     """
 
     supports_class_temperature = True
@@ -404,7 +422,15 @@ class EomtSegmenter:
         keep_features: bool = False,
         head: nn.Module | None = None,
         head_name: str = "anomaly_head",
+        masked_attention: bool = False,
     ):
+        if model.config.num_labels != NUM_CLASSES:
+            raise ValueError(
+                f"EomtSegmenter: the model {checkpoint!r} predicts {model.config.num_labels} classes, but the evaluation "
+                f"scores and the mIoU read its class map as the {NUM_CLASSES} Cityscapes train-id classes in order. "
+                "Use a Cityscapes EoMT (e.g. tue-mps/cityscapes_semantic_eomt_large_1024); a model of another label "
+                "set (ADE20K, COCO) would be evaluated on the wrong classes."
+            )
         image_size = model.config.image_size
         window_size = image_size if window_size is None else window_size
         if window_size != image_size:
@@ -414,6 +440,10 @@ class EomtSegmenter:
                 "Leave window_size unset or pass the model's image_size."
             )
         self.model = model.to(device).eval()
+        if not masked_attention:
+            # Evaluated as upstream evaluates, whoever built the model (transformers' from_pretrained
+            # keeps the buffer at ones). Validation during training passes masked_attention=True.
+            zero_attn_mask_probs(self.model)
         self.head = head.to(device).eval() if head is not None else None
         self.checkpoint, self.window_size, self.device, self.name = str(checkpoint), window_size, torch.device(device), name
         self.keep_features, self.head_name = keep_features, head_name

@@ -171,9 +171,9 @@ class ErfnetSegmenter:
             checkpoint = checkpoint or str(model)
             model = load_erfnet(model)
         input_size = (int(input_size[0]), int(input_size[1]))
-        if input_size[0] % _STRIDE or input_size[1] % _STRIDE:
+        if min(input_size) <= 0 or input_size[0] % _STRIDE or input_size[1] % _STRIDE:
             raise ValueError(
-                f"ErfnetSegmenter input_size={input_size}: ERFNet needs H and W divisible by {_STRIDE}; "
+                f"ErfnetSegmenter input_size={input_size}: ERFNet needs H and W > 0 and divisible by {_STRIDE}; "
                 f"use e.g. ({_round8(input_size[0])}, {_round8(input_size[1])}) (the course uses (512, 1024))."
             )
         self.device = torch.device(device)

@@ -8,6 +8,7 @@ its normalisation in one place.
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 from typing import Callable
 
@@ -119,3 +120,42 @@ class CityscapesDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         self.setup("validate")
         return self._loader(self.val_set, self.val_batch_size, shuffle=False) if self.val_set is not None else []
+
+
+def resume_from(out_dir: str | Path, max_steps: int, resume: bool = True) -> Path | None:
+    """The ``last.ckpt`` in ``out_dir`` that a training of ``max_steps`` steps continues, or None.
+
+    Refused (``CheckpointError``) rather than silently misread: a ``last.ckpt`` that cannot be
+    read (truncated by a crash or a full disk; the message names the other checkpoints of the
+    folder to resume from), and one already past ``max_steps`` (Lightning would stop at once,
+    report ``max_steps`` reached and hand back the longer run's weights).
+    """
+    from ..models.checkpoints import CheckpointError
+
+    last = Path(out_dir) / "last.ckpt"
+    if not resume or not last.is_file():
+        return None
+    try:  # mmap: reads the step without loading the weights and optimizer state
+        step = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except Exception as e:
+        others = sorted(p.name for p in last.parent.glob("*.ckpt") if p != last)
+        hint = (f"Resume from another checkpoint of the folder ({', '.join(others)}) by copying it over last.ckpt, "
+                if others else "There is no other checkpoint in the folder to resume from; ")
+        raise CheckpointError(
+            f"The training checkpoint {last} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            f"it is truncated or damaged. {hint}or delete it to train from the start."
+        ) from None
+    if step > int(max_steps):
+        raise CheckpointError(
+            f"{out_dir} holds a training run at step {step}, more than the {max_steps} steps asked: resuming would return "
+            f"the {step}-step model. Ask for at least {step} steps to continue it, use a new output folder to train "
+            f"{max_steps} steps from the start, or pass resume=False to overwrite it."
+        )
+    return last
+
+
+def check_counts(**counts) -> None:
+    """Each of ``counts`` (``max_steps=...``, ``batch_size=...``) an integer >= 1, else ValueError naming it."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name}={value!r}: expected an integer >= 1.")

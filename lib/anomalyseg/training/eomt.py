@@ -34,7 +34,7 @@ from ..metrics import ConfusionMatrix
 from ..models.checkpoints import CheckpointError, fit_state_dict
 from ..models.eomt import EomtSegmenter, build_eomt, normalize, scaled_size, small_eomt_config
 from .callbacks import console_callbacks
-from .data import CityscapesDataModule, collate
+from .data import CityscapesDataModule, check_counts, collate, resume_from
 
 # Only these train under trainable="heads" (Outlier Exposure fine-tuning): the class head, the
 # mask head, the upscaling of patch features for the masks, and the learned queries.
@@ -229,7 +229,7 @@ class EomtModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # Masked attention stays as the schedule has it: upstream validates the same way.
-        seg = EomtSegmenter(self.model, checkpoint="training", device=self.device)
+        seg = EomtSegmenter(self.model, checkpoint="training", device=self.device, masked_attention=True)
         for image, target in zip(batch["image"], batch["target"]):
             self._val_cm.update(seg.predict(image).argmax(0), target)
 
@@ -387,6 +387,8 @@ def train_eomt(
     ``sample_transform`` / ``module_cls`` / ``module_kwargs``: hooks for Outlier Exposure.
     """
     data_root, out_dir = Path(data_root), Path(out_dir)
+    check_counts(max_steps=max_steps, batch_size=batch_size)
+    resume_from(out_dir, max_steps, resume)  # refuses a damaged last.ckpt or one past max_steps, before any work
     L.seed_everything(seed, workers=True, verbose=False)  # before building: the initial weights depend on it
     model = _as_model(model_or_config)
     size = model.config.image_size
@@ -436,7 +438,7 @@ def fit_and_export(
         val_check_interval=min(val_every_n_steps or max_steps, max_steps), check_val_every_n_epoch=None,
     )  # fmt: skip
     last = out_dir / "last.ckpt"
-    trainer.fit(module, datamodule=data, ckpt_path=last if resume else None, weights_only=True)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from(out_dir, max_steps, resume), weights_only=True)
     exported = out_dir / "model"
     if trainer.is_global_zero:
         if not last.is_file() or torch.load(last, map_location="cpu", weights_only=True)["global_step"] != trainer.global_step:

@@ -35,7 +35,7 @@ from ..models.checkpoints import fit_state_dict, load_state_dict_file
 from ..models.erfnet import ERFNet
 from ..progress import tqdm
 from .callbacks import console_callbacks
-from .data import CityscapesDataModule
+from .data import CityscapesDataModule, check_counts, resume_from
 
 # ENet's constant: weights 1 / ln(c + p) lie in [1 / ln(c + 1), 1 / ln(c)], i.e. about 1.35..10.5.
 ENET_C = 1.10
@@ -223,8 +223,10 @@ def train_erfnet(
     """
     data_root, out_dir = Path(data_root), Path(out_dir)
     for setting, size in (("crop_size", crop_size), ("input_size", input_size)):
-        if size is not None and (int(size[0]) % 8 or int(size[1]) % 8):
-            raise ValueError(f"train_erfnet {setting}={tuple(size)}: ERFNet needs height and width divisible by 8.")
+        if size is not None and (int(size[0]) <= 0 or int(size[1]) <= 0 or int(size[0]) % 8 or int(size[1]) % 8):
+            raise ValueError(f"train_erfnet {setting}={tuple(size)}: ERFNet needs a height and width > 0 and divisible by 8.")
+    check_counts(max_steps=max_steps, batch_size=batch_size)
+    resume_ckpt = resume_from(out_dir, max_steps, resume)  # before any work: a run past max_steps is refused
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(seed, workers=True, verbose=False)
     weights = _class_weights(class_weights, data_root, out_dir, progress)
@@ -255,7 +257,7 @@ def train_erfnet(
         # may pass through ModelCheckpoint before validation has logged val_miou again.
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         warnings.filterwarnings("ignore", message=r".*could not find the monitored key")
-        trainer.fit(module, datamodule=data, ckpt_path=last if resume and last.is_file() else None, weights_only=True)
+        trainer.fit(module, datamodule=data, ckpt_path=resume_ckpt, weights_only=True)
     exported = out_dir / "erfnet.safetensors"
     if trainer.is_global_zero:
         if not last.is_file():  # stopped before the first checkpoint: keep what was trained

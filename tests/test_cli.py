@@ -1,0 +1,253 @@
+"""The ``anomalyseg`` command end to end on the tiny data, for both models, and its error boundary:
+a user's mistake is one paragraph on stderr and exit code 1, never a traceback (issue 12)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from anomalyseg import cli
+from anomalyseg.data.benchmarks import load_benchmarks
+from anomalyseg.models.erfnet import ERFNet
+from anomalyseg.results import read_results
+
+REPO = Path(__file__).resolve().parents[1]
+TITLES = ["SMIYC RA-21", "SMIYC RO-21", "FS L&F", "FS Static", "Road Anomaly"]
+
+
+def run(argv, capsys):
+    """``anomalyseg argv`` in this process: (exit code, stdout, stderr)."""
+    try:
+        cli.main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_paragraph(err: str, *needles: str):
+    assert "Traceback" not in err and "Caught" not in err, err
+    # progress bars (tqdm, "...%|...") may precede it on stderr
+    lines = [line for line in re.split(r"[\r\n]", err) if line.strip() and "%|" not in line]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+@pytest.fixture(scope="module")
+def erfnet_file(tmp_path_factory) -> Path:
+    """An untrained ERFNet as a safetensors file (what the error cases load: fast)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("erfnet") / "erfnet.safetensors"
+    save_file(ERFNet().state_dict(), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    """``anomalyseg train`` of both models on the tiny Cityscapes: {model: (out folder, stdout)}."""
+    out = {}
+    root = tmp_path_factory.mktemp("trained")
+    for model, extra in (("erfnet", ["--crop-size", 32, 64, "--batch-size", 2]), ("eomt", ["--batch-size", 1])):
+        folder = root / model
+        argv = ["train", model, "--cityscapes-root", tiny_data / "cityscapes", "--out", folder, "--steps", 2,
+                "--workers", 0, *extra]
+        cli.main([str(a) for a in argv])
+        out[model] = folder
+    return out
+
+
+# ----------------------------------------------------------------------------- end to end
+@pytest.mark.parametrize("model", ["erfnet", "eomt"])
+def test_train_then_eval_end_to_end(model, trained, tiny_data, tmp_path, capsys):
+    """train writes the checkpoint it prints; eval of exactly that checkpoint (a save_pretrained
+    folder for EoMT: the former `'EomtSegmenter' object has no attribute 'config'` crash) stores one
+    row per benchmark and score plus the mIoU, and prints the table of those rows."""
+    ckpt = trained[model] / ("erfnet.safetensors" if model == "erfnet" else "model")
+    assert ckpt.exists()
+    results = tmp_path / "results" / "results.csv"
+    size = ["--input-size", 64, 128] if model == "erfnet" else []  # EoMT: the window defaults to the model's own
+    code, out, err = run(["eval", "--model", model, "--checkpoint", ckpt, "--benchmarks-root",
+                          tiny_data / "Validation_Dataset", "--cityscapes-root", tiny_data / "cityscapes",
+                          "--results", results, "--workers", 0, "--scores", "msp", "max_logit", *size], capsys)
+    assert code == 0, err
+    df = read_results(results)
+    anomaly = df[df.score != "miou"]
+    assert sorted(anomaly.dataset.unique()) == sorted(load_benchmarks(tiny_data / "Validation_Dataset"))
+    assert len(anomaly) == 5 * 2 and (anomaly.checkpoint == str(ckpt)).all() and df.run_id.nunique() == 1
+    assert len(df[df.score == "miou"]) == 1
+    for title in TITLES:
+        assert title in out
+    # the printed cells are the stored figures
+    row = anomaly[(anomaly.dataset == "RoadAnomaly21") & (anomaly.score == "msp")].iloc[0]
+    assert f"{100 * row.auprc:.2f} / {100 * row.fpr_at_95_tpr:.2f}" in out
+
+
+def test_train_refuses_fewer_steps_than_the_folder_holds(trained, tiny_data, capsys):
+    """A folder holding a 2-step run asked for 1 step: refused, instead of returning the 2-step model
+    while Lightning reports `max_steps=1 reached`."""
+    folder = trained["erfnet"]
+    before = (folder / "erfnet.safetensors").read_bytes()
+    code, _, err = run(["train", "erfnet", "--cityscapes-root", tiny_data / "cityscapes", "--out", folder,
+                        "--steps", 1, "--crop-size", 32, 64, "--workers", 0], capsys)
+    assert code == 1
+    assert_one_paragraph(err, "step 2", "1 steps", str(folder))
+    assert (folder / "erfnet.safetensors").read_bytes() == before
+
+
+def test_truncated_last_ckpt_is_named_with_the_other_checkpoints(trained, tiny_data, tmp_path, capsys):
+    folder = tmp_path / "run"
+    shutil.copytree(trained["erfnet"], folder)
+    others = sorted(p.name for p in folder.glob("*.ckpt") if p.name != "last.ckpt")
+    data = (folder / "last.ckpt").read_bytes()
+    (folder / "last.ckpt").write_bytes(data[: len(data) // 2])
+    code, _, err = run(["train", "erfnet", "--cityscapes-root", tiny_data / "cityscapes", "--out", folder,
+                        "--steps", 4, "--crop-size", 32, 64, "--workers", 0], capsys)
+    assert code == 1
+    assert_one_paragraph(err, str(folder / "last.ckpt"), "truncated", *others)
+
+
+def test_table_after_eval_shows_only_this_run(erfnet_file, tiny_data, tmp_path, capsys):
+    """Two checkpoints in one store: the second run (one benchmark) prints only its own figures,
+    not the first checkpoint's other columns."""
+    results = tmp_path / "results.csv"
+    other = tmp_path / "other.safetensors"
+    torch.manual_seed(1)
+    save_file(ERFNet().state_dict(), str(other))
+    common = ["--benchmarks-root", tiny_data / "Validation_Dataset", "--results", results, "--workers", 0,
+              "--input-size", 32, 64, "--scores", "msp", "--model", "erfnet"]
+    assert run(["eval", "--checkpoint", erfnet_file, *common], capsys)[0] == 0
+    code, out, err = run(["eval", "--checkpoint", other, "--benchmarks", "RoadAnomaly", *common], capsys)
+    assert code == 0, err
+    assert "Road Anomaly" in out and "SMIYC RA-21" not in out and "FS L&F" not in out
+    df = read_results(results)
+    mine = df[(df.checkpoint == str(other))].iloc[0]
+    assert f"{100 * mine.auprc:.2f} / {100 * mine.fpr_at_95_tpr:.2f}" in out
+    assert len(df) == 5 + 1  # the store keeps both runs
+
+
+def test_make_data_and_prepare_coco_end_to_end(tiny_data, tmp_path, capsys):
+    code, out, err = run(["make-data", "--preset", "tiny", "--out", tmp_path / "d", "--seed", 3], capsys)
+    assert code == 0, err
+    assert (tmp_path / "d" / "EMBEDDED_DATA.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+    coco = tmp_path / "coco"
+    shutil.copytree(tiny_data / "coco", coco)
+    for prepared in coco.rglob("*ood*"):
+        shutil.rmtree(prepared) if prepared.is_dir() else prepared.unlink()
+    code, out, err = run(["prepare-coco", "--coco-root", coco, "--max-images", 3, "--min-area", 50], capsys)
+    assert code == 0, err
+    assert list((coco / "annotations").rglob("*.png"))
+
+
+# ----------------------------------------------------------------------------- the error boundary
+def test_eval_without_data_is_refused(erfnet_file, tmp_path, capsys):
+    code, _, err = run(["eval", "--model", "erfnet", "--checkpoint", erfnet_file, "--results", tmp_path / "r.csv"], capsys)
+    assert code == 1
+    assert_one_paragraph(err, "--benchmarks-root", "--cityscapes-root")
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_missing_checkpoint_and_folder_are_one_paragraph(erfnet_file, tiny_data, tmp_path, capsys):
+    code, _, err = run(["eval", "--model", "eomt", "--checkpoint", tmp_path / "nope", "--benchmarks-root",
+                        tiny_data / "Validation_Dataset", "--results", tmp_path / "r.csv"], capsys)
+    assert code == 1
+    assert_one_paragraph(err, str(tmp_path / "nope"))
+    code, _, err = run(["eval", "--model", "erfnet", "--checkpoint", erfnet_file, "--benchmarks-root",
+                        tmp_path / "no_such_root", "--results", tmp_path / "r.csv"], capsys)
+    assert code == 1
+    assert_one_paragraph(err, str(tmp_path / "no_such_root"))
+
+
+def test_worker_errors_are_unwrapped(erfnet_file, tiny_data, tmp_path, capsys):
+    """A damaged image read in a DataLoader worker: the original message, not torch's wrapper."""
+    root = tmp_path / "Validation_Dataset"
+    shutil.copytree(tiny_data / "Validation_Dataset" / "RoadAnomaly", root / "RoadAnomaly")
+    image = load_benchmarks(root)["RoadAnomaly"].frames[0][1]
+    image.write_bytes(image.read_bytes()[:40])
+    code, _, err = run(["eval", "--model", "erfnet", "--checkpoint", erfnet_file, "--benchmarks-root", root,
+                        "--results", tmp_path / "r.csv", "--workers", 1, "--input-size", 32, 64], capsys)
+    assert code == 1
+    assert_one_paragraph(err, f"Could not read the image {image}")
+
+
+def test_debug_switch_keeps_the_traceback(erfnet_file, tmp_path, monkeypatch):
+    argv = ["eval", "--model", "erfnet", "--checkpoint", str(erfnet_file), "--benchmarks-root", str(tmp_path / "x")]
+    with pytest.raises(FileNotFoundError, match="No benchmark root"):
+        cli.main([*argv, "--debug"])
+    with pytest.raises(FileNotFoundError):
+        cli.main(["--debug", *argv])
+    monkeypatch.setenv(cli.DEBUG_ENV, "1")
+    with pytest.raises(FileNotFoundError):
+        cli.main(argv)
+
+
+def test_unexpected_errors_say_it_is_a_bug(monkeypatch, capsys):
+    def boom(a):
+        raise AttributeError("'X' object has no attribute 'y'")
+
+    monkeypatch.setattr(cli, "_make_data", boom)
+    code, _, err = run(["make-data", "--preset", "tiny", "--out", "unused"], capsys)
+    assert code == 1
+    assert_one_paragraph(err, "AttributeError", "--debug", "bug")
+
+
+def test_original_message_of_a_worker_error():
+    from torch._utils import ExceptionWrapper
+
+    from anomalyseg.data.io import DatasetError
+
+    try:
+        raise DatasetError("The mask /d/0.png holds values [7]; expected only [0, 1, 255].")
+    except DatasetError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(DatasetError) as info:
+        wrapped.reraise()
+    assert str(info.value).startswith("Caught DatasetError")  # what torch gives
+    assert cli.original_message(info.value) == "The mask /d/0.png holds values [7]; expected only [0, 1, 255]."
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--temperatures", "-1"], "must be a finite number > 0"),
+    (["--temperatures", "0"], "must be a finite number > 0"),
+    (["--temperatures", "nan"], "must be a finite number > 0"),
+    (["--input-size", "0", "0"], "must be an integer > 0"),
+    (["--window-size", "-4"], "must be an integer > 0"),
+    (["--workers", "-1"], "must be an integer >= 0"),
+])
+def test_numeric_settings_are_checked_where_they_enter(argv, needle, capsys):
+    code, _, err = run(["eval", "--model", "erfnet", "--checkpoint", "x", "--benchmarks-root", "y", *argv], capsys)
+    assert code == 2 and needle in err and "Traceback" not in err
+
+
+def test_device_and_window_size_defaults(monkeypatch):
+    from anomalyseg.zoo import resolve_device
+
+    a = cli.build_parser().parse_args(["eval", "--model", "eomt", "--checkpoint", "c", "--benchmarks-root", "b"])
+    assert a.device == "auto" and a.window_size is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device(a.device).type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(a.device).type == "cpu"
+
+
+def test_a_real_process_exits_non_zero_without_traceback(tmp_path):
+    """The console command as a user runs it: exit code 1 and one line (``--debug`` and the environment
+    switch are tested in process, above)."""
+    argv = [sys.executable, "-m", "anomalyseg.cli", "eval", "--model", "erfnet", "--checkpoint",
+            str(tmp_path / "missing.pth"), "--benchmarks-root", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "lib")}
+    env.pop(cli.DEBUG_ENV, None)
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1
+    assert_one_paragraph(done.stderr, "anomalyseg eval:", str(tmp_path))
