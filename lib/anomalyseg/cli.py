@@ -176,11 +176,14 @@ def _is_user_error(exc: BaseException) -> bool:
 
 def describe_error(exc: BaseException) -> str:
     """One paragraph for ``exc``: its message, with the file named for an OS error that lacks it."""
-    text = " ".join(original_message(exc).split())  # one paragraph, whatever the message's layout
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and "No space left" not in text:
-        text = f"No space left on device: {text}"
-    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
-        text = f"{text} ({exc.filename})"
+    text = original_message(exc)
+    if isinstance(exc, OSError) and exc.strerror:  # "[Errno 28] ...: 'file'" -> the words and the file once
+        text = exc.strerror
+        if exc.errno == errno.ENOSPC and "No space left" not in text:
+            text = f"No space left on device: {text}"
+        if exc.filename and str(exc.filename) not in text:
+            text = f"{text}: {exc.filename}"
+    text = " ".join(text.split())  # one paragraph, whatever the message's layout
     if not _is_user_error(exc):
         text = (f"unexpected {type(exc).__name__}: {text}. This looks like a bug in anomalyseg, not in your input; "
                 f"rerun with --debug (or {DEBUG_ENV}=1) for the traceback and report it.")

@@ -10,8 +10,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import math
-import os
-import tempfile
 import time
 import warnings
 from functools import partial
@@ -74,24 +72,7 @@ class OutputCache:
             self._memory[(id(segmenter), dataset, stem)] = raw
             return
         path = self.path(segmenter, dataset, stem, key)
-        _atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in raw.items()}, tmp))
-
-
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``; on any
-    failure (a full disk) the temporary file is removed and the error names ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise OSError(e.errno, f"could not write {path}: {e.strerror or e}. Free some space or write elsewhere "
-                          "(--results / --cache-dir)", str(path)) from None
-        raise
+        _results.atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in raw.items()}, tmp))
 
 
 def _evict(path: Path, error: Exception) -> None:
@@ -410,7 +391,7 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
 
-    _atomic_write(path, write)
+    _results.atomic_write(path, write)
 
 
 def check_temperatures(temperatures: Sequence[float], what: str = "temperature") -> list[float]:

@@ -196,17 +196,33 @@ def merge_results(side_file: str | Path, path: str | Path = "results/results.csv
     return n
 
 
-def _replace(path: Path, data: bytes) -> None:
+def atomic_write(path: str | Path, write) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``, so a reader
+    never sees half a file. On any failure (a full disk) the temporary file is removed, and an
+    ``OSError`` is raised again as one error naming ``path`` (not a chain of three)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise OSError(e.errno, f"could not write {path}: {e.strerror or e}. Free some space or write it "
+                          "elsewhere (--results / --cache-dir, results_path= / cache_dir=)", str(path)) from None
+        raise
+
+
+def _replace(path: Path, data: bytes) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 NUMERIC_COLUMNS = ("temperature", "auprc", "fpr_at_95_tpr", "auroc", "miou", "ece", "nll")
