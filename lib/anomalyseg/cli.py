@@ -137,7 +137,7 @@ def _run_all(a):
     from .pipeline import run_all
 
     run_dir = run_all(preset=a.preset, data_root=a.data_root, output_dir=a.output_dir, params_file=a.params,
-                      start_at=a.start_at, stop_after=a.stop_after)
+                      start_at=a.start_at, stop_after=a.stop_after, runs_dir=a.runs_dir)
     print(f"executed notebooks in {run_dir}")
 
 
@@ -276,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--params", type=Path, help="YAML file of notebook parameters overriding the preset's")
     s.add_argument("--from", dest="start_at", help="resume at this notebook (name or number, e.g. 03)")
     s.add_argument("--to", dest="stop_after", help="stop after this notebook")
+    s.add_argument("--runs-dir", type=Path, help="where the executed notebooks go (default: runs/ of the checkout)")
     s.set_defaults(func=_run_all)
     return p
 

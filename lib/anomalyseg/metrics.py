@@ -243,7 +243,8 @@ def _empty_result(P: int, N: int) -> dict:
     if P + N == 0:
         raise ValueError(
             "no valid pixel to score: anomaly metrics need labels 0 (in-distribution) or 1 "
-            "(anomaly); every label here is void. Check the mask conversion of the benchmark."
+            "(anomaly), and none was given (no frame at all, or every label void). Check that the data set "
+            "holds frames and the mask conversion of the benchmark."
         )
     if P == 0:
         warnings.warn("no anomaly pixel (label 1): AuPRC, FPR95 and AUROC are undefined (NaN).", RuntimeWarning, stacklevel=4)

@@ -102,6 +102,39 @@ def _console_progress():
 _KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 
 
+def parameter_names() -> set[str]:
+    """Every parameter name a notebook of the pipeline takes (their ``parameters`` cells), plus the
+    common ones run-all sets (``preset``, ``data_root``, ``output_dir``)."""
+    import papermill as pm
+
+    names = {"preset", "data_root", "output_dir"}
+    for name in NOTEBOOKS:
+        path = notebooks_dir() / f"{name}.ipynb"
+        if path.exists():
+            names |= set(pm.inspect_notebook(str(path)))
+    return names
+
+
+def read_params(path: str | Path) -> dict:
+    """The ``--params`` YAML file as a dict; a syntax error or a non-mapping is a ValueError naming
+    the file (and the line)."""
+    path = Path(path)
+    try:
+        user = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{path} is not valid YAML{where}: {problem}. Expected lines `name: value`, "
+                         "e.g. `benchmarks_root: /data/Validation_Dataset`.") from None
+    if user is None:
+        return {}
+    if not isinstance(user, dict):
+        raise ValueError(f"{path} must hold a mapping of parameter names to values (`name: value` lines), "
+                         f"not a {type(user).__name__}.")
+    return user
+
+
 class NotebookFailed(RuntimeError):
     """A notebook of the pipeline raised; the message names it and the failing cell's error."""
 
@@ -136,9 +169,18 @@ def run_all(
         raise ValueError(f"No notebook {key!r}; the pipeline runs {names}.")
     first = _index(start_at) if start_at else 0
     last = _index(stop_after) if stop_after else len(names) - 1
-    user = yaml.safe_load(Path(params_file).read_text()) if params_file else {}
-    if user is not None and not isinstance(user, dict):
-        raise ValueError(f"{params_file} must hold a mapping of parameter names to values.")
+    if first > last:
+        raise ValueError(
+            f"--from {start_at} ({names[first]}) comes after --to {stop_after} ({names[last]}): nothing would run. "
+            f"The pipeline runs in the order {', '.join(n.split('_', 1)[0] for n in names)}."
+        )
+    user = read_params(params_file) if params_file else {}
+    unknown = sorted(set(user) - set(parameter_names()))
+    if unknown:
+        raise ValueError(
+            f"{params_file}: unknown parameters {unknown}; no notebook has them, so they would be ignored. "
+            f"Valid names: {', '.join(sorted(parameter_names()))}."
+        )
     run_dir = Path(runs_dir or repo / "runs") / (run_id or new_run_id(f"run-{preset}"))
     run_dir.mkdir(parents=True, exist_ok=True)
     common = {"preset": preset, "data_root": str(Path(data_root or repo / "data").resolve()),

@@ -9,6 +9,7 @@ single anomaly pixel are skipped, as the course does, and counted in ``skipped``
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,8 @@ class AnomalyBenchmark(Dataset):
 
     def __init__(self, folder: str | Path, spec: BenchmarkSpec | None = None, skip_empty: bool = True):
         self.folder = Path(folder)
-        self.spec = spec or BENCHMARKS.get(self.folder.name, BINARY)
-        self.name = self.folder.name
+        self.name = canonical_name(self.folder.name)  # RoadObstacle21 (SMIYC's spelling) -> RoadObsticle21
+        self.spec = spec or BENCHMARKS.get(self.name, BINARY)
         image_dir, mask_dir = self.folder / "images", self.folder / "labels_masks"
         for d in (image_dir, mask_dir):
             if not d.is_dir():
@@ -40,7 +41,7 @@ class AnomalyBenchmark(Dataset):
                     f"{self.folder}/labels_masks/<i>.png, paired by file stem."
                 )
         images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
-        masks = {p.stem: p for p in sorted(mask_dir.glob("*.png"))}
+        masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() == ".png"}  # 0.png or 0.PNG
         if not images:
             raise DatasetError(f"{image_dir} holds no images ({', '.join(IMAGE_EXTS)}).")
         no_mask, no_image = sorted(set(images) - set(masks)), sorted(set(masks) - set(images))
@@ -84,11 +85,22 @@ class AnomalyBenchmark(Dataset):
         return f"AnomalyBenchmark({self.name!r}, frames={len(self)}, skipped={len(self.skipped)})"
 
 
+# Other spellings of a benchmark's folder -> the course's name (which the results store records).
+ALIASES = {"RoadObstacle21": "RoadObsticle21"}  # SMIYC's spelling; the course writes RoadObsticle21
+
+
+def canonical_name(folder_name: str) -> str:
+    """The course's name of a benchmark folder, accepting the aliases in ``ALIASES``."""
+    return ALIASES.get(folder_name, folder_name)
+
+
 def load_benchmarks(validation_root: str | Path, names: list[str] | None = None) -> dict[str, AnomalyBenchmark]:
     """Open the benchmark folders under ``validation_root`` (the course's ``Validation_Dataset``).
 
-    With ``names=None`` every known benchmark found there is opened; naming one that is missing
-    is an error.
+    With ``names=None`` every known benchmark found there is opened, and a folder that is not a
+    known benchmark is named in a warning (never skipped without a word); naming one that is
+    missing is an error. ``RoadObstacle21`` (SMIYC's spelling) is read as ``RoadObsticle21``.
+    Keys are the course's names.
     """
     root = Path(validation_root)
     if not root.is_dir():
@@ -96,18 +108,33 @@ def load_benchmarks(validation_root: str | Path, names: list[str] | None = None)
             f"No benchmark root {root}. Expected the course's Validation_Dataset folder holding "
             f"{', '.join(BENCHMARKS)} (each with images/ and labels_masks/)."
         )
+    present = {}  # course name -> folder
+    for p in sorted(root.iterdir()):
+        if p.is_dir() and canonical_name(p.name) in BENCHMARKS:
+            if canonical_name(p.name) in present:
+                raise DatasetError(f"{root} holds both {present[canonical_name(p.name)].name} and {p.name}, two spellings "
+                                   "of one benchmark; keep one of them.")
+            present[canonical_name(p.name)] = p
     if names is None:
-        found = [n for n in BENCHMARKS if (root / n).is_dir()]
-        if not found:
-            raise FileNotFoundError(f"{root} holds none of the benchmark folders {list(BENCHMARKS)}.")
-        names = found
-    missing = [n for n in names if not (root / n).is_dir()]
+        unknown = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                         and canonical_name(p.name) not in BENCHMARKS)
+        if unknown:
+            warnings.warn(
+                f"{root}: folders {unknown} are not benchmarks this package knows and are not evaluated; known names: "
+                f"{', '.join(BENCHMARKS)} (also {', '.join(ALIASES)}). Rename a folder to evaluate it, or pass names=.",
+                stacklevel=2)
+        if not present:
+            raise FileNotFoundError(f"{root} holds none of the benchmark folders {list(BENCHMARKS)}"
+                                    + (f"; found {unknown}." if unknown else "."))
+        names = [n for n in BENCHMARKS if n in present]
+    wanted = {canonical_name(n): n for n in names}
+    missing = [n for c, n in wanted.items() if c not in present and not (root / n).is_dir()]
     if missing:
         raise FileNotFoundError(
             f"Benchmark folders {missing} are missing under {root}; found {sorted(p.name for p in root.iterdir() if p.is_dir())}. "
-            "Folder names follow the course (note the spelling RoadObsticle21)."
+            "Folder names follow the course (RoadObsticle21, or SMIYC's RoadObstacle21)."
         )
-    return {n: AnomalyBenchmark(root / n) for n in names}
+    return {c: AnomalyBenchmark(present.get(c, root / n)) for c, n in wanted.items()}
 
 
 def anomaly_fraction(dataset: AnomalyBenchmark) -> float:

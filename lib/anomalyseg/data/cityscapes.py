@@ -40,7 +40,19 @@ def _list_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
         label = label_dir / image.parent.name / f"{stem}{LABEL_SUFFIX}"
         (pairs if label.is_file() else missing).append((image, label))
     if missing:
-        has_raw = any((label_dir / img.parent.name).glob("*_gtFine_labelIds.png") for img, _ in missing[:1])
+        if not label_dir.is_dir():
+            raise DatasetError(
+                f"No Cityscapes labels at {label_dir} for the {len(images)} {split} frames of {image_dir}. Expected "
+                f"<root>/gtFine/{split}/<city>/<stem>{LABEL_SUFFIX}; download gtFine_trainvaltest.zip into {root} and "
+                f"create the train ids with `CITYSCAPES_DATASET={root} csCreateTrainIdLabelImgs`."
+            )
+        cities = sorted({img.parent.name for img, _ in missing if not (label_dir / img.parent.name).is_dir()})
+        if cities:
+            raise DatasetError(
+                f"{len(missing)} of {len(images)} Cityscapes {split} frames have no label folder: gtFine/{split} lacks the "
+                f"cities {cities[:5]} that leftImg8bit/{split} has (under {label_dir}). Copy gtFine completely."
+            )
+        has_raw = any(any((label_dir / img.parent.name).glob("*_gtFine_labelIds.png")) for img, _ in missing[:1])
         hint = (
             f"The gtFine folder has *_gtFine_labelIds.png but no *{LABEL_SUFFIX}: create the train-id "
             f"labels with cityscapesscripts: `CITYSCAPES_DATASET={root} csCreateTrainIdLabelImgs`."

@@ -157,8 +157,15 @@ def prepare_coco_ood(
         )
     if progress:
         print(f"Reading {p['annotations']} (the full COCO train json takes about 20 s) ...")
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints timing chatter
-        coco = COCO(str(p["annotations"]))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints timing chatter
+            coco = COCO(str(p["annotations"]))
+    except (ValueError, KeyError, TypeError, AssertionError) as e:  # json.JSONDecodeError is a ValueError
+        raise DatasetError(
+            f"The COCO annotation file {p['annotations']} could not be read ({type(e).__name__}: {e}); it is truncated "
+            f"(an interrupted download or unzip) or not a COCO instances json. Unpack annotations_trainval{year}.zip "
+            "into <coco_root> again."
+        ) from None
 
     overlap_ids = {c["id"] for c in coco.loadCats(coco.getCatIds()) if c["name"] in CITYSCAPES_LIKE_CATEGORIES}
     image_ids = sorted(coco.imgs)

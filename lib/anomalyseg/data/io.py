@@ -12,10 +12,26 @@ class DatasetError(ValueError):
     """A data set on disk does not match the layout or label convention it claims."""
 
 
+# PIL modes of one channel wider than 8 bits: convert("RGB") would clip them, not scale them.
+_WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
 def read_rgb(path: Path) -> np.ndarray:
-    """Read an image file as uint8 RGB ``[H, W, 3]``."""
+    """Read an image file as uint8 RGB ``[H, W, 3]``.
+
+    A 16-bit grayscale frame (PIL mode ``I;16`` / ``I``) is scaled to 8 bits (``round(v / 257)``)
+    and repeated over the three channels; ``convert("RGB")`` would clip it to almost white."""
     try:
         with Image.open(path) as im:
+            if im.mode in _WIDE_GRAY:
+                gray = np.asarray(im).astype(np.float64)
+                if im.mode == "F" or gray.max(initial=0) > 65535 or gray.min(initial=0) < 0:
+                    raise DatasetError(
+                        f"The image {path} is a single-channel {im.mode!r} image with values outside 0..65535; "
+                        "expected an 8-bit or 16-bit RGB or grayscale photo."
+                    )
+                gray8 = np.rint(gray / 257.0).astype(np.uint8)
+                return np.repeat(gray8[..., None], 3, axis=2)
             return np.array(im.convert("RGB"))  # a writable copy: torch.from_numpy shares it
     except FileNotFoundError:
         raise

@@ -817,7 +817,12 @@ def make_data(out: str | Path, preset: str = "tiny", seed: int = 0, *, progress:
             "whole folder; pass a new or empty folder, or one made by make_data earlier, which it replaces."
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    _remove_stale_partials(out)
+    # The pid in the name tells a later run whether the writer is still alive (SIGKILL runs no cleanup).
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would become the data set's own mode
     try:
         _write_all(tmp, spec, int(seed), progress, prepare_coco)
         marker = {"generator": "anomalyseg.data.synthetic", "version": GENERATOR_VERSION, "seed": int(seed),
@@ -830,6 +835,27 @@ def make_data(out: str | Path, preset: str = "tiny", seed: int = 0, *, progress:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """Remove the temporary folders ``.<name>.partial-<pid>-*`` of earlier ``make_data`` runs into
+    ``out`` whose process is gone (killed before its own cleanup could run); folders named without
+    a pid come from an older version and are removed too."""
+    for folder in out.parent.glob(f".{out.name}.partial-*"):
+        pid = folder.name[len(f".{out.name}.partial-"):].split("-", 1)[0]
+        if pid.isdigit() and "-" in folder.name[len(f".{out.name}.partial-"):] and _alive(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def ensure_data(root: str | Path, preset: str = "demo", seed: int = 0, *, progress: bool = True) -> Path:
