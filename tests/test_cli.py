@@ -251,3 +251,133 @@ def test_a_real_process_exits_non_zero_without_traceback(tmp_path):
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 1
     assert_one_paragraph(done.stderr, "anomalyseg eval:", str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- models under bad input
+def _tiny_eomt_folder(folder: Path, **config) -> Path:
+    from transformers import EomtForUniversalSegmentation
+
+    from helpers import tiny_eomt_config
+
+    torch.manual_seed(0)
+    EomtForUniversalSegmentation(tiny_eomt_config(**config)).save_pretrained(folder)
+    return folder
+
+
+def test_eomt_from_pretrained_is_evaluated_without_masked_attention(tmp_path):
+    """transformers' own way to load a model keeps attn_mask_probs at ones; the segmenter switches
+    masked attention off itself, so it gives exactly what load_eomt gives."""
+    from transformers import EomtForUniversalSegmentation
+
+    from anomalyseg.models.eomt import EomtSegmenter, load_eomt
+
+    folder = _tiny_eomt_folder(tmp_path / "eomt")
+    image = torch.randint(0, 256, (3, 40, 72), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    reference = load_eomt(folder).class_map(load_eomt(folder).raw_outputs(image))
+    model = EomtForUniversalSegmentation.from_pretrained(folder)
+    assert (model.attn_mask_probs > 0).all()  # as transformers hands it over
+    masked = EomtSegmenter(EomtForUniversalSegmentation.from_pretrained(folder), "f", masked_attention=True)
+    assert not torch.allclose(masked.class_map(masked.raw_outputs(image)), reference)  # the difference is real
+    seg = EomtSegmenter(model, checkpoint=str(folder))
+    assert (model.attn_mask_probs == 0).all()
+    torch.testing.assert_close(seg.class_map(seg.raw_outputs(image)), reference)
+
+
+def test_models_of_another_class_count_are_refused(tiny_data, tmp_path, capsys):
+    """A 150-class EoMT (ADE20K-like) or ERFNet would be scored on its first 19 channels."""
+    from transformers import EomtForUniversalSegmentation
+
+    from anomalyseg.models.eomt import EomtSegmenter
+    from helpers import tiny_eomt_config
+
+    with pytest.raises(ValueError, match="150 classes"):
+        EomtSegmenter(EomtForUniversalSegmentation(tiny_eomt_config(num_labels=150)), "ade")
+    folder = _tiny_eomt_folder(tmp_path / "ade", num_labels=150)
+    common = ["--benchmarks-root", tiny_data / "Validation_Dataset", "--results", tmp_path / "r.csv", "--workers", 0]
+    code, _, err = run(["eval", "--model", "eomt", "--checkpoint", folder, *common], capsys)
+    assert code == 1
+    assert_one_paragraph(err, "150 classes", "19 Cityscapes")
+    erfnet = tmp_path / "erfnet151.safetensors"
+    save_file(ERFNet(num_classes=151).state_dict(), str(erfnet))
+    code, _, err = run(["eval", "--model", "erfnet", "--checkpoint", erfnet, "--input-size", 32, 64, *common], capsys)
+    assert code == 1
+    assert_one_paragraph(err, str(erfnet), "shape mismatch")
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_truncated_eomt_weights_and_wrong_window_name_the_folder(tiny_data, tmp_path, capsys):
+    folder = _tiny_eomt_folder(tmp_path / "eomt")
+    common = ["--benchmarks-root", tiny_data / "Validation_Dataset", "--results", tmp_path / "r.csv", "--workers", 0]
+    code, _, err = run(["eval", "--model", "eomt", "--checkpoint", folder, "--window-size", 64, *common], capsys)
+    assert code == 1
+    assert_one_paragraph(err, "window_size=64", "image_size=32")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    code, _, err = run(["eval", "--model", "eomt", "--checkpoint", folder, *common], capsys)
+    assert code == 1
+    assert_one_paragraph(err, str(folder), "model.safetensors", "truncated")
+
+
+@pytest.mark.slow
+def test_run_all_end_to_end_and_its_refusals(tiny_data, tmp_path, capsys):
+    """run-all on the tiny data (the first notebook; tests/test_notebooks.py runs all of them)."""
+    common = ["run-all", "--preset", "tiny", "--data-root", tiny_data.parent, "--output-dir", tmp_path / "out",
+              "--runs-dir", tmp_path / "runs"]
+    code, out, err = run([*common, "--from", "00", "--to", "00"], capsys)
+    assert code == 0, err
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / "00_data_prep.ipynb").is_file() and str(run_dir) in out
+    code, _, err = run([*common, "--from", "05", "--to", "02"], capsys)
+    assert code == 1
+    assert_one_paragraph(err, "05_anomaly_head", "02_eomt_eval")
+    params = tmp_path / "p.yaml"
+    params.write_text("benchmark_root: /data/Validation_Dataset\n")
+    code, _, err = run([*common, "--params", params], capsys)
+    assert code == 1
+    assert_one_paragraph(err, str(params), "['benchmark_root']", "benchmarks_root")
+    params.write_text("a: [1\n")
+    code, _, err = run([*common, "--params", params], capsys)
+    assert code == 1
+    assert_one_paragraph(err, str(params), "not valid YAML")
+    assert len(list((tmp_path / "runs").iterdir())) == 1  # the refusals ran nothing
+
+
+def test_eomt_training_past_the_asked_steps_is_refused_before_any_work(trained, tiny_data):
+    from anomalyseg.models.checkpoints import CheckpointError
+    from anomalyseg.training.eomt import train_eomt
+
+    exported = trained["eomt"] / "model" / "model.safetensors"
+    before = exported.read_bytes()
+    with pytest.raises(CheckpointError, match="at step 2, more than the 1 steps asked"):
+        train_eomt(tiny_data / "cityscapes", trained["eomt"], max_steps=1, progress=False)
+    assert exported.read_bytes() == before
+
+
+def test_input_size_is_checked_in_the_api():
+    from anomalyseg.models.erfnet import ErfnetSegmenter
+
+    with pytest.raises(ValueError, match="> 0 and divisible by 8"):
+        ErfnetSegmenter(ERFNet(), input_size=(0, 0))
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_results_folder_is_refused_before_the_forward_passes(erfnet_file, tiny_data, tmp_path, capsys):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        code, _, err = run(["eval", "--model", "erfnet", "--checkpoint", erfnet_file, "--benchmarks-root",
+                            tiny_data / "Validation_Dataset", "--results", folder / "results.csv", "--workers", 0], capsys)
+    finally:
+        folder.chmod(0o755)
+    assert code == 1
+    assert_one_paragraph(err, str(folder / "results.csv"), "read-only")
+    assert "%|" not in err  # refused before the first forward pass
+
+
+def test_results_that_is_a_folder_is_refused_before_the_forward_passes(erfnet_file, tiny_data, tmp_path, capsys):
+    code, _, err = run(["eval", "--model", "erfnet", "--checkpoint", erfnet_file, "--benchmarks-root",
+                        tiny_data / "Validation_Dataset", "--results", tmp_path, "--workers", 0], capsys)
+    assert code == 1
+    assert_one_paragraph(err, str(tmp_path), "is a folder")
+    assert "%|" not in err
