@@ -260,13 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo-weights", help="train a demo segmenter and ship it as fp16 weights with a manifest entry")
     s.add_argument("--model", choices=("erfnet", "eomt"), required=True)
-    s.add_argument("--steps", type=int, required=True)
-    s.add_argument("--seed", type=int, default=0, help="seed of the embedded data set and of the training")
+    s.add_argument("--steps", type=positive_int, required=True)
+    s.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the embedded data set and of the training")
     s.add_argument("--preset", choices=("tiny", "demo"), default="demo")
     s.add_argument("--data-root", type=Path, default=Path("data"))
     s.add_argument("--work-dir", type=Path, default=Path("checkpoints/demo-weights"), help="training folder (resumable)")
     s.add_argument("--out", type=Path, default=WEIGHTS_DIR)
-    s.add_argument("--val-every", type=int, help="validate every N steps (default: once, at the end)")
+    s.add_argument("--val-every", type=positive_int, help="validate every N steps (default: once, at the end)")
     s.set_defaults(func=_demo_weights)
 
     s = sub.add_parser("run-all", help="execute notebooks 00-06 with papermill (the README's main job)")
