@@ -74,11 +74,11 @@ def _eval(a):
     from .data.benchmarks import load_benchmarks
     from .data.cityscapes import CityscapesSegmentation
     from .evaluate import OutputCache, evaluate_anomaly, evaluate_miou
-    from .results import anomaly_table, check_store, miou_table, new_run_id, to_markdown
+    from .results import COLUMNS, anomaly_table, check_store, miou_table, new_run_id, to_markdown
 
     if a.benchmarks_root is None and a.cityscapes_root is None:
         raise ValueError(
-            "anomalyseg eval: nothing to evaluate. Give --benchmarks-root (the course's Validation_Dataset folder) "
+            "nothing to evaluate. Give --benchmarks-root (the course's Validation_Dataset folder) "
             "and/or --cityscapes-root (a Cityscapes folder, for mIoU on val)."
         )
     check_store(a.results)  # before any forward pass: a bad output path must not cost an evaluation
@@ -97,7 +97,7 @@ def _eval(a):
         rows, _ = evaluate_miou(seg, val, results_path=a.results, run_id=run_id, cache=cache, num_workers=a.workers)
         frames.append(rows)
     # The table of this run only: rows of other runs in the same store are not this checkpoint's.
-    mine = pd.concat(frames, ignore_index=True)
+    mine = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
     for col in ("temperature", "auprc", "fpr_at_95_tpr", "miou"):
         mine[col] = pd.to_numeric(mine[col], errors="coerce")
     print(f"run {run_id}: {seg.name} {seg.checkpoint}; rows appended to {a.results}")
