@@ -16,6 +16,19 @@ from anomalyseg.workspace import open_workspace
 pytestmark = pytest.mark.slow
 
 
+def test_shipped_files_match_their_manifest():
+    manifest = demo_models.read_manifest()
+    assert set(manifest) == {"erfnet", "eomt"}
+    for model in manifest:
+        entry = demo_models.verify(model)  # size and sha256 of every file, recomputed here
+        assert entry["command"].startswith(f"anomalyseg demo-weights --model {model} ")
+        assert entry["data"]["preset"] == "demo" and 0 < entry["val_miou"] <= 1
+        for rel in entry["files"]:
+            if rel.endswith(".safetensors"):
+                assert {t.dtype for t in load_file(demo_models.WEIGHTS_DIR / model / rel).values()
+                        if t.is_floating_point()} == {torch.float16}
+
+
 @pytest.fixture(scope="module")
 def shipped_tiny(tmp_path_factory):
     """`anomalyseg demo-weights` for both models on the tiny preset (2 steps), the command a
