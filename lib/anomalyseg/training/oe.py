@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -42,11 +43,51 @@ from ..data.io import read_rgb
 from ..data.mix_ood import MixOOD
 from ..losses import outlier_loss
 from ..models.eomt import EomtSegmenter, build_eomt, per_pixel_logits, scaled_size
-from .eomt import EomtDataModule, EomtModule, fit_and_export
+from .eomt import EomtDataModule, EomtModule, annealing_schedule, fit_and_export
 from .oe_config import OEConfig
 
 OE_CONFIG_FILE = "oe_config.json"
 LOGGERS = ("csv", "wandb")
+
+
+def oe_annealing_steps(config: OEConfig, num_blocks: int, max_steps: int) -> tuple[list[int], list[int]] | None:
+    """Per-block (starts, ends) of the masked-attention annealing of an Outlier Exposure run, or
+    None when ``attn_mask_annealing_enabled`` is off (masked attention then stays off).
+
+    Without explicit steps: upstream's schedule scaled to ``max_steps`` (``annealing_schedule``).
+    Explicit steps (seed 000: starts 1401/3501/5602, ends 2801/4902/7000) are used as given when
+    there is one per query block and they end by ``max_steps``; otherwise they are read as
+    fractions of their last end, resampled linearly over the model's blocks and scaled to
+    ``max_steps`` (a ``UserWarning`` says so), so that masked attention is off when training ends,
+    as the exported model is evaluated without it.
+    """
+    if not config.attn_mask_annealing_enabled:
+        return None
+    if config.attn_mask_annealing_start_steps is None:
+        return annealing_schedule(num_blocks, max_steps)
+    starts, ends = list(config.attn_mask_annealing_start_steps), list(config.attn_mask_annealing_end_steps)
+    if len(starts) == num_blocks and max(ends) <= max_steps:
+        return starts, ends
+    total = max(ends)
+    at = torch.linspace(0, len(starts) - 1, num_blocks).tolist()
+
+    def resample(steps: list[int]) -> list[int]:
+        out = []
+        for x in at:
+            i = min(int(x), len(steps) - 2) if len(steps) > 1 else 0
+            frac = x - i
+            value = steps[i] if len(steps) == 1 else steps[i] * (1 - frac) + steps[i + 1] * frac
+            out.append(round(value / total * max_steps))
+        return out
+
+    new_starts, new_ends = resample(starts), resample(ends)
+    warnings.warn(
+        f"Outlier Exposure: the masked-attention annealing steps {starts} -> {ends} are for {len(starts)} query blocks and "
+        f"a run of at least {total} steps; this run has {num_blocks} blocks and max_steps={max_steps}, so they are "
+        f"scaled to {new_starts} -> {new_ends} (same fractions of the run). Set attn_mask_annealing_start_steps / "
+        "_end_steps in the OEConfig to choose them yourself.", UserWarning, stacklevel=2,
+    )  # fmt: skip
+    return new_starts, new_ends
 
 
 def as_oe_config(config: OEConfig | dict | None) -> OEConfig:
@@ -62,31 +103,41 @@ def as_oe_config(config: OEConfig | dict | None) -> OEConfig:
 
 # ----------------------------------------------------------------------------- loss
 class EomtOEModule(EomtModule):
-    """``EomtModule`` with RbA's outlier loss, configured by one ``OEConfig``.
+    """``EomtModule`` with seed 000's outlier loss, configured by one ``OEConfig``.
 
     Batches must carry ``outlier_mask`` ``[B, S, S]`` in {0, 1, 255} (``oe_sample_transform``)
-    when ``outlier_loss_enabled``. ``trainable`` comes from the config (``heads``: class head,
-    mask head, upscaling and queries; the ViT stays frozen). Masked attention stays off: the
-    model being fine-tuned was trained to run without it.
+    when ``outlier_loss_enabled``. From the config: ``trainable`` (``heads``: class head, mask
+    head, upscaling and queries, the ViT frozen; ``all``), ``weight_decay`` and the masked-attention
+    annealing (``oe_annealing_steps``; off by default, as the model being fine-tuned was trained to
+    run without it; seed 000's recipe switches it back on and anneals it away again).
 
     Args:
         model: as ``EomtModule`` (a model, an ``EomtConfig``, or None with ``model_config``).
         oe: an ``OEConfig`` or its dict; stored in the checkpoint's hyper-parameters as a dict.
         **kwargs: ``EomtModule``'s settings (``max_steps``, ``lr``, ``seed``...), except
-            ``trainable``, which the config sets.
+            ``trainable``, ``weight_decay``, ``attn_mask_annealing`` and ``annealing_steps``,
+            which the config sets (``ValueError`` when given).
     """
 
-    def __init__(self, model=None, *, oe: OEConfig | dict | None = None, attn_mask_annealing: bool = False, **kwargs):
-        oe = as_oe_config(oe).to_dict()  # plain values: checkpoints are read with weights_only=True
-        trainable = kwargs.pop("trainable", oe["trainable"])
-        if trainable != oe["trainable"]:
-            raise ValueError(
-                f"EomtOEModule: trainable={trainable!r} disagrees with the OEConfig's trainable={oe['trainable']!r}; "
-                "set it in the OEConfig only (one place for every Outlier Exposure setting)."
-            )
-        super().__init__(model, trainable=trainable, attn_mask_annealing=attn_mask_annealing, **kwargs)
-        self.hparams["oe"] = oe
-        self.oe_config = OEConfig.from_dict(oe)
+    def __init__(self, model=None, *, oe: OEConfig | dict | None = None, **kwargs):
+        cfg = as_oe_config(oe)
+        for name, setting in (("trainable", "trainable"), ("weight_decay", "weight_decay"),
+                              ("attn_mask_annealing", "attn_mask_annealing_enabled"), ("annealing_steps", None)):
+            if name in kwargs:
+                raise ValueError(
+                    f"EomtOEModule: {name}= is set by the OEConfig ({setting or 'attn_mask_annealing_start_steps / _end_steps'}); "
+                    "set it in the OEConfig only (one place for every Outlier Exposure setting)."
+                )
+        max_steps = int(kwargs.get("max_steps", 1000))
+        if model is None and kwargs.get("model_config") is not None:
+            num_blocks = int(kwargs["model_config"]["num_blocks"])
+        else:
+            num_blocks = int((model.config if hasattr(model, "config") else model).num_blocks)
+        steps = oe_annealing_steps(cfg, num_blocks, max_steps)
+        super().__init__(model, trainable=cfg.trainable, weight_decay=cfg.weight_decay,
+                         attn_mask_annealing=cfg.attn_mask_annealing_enabled, annealing_steps=steps, **kwargs)  # fmt: skip
+        self.hparams["oe"] = cfg.to_dict()  # plain values: checkpoints are read with weights_only=True
+        self.oe_config = cfg
 
     def compute_loss(self, batch: dict, outputs) -> dict[str, torch.Tensor]:
         """``EomtModule``'s terms plus ``loss_outlier`` = ``outlier_weight * outlier_loss(L, outlier_mask)``
@@ -154,14 +205,14 @@ class PasteOutliers:
 
 
 def ensure_ood_objects(coco_root: str | Path, max_images: int | None = 400, seed: int = 0, progress: bool = True,
-                       **prepare_kwargs) -> dict:
-    """The COCO objects for pasting, prepared once: ``prepare_coco_ood(coco_root, max_images=...,
-    seed=...)`` unless its manifest shows a complete preparation that already holds exactly that
+                       split: str = "train", **prepare_kwargs) -> dict:
+    """The COCO objects for pasting, prepared once: ``prepare_coco_ood(coco_root, split=split,
+    max_images=..., seed=...)`` (``split``: ``OEConfig.coco_split``, 2017) unless its manifest shows a complete preparation that already holds exactly that
     selection (same settings, or every candidate kept and ``max_images`` not below their number),
     in which case the full COCO json is not read again. Returns the summary (``kept``...)."""
     from ..data.coco import prepare_coco_ood
 
-    manifest_path = Path(coco_root) / "annotations" / "ood_seg_train2017.json"
+    manifest_path = Path(coco_root) / "annotations" / f"ood_seg_{split}2017.json"
     if manifest_path.is_file() and not prepare_kwargs:
         try:
             manifest = json.loads(manifest_path.read_text())
@@ -175,14 +226,14 @@ def ensure_ood_objects(coco_root: str | Path, max_images: int | None = 400, seed
                 if progress:
                     print(f"COCO OOD objects: reusing the {summary['kept']} prepared in {manifest_path.parent}")
                 return {**summary, "masks": str(manifest_path.with_suffix("")),
-                        "images": str(Path(coco_root) / "train2017_ood_subset")}
-    return prepare_coco_ood(coco_root, max_images=max_images, seed=seed, progress=progress, **prepare_kwargs)
+                        "images": str(Path(coco_root) / f"{split}2017_ood_subset")}
+    return prepare_coco_ood(coco_root, split=split, max_images=max_images, seed=seed, progress=progress, **prepare_kwargs)
 
 
 def oe_sample_transform(config: OEConfig | dict | None, coco_root: str | Path | None, object_scale: float = 1.0,
                         **overrides) -> PasteOutliers:
     """The data side of Outlier Exposure: with ``oe_enabled``, paste objects of
-    ``OODObjects(coco_root)`` (resized by ``object_scale``) with ``config.mix_ood_kwargs()``
+    ``OODObjects(coco_root, config.coco_split)`` (resized by ``object_scale``) with ``config.mix_ood_kwargs()``
     (``overrides`` replace some, e.g. ``ood_prob=1.0`` to show pastes); without, nothing is pasted
     but every item still gets its ``outlier_mask`` (0, 255 on void), so the inlier side of the
     outlier loss keeps training."""
@@ -194,7 +245,7 @@ def oe_sample_transform(config: OEConfig | dict | None, coco_root: str | Path | 
             "Outlier Exposure with oe_enabled=True pastes COCO objects, so it needs coco_root: the folder prepared by "
             "prepare_coco_ood (`anomalyseg prepare-coco`). Pass it, or set oe_enabled=False to train without pasting."
         )
-    objects = ScaledObjects(OODObjects(coco_root), object_scale)
+    objects = ScaledObjects(OODObjects(coco_root, split=cfg.coco_split), object_scale)
     return PasteOutliers(MixOOD(objects, **{**cfg.mix_ood_kwargs(), **overrides}))
 
 
@@ -331,6 +382,7 @@ def _check_resumable(last: Path, config: OEConfig) -> None:
             f"{last} was not written by finetune_oe (its hyper-parameters hold no Outlier Exposure settings). Use an "
             "empty out_dir for Outlier Exposure fine-tuning, or resume=False to overwrite it."
         )
+    stored = OEConfig.from_dict(stored).to_dict()  # a checkpoint of an earlier version may use older names
     if stored != config.to_dict():
         diff = {k: (stored.get(k), v) for k, v in config.to_dict().items() if stored.get(k) != v}
         raise ValueError(
