@@ -36,6 +36,7 @@ from transformers import EomtForUniversalSegmentation
 from ..data.cityscapes import CityscapesSegmentation
 from ..data.coco import OODObjects
 from ..data.io import read_rgb
+from ..data.leakage import CACHE_FILE as LEAKAGE_CACHE, guard_training_data
 from ..data.mix_ood import MixOOD
 from ..losses import anomaly_head_loss
 from ..models.anomaly_head import VARIANT_SCORES, build_anomaly_head, save_anomaly_head
@@ -239,6 +240,7 @@ def train_anomaly_head(
     checkpoint_every_n_steps: int | None = None,
     callbacks: Sequence[Callback] = (),
     accelerator: str | None = None,
+    benchmarks_root: str | Path | None = None,
 ) -> Path:
     """Train an anomaly head on the frozen EoMT with Outlier Exposure frames; returns the
     ``head.safetensors`` path (``load_anomaly_head`` reads it).
@@ -264,6 +266,10 @@ def train_anomaly_head(
             the data stream and dropout are functions of the step, so the result equals an
             uninterrupted run's.
         accelerator: Lightning's; None follows the segmenter's device (``"auto"`` for a bare model).
+        benchmarks_root: the benchmarks the head will be evaluated on: training refuses to start
+            (``LeakageError`` naming the files) when the training frames or COCO images hold one
+            of their frames (``data.leakage``; hashes cached in ``out_dir/leakage_check.json``).
+            None skips the check.
     """
     if variant not in VARIANT_SCORES:
         raise ValueError(f"train_anomaly_head: unknown variant {variant!r}; expected one of {list(VARIANT_SCORES)}.")
@@ -286,6 +292,8 @@ def train_anomaly_head(
     if accelerator is None:
         accelerator = "auto" if seg_device is None else ("gpu" if seg_device.type == "cuda" else seg_device.type)
     out_dir.mkdir(parents=True, exist_ok=True)
+    guard_training_data(data_root, coco_root, benchmarks_root, "train_anomaly_head's training data",
+                        out_dir / LEAKAGE_CACHE)  # fmt: skip
     last = out_dir / "last.ckpt"
     if resume and last.is_file():
         _check_resumable(last, variant, int(eomt.config.hidden_size), eomt_checkpoint)

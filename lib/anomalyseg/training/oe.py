@@ -40,6 +40,7 @@ from transformers import EomtForUniversalSegmentation
 from ..data.cityscapes import CityscapesSegmentation
 from ..data.coco import OODObjects
 from ..data.io import read_rgb
+from ..data.leakage import CACHE_FILE as LEAKAGE_CACHE, guard_training_data
 from ..data.mix_ood import MixOOD
 from ..losses import outlier_loss
 from ..models.eomt import EomtSegmenter, build_eomt, per_pixel_logits, scaled_size
@@ -426,6 +427,7 @@ def finetune_oe(
     callbacks: Sequence[Callback] = (),
     device: str | torch.device = "auto",
     precision: str = "32-true",
+    benchmarks_root: str | Path | None = None,
 ) -> Path:
     """Fine-tune a trained EoMT with Outlier Exposure; returns the exported ``save_pretrained`` folder.
 
@@ -444,6 +446,10 @@ def finetune_oe(
     Validation (Cityscapes-val mIoU of windowed inference) runs every ``val_every_n_steps``
     steps and at the end when set; None skips it (evaluate the exported model instead).
     ``device``: ``"auto"`` (the GPU when there is one), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    ``benchmarks_root``: the benchmarks the model will be evaluated on; training refuses to start
+    (``LeakageError`` naming the files) when the Cityscapes train frames or the COCO images hold
+    one of their frames (``data.leakage``; hashes cached in ``out_dir/leakage_check.json``).
+    None skips the check. Seed 000's recipe: ``OEConfig.recipe("seed000")``, ``max_steps`` >= 7000.
     """
     cfg = as_oe_config(config)
     data_root, out_dir = Path(data_root), Path(out_dir)
@@ -460,6 +466,8 @@ def finetune_oe(
             "unset (None) to use the model's size."
         )
     out_dir.mkdir(parents=True, exist_ok=True)
+    guard_training_data(data_root, coco_root if cfg.oe_enabled else None, benchmarks_root,
+                        "finetune_oe's training data", out_dir / LEAKAGE_CACHE, cfg.coco_split)  # fmt: skip
     last = out_dir / "last.ckpt"
     resuming = resume and last.is_file()
     if resuming:
