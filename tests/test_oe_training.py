@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from transformers import EomtForUniversalSegmentation
 
 from anomalyseg.data.coco import OODObjects
+from anomalyseg.data.mix_ood import ScaledObjects
 from anomalyseg.labels import OOD_OBJECT_VALUE
 from anomalyseg.models.eomt import build_eomt
 from anomalyseg.training.eomt import BACKBONE_PREFIXES, HEAD_PREFIXES, EomtModule
 from anomalyseg.training.oe import (
     EomtOEModule,
-    ScaledObjects,
     finetune_oe,
     oe_annealing_steps,
     oe_datamodule,

@@ -11,9 +11,9 @@ every query also learns to leave them uncovered. By default only the class and m
 Every setting has seed 000's name and lives in one ``OEConfig``:
 
 - ``EomtOEModule``: ``EomtModule`` plus ``outlier_weight * outlier_loss(...)`` as ``loss_outlier``.
-- ``oe_sample_transform`` / ``oe_datamodule``: the data side, ``MixOOD(OODObjects(coco_root),
-  **config.mix_ood_kwargs())`` after the train transforms of ``EomtDataModule`` (whose step-indexed
-  stream makes a resumed run draw the same crops and pastes); every item carries an
+- ``oe_sample_transform`` / ``oe_datamodule``: the data side, the project's one pasting wrapper
+  (``data.mix_ood.paste_outliers``, which the anomaly head uses too) with the config's settings,
+  after the train transforms of ``EomtDataModule`` (whose step-indexed stream makes a resumed run draw the same crops and pastes); every item carries an
   ``outlier_mask`` (0 / 255 without a paste). Objects keep their size relative to the scene when
   the model sees the frames smaller than they are stored (``object_scale``).
 - ``ensure_ood_objects``: ``prepare_coco_ood`` once; ``pasted_samples``: crops to look at.
@@ -33,18 +33,13 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger
-from torch.utils.data import Dataset
-from torchvision.transforms.v2 import functional as TF
 from transformers import EomtForUniversalSegmentation
 
-from ..data.cityscapes import CityscapesSegmentation
-from ..data.coco import OODObjects
-from ..data.io import read_rgb
 from ..data.leakage import CACHE_FILE as LEAKAGE_CACHE, guard_training_data
-from ..data.mix_ood import MixOOD
+from ..data.mix_ood import PasteOutliers, ScaledObjects, paste_outliers  # noqa: F401  (re-exported)
 from ..losses import outlier_loss
-from ..models.eomt import EomtSegmenter, build_eomt, per_pixel_logits, scaled_size
-from .eomt import EomtDataModule, EomtModule, annealing_schedule, fit_and_export
+from ..models.eomt import EomtSegmenter, build_eomt, per_pixel_logits
+from .eomt import EomtDataModule, EomtModule, annealing_schedule, eval_scale, fit_and_export
 from .oe_config import OEConfig
 
 OE_CONFIG_FILE = "oe_config.json"
@@ -161,50 +156,6 @@ class EomtOEModule(EomtModule):
 
 
 # ----------------------------------------------------------------------------- data
-class ScaledObjects(Dataset):
-    """The objects of ``OODObjects`` resized by ``scale`` (image bilinear with antialiasing, mask by
-    area coverage >= 1/2), so that they keep their size relative to the street scene when the
-    frames are shown to the model at another resolution than they are stored."""
-
-    def __init__(self, objects: Dataset, scale: float):
-        if not scale > 0:
-            raise ValueError(f"ScaledObjects: scale must be > 0, got {scale!r}.")
-        self.objects, self.scale = objects, float(scale)
-
-    def __len__(self) -> int:
-        return len(self.objects)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = self.objects[index]
-        if self.scale == 1.0:
-            return image, mask
-        h, w = mask.shape
-        size = [max(1, round(h * self.scale)), max(1, round(w * self.scale))]
-        image = TF.resize(torch.as_tensor(image), size, antialias=True)
-        small = TF.resize(torch.as_tensor(mask)[None].float(), size, antialias=True)[0] >= 0.5
-        if not small.any():  # a sliver thinner than a pixel at this scale: keep its nearest pixels
-            small = TF.resize(torch.as_tensor(mask)[None].to(torch.uint8), size, interpolation=TF.InterpolationMode.NEAREST)[0].bool()
-        return image, small
-
-
-class PasteOutliers:
-    """``sample_transform`` for ``CityscapesDataModule``: ``item -> item`` with ``image`` and ``target``
-    replaced by ``mix``'s output and ``outlier_mask`` added (uint8 [H, W], 0 / 1 / 255)."""
-
-    def __init__(self, mix: MixOOD):
-        self.mix = mix
-
-    def __call__(self, item: dict) -> dict:
-        item = dict(item)
-        item["image"], item["target"], item["outlier_mask"] = self.mix(item["image"], item["target"])
-        return item
-
-    def __repr__(self) -> str:
-        m = self.mix
-        return (f"PasteOutliers(objects={len(m.objects)}, ood_prob={m.ood_prob}, road_only={m.road_only}, "
-                f"perspective_scale={m.perspective_scale})")
-
-
 def ensure_ood_objects(coco_root: str | Path, max_images: int | None = 400, seed: int = 0, progress: bool = True,
                        split: str = "train", **prepare_kwargs) -> dict:
     """The COCO objects for pasting, prepared once: ``prepare_coco_ood(coco_root, split=split,
@@ -240,14 +191,13 @@ def oe_sample_transform(config: OEConfig | dict | None, coco_root: str | Path | 
     outlier loss keeps training."""
     cfg = as_oe_config(config)
     if not cfg.oe_enabled:
-        return PasteOutliers(MixOOD([], ood_prob=0.0))
+        return paste_outliers(None)
     if coco_root is None:
         raise ValueError(
             "Outlier Exposure with oe_enabled=True pastes COCO objects, so it needs coco_root: the folder prepared by "
             "prepare_coco_ood (`anomalyseg prepare-coco`). Pass it, or set oe_enabled=False to train without pasting."
         )
-    objects = ScaledObjects(OODObjects(coco_root, split=cfg.coco_split), object_scale)
-    return PasteOutliers(MixOOD(objects, **{**cfg.mix_ood_kwargs(), **overrides}))
+    return paste_outliers(coco_root, object_scale, cfg.coco_split, **{**cfg.mix_ood_kwargs(), **overrides})
 
 
 def oe_datamodule(
@@ -273,11 +223,9 @@ def oe_datamodule(
     Cityscapes, where objects are pasted at their COCO size as seed 000 and RbA do.
     """
     data_root = Path(data_root)
-    first_frame = CityscapesSegmentation(data_root, "train").pairs[0][0]
-    frame_size = read_rgb(first_frame).shape[:2]
-    base_size = scaled_size(frame_size, image_size)
+    base_size, frames_scale = eval_scale(data_root, image_size)
     if object_scale is None:
-        object_scale = base_size[0] / frame_size[0]
+        object_scale = frames_scale
     has_val = with_val and (data_root / "leftImg8bit" / "val").is_dir()
     return EomtDataModule(
         data_root, crop_size=(image_size, image_size), batch_size=batch_size, num_workers=num_workers,
