@@ -14,7 +14,6 @@ from anomalyseg.data import leakage
 from anomalyseg.data.cityscapes import CityscapesSegmentation
 from anomalyseg.data.leakage import (
     LeakageError,
-    benchmark_frames,
     check_no_benchmark_frames,
     guard_training_data,
     pixel_hash,
@@ -88,20 +87,25 @@ def test_a_clean_root_passes_and_nothing_is_checked_without_a_benchmarks_root(ti
         guard_training_data(tiny_data / "cityscapes", None, tmp_path / "missing", "the OE data")
 
 
-def test_training_hashes_are_cached(tiny_data, tmp_path, monkeypatch):
+def test_hashes_are_cached(tiny_data, tmp_path, monkeypatch):
     cache = tmp_path / "cache.json"
     files = [image for image, _ in CityscapesSegmentation(tiny_data / "cityscapes", "train").pairs]
-    check_no_benchmark_frames(files, tiny_data / "Validation_Dataset", cache_file=cache)
+    bench = tiny_data / "Validation_Dataset"
+    assert check_no_benchmark_frames(files, bench, cache_file=cache) == len(files)
     decoded = []
     real = leakage.read_rgb
     monkeypatch.setattr(leakage, "read_rgb", lambda p: decoded.append(p) or real(p))
-    check_no_benchmark_frames(files, tiny_data / "Validation_Dataset", cache_file=cache)
-    assert sorted(decoded) == benchmark_frames(tiny_data / "Validation_Dataset")  # training files came from the cache
+    check_no_benchmark_frames(files, bench, cache_file=cache)
+    assert decoded == []  # training and benchmark hashes came from the caches
     # a file not in the cache is decoded, the others are not
-    decoded.clear()
     shutil.copy(files[1], tmp_path / "copy.png")
-    check_no_benchmark_frames([*files, tmp_path / "copy.png"], tiny_data / "Validation_Dataset", cache_file=cache)
-    assert tmp_path / "copy.png" in decoded and files[1] not in decoded
+    check_no_benchmark_frames(files, bench, cache_file=cache, other_files=[tmp_path / "copy.png"])
+    assert decoded == [tmp_path / "copy.png"]
+    # a damaged cache is rebuilt
+    cache.write_text("{not json")
+    decoded.clear()
+    check_no_benchmark_frames(files, bench, cache_file=cache)
+    assert sorted(decoded) == sorted(files)
 
 
 def test_the_training_entry_points_refuse_a_leaky_root(tiny_data, tmp_path):

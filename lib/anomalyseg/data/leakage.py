@@ -8,8 +8,9 @@ training frames (PIL bilinear, the course's resize, and PIL's other common filte
 training image is hashed on its decoded pixels. A copy made through a lossy format (jpg) or an
 unusual resampler is not caught: the guard is against copies, not a near-duplicate search.
 
-Hashes of the training files are cached in a JSON file (``cache_file``), keyed by path, size and
-modification time, so a resumed or repeated run does not decode the training set again.
+Hashes are cached in JSON files (``cache_file`` for the training files, ``<stem>_benchmarks.json``
+beside it for the benchmark frames), keyed by path, size and modification time, so a resumed or
+repeated run decodes nothing again.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ RESIZE_FILTERS = {
     "lanczos": Image.Resampling.LANCZOS,
     "box": Image.Resampling.BOX,
 }
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 CACHE_FILE = "leakage_check.json"  # in a training run's out_dir
 
 
@@ -64,84 +65,100 @@ def benchmark_frames(benchmarks_root: str | os.PathLike) -> list[Path]:
                   for p in (d / "images").iterdir() if p.suffix.lower() in IMAGE_EXTS)  # fmt: skip
 
 
-def benchmark_fingerprints(benchmarks_root: str | os.PathLike, sizes: Iterable[tuple[int, int]] = ()) -> dict[str, tuple[Path, str]]:
-    """``{pixel_hash: (benchmark file, how)}`` for every benchmark frame at its own size
-    (``how = "same pixels"``) and resized to each ``(height, width)`` of ``sizes`` with each of
-    ``RESIZE_FILTERS`` (``how = "resized to WxH, <filter>"``)."""
-    sizes = sorted(set(sizes))
-    found: dict[str, tuple[Path, str]] = {}
-    for path in benchmark_frames(benchmarks_root):
-        rgb = read_rgb(path)
-        found.setdefault(pixel_hash(rgb), (path, "same pixels"))
-        image = Image.fromarray(rgb)
-        for h, w in sizes:
-            if (h, w) == rgb.shape[:2]:
-                continue
-            for name, method in RESIZE_FILTERS.items():
-                resized = np.asarray(image.resize((w, h), method))
-                found.setdefault(pixel_hash(resized), (path, f"resized to {w}x{h}, {name}"))
+class _HashCache:
+    """Hashes of files keyed by resolved path, size and modification time (plus ``extra``), kept
+    in a JSON file; a damaged or older cache is rebuilt, never trusted."""
+
+    def __init__(self, path: str | os.PathLike | None):
+        self.path = Path(path) if path is not None else None
+        self.old: dict = {}
+        if self.path is not None and self.path.is_file():
+            try:
+                stored = json.loads(self.path.read_text())
+                if stored.get("version") == CACHE_VERSION and isinstance(stored.get("entries"), dict):
+                    self.old = stored["entries"]
+            except ValueError:
+                pass
+        self.new: dict = {}
+
+    def get(self, file: Path, compute, extra: str = ""):
+        stat = file.stat()
+        key = f"{file.resolve()}|{extra}"
+        entry = self.old.get(key)
+        if not (isinstance(entry, list) and len(entry) == 3 and entry[:2] == [stat.st_size, stat.st_mtime_ns]):
+            entry = [stat.st_size, stat.st_mtime_ns, compute()]
+        self.new[key] = entry
+        return entry[2]
+
+    def save(self) -> None:
+        if self.path is None or self.new == self.old:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"version": CACHE_VERSION, "entries": self.new}))
+        os.replace(tmp, self.path)
+
+
+def _benchmark_hashes(path: Path, sizes: list[tuple[int, int]]) -> list[list[str]]:
+    rgb = read_rgb(path)
+    found = [[pixel_hash(rgb), "same pixels"]]
+    image = Image.fromarray(rgb)
+    for h, w in sizes:
+        if (h, w) != rgb.shape[:2]:
+            found += [[pixel_hash(np.asarray(image.resize((w, h), method))), f"resized to {w}x{h}, {name}"]
+                      for name, method in RESIZE_FILTERS.items()]  # fmt: skip
     return found
 
 
-def _training_hashes(files: list[Path], cache_file: Path | None) -> dict[Path, tuple[str, tuple[int, int]]]:
-    cache: dict = {}
-    if cache_file is not None and cache_file.is_file():
-        try:
-            stored = json.loads(cache_file.read_text())
-            if stored.get("version") == CACHE_VERSION:
-                cache = stored["files"]
-        except (ValueError, KeyError, TypeError):
-            cache = {}  # a damaged cache is rebuilt, never trusted
-    out, fresh = {}, {}
-    for path in files:
-        stat = path.stat()
-        key, entry = str(path.resolve()), cache.get(str(path.resolve()))
-        if entry and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns:
-            digest, shape = entry[2], (entry[3], entry[4])
-        else:
-            rgb = read_rgb(path)
-            digest, shape = pixel_hash(rgb), rgb.shape[:2]
-        fresh[key] = [stat.st_size, stat.st_mtime_ns, digest, int(shape[0]), int(shape[1])]
-        out[path] = (digest, (int(shape[0]), int(shape[1])))
-    if cache_file is not None and fresh != cache:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(cache_file.name + ".tmp")
-        tmp.write_text(json.dumps({"version": CACHE_VERSION, "files": fresh}))
-        os.replace(tmp, cache_file)
-    return out
+def benchmark_fingerprints(benchmarks_root: str | os.PathLike, sizes: Iterable[tuple[int, int]] = (),
+                           cache_file: str | os.PathLike | None = None) -> dict[str, tuple[Path, str]]:
+    """``{pixel_hash: (benchmark file, how)}`` for every benchmark frame at its own size
+    (``how = "same pixels"``) and resized to each ``(height, width)`` of ``sizes`` with each of
+    ``RESIZE_FILTERS`` (``how = "resized to WxH, <filter>"``); cached in ``cache_file``."""
+    sizes = sorted(set(sizes))
+    cache = _HashCache(cache_file)
+    found: dict[str, tuple[Path, str]] = {}
+    for path in benchmark_frames(benchmarks_root):
+        for digest, how in cache.get(path, lambda: _benchmark_hashes(path, sizes), extra=f"benchmark {sizes}"):
+            found.setdefault(digest, (path, how))
+    cache.save()
+    return found
+
+
+def _image_hash(path: Path) -> list:
+    rgb = read_rgb(path)
+    return [pixel_hash(rgb), int(rgb.shape[0]), int(rgb.shape[1])]
 
 
 def check_no_benchmark_frames(
-    training_files: Iterable[str | os.PathLike],
+    frames: Iterable[str | os.PathLike],
     benchmarks_root: str | os.PathLike,
     what: str = "the training data",
     cache_file: str | os.PathLike | None = None,
-    resize_sizes: Iterable[tuple[int, int]] | None = None,
+    other_files: Iterable[str | os.PathLike] = (),
 ) -> int:
     """Refuse training images that are benchmark frames; returns how many images were checked.
 
     Args:
-        training_files: every image the training may read (Cityscapes train frames, COCO images).
+        frames: the training frames (Cityscapes train): compared with every benchmark frame at
+            its own size and resized to each size these frames have.
         benchmarks_root: the benchmarks the model will be evaluated on (``<name>/images/*``).
         what: how the error names the training data (e.g. ``"finetune_oe's training data"``).
-        cache_file: JSON cache of the training files' hashes (path, size, mtime); None: no cache.
-        resize_sizes: ``(height, width)`` sizes to compare resized benchmark frames at; None: the
-            sizes of ``training_files`` that more than one file shares, plus the first file's
-            (the frames of a training set; single-image sizes such as COCO's are compared as is).
+        cache_file: JSON cache of the hashes (path, size, mtime); None: no cache.
+        other_files: further images the training reads (COCO images), compared at their own size.
     Raises:
         LeakageError: one paragraph naming each training file that is a benchmark frame, the
             benchmark file it copies and how (same pixels, or resized with which filter).
         FileNotFoundError: ``benchmarks_root`` does not exist.
     """
-    files = [Path(f) for f in training_files]
-    hashes = _training_hashes(files, Path(cache_file) if cache_file is not None else None)
-    if resize_sizes is None:
-        counts: dict[tuple[int, int], int] = {}
-        for _, shape in hashes.values():
-            counts[shape] = counts.get(shape, 0) + 1
-        resize_sizes = {s for s, n in counts.items() if n > 1} | ({hashes[files[0]][1]} if files else set())
-    fingerprints = benchmark_fingerprints(benchmarks_root, resize_sizes)
-    leaks = [(path, *fingerprints[digest]) for path, (digest, _) in hashes.items() if digest in fingerprints]
+    frames, others = [Path(f) for f in frames], [Path(f) for f in other_files]
+    cache = _HashCache(cache_file)
+    hashes = {path: cache.get(path, lambda: _image_hash(path), extra="training") for path in frames + others}
+    cache.save()
+    sizes = {(h, w) for path in frames for _, h, w in [hashes[path]]}
+    bench_cache = None if cache_file is None else Path(cache_file).with_name(Path(cache_file).stem + "_benchmarks.json")
+    fingerprints = benchmark_fingerprints(benchmarks_root, sizes, bench_cache)
+    leaks = [(path, *fingerprints[digest]) for path, (digest, _, _) in hashes.items() if digest in fingerprints]
     if leaks:
         listed = "; ".join(f"{train} is {bench} ({how})" for train, bench, how in leaks[:10])
         more = f"; and {len(leaks) - 10} more" if len(leaks) > 10 else ""
@@ -151,7 +168,7 @@ def check_no_benchmark_frames(
             "Remove these files from the training data (they are not changed here), or, if these are not the benchmarks "
             "this model will be evaluated on, pass the right benchmarks_root."
         )
-    return len(files)
+    return len(hashes)
 
 
 def guard_training_data(
@@ -171,7 +188,6 @@ def guard_training_data(
     from .cityscapes import CityscapesSegmentation
     from .coco import OODObjects
 
-    files = [image for image, _ in CityscapesSegmentation(data_root, "train").pairs]
-    if coco_root is not None:
-        files += [image for image, _ in OODObjects(coco_root, split=coco_split).pairs]
-    return check_no_benchmark_frames(files, benchmarks_root, what=what, cache_file=cache_file)
+    frames = [image for image, _ in CityscapesSegmentation(data_root, "train").pairs]
+    coco = [image for image, _ in OODObjects(coco_root, split=coco_split).pairs] if coco_root is not None else []
+    return check_no_benchmark_frames(frames, benchmarks_root, what=what, cache_file=cache_file, other_files=coco)
