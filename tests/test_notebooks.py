@@ -71,3 +71,19 @@ def test_oe_notebook_runs_seed_000s_recipe_with_the_energy_target(pipeline_run):
     text = json.dumps(outs)
     assert "the energy score lies in [-inf, -2.944]" in text
     assert "trainable='all'" in text and "attn_mask_annealing_enabled=True" in text
+
+
+def test_every_parameter_line_parses():
+    """papermill reads each `name = value  # comment` line of a parameters cell; a line it cannot
+    parse (e.g. an '=' inside the comment) drops that parameter from what it reports."""
+    import papermill as pm
+
+    for name in NOTEBOOKS:
+        path = notebooks_dir() / f"{name}.ipynb"
+        if not path.exists():
+            continue
+        nb = json.loads(path.read_text())
+        cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+        assigned = {line.split("=", 1)[0].strip() for line in "".join(cell["source"]).splitlines()
+                    if "=" in line.split("#", 1)[0] and not line.startswith((" ", "#"))}  # fmt: skip
+        assert set(pm.inspect_notebook(str(path))) == assigned, name
