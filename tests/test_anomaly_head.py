@@ -311,3 +311,49 @@ def test_compare_with_posthoc_picks_the_best_posthoc_score_per_benchmark():
     in_percent = compare_with_posthoc(rows, percent=True)
     assert in_percent.loc["RoadAnomaly21", "best_posthoc_auprc"] == 12.35
     assert in_percent.loc["RoadAnomaly21", "best_posthoc"] == "msp"  # names stay names
+
+
+def test_head_and_outlier_exposure_paste_objects_of_the_same_size(tiny_data, tmp_path, monkeypatch):
+    """Issue 14's bug: the head's path skipped the object rescaling of Outlier Exposure and pasted
+    objects of about 4x the area. Both entry points must build the same pasting for the same
+    settings: captured where their Lightning run would start, they paste the same objects into
+    the same crops."""
+    import lightning as L
+    from transformers import EomtForUniversalSegmentation
+
+    from anomalyseg.data.mix_ood import PasteOutliers
+    from anomalyseg.training.oe import finetune_oe
+    from anomalyseg.training.oe_config import OEConfig
+
+    class Stop(Exception):
+        pass
+
+    captured = []
+
+    def fit(self, model, datamodule=None, **kw):
+        captured.append(datamodule)
+        raise Stop
+
+    monkeypatch.setattr(L.Trainer, "fit", fit)
+    torch.manual_seed(0)
+    model = EomtForUniversalSegmentation(tiny_config())  # 32 px windows: the 64x128 tiny frames are seen at half size
+    with pytest.raises(Stop):
+        finetune_oe(model, tiny_data / "cityscapes", tiny_data / "coco", tmp_path / "oe", OEConfig(ood_prob=1.0),
+                    max_steps=1, batch_size=1, progress=False)  # fmt: skip
+    with pytest.raises(Stop):
+        train_anomaly_head(model, tiny_data / "cityscapes", tiny_data / "coco", tmp_path / "head", ood_prob=1.0,
+                           max_steps=1, batch_size=1, progress=False)  # fmt: skip
+    oe, head = captured
+    for data in (oe, head):
+        data.setup("fit")
+        assert isinstance(data.sample_transform, PasteOutliers)
+    objects_oe, objects_head = oe.sample_transform.mix.objects, head.sample_transform.mix.objects
+    assert objects_oe.scale == objects_head.scale == 0.5
+    areas = [[int(objects[i][1].sum()) for i in range(len(objects))] for objects in (objects_oe, objects_head)]
+    assert areas[0] == areas[1]
+    pasted = {"oe": [], "head": []}
+    for name, data in (("oe", oe), ("head", head)):
+        for i in range(len(data.train_set)):
+            torch.manual_seed(i)
+            pasted[name].append(int((data.train_set[i]["outlier_mask"] == 1).sum()))
+    assert pasted["oe"] == pasted["head"] and sum(pasted["oe"]) > 0

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torchvision import tv_tensors
 
 import anomalyseg.data.mix_ood as mix_ood_module
-from anomalyseg.data.mix_ood import MixOOD, MixOODDataset, inlier_target
+from anomalyseg.data.mix_ood import MixOOD, PasteOutliers, inlier_target, paste_outliers
 
 VEGETATION, BUILDING, ROAD = 8, 2, 0
 
@@ -170,12 +170,16 @@ def test_workers_draw_different_sequences(monkeypatch):
     assert not torch.equal(draws(w0), draws(w1))
 
 
-def test_mix_ood_dataset_adds_the_outlier_mask():
+def test_paste_outliers_adds_the_outlier_mask():
     image, target = frame()
-    data = MixOODDataset([{"image": image, "target": target, "stem": "a"}], MixOOD([l_object()], ood_prob=1.0, seed=0))
-    item = data[0]
-    assert item["stem"] == "a" and len(data) == 1
+    paste = PasteOutliers(MixOOD([l_object()], ood_prob=1.0, seed=0))
+    original = {"image": image, "target": target, "stem": "a"}
+    item = paste(original)
+    assert item["stem"] == "a" and set(original) == {"image", "target", "stem"}  # the input item is not changed
     assert torch.equal(item["outlier_mask"] == 1, item["target"] == 254) and (item["outlier_mask"] == 1).any()
+    # without COCO objects: nothing pasted, but the mask is there (0, 255 on void)
+    item = paste_outliers(None)(original)
+    assert not (item["outlier_mask"] == 1).any() and torch.equal(item["outlier_mask"] == 255, target == 255)
 
 
 def test_bad_input_gives_clear_errors():

@@ -54,3 +54,36 @@ def test_source_notebooks_are_clean():
         nb = json.loads(path.read_text())
         assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"]), name
         assert not any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), f"{name} carries outputs"
+
+
+def test_oe_notebook_runs_seed_000s_recipe_with_the_energy_target(pipeline_run):
+    """Notebook 04 with seed 000's other options: its recipe (whole network, masked-attention
+    annealing scaled to the tiny run) and the energy target with thresholds inside its range."""
+    if "04_outlier_exposure" not in PRESENT:
+        pytest.skip("notebook 04 is not written yet")
+    root, _ = pipeline_run
+    run_dir = run_all(preset="tiny", data_root=root / "data", output_dir=root / "out", runs_dir=root / "runs_seed000",
+                      start_at="04", stop_after="04", progress=False,
+                      extra_parameters=dict(oe_recipe="seed000", coco_split="train", outlier_loss_target="energy",
+                                            inlier_upper_threshold=-3.2, outlier_lower_threshold=-2.95))  # fmt: skip
+    outs = _outputs(run_dir / "04_outlier_exposure.ipynb")
+    assert not [o for o in outs if o.get("output_type") == "error"]
+    text = json.dumps(outs)
+    assert "the energy score lies in [-inf, -2.944]" in text
+    assert "trainable='all'" in text and "attn_mask_annealing_enabled=True" in text
+
+
+def test_every_parameter_line_parses():
+    """papermill reads each `name = value  # comment` line of a parameters cell; a line it cannot
+    parse (e.g. an '=' inside the comment) drops that parameter from what it reports."""
+    import papermill as pm
+
+    for name in NOTEBOOKS:
+        path = notebooks_dir() / f"{name}.ipynb"
+        if not path.exists():
+            continue
+        nb = json.loads(path.read_text())
+        cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+        assigned = {line.split("=", 1)[0].strip() for line in "".join(cell["source"]).splitlines()
+                    if "=" in line.split("#", 1)[0] and not line.startswith((" ", "#"))}  # fmt: skip
+        assert set(pm.inspect_notebook(str(path))) == assigned, name

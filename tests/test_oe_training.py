@@ -4,6 +4,7 @@ exact resume, logging and clear errors."""
 from __future__ import annotations
 
 import sys
+import warnings
 
 import pandas as pd
 import pytest
@@ -12,13 +13,14 @@ import torch.nn.functional as F
 from transformers import EomtForUniversalSegmentation
 
 from anomalyseg.data.coco import OODObjects
+from anomalyseg.data.mix_ood import ScaledObjects
 from anomalyseg.labels import OOD_OBJECT_VALUE
 from anomalyseg.models.eomt import build_eomt
 from anomalyseg.training.eomt import BACKBONE_PREFIXES, HEAD_PREFIXES, EomtModule
 from anomalyseg.training.oe import (
     EomtOEModule,
-    ScaledObjects,
     finetune_oe,
+    oe_annealing_steps,
     oe_datamodule,
     oe_run_dir,
     pasted_samples,
@@ -43,12 +45,13 @@ def _metrics(out_dir) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- the loss term
 def _reference_outlier_loss(outputs, outlier_mask, t_in, t_out):
-    """RbA's squared hinge written out from REFERENCE §3 and §6, independently of the package."""
+    """RbA's squared hinge written out from REFERENCE §3 and §6, independently of the package
+    (the batch holds pasted pixels, so both terms count)."""
     probs = outputs.class_queries_logits.softmax(-1)[..., :-1]  # [B, Q, 19]
     masks = outputs.masks_queries_logits.sigmoid()  # [B, Q, h, w]
     fused = (probs[..., None, None] * masks[:, :, None]).sum(1)  # [B, 19, h, w]
     s = -torch.tanh(fused).sum(1, keepdim=True)
-    s = F.interpolate(s, size=outlier_mask.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    s = F.interpolate(s, size=outlier_mask.shape[-2:], mode="bilinear", align_corners=True)[:, 0]
     inl, out = outlier_mask == 0, outlier_mask == 1
     return 0.5 * ((s - t_in).clamp(min=0)[inl].pow(2).mean() + (t_out - s).clamp(min=0)[out].pow(2).mean())
 
@@ -109,6 +112,36 @@ def test_trainable_comes_from_the_config():
     assert all(p.requires_grad for p in whole.model.parameters())
     with pytest.raises(ValueError, match="set it in the OEConfig"):
         EomtOEModule(tiny_config(), oe=OEConfig(trainable="heads"), trainable="all")
+
+
+def test_annealing_steps_of_seed_000s_recipe():
+    seed = OEConfig.recipe("seed000")
+    assert oe_annealing_steps(OEConfig(), 3, 7000) is None  # RbA's recipe: masked attention stays off
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert oe_annealing_steps(seed, 3, 7000) == ([1401, 3501, 5602], [2801, 4902, 7000])
+        assert oe_annealing_steps(seed, 3, 9000) == ([1401, 3501, 5602], [2801, 4902, 7000])
+        # without explicit steps: upstream's fractions (0.10 + 0.15 i, 0.20 + 0.15 i) of the run
+        assert oe_annealing_steps(OEConfig(attn_mask_annealing_enabled=True), 2, 100) == ([10, 25], [20, 35])
+    # 4 blocks: the 3 windows resampled at block positions 0, 2/3, 4/3, 2, e.g. the second start
+    # 1401 / 3 + 3501 * 2 / 3 = 2801, the third end 4902 * 2 / 3 + 7000 / 3 = 5601.3
+    with pytest.warns(UserWarning, match=r"for 3 query blocks and a run of at least 7000 steps"):
+        assert oe_annealing_steps(seed, 4, 7000) == ([1401, 2801, 4201, 5602], [2801, 4202, 5601, 7000])
+    # a shorter run: the same fractions of it (2 blocks take the first and the last window)
+    with pytest.warns(UserWarning, match=r"scaled to \[14, 56\] -> \[28, 70\]"):
+        assert oe_annealing_steps(seed, 2, 70) == ([14, 56], [28, 70])
+
+
+def test_seed000_recipe_trains_the_whole_network_with_annealing():
+    with pytest.warns(UserWarning, match="scaled"):
+        module = EomtOEModule(tiny_config(), oe=OEConfig.recipe("seed000"), max_steps=70)
+    hp = module.hparams
+    assert hp.trainable == "all" and hp.attn_mask_annealing is True and hp.weight_decay == 0.05
+    assert [list(x) for x in hp.annealing_steps] == [[14, 56], [28, 70]]
+    assert all(p.requires_grad for p in module.model.parameters())
+    assert module.configure_optimizers()["optimizer"].defaults["weight_decay"] == 0.05
+    with pytest.raises(ValueError, match="set it in the OEConfig"):
+        EomtOEModule(tiny_config(), oe=OEConfig.recipe("seed000"), max_steps=70, weight_decay=0.1)
 
 
 # ----------------------------------------------------------------------------- the data

@@ -18,6 +18,7 @@ count (so no inlier mask covers a pasted pixel), and ERFNet's cross-entropy must
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import torch
@@ -183,17 +184,68 @@ class MixOOD:
         return image.as_subclass(torch.Tensor), target.as_subclass(torch.Tensor).long()
 
 
-class MixOODDataset(Dataset):
-    """Wrap a data set of ``{"image", "target", ...}`` items (already through the train transforms)
-    and add ``"outlier_mask"`` by calling ``mix``; image and target are replaced by the mixed ones."""
+class ScaledObjects(Dataset):
+    """The objects of ``OODObjects`` resized by ``scale`` (image bilinear with antialiasing, mask by
+    area coverage >= 1/2), so that they keep their size relative to the street scene when the
+    frames are shown to the model at another resolution than they are stored."""
 
-    def __init__(self, dataset: Dataset, mix: MixOOD):
-        self.dataset, self.mix = dataset, mix
+    def __init__(self, objects: Dataset, scale: float):
+        if not scale > 0:
+            raise ValueError(f"ScaledObjects: scale must be > 0, got {scale!r}.")
+        self.objects, self.scale = objects, float(scale)
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.objects)
 
-    def __getitem__(self, index: int) -> dict:
-        item = dict(self.dataset[index])
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.objects[index]
+        if self.scale == 1.0:
+            return image, mask
+        h, w = mask.shape
+        size = [max(1, round(h * self.scale)), max(1, round(w * self.scale))]
+        image = TF.resize(torch.as_tensor(image), size, antialias=True)
+        small = TF.resize(torch.as_tensor(mask)[None].float(), size, antialias=True)[0] >= 0.5
+        if not small.any():  # a sliver thinner than a pixel at this scale: keep its nearest pixels
+            small = TF.resize(torch.as_tensor(mask)[None].to(torch.uint8), size, interpolation=TF.InterpolationMode.NEAREST)[0].bool()
+        return image, small
+
+
+class PasteOutliers:
+    """The one pasting ``sample_transform`` of the project (Outlier Exposure and the anomaly head
+    both train with it): ``item -> item`` with ``image`` and ``target`` replaced by ``mix``'s
+    output and ``outlier_mask`` added (uint8 ``[H, W]``, 0 / 1 / 255). Build it with
+    ``paste_outliers``, which also scales the objects with the frames."""
+
+    def __init__(self, mix: MixOOD):
+        self.mix = mix
+
+    def __call__(self, item: dict) -> dict:
+        item = dict(item)
         item["image"], item["target"], item["outlier_mask"] = self.mix(item["image"], item["target"])
         return item
+
+    def __repr__(self) -> str:
+        m = self.mix
+        return (f"PasteOutliers(objects={len(m.objects)}, ood_prob={m.ood_prob}, road_only={m.road_only}, "
+                f"perspective_scale={m.perspective_scale})")
+
+
+def paste_outliers(
+    coco_root: str | os.PathLike | None,
+    object_scale: float = 1.0,
+    coco_split: str = "train",
+    ood_prob: float = 0.2,
+    road_only: bool = False,
+    perspective_scale: bool = False,
+) -> PasteOutliers:
+    """The pasting ``sample_transform``: objects of ``OODObjects(coco_root, coco_split)`` resized
+    by ``object_scale`` (``ScaledObjects``), pasted by ``MixOOD`` with the given placement
+    settings. ``coco_root=None`` pastes nothing (every item still gets its outlier mask, 0 with
+    255 on void). ``object_scale`` should be the scale at which the training sees the frames
+    (``training.eomt.eval_scale``), so that an object keeps its size relative to the scene."""
+    if coco_root is None:
+        return PasteOutliers(MixOOD([], ood_prob=0.0))
+    from .coco import OODObjects
+
+    objects = ScaledObjects(OODObjects(coco_root, split=coco_split), object_scale)
+    return PasteOutliers(MixOOD(objects, ood_prob=ood_prob, road_only=road_only, perspective_scale=perspective_scale))

@@ -2,8 +2,9 @@
 
 Only the head learns. EoMT runs in eval mode under ``torch.no_grad`` with masked attention off,
 exactly as at evaluation, and its weights are checked to be unchanged at the end of training. The
-training frames are Cityscapes-layout *train* frames with one COCO object pasted by ``MixOOD``
-(Outlier Exposure data, never a benchmark's frames); the loss is ``losses.anomaly_head_loss``:
+training frames are Cityscapes-layout *train* frames with one COCO object pasted by
+``data.mix_ood.paste_outliers``, the wrapper Outlier Exposure uses, so that both trainings paste
+objects of the same size for the same settings (never a benchmark's frames); the loss is ``losses.anomaly_head_loss``:
 BCE-with-logits against the outlier mask with ``pos_weight`` 10, void pixels masked out (seed
 001 trained on them; here they carry no label and no gradient).
 
@@ -33,10 +34,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from transformers import EomtForUniversalSegmentation
 
-from ..data.cityscapes import CityscapesSegmentation
-from ..data.coco import OODObjects
-from ..data.io import read_rgb
-from ..data.mix_ood import MixOOD
+from ..data.leakage import CACHE_FILE as LEAKAGE_CACHE, guard_training_data
+from ..data.mix_ood import paste_outliers
 from ..losses import anomaly_head_loss
 from ..models.anomaly_head import VARIANT_SCORES, build_anomaly_head, save_anomaly_head
 from ..models.checkpoints import CheckpointError, fit_state_dict
@@ -47,28 +46,15 @@ from ..models.eomt import (
     normalize,
     patch_features,
     per_pixel_logits,
-    scaled_size,
     zero_attn_mask_probs,
 )
 from .callbacks import console_callbacks
-from .eomt import EomtDataModule, WarmupPoly
+from .eomt import EomtDataModule, WarmupPoly, eval_scale
 
 if TYPE_CHECKING:
     import pandas as pd
 
 HEAD_FILE = "head.safetensors"
-
-
-class PasteOOD:
-    """``sample_transform`` for the data module: paste an object with ``MixOOD`` and add the
-    ``outlier_mask`` (uint8 ``[H, W]`` in {0, 1, 255}) to the item."""
-
-    def __init__(self, mix: MixOOD):
-        self.mix = mix
-
-    def __call__(self, item: dict) -> dict:
-        image, target, outlier_mask = self.mix(item["image"], item["target"])
-        return {**item, "image": image, "target": target, "outlier_mask": outlier_mask}
 
 
 class AnomalyHeadModule(L.LightningModule):
@@ -166,7 +152,7 @@ class AnomalyHeadModule(L.LightningModule):
         if "outlier_mask" not in batch:
             raise KeyError(
                 "AnomalyHeadModule: the batch has no 'outlier_mask'; train on Outlier Exposure frames "
-                "(CityscapesDataModule with sample_transform=PasteOOD(MixOOD(...)), as train_anomaly_head builds them)."
+                "(CityscapesDataModule with sample_transform=data.mix_ood.paste_outliers(...), as train_anomaly_head builds them)."
             )
         logits = self(batch["image"])
         loss = anomaly_head_loss(logits, batch["outlier_mask"], pos_weight=self.hparams.pos_weight)
@@ -235,10 +221,12 @@ def train_anomaly_head(
     perspective_scale: bool = False,
     scale_range: tuple[float, float] = (0.5, 2.0),
     base_size: tuple[int, int] | None = None,
+    object_scale: float | None = None,
     num_workers: int = 0,
     checkpoint_every_n_steps: int | None = None,
     callbacks: Sequence[Callback] = (),
     accelerator: str | None = None,
+    benchmarks_root: str | Path | None = None,
 ) -> Path:
     """Train an anomaly head on the frozen EoMT with Outlier Exposure frames; returns the
     ``head.safetensors`` path (``load_anomaly_head`` reads it).
@@ -260,10 +248,17 @@ def train_anomaly_head(
             Below 1, frames without an object still teach the in-distribution side (rare classes,
             object borders) without an anomaly nearby to explain them. Default 0.5.
         road_only, perspective_scale: ``MixOOD``'s placement options (seed 000's OE variants).
+        object_scale: resize of the COCO objects; None scales them with the frames
+            (``training.eomt.eval_scale``), exactly as Outlier Exposure does: both trainings
+            paste with ``data.mix_ood.paste_outliers``.
         resume: continue ``out_dir/last.ckpt`` up to ``max_steps`` (a finished run is not retrained);
             the data stream and dropout are functions of the step, so the result equals an
             uninterrupted run's.
         accelerator: Lightning's; None follows the segmenter's device (``"auto"`` for a bare model).
+        benchmarks_root: the benchmarks the head will be evaluated on: training refuses to start
+            (``LeakageError`` naming the files) when the training frames or COCO images hold one
+            of their frames (``data.leakage``; hashes cached in ``out_dir/leakage_check.json``).
+            None skips the check.
     """
     if variant not in VARIANT_SCORES:
         raise ValueError(f"train_anomaly_head: unknown variant {variant!r}; expected one of {list(VARIANT_SCORES)}.")
@@ -286,16 +281,17 @@ def train_anomaly_head(
     if accelerator is None:
         accelerator = "auto" if seg_device is None else ("gpu" if seg_device.type == "cuda" else seg_device.type)
     out_dir.mkdir(parents=True, exist_ok=True)
+    guard_training_data(data_root, coco_root, benchmarks_root, "train_anomaly_head's training data",
+                        out_dir / LEAKAGE_CACHE)  # fmt: skip
     last = out_dir / "last.ckpt"
     if resume and last.is_file():
         _check_resumable(last, variant, int(eomt.config.hidden_size), eomt_checkpoint)
-    if base_size is None:
-        first_frame = CityscapesSegmentation(data_root, "train").pairs[0][0]
-        base_size = scaled_size(read_rgb(first_frame).shape[:2], size)
-    mix = MixOOD(OODObjects(coco_root), ood_prob=ood_prob, road_only=road_only, perspective_scale=perspective_scale)
+    base_size, frames_scale = eval_scale(data_root, size, base_size)
+    paste = paste_outliers(coco_root, frames_scale if object_scale is None else object_scale, ood_prob=ood_prob,
+                           road_only=road_only, perspective_scale=perspective_scale)  # fmt: skip
     data = EomtDataModule(
         data_root, crop_size=(size, size), batch_size=batch_size, num_workers=num_workers, scale_range=scale_range,
-        base_size=base_size, sample_transform=PasteOOD(mix), val_split=None, seed=seed,
+        base_size=base_size, sample_transform=paste, val_split=None, seed=seed,
     )  # fmt: skip
     module = AnomalyHeadModule(eomt, variant, max_steps=max_steps, lr=lr, weight_decay=weight_decay,
                                pos_weight=pos_weight, seed=seed, eomt_checkpoint=eomt_checkpoint)  # fmt: skip

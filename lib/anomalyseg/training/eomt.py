@@ -329,6 +329,17 @@ class EomtDataModule(CityscapesDataModule):
 
 
 # ----------------------------------------------------------------------------- entry points
+def eval_scale(data_root: str | Path, image_size: int, base_size: tuple[int, int] | None = None) -> tuple[tuple[int, int], float]:
+    """``(base_size, scale)``: the size ``(H, W)`` at which a model with ``image_size`` windows sees
+    the ``train`` frames of ``data_root`` at evaluation scale (``scaled_size`` of the first
+    frame, or ``base_size`` when given), and ``scale = H / frame height``. Training scale jitter is
+    relative to ``base_size``; pasted objects are resized by ``scale`` to keep their size relative
+    to the scene (the same for Outlier Exposure and the anomaly head)."""
+    frame_size = read_rgb(CityscapesSegmentation(data_root, "train").pairs[0][0]).shape[:2]
+    base_size = tuple(base_size) if base_size is not None else scaled_size(frame_size, image_size)
+    return base_size, base_size[0] / frame_size[0]
+
+
 def _as_model(model_or_config) -> EomtForUniversalSegmentation:
     if model_or_config is None:
         return EomtForUniversalSegmentation(small_eomt_config())
@@ -400,8 +411,7 @@ def train_eomt(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     if base_size is None:
-        first_frame = CityscapesSegmentation(data_root, "train").pairs[0][0]
-        base_size = scaled_size(read_rgb(first_frame).shape[:2], size)
+        base_size, _ = eval_scale(data_root, size)
     has_val = (data_root / "leftImg8bit" / "val").is_dir()
     data = EomtDataModule(
         data_root, crop_size=(size, size), batch_size=batch_size, num_workers=num_workers, scale_range=scale_range,

@@ -11,9 +11,9 @@ every query also learns to leave them uncovered. By default only the class and m
 Every setting has seed 000's name and lives in one ``OEConfig``:
 
 - ``EomtOEModule``: ``EomtModule`` plus ``outlier_weight * outlier_loss(...)`` as ``loss_outlier``.
-- ``oe_sample_transform`` / ``oe_datamodule``: the data side, ``MixOOD(OODObjects(coco_root),
-  **config.mix_ood_kwargs())`` after the train transforms of ``EomtDataModule`` (whose step-indexed
-  stream makes a resumed run draw the same crops and pastes); every item carries an
+- ``oe_sample_transform`` / ``oe_datamodule``: the data side, the project's one pasting wrapper
+  (``data.mix_ood.paste_outliers``, which the anomaly head uses too) with the config's settings,
+  after the train transforms of ``EomtDataModule`` (whose step-indexed stream makes a resumed run draw the same crops and pastes); every item carries an
   ``outlier_mask`` (0 / 255 without a paste). Objects keep their size relative to the scene when
   the model sees the frames smaller than they are stored (``object_scale``).
 - ``ensure_ood_objects``: ``prepare_coco_ood`` once; ``pasted_samples``: crops to look at.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -32,21 +33,57 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger
-from torch.utils.data import Dataset
-from torchvision.transforms.v2 import functional as TF
 from transformers import EomtForUniversalSegmentation
 
-from ..data.cityscapes import CityscapesSegmentation
-from ..data.coco import OODObjects
-from ..data.io import read_rgb
-from ..data.mix_ood import MixOOD
+from ..data.leakage import CACHE_FILE as LEAKAGE_CACHE, guard_training_data
+from ..data.mix_ood import PasteOutliers, ScaledObjects, paste_outliers  # noqa: F401  (re-exported)
 from ..losses import outlier_loss
-from ..models.eomt import EomtSegmenter, build_eomt, per_pixel_logits, scaled_size
-from .eomt import EomtDataModule, EomtModule, fit_and_export
+from ..models.eomt import EomtSegmenter, build_eomt, per_pixel_logits
+from .eomt import EomtDataModule, EomtModule, annealing_schedule, eval_scale, fit_and_export
 from .oe_config import OEConfig
 
 OE_CONFIG_FILE = "oe_config.json"
 LOGGERS = ("csv", "wandb")
+
+
+def oe_annealing_steps(config: OEConfig, num_blocks: int, max_steps: int) -> tuple[list[int], list[int]] | None:
+    """Per-block (starts, ends) of the masked-attention annealing of an Outlier Exposure run, or
+    None when ``attn_mask_annealing_enabled`` is off (masked attention then stays off).
+
+    Without explicit steps: upstream's schedule scaled to ``max_steps`` (``annealing_schedule``).
+    Explicit steps (seed 000: starts 1401/3501/5602, ends 2801/4902/7000) are used as given when
+    there is one per query block and they end by ``max_steps``; otherwise they are read as
+    fractions of their last end, resampled linearly over the model's blocks and scaled to
+    ``max_steps`` (a ``UserWarning`` says so), so that masked attention is off when training ends,
+    as the exported model is evaluated without it.
+    """
+    if not config.attn_mask_annealing_enabled:
+        return None
+    if config.attn_mask_annealing_start_steps is None:
+        return annealing_schedule(num_blocks, max_steps)
+    starts, ends = list(config.attn_mask_annealing_start_steps), list(config.attn_mask_annealing_end_steps)
+    if len(starts) == num_blocks and max(ends) <= max_steps:
+        return starts, ends
+    total = max(ends)
+    at = torch.linspace(0, len(starts) - 1, num_blocks).tolist()
+
+    def resample(steps: list[int]) -> list[int]:
+        out = []
+        for x in at:
+            i = min(int(x), len(steps) - 2) if len(steps) > 1 else 0
+            frac = x - i
+            value = steps[i] if len(steps) == 1 else steps[i] * (1 - frac) + steps[i + 1] * frac
+            out.append(round(value / total * max_steps))
+        return out
+
+    new_starts, new_ends = resample(starts), resample(ends)
+    warnings.warn(
+        f"Outlier Exposure: the masked-attention annealing steps {starts} -> {ends} are for {len(starts)} query blocks and "
+        f"a run of at least {total} steps; this run has {num_blocks} blocks and max_steps={max_steps}, so they are "
+        f"scaled to {new_starts} -> {new_ends} (same fractions of the run). Set attn_mask_annealing_start_steps / "
+        "_end_steps in the OEConfig to choose them yourself.", UserWarning, stacklevel=2,
+    )  # fmt: skip
+    return new_starts, new_ends
 
 
 def as_oe_config(config: OEConfig | dict | None) -> OEConfig:
@@ -62,31 +99,41 @@ def as_oe_config(config: OEConfig | dict | None) -> OEConfig:
 
 # ----------------------------------------------------------------------------- loss
 class EomtOEModule(EomtModule):
-    """``EomtModule`` with RbA's outlier loss, configured by one ``OEConfig``.
+    """``EomtModule`` with seed 000's outlier loss, configured by one ``OEConfig``.
 
     Batches must carry ``outlier_mask`` ``[B, S, S]`` in {0, 1, 255} (``oe_sample_transform``)
-    when ``outlier_loss_enabled``. ``trainable`` comes from the config (``heads``: class head,
-    mask head, upscaling and queries; the ViT stays frozen). Masked attention stays off: the
-    model being fine-tuned was trained to run without it.
+    when ``outlier_loss_enabled``. From the config: ``trainable`` (``heads``: class head, mask
+    head, upscaling and queries, the ViT frozen; ``all``), ``weight_decay`` and the masked-attention
+    annealing (``oe_annealing_steps``; off by default, as the model being fine-tuned was trained to
+    run without it; seed 000's recipe switches it back on and anneals it away again).
 
     Args:
         model: as ``EomtModule`` (a model, an ``EomtConfig``, or None with ``model_config``).
         oe: an ``OEConfig`` or its dict; stored in the checkpoint's hyper-parameters as a dict.
         **kwargs: ``EomtModule``'s settings (``max_steps``, ``lr``, ``seed``...), except
-            ``trainable``, which the config sets.
+            ``trainable``, ``weight_decay``, ``attn_mask_annealing`` and ``annealing_steps``,
+            which the config sets (``ValueError`` when given).
     """
 
-    def __init__(self, model=None, *, oe: OEConfig | dict | None = None, attn_mask_annealing: bool = False, **kwargs):
-        oe = as_oe_config(oe).to_dict()  # plain values: checkpoints are read with weights_only=True
-        trainable = kwargs.pop("trainable", oe["trainable"])
-        if trainable != oe["trainable"]:
-            raise ValueError(
-                f"EomtOEModule: trainable={trainable!r} disagrees with the OEConfig's trainable={oe['trainable']!r}; "
-                "set it in the OEConfig only (one place for every Outlier Exposure setting)."
-            )
-        super().__init__(model, trainable=trainable, attn_mask_annealing=attn_mask_annealing, **kwargs)
-        self.hparams["oe"] = oe
-        self.oe_config = OEConfig.from_dict(oe)
+    def __init__(self, model=None, *, oe: OEConfig | dict | None = None, **kwargs):
+        cfg = as_oe_config(oe)
+        for name, setting in (("trainable", "trainable"), ("weight_decay", "weight_decay"),
+                              ("attn_mask_annealing", "attn_mask_annealing_enabled"), ("annealing_steps", None)):
+            if name in kwargs:
+                raise ValueError(
+                    f"EomtOEModule: {name}= is set by the OEConfig ({setting or 'attn_mask_annealing_start_steps / _end_steps'}); "
+                    "set it in the OEConfig only (one place for every Outlier Exposure setting)."
+                )
+        max_steps = int(kwargs.get("max_steps", 1000))
+        if model is None and kwargs.get("model_config") is not None:
+            num_blocks = int(kwargs["model_config"]["num_blocks"])
+        else:
+            num_blocks = int((model.config if hasattr(model, "config") else model).num_blocks)
+        steps = oe_annealing_steps(cfg, num_blocks, max_steps)
+        super().__init__(model, trainable=cfg.trainable, weight_decay=cfg.weight_decay,
+                         attn_mask_annealing=cfg.attn_mask_annealing_enabled, annealing_steps=steps, **kwargs)  # fmt: skip
+        self.hparams["oe"] = cfg.to_dict()  # plain values: checkpoints are read with weights_only=True
+        self.oe_config = cfg
 
     def compute_loss(self, batch: dict, outputs) -> dict[str, torch.Tensor]:
         """``EomtModule``'s terms plus ``loss_outlier`` = ``outlier_weight * outlier_loss(L, outlier_mask)``
@@ -109,59 +156,15 @@ class EomtOEModule(EomtModule):
 
 
 # ----------------------------------------------------------------------------- data
-class ScaledObjects(Dataset):
-    """The objects of ``OODObjects`` resized by ``scale`` (image bilinear with antialiasing, mask by
-    area coverage >= 1/2), so that they keep their size relative to the street scene when the
-    frames are shown to the model at another resolution than they are stored."""
-
-    def __init__(self, objects: Dataset, scale: float):
-        if not scale > 0:
-            raise ValueError(f"ScaledObjects: scale must be > 0, got {scale!r}.")
-        self.objects, self.scale = objects, float(scale)
-
-    def __len__(self) -> int:
-        return len(self.objects)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = self.objects[index]
-        if self.scale == 1.0:
-            return image, mask
-        h, w = mask.shape
-        size = [max(1, round(h * self.scale)), max(1, round(w * self.scale))]
-        image = TF.resize(torch.as_tensor(image), size, antialias=True)
-        small = TF.resize(torch.as_tensor(mask)[None].float(), size, antialias=True)[0] >= 0.5
-        if not small.any():  # a sliver thinner than a pixel at this scale: keep its nearest pixels
-            small = TF.resize(torch.as_tensor(mask)[None].to(torch.uint8), size, interpolation=TF.InterpolationMode.NEAREST)[0].bool()
-        return image, small
-
-
-class PasteOutliers:
-    """``sample_transform`` for ``CityscapesDataModule``: ``item -> item`` with ``image`` and ``target``
-    replaced by ``mix``'s output and ``outlier_mask`` added (uint8 [H, W], 0 / 1 / 255)."""
-
-    def __init__(self, mix: MixOOD):
-        self.mix = mix
-
-    def __call__(self, item: dict) -> dict:
-        item = dict(item)
-        item["image"], item["target"], item["outlier_mask"] = self.mix(item["image"], item["target"])
-        return item
-
-    def __repr__(self) -> str:
-        m = self.mix
-        return (f"PasteOutliers(objects={len(m.objects)}, ood_prob={m.ood_prob}, road_only={m.road_only}, "
-                f"perspective_scale={m.perspective_scale})")
-
-
 def ensure_ood_objects(coco_root: str | Path, max_images: int | None = 400, seed: int = 0, progress: bool = True,
-                       **prepare_kwargs) -> dict:
-    """The COCO objects for pasting, prepared once: ``prepare_coco_ood(coco_root, max_images=...,
-    seed=...)`` unless its manifest shows a complete preparation that already holds exactly that
+                       split: str = "train", **prepare_kwargs) -> dict:
+    """The COCO objects for pasting, prepared once: ``prepare_coco_ood(coco_root, split=split,
+    max_images=..., seed=...)`` (``split``: ``OEConfig.coco_split``, 2017) unless its manifest shows a complete preparation that already holds exactly that
     selection (same settings, or every candidate kept and ``max_images`` not below their number),
     in which case the full COCO json is not read again. Returns the summary (``kept``...)."""
     from ..data.coco import prepare_coco_ood
 
-    manifest_path = Path(coco_root) / "annotations" / "ood_seg_train2017.json"
+    manifest_path = Path(coco_root) / "annotations" / f"ood_seg_{split}2017.json"
     if manifest_path.is_file() and not prepare_kwargs:
         try:
             manifest = json.loads(manifest_path.read_text())
@@ -175,27 +178,26 @@ def ensure_ood_objects(coco_root: str | Path, max_images: int | None = 400, seed
                 if progress:
                     print(f"COCO OOD objects: reusing the {summary['kept']} prepared in {manifest_path.parent}")
                 return {**summary, "masks": str(manifest_path.with_suffix("")),
-                        "images": str(Path(coco_root) / "train2017_ood_subset")}
-    return prepare_coco_ood(coco_root, max_images=max_images, seed=seed, progress=progress, **prepare_kwargs)
+                        "images": str(Path(coco_root) / f"{split}2017_ood_subset")}
+    return prepare_coco_ood(coco_root, split=split, max_images=max_images, seed=seed, progress=progress, **prepare_kwargs)
 
 
 def oe_sample_transform(config: OEConfig | dict | None, coco_root: str | Path | None, object_scale: float = 1.0,
                         **overrides) -> PasteOutliers:
     """The data side of Outlier Exposure: with ``oe_enabled``, paste objects of
-    ``OODObjects(coco_root)`` (resized by ``object_scale``) with ``config.mix_ood_kwargs()``
+    ``OODObjects(coco_root, config.coco_split)`` (resized by ``object_scale``) with ``config.mix_ood_kwargs()``
     (``overrides`` replace some, e.g. ``ood_prob=1.0`` to show pastes); without, nothing is pasted
     but every item still gets its ``outlier_mask`` (0, 255 on void), so the inlier side of the
     outlier loss keeps training."""
     cfg = as_oe_config(config)
     if not cfg.oe_enabled:
-        return PasteOutliers(MixOOD([], ood_prob=0.0))
+        return paste_outliers(None)
     if coco_root is None:
         raise ValueError(
             "Outlier Exposure with oe_enabled=True pastes COCO objects, so it needs coco_root: the folder prepared by "
             "prepare_coco_ood (`anomalyseg prepare-coco`). Pass it, or set oe_enabled=False to train without pasting."
         )
-    objects = ScaledObjects(OODObjects(coco_root), object_scale)
-    return PasteOutliers(MixOOD(objects, **{**cfg.mix_ood_kwargs(), **overrides}))
+    return paste_outliers(coco_root, object_scale, cfg.coco_split, **{**cfg.mix_ood_kwargs(), **overrides})
 
 
 def oe_datamodule(
@@ -221,11 +223,9 @@ def oe_datamodule(
     Cityscapes, where objects are pasted at their COCO size as seed 000 and RbA do.
     """
     data_root = Path(data_root)
-    first_frame = CityscapesSegmentation(data_root, "train").pairs[0][0]
-    frame_size = read_rgb(first_frame).shape[:2]
-    base_size = scaled_size(frame_size, image_size)
+    base_size, frames_scale = eval_scale(data_root, image_size)
     if object_scale is None:
-        object_scale = base_size[0] / frame_size[0]
+        object_scale = frames_scale
     has_val = with_val and (data_root / "leftImg8bit" / "val").is_dir()
     return EomtDataModule(
         data_root, crop_size=(image_size, image_size), batch_size=batch_size, num_workers=num_workers,
@@ -331,6 +331,7 @@ def _check_resumable(last: Path, config: OEConfig) -> None:
             f"{last} was not written by finetune_oe (its hyper-parameters hold no Outlier Exposure settings). Use an "
             "empty out_dir for Outlier Exposure fine-tuning, or resume=False to overwrite it."
         )
+    stored = OEConfig.from_dict(stored).to_dict()  # a checkpoint of an earlier version may use older names
     if stored != config.to_dict():
         diff = {k: (stored.get(k), v) for k, v in config.to_dict().items() if stored.get(k) != v}
         raise ValueError(
@@ -374,6 +375,7 @@ def finetune_oe(
     callbacks: Sequence[Callback] = (),
     device: str | torch.device = "auto",
     precision: str = "32-true",
+    benchmarks_root: str | Path | None = None,
 ) -> Path:
     """Fine-tune a trained EoMT with Outlier Exposure; returns the exported ``save_pretrained`` folder.
 
@@ -392,6 +394,10 @@ def finetune_oe(
     Validation (Cityscapes-val mIoU of windowed inference) runs every ``val_every_n_steps``
     steps and at the end when set; None skips it (evaluate the exported model instead).
     ``device``: ``"auto"`` (the GPU when there is one), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    ``benchmarks_root``: the benchmarks the model will be evaluated on; training refuses to start
+    (``LeakageError`` naming the files) when the Cityscapes train frames or the COCO images hold
+    one of their frames (``data.leakage``; hashes cached in ``out_dir/leakage_check.json``).
+    None skips the check. Seed 000's recipe: ``OEConfig.recipe("seed000")``, ``max_steps`` >= 7000.
     """
     cfg = as_oe_config(config)
     data_root, out_dir = Path(data_root), Path(out_dir)
@@ -408,6 +414,8 @@ def finetune_oe(
             "unset (None) to use the model's size."
         )
     out_dir.mkdir(parents=True, exist_ok=True)
+    guard_training_data(data_root, coco_root if cfg.oe_enabled else None, benchmarks_root,
+                        "finetune_oe's training data", out_dir / LEAKAGE_CACHE, cfg.coco_split)  # fmt: skip
     last = out_dir / "last.ckpt"
     resuming = resume and last.is_file()
     if resuming:
