@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PRESET ?= demo
-# Two pytest workers on CI's two cores; notebooks and training tests dominate the wall time.
-PYTEST_ARGS ?= -n 2 --durations=15
+# Two pytest workers on CI's two cores; notebooks and training tests dominate the wall time. loadfile keeps
+# a file's tests on one worker, so module fixtures (the tiny pipeline run of test_notebooks) run once.
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 
 .PHONY: install demo test test-fast bench clean-results
 
