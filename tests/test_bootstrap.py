@@ -185,3 +185,43 @@ def test_evaluation_stores_frame_stats_and_component_metrics(tmp_path, monkeypat
     df2 = evaluate_anomaly(seg, {"fs_static": ListData(3, seed=2)}, scores=("msp",), results_path=path,
                            progress=False, frame_stats=False)
     assert df2.frame_stats.isna().all() or (df2.frame_stats.fillna("") == "").all()
+
+
+def test_interval_table_marks_ties_with_the_best(tmp_path):
+    import pandas as pd
+
+    from anomalyseg.results import save_frame_stats
+
+    rng = np.random.default_rng(4)
+    frames = _frames(rng, F=10, n=300, shift=1.5, decimals=1)
+    methods = {
+        "good": frames,
+        "twin": [((s + rng.normal(size=s.shape) * 0.3).round(1).astype(np.float32), y) for s, y in frames],
+        "bad": [(rng.normal(size=s.shape).round(1).astype(np.float32), y) for s, y in frames],
+    }
+    arrays, rows = {}, []
+    for name, fr in methods.items():
+        st = _stats(fr)
+        arrays.update({f"{name}|{k}": v for k, v in st.items()})
+        s, y = map(np.concatenate, zip(*fr))
+        m = anomaly_metrics(s, y)
+        rows.append(dict(model=name, score="msp", dataset="RoadAnomaly21", auprc=m["auprc"], fpr_at_95_tpr=m["fpr_at_95_tpr"],
+                         frame_stats=f"frame_stats/r.npz#{name}"))
+    rows.append(dict(model="old", score="msp", dataset="RoadAnomaly21", auprc=0.5, fpr_at_95_tpr=0.5, frame_stats=""))
+    save_frame_stats(tmp_path / "results.csv", "r", arrays)
+    table = B.interval_table(pd.DataFrame(rows), tmp_path / "results.csv", n_boot=300)
+    cell = table.loc[("good", "msp"), "SMIYC RA-21 AuPRC"]
+    lo, hi = B.bootstrap_ci(arrays_of(arrays, "good"), ("auprc",), n_boot=300)["auprc"]
+    assert cell == f"{100 * rows[0]['auprc']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] (best)"
+    twin = B.paired_bootstrap(arrays_of(arrays, "good"), arrays_of(arrays, "twin"), "auprc", n_boot=300)
+    assert table.loc[("twin", "msp"), "SMIYC RA-21 AuPRC"].endswith(" (~)") == (twin["significant"] == 0.0)
+    assert not table.loc[("bad", "msp"), "SMIYC RA-21 AuPRC"].endswith(")")  # significantly worse: no mark
+    assert table.loc[("old", "msp"), "SMIYC RA-21 AuPRC"] == "50.0"  # no stored statistics: the value alone
+    # FPR95: lower is better
+    fprs = {r["model"]: r["fpr_at_95_tpr"] for r in rows[:3]}
+    best = min(fprs, key=fprs.get)
+    assert table.loc[(best, "msp"), "SMIYC RA-21 FPR95"].endswith("(best)")
+
+
+def arrays_of(arrays: dict, name: str) -> dict:
+    return {k.split("|", 1)[1]: v for k, v in arrays.items() if k.startswith(name + "|")}

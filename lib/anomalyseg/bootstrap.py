@@ -25,11 +25,14 @@ import pandas as pd
 
 from . import components as _components
 from .metrics import counts_metrics
+from .results import DATASET_ORDER, DATASET_TITLES
 
 SEED = 0
 N_BOOT = 1000
 LEVEL = 0.95
 LOWER_IS_BETTER = {"fpr_at_95_tpr"}
+METRIC_TITLES = {"auprc": "AuPRC", "fpr_at_95_tpr": "FPR95", "auroc": "AUROC", "siou_gt": "sIoU gt", "ppv": "PPV",
+                 "f1_mean": "mean F1"}
 
 
 def multiplicities(n_frames: int, n_boot: int = N_BOOT, seed: int = SEED) -> np.ndarray:
@@ -42,12 +45,26 @@ def multiplicities(n_frames: int, n_boot: int = N_BOOT, seed: int = SEED) -> np.
     return np.bincount(rows * n_frames + draws.ravel(), minlength=n_boot * n_frames).reshape(n_boot, n_frames)
 
 
+# The per-frame arrays of the stored statistics (``frame_stats.FrameStatsAccumulator.frame_stats``).
+PER_FRAME = ("stems", "pos", "neg", "size_pixels", "size_detected", "size_components",
+             "siou_sum", "n_gt", "ppv_sum", "n_pred", "tp", "fn", "fp")
+PIXEL_METRICS = ("auprc", "fpr_at_95_tpr", "auroc")
+COMPONENT_METRICS = ("siou_gt", "ppv", "f1_mean")
+
+
+def canonical(stats: dict) -> dict:
+    """The statistics with their frames in stem order, so that a resample draws the same frames
+    whatever order an evaluation stored them in (and two methods' draws pair up)."""
+    order = np.argsort(np.asarray(stats["stems"]).astype(str), kind="stable")
+    return {k: (np.asarray(v)[order] if k in PER_FRAME else v) for k, v in stats.items()}
+
+
 def pixel_metrics(stats: dict, weights: np.ndarray, convention: str = "course", chunk: int = 128) -> dict[str, np.ndarray]:
     """``auprc``, ``fpr_at_95_tpr`` and ``auroc`` ``[B]`` of the frames pooled with ``weights``
     ``[B, F]`` (frame multiplicities), from the stored histograms ``stats["pos"]``, ``stats["neg"]`` ``[F, D]``."""
     pos, neg = np.asarray(stats["pos"], np.float64), np.asarray(stats["neg"], np.float64)
     weights = np.asarray(weights, np.float64)
-    out = {k: np.empty(len(weights)) for k in ("auprc", "fpr_at_95_tpr", "auroc")}
+    out = {k: np.empty(len(weights)) for k in PIXEL_METRICS}
     for start in range(0, len(weights), chunk):
         w = weights[start : start + chunk]
         P, N = (w @ pos).round().astype(np.int64), (w @ neg).round().astype(np.int64)  # exact integers in float64
@@ -60,20 +77,9 @@ def pixel_metrics(stats: dict, weights: np.ndarray, convention: str = "course", 
 
 def component_samples(stats: dict, weights: np.ndarray) -> dict[str, np.ndarray]:
     """``siou_gt``, ``ppv``, ``f1_mean`` ``[B]`` of resampled frames (stored component counts)."""
-    keys = ("siou_sum", "n_gt", "ppv_sum", "n_pred", "tp", "fn", "fp")
-    counts = {k: stats[k] for k in keys}
+    counts = {k: stats[k] for k in ("siou_sum", "n_gt", "ppv_sum", "n_pred", "tp", "fn", "fp")}
     rows = [_components.aggregate(counts, w) for w in np.asarray(weights)]
-    return {k: np.array([r[k] for r in rows]) for k in ("siou_gt", "ppv", "f1_mean")}
-
-
-def samples(stats: dict, weights: np.ndarray, convention: str = "course") -> dict[str, np.ndarray]:
-    """Every metric the stored statistics allow, per resample: pixel metrics, component metrics
-    (RoadAnomaly21 / RoadObstacle21) and recall per size bin (``size_recall`` ``[B, bins]``)."""
-    out = pixel_metrics(stats, weights, convention)
-    if "tp" in stats:
-        out.update(component_samples(stats, weights))
-    out["size_recall"] = size_recall(stats, weights)
-    return out
+    return {k: np.array([r[k] for r in rows]) for k in COMPONENT_METRICS}
 
 
 def size_recall(stats: dict, weights: np.ndarray) -> np.ndarray:
@@ -81,6 +87,28 @@ def size_recall(stats: dict, weights: np.ndarray) -> np.ndarray:
     w = np.asarray(weights, np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (w @ stats["size_detected"]) / (w @ stats["size_pixels"])
+
+
+def available(stats: dict) -> tuple[str, ...]:
+    """The metrics these statistics can resample: the pixel metrics, and the component metrics
+    where the data set is a SMIYC track."""
+    return PIXEL_METRICS + (COMPONENT_METRICS if "tp" in stats else ())
+
+
+def samples(stats: dict, weights: np.ndarray, metrics: Sequence[str] = PIXEL_METRICS,
+            convention: str = "course") -> dict[str, np.ndarray]:
+    """Each of ``metrics`` ``[B]`` over the resamples ``weights`` ``[B, F]`` (frames in the order
+    the statistics hold them: pass ``canonical(stats)`` for the stem order)."""
+    unknown = [m for m in metrics if m not in available(stats)]
+    if unknown:
+        raise ValueError(f"no bootstrap for {unknown}: these statistics give {list(available(stats))} "
+                         "(component metrics only on RoadAnomaly21 / RoadObstacle21).")
+    out = {}
+    if any(m in PIXEL_METRICS for m in metrics):
+        out.update(pixel_metrics(stats, weights, convention))
+    if any(m in COMPONENT_METRICS for m in metrics):
+        out.update(component_samples(stats, weights))
+    return {m: out[m] for m in metrics}
 
 
 def interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
@@ -97,16 +125,14 @@ def interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
 def bootstrap_ci(stats: dict, metrics: Sequence[str] = ("auprc", "fpr_at_95_tpr"), n_boot: int = N_BOOT,
                  seed: int = SEED, level: float = LEVEL, convention: str = "course") -> dict[str, tuple[float, float]]:
     """``{metric: (lo, hi)}``: the ``level`` percentile interval of each metric over ``n_boot``
-    resamples of the stored frames (``results.load_frame_stats``), as fractions."""
-    s = samples(stats, multiplicities(len(stats["stems"]), n_boot, seed), convention)
-    unknown = [m for m in metrics if m not in s]
-    if unknown:
-        raise ValueError(f"no bootstrap for {unknown}: these statistics give {sorted(k for k in s if k != 'size_recall')}.")
+    resamples of the stored frames (``results.load_frame_stats``), as fractions. The resamples
+    are ``multiplicities(F, n_boot, seed)`` over the frames in stem order."""
+    st = canonical(stats)
+    s = samples(st, multiplicities(len(st["stems"]), n_boot, seed), metrics, convention)
     return {m: interval(s[m], level) for m in metrics}
 
 
-def _aligned(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices that put both methods' frames in one order; an error unless both hold the same frames."""
+def _check_same_frames(a: dict, b: dict) -> None:
     sa, sb = [str(x) for x in a["stems"]], [str(x) for x in b["stems"]]
     if sorted(sa) != sorted(sb):
         only_a, only_b = sorted(set(sa) - set(sb)), sorted(set(sb) - set(sa))
@@ -114,127 +140,165 @@ def _aligned(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray]:
             f"a paired bootstrap needs both methods evaluated on the same frames; frames only in the first: "
             f"{only_a[:5]}{'...' if len(only_a) > 5 else ''}, only in the second: {only_b[:5]}"
             f"{'...' if len(only_b) > 5 else ''}. Re-evaluate both with the same benchmark folder and protocol.")
-    order_b = {s: i for i, s in enumerate(sb)}
-    return np.arange(len(sa)), np.array([order_b[s] for s in sa])
 
 
-def _take(stats: dict, idx: np.ndarray) -> dict:
-    F = len(stats["stems"])
-    return {k: (np.asarray(v)[idx] if np.ndim(v) and len(v) == F else v) for k, v in stats.items()}
+def paired_test(a: np.ndarray, b: np.ndarray, diff: float, level: float = LEVEL) -> dict[str, float]:
+    """The paired test from both methods' metric on the same resamples ``[B]``: ``diff`` (given, on
+    all frames), ``lo``, ``hi`` (the ``level`` interval of a - b), ``p_value`` (two-sided,
+    ``min(1, 2 min(P(d <= 0), P(d >= 0)))``) and ``significant`` (1.0 when the interval excludes 0)."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    lo, hi = interval(d, level)
+    d = d[np.isfinite(d)]
+    p = float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0)))) if d.size else float("nan")
+    return dict(diff=float(diff), lo=lo, hi=hi, p_value=p,
+                significant=float(not (lo <= 0 <= hi)) if np.isfinite(lo) else float("nan"))
 
 
 def paired_bootstrap(stats_a: dict, stats_b: dict, metric: str = "auprc", n_boot: int = N_BOOT, seed: int = SEED,
                      level: float = LEVEL, convention: str = "course") -> dict[str, float]:
-    """Paired bootstrap of ``metric(a) - metric(b)`` on the same frames, resampled together.
-
-    Returns ``diff`` (on all frames, from the histograms), ``lo``, ``hi`` (the ``level`` interval of
-    the difference), ``p_value`` (two-sided, ``min(1, 2 min(P(d <= 0), P(d >= 0)))`` over the
-    resamples) and ``significant`` (1.0 when the interval excludes 0, else 0.0)."""
-    ia, ib = _aligned(stats_a, stats_b)
-    a, b = _take(stats_a, ia), _take(stats_b, ib)
+    """Paired bootstrap of ``metric(a) - metric(b)``: both methods' frames resampled together
+    (the same draws, frames matched by stem). Returns ``paired_test``'s dict, ``diff`` on all frames
+    (from the statistics: exact where the bins are the scores)."""
+    _check_same_frames(stats_a, stats_b)
+    a, b = canonical(stats_a), canonical(stats_b)
     F = len(a["stems"])
-    w = multiplicities(F, n_boot, seed)
-    ones = np.ones((1, F), np.int64)
-    pick = lambda st, ww: samples(st, ww, convention)[metric]
-    d = pick(a, w) - pick(b, w)
-    diff = float((pick(a, ones) - pick(b, ones))[0])
-    lo, hi = interval(d, level)
-    d = d[np.isfinite(d)]
-    p = float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0)))) if d.size else float("nan")
-    return dict(diff=diff, lo=lo, hi=hi, p_value=p, significant=float(not (lo <= 0 <= hi)) if np.isfinite(lo) else float("nan"))
+    w = np.vstack([np.ones((1, F), np.int64), multiplicities(F, n_boot, seed)])
+    sa, sb = samples(a, w, [metric], convention)[metric], samples(b, w, [metric], convention)[metric]
+    return paired_test(sa[1:], sb[1:], sa[0] - sb[0], level)
 
 
 # ----------------------------------------------------------------------------- tables for the report
 def _fmt(x: float, lo: float | None = None, hi: float | None = None, digits: int = 1) -> str:
-    if not np.isfinite(x):
+    if x is None or not np.isfinite(x):
         return "–"
     s = f"{100 * x:.{digits}f}"
     return s if lo is None or not np.isfinite(lo) else f"{s} [{100 * lo:.{digits}f}, {100 * hi:.{digits}f}]"
 
 
 def stored_stats(rows: pd.DataFrame, results_path: str | Path) -> dict[int, dict]:
-    """The stored frame statistics of each row that has them, by row position."""
-    from .results import load_frame_stats
+    """The stored frame statistics of each row that has them (in stem order), by row position."""
+    from .results import load_frame_stats  # noqa: PLC0415 (kept next to its only use)
 
     out = {}
     for i, (_, row) in enumerate(rows.iterrows()):
         st = load_frame_stats(results_path, row)
         if st is not None:
-            out[i] = st
+            out[i] = canonical(st)
     return out
 
 
 def interval_table(rows: pd.DataFrame, results_path: str | Path, metrics: Sequence[str] = ("auprc", "fpr_at_95_tpr"),
                    n_boot: int = N_BOOT, seed: int = SEED, level: float = LEVEL, convention: str = "course",
                    digits: int = 1) -> pd.DataFrame:
-    """One row per (model, score), one column per (dataset, metric): ``74.4 [68.1, 80.2]`` (percent,
-    the stored exact value and its ``level`` bootstrap interval). In each column the best method
-    (highest AuPRC, sIoU, PPV, F1; lowest FPR95) is marked ``best`` and every method whose paired
-    difference to it is not significant at that level ``~`` (a tie with the best, within the noise).
+    """One row per (model, score), one column per (dataset, metric): ``74.4 [68.1, 80.2]`` in
+    percent, the row's stored exact value and its ``level`` bootstrap interval. In each column the
+    best method with stored statistics (highest AuPRC, sIoU, PPV, F1; lowest FPR95) is marked
+    ``(best)``, and every method
+    whose paired difference to it is not significant at that level ``(~)``: within the noise of the
+    frames, a tie with the best. Unmarked methods are significantly worse.
 
-    ``rows``: the result rows to show, one per (model, score, dataset), e.g. ``report.anomaly_rows(df)``.
-    Rows without stored frame statistics show their value alone."""
+    ``rows``: one result row per (model, score, dataset), e.g. ``report.anomaly_rows(df)``; rows
+    without stored frame statistics show their value alone, and so do metrics a data set has no
+    statistics for. Intervals and tests use ``n_boot`` resamples drawn with ``seed``, shared by every
+    method of a data set (so the paired tests reuse them)."""
     if not len(rows):
         return pd.DataFrame()
-    stats = stored_stats(rows, results_path)
     rows = rows.reset_index(drop=True)
+    stats = stored_stats(rows, results_path)
     cells: dict[tuple, dict] = {}
     for dataset, group in rows.groupby("dataset", sort=False):
+        boot: dict[int, dict] = {}
+        for i in group.index:
+            st = stats.get(i)
+            if st is None:
+                continue
+            F = len(st["stems"])
+            wanted = [m for m in metrics if m in available(st)]
+            if wanted:
+                boot[i] = samples(st, multiplicities(F, n_boot, seed), wanted, convention)
         for metric in metrics:
             if metric not in group or group[metric].isna().all():
                 continue
-            better = (lambda x, y: x < y) if metric in LOWER_IS_BETTER else (lambda x, y: x > y)
-            best = None
+            vals = group[metric].astype(float)
+            tested = vals[[i for i in group.index if metric in boot.get(i, {})]].dropna()
+            best = (tested.idxmin() if metric in LOWER_IS_BETTER else tested.idxmax()) if len(tested) else None
             for i, r in group.iterrows():
-                if np.isfinite(r[metric]) and (best is None or better(r[metric], group.loc[best, metric])):
-                    best = i
-            for i, r in group.iterrows():
-                lo = hi = None
+                b = boot.get(i, {}).get(metric)
+                lo, hi = interval(b, level) if b is not None else (None, None)
                 mark = ""
-                if i in stats:
-                    try:
-                        lo, hi = bootstrap_ci(stats[i], [metric], n_boot, seed, level, convention)[metric]
-                    except ValueError:
-                        lo = hi = None
-                    if i == best:
-                        mark = " best"
-                    elif best in stats and metric in ("auprc", "fpr_at_95_tpr", "auroc", "siou_gt", "ppv", "f1_mean"):
-                        try:
-                            t = paired_bootstrap(stats[best], stats[i], metric, n_boot, seed, level, convention)
-                            mark = " ~" if t["significant"] == 0.0 else ""
-                        except ValueError:
-                            mark = ""
+                if b is not None and i == best:
+                    mark = " (best)"
+                elif b is not None and metric in boot.get(best, {}) and \
+                        list(stats[i]["stems"]) == list(stats[best]["stems"]):
+                    t = paired_test(boot[best][metric], b, vals[best] - vals[i], level)
+                    mark = " (~)" if t["significant"] == 0.0 else ""
                 cells.setdefault((r["model"], r["score"]), {})[(dataset, metric)] = _fmt(r[metric], lo, hi, digits) + mark
     table = pd.DataFrame.from_dict(cells, orient="index")
     table.index = pd.MultiIndex.from_tuples(table.index, names=["model", "score"])
-    table.columns = pd.MultiIndex.from_tuples(table.columns, names=["dataset", "metric"])
+    order = [(d, m) for d in list(DATASET_ORDER) + sorted(set(rows["dataset"]) - set(DATASET_ORDER))
+             for m in metrics if (d, m) in table.columns]
+    table = table[order]
+    table.columns = [f"{DATASET_TITLES.get(d, d)} {METRIC_TITLES[m]}" for d, m in order]
     return table.fillna("–")
+
+
+def component_table(rows: pd.DataFrame, results_path: str | Path, **kw) -> pd.DataFrame:
+    """SMIYC's component metrics (sIoU gt, PPV, mean F1, %) with intervals and marks as in
+    ``interval_table``, for the rows on RoadAnomaly21 and RoadObstacle21 that have them."""
+    if not len(rows) or "siou_gt" not in rows:
+        return pd.DataFrame()
+    rows = rows[rows["dataset"].isin(list(_components.SMIYC_TRACKS)) & rows["siou_gt"].notna()]
+    return interval_table(rows, results_path, metrics=COMPONENT_METRICS, **kw) if len(rows) else pd.DataFrame()
 
 
 def size_table(rows: pd.DataFrame, results_path: str | Path, n_boot: int = N_BOOT, seed: int = SEED,
                level: float = LEVEL, digits: int = 1) -> pd.DataFrame:
     """Recall (%) at each row's pooled 95%-TPR threshold per ground-truth component area bin, with
-    its bootstrap interval: index (model, score, dataset), one column per area bin (pixels at the
-    evaluation resolution), plus the number of components per bin. The pooled recall is 95% by
-    construction; a bin far below it holds the anomalies the method misses."""
+    its bootstrap interval and the number of components (``n=``): index (model, score, dataset), one
+    column per area bin (pixels at the evaluation resolution). The pooled recall is 95% by
+    construction; a bin well below it holds the anomalies the method misses."""
     out = {}
-    stats = stored_stats(rows.reset_index(drop=True), results_path)
-    for i, r in rows.reset_index(drop=True).iterrows():
+    rows = rows.reset_index(drop=True)
+    stats = stored_stats(rows, results_path)
+    for i, r in rows.iterrows():
         if i not in stats:
             continue
         st = stats[i]
         titles = _components.size_bin_titles(tuple(st["size_edges"]))
-        w = multiplicities(len(st["stems"]), n_boot, seed)
-        boot = size_recall(st, w)
+        boot = size_recall(st, multiplicities(len(st["stems"]), n_boot, seed))
         det, pix, comp = st["size_detected"].sum(0), st["size_pixels"].sum(0), st["size_components"].sum(0)
         cells = {}
         for b, title in enumerate(titles):
-            rec = det[b] / pix[b] if pix[b] else float("nan")
-            lo, hi = interval(boot[:, b], level) if pix[b] else (None, None)
-            cells[title] = f"{_fmt(rec, lo, hi, digits)} (n={int(comp[b])})"
-        out[(r["model"], r["score"], r["dataset"])] = cells
+            if not pix[b]:
+                cells[title] = "– (n=0)"
+                continue
+            lo, hi = interval(boot[:, b], level)
+            cells[title] = f"{_fmt(det[b] / pix[b], lo, hi, digits)} (n={int(comp[b])})"
+        out[(r["model"], r["score"], DATASET_TITLES.get(r["dataset"], r["dataset"]))] = cells
     if not out:
         return pd.DataFrame()
     table = pd.DataFrame.from_dict(out, orient="index")
     table.index = pd.MultiIndex.from_tuples(table.index, names=["model", "score", "dataset"])
     return table
+
+
+def report_tables(rows: pd.DataFrame, results_path: str | Path, **kw) -> dict[str, pd.DataFrame]:
+    """The three tables of notebook 06, by file name: ``intervals`` (AuPRC and FPR95 with
+    intervals), ``components`` (SMIYC sIoU gt, PPV, mean F1 with intervals), ``recall_by_size``
+    (recall at the 95%-TPR threshold per component area). Empty tables are left out."""
+    tables = dict(intervals=interval_table(rows, results_path, **kw), components=component_table(rows, results_path, **kw),
+                  recall_by_size=size_table(rows, results_path, **{k: v for k, v in kw.items() if k in ("n_boot", "seed", "level", "digits")}))
+    return {k: v for k, v in tables.items() if not v.empty}
+
+
+def save_report_tables(tables: dict[str, pd.DataFrame], figures_dir: str | Path) -> list[Path]:
+    """Write each table as ``<figures_dir>/<name>.md`` (GitHub markdown); returns the paths."""
+    from .results import to_markdown
+
+    out = []
+    for name, table in tables.items():
+        path = Path(figures_dir) / f"{name}.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(to_markdown(table) + "\n")
+        out.append(path)
+    return out
