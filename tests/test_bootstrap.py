@@ -217,6 +217,16 @@ def test_interval_table_marks_ties_with_the_best(tmp_path):
     assert table.loc[("twin", "msp"), "SMIYC RA-21 AuPRC"].endswith(" (~)") == (twin["significant"] == 0.0)
     assert not table.loc[("bad", "msp"), "SMIYC RA-21 AuPRC"].endswith(")")  # significantly worse: no mark
     assert table.loc[("old", "msp"), "SMIYC RA-21 AuPRC"] == "50.0"  # no stored statistics: the value alone
+    # a later row with the same figures but no statistics (a temperature sweep's T = 1 row) borrows
+    # those of its twin when the store is given
+    df = pd.DataFrame(rows + [dict(rows[0], frame_stats="")])
+    shown = df.drop_duplicates(subset=["model", "score", "dataset"], keep="last")
+    assert B.interval_table(shown, tmp_path / "results.csv", n_boot=300).loc[("good", "msp"), "SMIYC RA-21 AuPRC"] \
+        == f"{100 * rows[0]['auprc']:.1f}"
+    assert B.interval_table(shown, tmp_path / "results.csv", n_boot=300, store=df).loc[("good", "msp"), "SMIYC RA-21 AuPRC"] == cell
+    changed = pd.DataFrame(rows + [dict(rows[0], frame_stats="", auprc=rows[0]["auprc"] + 0.01)])
+    assert "[" not in B.interval_table(changed.drop_duplicates(subset=["model", "score", "dataset"], keep="last"),
+                                       tmp_path / "results.csv", n_boot=300, store=changed).loc[("good", "msp"), "SMIYC RA-21 AuPRC"]
     # FPR95: lower is better
     fprs = {r["model"]: r["fpr_at_95_tpr"] for r in rows[:3]}
     best = min(fprs, key=fprs.get)

@@ -54,3 +54,13 @@ def test_source_notebooks_are_clean():
         nb = json.loads(path.read_text())
         assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"]), name
         assert not any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), f"{name} carries outputs"
+
+
+def test_report_shows_intervals_and_component_metrics(pipeline_run):
+    _, run_dir = pipeline_run
+    if "06_comparison_report" not in PRESENT:
+        pytest.skip("notebook 06 not written yet")
+    text = json.dumps(_outputs(run_dir / "06_comparison_report.ipynb"))
+    assert "95% bootstrap intervals" in text and "(best)" in text
+    assert "SMIYC RA-21 sIoU gt" in text and "SMIYC RO-21 mean F1" in text  # component metrics on both tracks
+    assert "Recall (%) at the pooled 95%-TPR threshold" in text

@@ -175,13 +175,24 @@ def _fmt(x: float, lo: float | None = None, hi: float | None = None, digits: int
     return s if lo is None or not np.isfinite(lo) else f"{s} [{100 * lo:.{digits}f}, {100 * hi:.{digits}f}]"
 
 
-def stored_stats(rows: pd.DataFrame, results_path: str | Path) -> dict[int, dict]:
-    """The stored frame statistics of each row that has them (in stem order), by row position."""
+# A row without statistics borrows those of a row with the same evaluation and the same values.
+_SAME = ("model", "checkpoint", "dataset", "score", "fpr_convention", "auprc", "fpr_at_95_tpr")
+
+
+def stored_stats(rows: pd.DataFrame, results_path: str | Path, store: pd.DataFrame | None = None) -> dict[int, dict]:
+    """The stored frame statistics of each row (in stem order), by row position.
+
+    A row without them (a temperature sweep's T = 1 row repeats an evaluation's figures but stores
+    no statistics, and is the latest) takes those of the latest row of ``store`` that has them and
+    agrees on model, checkpoint, data set, score, FPR95 convention and both metric values."""
     from .results import load_frame_stats  # noqa: PLC0415 (kept next to its only use)
 
     out = {}
     for i, (_, row) in enumerate(rows.iterrows()):
         st = load_frame_stats(results_path, row)
+        twin = _twin(row, store) if st is None and store is not None else None
+        if twin is not None:
+            st = load_frame_stats(results_path, twin)
         if st is not None:
             out[i] = canonical(st)
     return out
@@ -189,7 +200,7 @@ def stored_stats(rows: pd.DataFrame, results_path: str | Path) -> dict[int, dict
 
 def interval_table(rows: pd.DataFrame, results_path: str | Path, metrics: Sequence[str] = ("auprc", "fpr_at_95_tpr"),
                    n_boot: int = N_BOOT, seed: int = SEED, level: float = LEVEL, convention: str = "course",
-                   digits: int = 1) -> pd.DataFrame:
+                   digits: int = 1, store: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (model, score), one column per (dataset, metric): ``74.4 [68.1, 80.2]`` in
     percent, the row's stored exact value and its ``level`` bootstrap interval. In each column the
     best method with stored statistics (highest AuPRC, sIoU, PPV, F1; lowest FPR95) is marked
@@ -198,13 +209,13 @@ def interval_table(rows: pd.DataFrame, results_path: str | Path, metrics: Sequen
     frames, a tie with the best. Unmarked methods are significantly worse.
 
     ``rows``: one result row per (model, score, dataset), e.g. ``report.anomaly_rows(df)``; rows
-    without stored frame statistics show their value alone, and so do metrics a data set has no
-    statistics for. Intervals and tests use ``n_boot`` resamples drawn with ``seed``, shared by every
+    without stored frame statistics (nor a twin in ``store``, see ``stored_stats``) show their value
+    alone, and so do metrics a data set has no statistics for. Intervals and tests use ``n_boot`` resamples drawn with ``seed``, shared by every
     method of a data set (so the paired tests reuse them)."""
     if not len(rows):
         return pd.DataFrame()
     rows = rows.reset_index(drop=True)
-    stats = stored_stats(rows, results_path)
+    stats = stored_stats(rows, results_path, store)
     cells: dict[tuple, dict] = {}
     for dataset, group in rows.groupby("dataset", sort=False):
         boot: dict[int, dict] = {}
@@ -247,19 +258,37 @@ def component_table(rows: pd.DataFrame, results_path: str | Path, **kw) -> pd.Da
     ``interval_table``, for the rows on RoadAnomaly21 and RoadObstacle21 that have them."""
     if not len(rows) or "siou_gt" not in rows:
         return pd.DataFrame()
-    rows = rows[rows["dataset"].isin(list(_components.SMIYC_TRACKS)) & rows["siou_gt"].notna()]
-    return interval_table(rows, results_path, metrics=COMPONENT_METRICS, **kw) if len(rows) else pd.DataFrame()
+    rows = rows[rows["dataset"].isin(list(_components.SMIYC_TRACKS))].copy()
+    store = kw.pop("store", None)
+    if store is not None and len(rows):  # a sweep's T = 1 row has no component metrics: take its twin's
+        fill = {i: _twin(r, store) for i, r in rows.iterrows() if pd.isna(r["siou_gt"])}
+        for i, twin in fill.items():
+            if twin is not None:
+                rows.loc[i, list(COMPONENT_METRICS)] = twin[list(COMPONENT_METRICS)].to_numpy(float)
+    rows = rows[rows["siou_gt"].notna()]
+    return interval_table(rows, results_path, metrics=COMPONENT_METRICS, store=store, **kw) if len(rows) else pd.DataFrame()
+
+
+def _twin(row: pd.Series, store: pd.DataFrame) -> pd.Series | None:
+    """The latest row of ``store`` with frame statistics and the same evaluation and values as ``row``."""
+    if store is None or "frame_stats" not in store or not len(store):
+        return None
+    same = store[store["frame_stats"].notna() & (store["frame_stats"].astype(str) != "")]
+    for k in _SAME:
+        if k in row and k in same:
+            same = same[same[k] == row[k]] if pd.notna(row[k]) else same[same[k].isna()]
+    return same.iloc[-1] if len(same) else None
 
 
 def size_table(rows: pd.DataFrame, results_path: str | Path, n_boot: int = N_BOOT, seed: int = SEED,
-               level: float = LEVEL, digits: int = 1) -> pd.DataFrame:
+               level: float = LEVEL, digits: int = 1, store: pd.DataFrame | None = None) -> pd.DataFrame:
     """Recall (%) at each row's pooled 95%-TPR threshold per ground-truth component area bin, with
     its bootstrap interval and the number of components (``n=``): index (model, score, dataset), one
     column per area bin (pixels at the evaluation resolution). The pooled recall is 95% by
     construction; a bin well below it holds the anomalies the method misses."""
     out = {}
     rows = rows.reset_index(drop=True)
-    stats = stored_stats(rows, results_path)
+    stats = stored_stats(rows, results_path, store)
     for i, r in rows.iterrows():
         if i not in stats:
             continue
@@ -282,12 +311,21 @@ def size_table(rows: pd.DataFrame, results_path: str | Path, n_boot: int = N_BOO
     return table
 
 
-def report_tables(rows: pd.DataFrame, results_path: str | Path, **kw) -> dict[str, pd.DataFrame]:
-    """The three tables of notebook 06, by file name: ``intervals`` (AuPRC and FPR95 with
-    intervals), ``components`` (SMIYC sIoU gt, PPV, mean F1 with intervals), ``recall_by_size``
-    (recall at the 95%-TPR threshold per component area). Empty tables are left out."""
-    tables = dict(intervals=interval_table(rows, results_path, **kw), components=component_table(rows, results_path, **kw),
-                  recall_by_size=size_table(rows, results_path, **{k: v for k, v in kw.items() if k in ("n_boot", "seed", "level", "digits")}))
+def report_tables(df: pd.DataFrame, results_path: str | Path, temperature: float = 1.0, fpr_convention: str = "course",
+                  **kw) -> dict[str, pd.DataFrame]:
+    """The three tables of notebook 06 for every method in the store ``df`` (its latest row per
+    model, score and benchmark at ``temperature``, as the comparison table), by file name:
+    ``intervals`` (AuPRC and FPR95 with intervals), ``components`` (SMIYC sIoU gt, PPV, mean F1
+    with intervals), ``recall_by_size`` (recall at the 95%-TPR threshold per component area).
+    Empty tables are left out."""
+    from .report import anomaly_rows  # noqa: PLC0415 (report draws on evaluate; keep this module light)
+
+    rows = anomaly_rows(df, temperature, fpr_convention)
+    kw = dict(kw, store=df)
+    tables = dict(intervals=interval_table(rows, results_path, convention=fpr_convention, **kw),
+                  components=component_table(rows, results_path, convention=fpr_convention, **kw),
+                  recall_by_size=size_table(rows, results_path, **{k: v for k, v in kw.items()
+                                                                   if k in ("n_boot", "seed", "level", "digits", "store")}))
     return {k: v for k, v in tables.items() if not v.empty}
 
 

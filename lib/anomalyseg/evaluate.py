@@ -463,16 +463,7 @@ def load_maps(results_path: str | Path, run_id: str, dataset: str) -> dict[str, 
 
 def load_curves(results_path: str | Path, row: dict | pd.Series) -> dict[str, np.ndarray] | None:
     """PR/ROC points stored for one result row (``recall``, ``precision``, ``fpr``, ``tpr``), or None."""
-    ref = row.get("curves")
-    if not isinstance(ref, str) or "#" not in ref:
-        return None
-    file, key = ref.split("#", 1)
-    path = Path(results_path).parent / file
-    if not path.exists():
-        return None
-    with np.load(path) as z:
-        found = {k[len(key) + 1 :]: z[k] for k in z.files if k.startswith(key + "|")}
-    return found or None
+    return _results.load_row_arrays(results_path, row, "curves")
 
 
 # ----------------------------------------------------------------------------- mIoU

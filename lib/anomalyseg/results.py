@@ -357,13 +357,13 @@ def save_frame_stats(results_path: str | Path, run_id: str, dataset: str, arrays
     return path
 
 
-def load_frame_stats(results_path: str | Path, row) -> dict | None:
-    """The per-frame statistics stored for one result row (its ``frame_stats`` column,
-    ``frame_stats/<run_id>.npz#<key>``) as ``{name: array}``, or None when it has none or the file
-    is gone. Read without pickle: the file holds plain arrays only."""
+def load_row_arrays(results_path: str | Path, row, column: str) -> dict | None:
+    """The arrays a row's ``column`` (``<file>.npz#<key>``, a path relative to the store's folder)
+    points at, as ``{name: array}`` without the key's prefix; None when the row has no reference or
+    the file is gone. Read without pickle: the files hold plain arrays only."""
     import numpy as np
 
-    ref = row.get("frame_stats") if hasattr(row, "get") else None
+    ref = row.get(column) if hasattr(row, "get") else None
     if not isinstance(ref, str) or "#" not in ref:
         return None
     file, key = ref.split("#", 1)
@@ -373,3 +373,9 @@ def load_frame_stats(results_path: str | Path, row) -> dict | None:
     with np.load(path, allow_pickle=False) as z:
         found = {k[len(key) + 1 :]: z[k] for k in z.files if k.startswith(key + "|")}
     return found or None
+
+
+def load_frame_stats(results_path: str | Path, row) -> dict | None:
+    """The per-frame statistics stored for one result row (its ``frame_stats`` column,
+    ``frame_stats/<run_id>.npz#<key>``) as ``{name: array}``, or None when it has none or the file is gone."""
+    return load_row_arrays(results_path, row, "frame_stats")
