@@ -85,7 +85,13 @@ def _numpy2d(x, what: str) -> np.ndarray:
     return a
 
 
-def frame_components(pred, label, min_pred_size: int = 0, min_gt_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def gt_components(label) -> tuple[np.ndarray, int]:
+    """``(ids [H, W] int32, count)``: the 8-connected components of a label map's anomaly (label 1)."""
+    return ndimage.label(_numpy2d(label, "label") == 1, STRUCTURE)
+
+
+def frame_components(pred, label, min_pred_size: int = 0, min_gt_size: int = 0,
+                     gt: tuple[np.ndarray, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """SMIYC's ``default_instancer`` on one frame: ground-truth and predicted component ids of the
     pixels in the region of interest, both flat ``[n_roi]`` int arrays (0 = none).
 
@@ -93,12 +99,13 @@ def frame_components(pred, label, min_pred_size: int = 0, min_gt_size: int = 0) 
         pred: bool ``[H, W]``, the binarised score map (switched off on void here).
         label: ``[H, W]``, 1 anomaly, 0 in-distribution, anything else void.
         min_pred_size, min_gt_size: size filters in pixels at this resolution.
+        gt: ``gt_components(label)`` when already computed.
     """
     pred, label = _numpy2d(pred, "pred").astype(bool), _numpy2d(label, "label")
     if pred.shape != label.shape:
         raise ValueError(f"component metrics: pred {pred.shape} and label {label.shape} must have one shape.")
     valid = (label == 0) | (label == 1)
-    gt, _ = ndimage.label(label == 1, STRUCTURE)
+    gt = (gt if gt is not None else gt_components(label))[0]
     seg, _ = ndimage.label(pred & valid, STRUCTURE)
     if min_pred_size > 0 and seg.max():
         small = np.bincount(seg.ravel()) < min_pred_size
@@ -197,7 +204,7 @@ def size_bin_titles(edges=SIZE_EDGES) -> list[str]:
     return out
 
 
-def frame_size_counts(detected, label, edges=SIZE_EDGES) -> dict[str, np.ndarray]:
+def frame_size_counts(detected, label, edges=SIZE_EDGES, gt: tuple[np.ndarray, int] | None = None) -> dict[str, np.ndarray]:
     """Per area bin of ground-truth components (8-connected anomaly pixels, ``[edges[i], edges[i+1])``
     pixels): ``pixels`` (anomaly pixels in components of that area), ``detected`` (those with
     ``detected`` True) and ``components``, each ``[len(edges) - 1]`` int64.
@@ -205,7 +212,7 @@ def frame_size_counts(detected, label, edges=SIZE_EDGES) -> dict[str, np.ndarray
     ``detected``: bool ``[H, W]``, e.g. the score map >= the pooled 95%-TPR threshold; then
     ``detected / pixels`` over a data set is the recall per size, whose pixel-weighted mean is 95%."""
     detected, label = _numpy2d(detected, "detected").astype(bool), _numpy2d(label, "label")
-    gt, n = ndimage.label(label == 1, STRUCTURE)
+    gt, n = gt if gt is not None else gt_components(label)
     nb = len(edges) - 1
     if n == 0:
         z = np.zeros(nb, np.int64)

@@ -366,7 +366,8 @@ def evaluate_anomaly(
         per_pass = max(1, max_bytes // max(per_combo, 1))
         for start in range(0, len(combos), per_pass):
             if with_stats:
-                accs = {c: FrameStatsAccumulator(SMIYC_TRACKS.get(name)) for c in combos[start : start + per_pass]}
+                gt_cache: dict = {}  # ground-truth components, once per frame for every combination
+                accs = {c: FrameStatsAccumulator(SMIYC_TRACKS.get(name), gt_cache=gt_cache) for c in combos[start : start + per_pass]}
             else:
                 accs = {c: new_acc() for c in combos[start : start + per_pass]}
             for frame in frames:
