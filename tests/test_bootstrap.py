@@ -206,9 +206,9 @@ def test_interval_table_marks_ties_with_the_best(tmp_path):
         s, y = map(np.concatenate, zip(*fr))
         m = anomaly_metrics(s, y)
         rows.append(dict(model=name, score="msp", dataset="RoadAnomaly21", auprc=m["auprc"], fpr_at_95_tpr=m["fpr_at_95_tpr"],
-                         frame_stats=f"frame_stats/r.npz#{name}"))
+                         frame_stats=f"frame_stats/r/RoadAnomaly21.npz#{name}"))
     rows.append(dict(model="old", score="msp", dataset="RoadAnomaly21", auprc=0.5, fpr_at_95_tpr=0.5, frame_stats=""))
-    save_frame_stats(tmp_path / "results.csv", "r", arrays)
+    save_frame_stats(tmp_path / "results.csv", "r", "RoadAnomaly21", arrays)
     table = B.interval_table(pd.DataFrame(rows), tmp_path / "results.csv", n_boot=300)
     cell = table.loc[("good", "msp"), "SMIYC RA-21 AuPRC"]
     lo, hi = B.bootstrap_ci(arrays_of(arrays, "good"), ("auprc",), n_boot=300)["auprc"]

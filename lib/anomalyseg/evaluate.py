@@ -311,7 +311,7 @@ def evaluate_anomaly(
     ``frame_stats`` (exact metrics only): per-frame histograms for bootstrap intervals, recall by
     anomaly size and, on RoadAnomaly21 / RoadObstacle21, SMIYC's component metrics (``siou_gt``,
     ``ppv``, ``f1_mean`` columns), from the same visit of each frame (``frame_stats`` module),
-    stored in ``<results dir>/frame_stats/<run_id>.npz``.
+    stored in ``<results dir>/frame_stats/<run_id>/<dataset>.npz``.
     """
     if temperature_on not in ("pixel", "class"):
         raise ValueError(f"temperature_on must be 'pixel' or 'class', got {temperature_on!r}.")

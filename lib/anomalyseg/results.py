@@ -377,5 +377,5 @@ def load_row_arrays(results_path: str | Path, row, column: str) -> dict | None:
 
 def load_frame_stats(results_path: str | Path, row) -> dict | None:
     """The per-frame statistics stored for one result row (its ``frame_stats`` column,
-    ``frame_stats/<run_id>.npz#<key>``) as ``{name: array}``, or None when it has none or the file is gone."""
+    ``frame_stats/<run_id>/<dataset>.npz#<key>``) as ``{name: array}``, or None when it has none or the file is gone."""
     return load_row_arrays(results_path, row, "frame_stats")
