@@ -83,3 +83,18 @@ def test_bench_sweep_smoke(tiny_data, tmp_path, capsys):
     for r in rows.values():
         assert _number(r["pass (s)"]) > 0 and _number(r["sweep exact (s)"]) > 0 and _number(r["sweep binned (s)"]) > 0
         assert _number(r["binned - exact AuPRC (max, points)"]) >= 0
+
+
+def test_bench_frame_stats_smoke(tiny_data, capsys):
+    bench = _load("bench_frame_stats")
+    out = bench.main(["--data", str(tiny_data / "Validation_Dataset"), "--input-size", "32", "64", "--max-frames", "2",
+                      "--n-boot", "20"])
+    assert out.strip() in capsys.readouterr().out
+    assert out.startswith("machine: ")
+    rows = parse_markdown_table(out)
+    assert list(rows[0]) == list(bench.HEADERS)
+    assert [r["benchmark"] for r in rows][-1] == "**all**" and len(rows) == 6
+    for r in rows[:-1]:
+        assert _number(r["with frame stats (s)"]) > 0 and int(r["bins (max)"]) > 0
+        assert 0 <= _number(r["binned - exact AuPRC (max, points)"]) < 0.5  # tiny frames: bins are the scores
+    assert "notebook 06's tables (intervals" in out

@@ -87,3 +87,13 @@ def test_every_parameter_line_parses():
         assigned = {line.split("=", 1)[0].strip() for line in "".join(cell["source"]).splitlines()
                     if "=" in line.split("#", 1)[0] and not line.startswith((" ", "#"))}  # fmt: skip
         assert set(pm.inspect_notebook(str(path))) == assigned, name
+
+
+def test_report_shows_intervals_and_component_metrics(pipeline_run):
+    _, run_dir = pipeline_run
+    if "06_comparison_report" not in PRESENT:
+        pytest.skip("notebook 06 not written yet")
+    text = json.dumps(_outputs(run_dir / "06_comparison_report.ipynb"))
+    assert "95% bootstrap intervals" in text and "(best)" in text
+    assert "SMIYC RA-21 sIoU gt" in text and "SMIYC RO-21 mean F1" in text  # component metrics on both tracks
+    assert "Recall (%) at the pooled 95%-TPR threshold" in text

@@ -27,6 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import results as _results
 from .labels import CLASS_NAMES, NUM_CLASSES
+from .components import SMIYC_TRACKS
+from .frame_stats import FrameStatsAccumulator
 from .progress import tqdm
 from .metrics import AnomalyAccumulator, BinnedAnomalyAccumulator, ConfusionMatrix
 from .models.base import Segmenter
@@ -142,10 +144,12 @@ class Frame:
     ``raw`` is either held in memory or read back from the output cache on each access, so
     that a data set of EoMT-L outputs (~50 MB a frame) never has to fit in memory at once."""
 
-    def __init__(self, stem: str, raw: dict[str, torch.Tensor] | None, label: torch.Tensor, load=None):
+    def __init__(self, stem: str, raw: dict[str, torch.Tensor] | None, label: torch.Tensor, load=None,
+                 native_size: tuple[int, int] | None = None):
         self.stem = stem
         self.label = label  # uint8 [H, W] at eval size (0 / 1 / 255, or train ids for mIoU)
         self.size = tuple(label.shape[-2:])
+        self.native_size = native_size  # (H, W) of the stored label, before the resize
         self._raw, self._load = raw, load
 
     @property
@@ -198,7 +202,7 @@ def collect_outputs(
             if raw is None:
                 raw = segmenter.raw_outputs(item["image"])
                 cache.put(segmenter, dataset_name, stem, raw)
-            frames.append(Frame(stem, raw, label))
+            frames.append(Frame(stem, raw, label, native_size=tuple(item[label_key].shape[-2:])))
             continue
         path = cache.path(segmenter, dataset_name, stem, key)
         if path.exists() and not _readable(path):  # truncated by a crash or a full disk: compute it again
@@ -208,7 +212,8 @@ def collect_outputs(
         else:
             raw = segmenter.raw_outputs(item["image"])
             cache.put(segmenter, dataset_name, stem, raw, key)
-        frames.append(Frame(stem, raw if keep_in_memory else None, label, load=partial(_load_cached, path)))
+        frames.append(Frame(stem, raw if keep_in_memory else None, label, load=partial(_load_cached, path),
+                            native_size=tuple(item[label_key].shape[-2:])))
     return frames
 
 
@@ -288,6 +293,7 @@ def evaluate_anomaly(
     histogram_bits: int | None = None,
     progress: bool = True,
     notes: str = "",
+    frame_stats: bool = True,
 ) -> pd.DataFrame:
     """Evaluate ``scores`` of ``segmenter`` on each benchmark, pooled over each data set's pixels.
 
@@ -302,6 +308,10 @@ def evaluate_anomaly(
     PR/ROC points go to ``<results dir>/curves/<run_id>.npz``, and the image, label and score maps
     (at T=1) of the first ``maps_frames`` frames of each data set to
     ``<results dir>/maps/<run_id>/<dataset>/<stem>.npz`` for the report and the explorer.
+    ``frame_stats`` (exact metrics only): per-frame histograms for bootstrap intervals, recall by
+    anomaly size and, on RoadAnomaly21 / RoadObstacle21, SMIYC's component metrics (``siou_gt``,
+    ``ppv``, ``f1_mean`` columns), from the same visit of each frame (``frame_stats`` module),
+    stored in ``<results dir>/frame_stats/<run_id>/<dataset>.npz``.
     """
     if temperature_on not in ("pixel", "class"):
         raise ValueError(f"temperature_on must be 'pixel' or 'class', got {temperature_on!r}.")
@@ -318,7 +328,8 @@ def evaluate_anomaly(
     cache = cache if cache is not None else OutputCache()
     commit, now = _results.git_commit(), _dt.datetime.now().isoformat(timespec="seconds")
     new_acc = AnomalyAccumulator if histogram_bits is None else partial(BinnedAnomalyAccumulator, histogram_bits)
-    rows, curves = [], {}
+    rows, curves, stats_arrays = [], {}, {}
+    with_stats = frame_stats and histogram_bits is None and results_path is not None
 
     # Every (score, pixel T, class T) to evaluate; a score that ignores the pixel temperature
     # is computed once and reported for each swept T.
@@ -354,10 +365,17 @@ def evaluate_anomaly(
         per_combo = 5 * n_valid if histogram_bits is None else BINNED_BYTES
         per_pass = max(1, max_bytes // max(per_combo, 1))
         for start in range(0, len(combos), per_pass):
-            accs = {c: new_acc() for c in combos[start : start + per_pass]}
+            if with_stats:
+                gt_cache: dict = {}  # ground-truth components, once per frame for every combination
+                accs = {c: FrameStatsAccumulator(SMIYC_TRACKS.get(name), gt_cache=gt_cache) for c in combos[start : start + per_pass]}
+            else:
+                accs = {c: new_acc() for c in combos[start : start + per_pass]}
             for frame in frames:
                 for c, m in _score_maps(segmenter, frame, list(accs), extra_names):
-                    accs[c].update(m, frame.label)
+                    if with_stats:
+                        accs[c].add_frame(m, frame.label, frame.stem, frame.native_size)
+                    else:
+                        accs[c].update(m, frame.label)
             for c, acc in accs.items():
                 m = acc.compute(convention=fpr_convention)
                 t_on = "none" if math.isnan(c.temperature) else temperature_on
@@ -365,6 +383,11 @@ def evaluate_anomaly(
                 key = f"{segmenter.name}|{name}|{c.score}|{t_row:g}|{t_on}"
                 if curve_points:
                     curves.update({f"{key}|{k}": np.asarray(v) for k, v in acc.pr_roc_points(curve_points).items()})
+                stats_row = {}
+                if with_stats and m["anomaly_fraction"] > 0:
+                    arrays, summary = acc.frame_stats()
+                    stats_arrays.update({f"{key}|{k}": v for k, v in arrays.items()})
+                    stats_row = dict(summary, frame_stats=f"{_results.frame_stats_ref(run_id, name)}#{key}")
                 same_for_all_t = temperature_on == "pixel" and c.score not in TEMPERATURE_SENSITIVE and c.score not in extra_names
                 for t in (list(temperatures) if same_for_all_t else [t_row]):
                     rows.append(dict(
@@ -374,13 +397,16 @@ def evaluate_anomaly(
                         frames_used=len(frames), frames_skipped=skipped, fpr_convention=fpr_convention,
                         eval_size="x".join(map(str, frames[0].size)) if frames else "",
                         curves=f"curves/{run_id}.npz#{key}" if curve_points else "",
-                        metric_bins=f"2^{histogram_bits}" if histogram_bits else "", notes=notes,
+                        metric_bins=f"2^{histogram_bits}" if histogram_bits else "", notes=notes, **stats_row,
                     ))
         # Each benchmark's rows are stored as soon as they exist: a later benchmark that fails
         # (a bad frame, a full disk) never costs the ones already done.
         if results_path is not None:
             if curves:
                 _save_npz(results_path.parent / "curves" / f"{run_id}.npz", curves)
+            if stats_arrays:  # one file per benchmark: earlier ones are not written again
+                _results.save_frame_stats(results_path, run_id, name, stats_arrays)
+                stats_arrays = {}
             _results.append_rows(rows, results_path)
         all_rows += rows
     return pd.DataFrame(all_rows, columns=_results.COLUMNS)
@@ -438,16 +464,7 @@ def load_maps(results_path: str | Path, run_id: str, dataset: str) -> dict[str, 
 
 def load_curves(results_path: str | Path, row: dict | pd.Series) -> dict[str, np.ndarray] | None:
     """PR/ROC points stored for one result row (``recall``, ``precision``, ``fpr``, ``tpr``), or None."""
-    ref = row.get("curves")
-    if not isinstance(ref, str) or "#" not in ref:
-        return None
-    file, key = ref.split("#", 1)
-    path = Path(results_path).parent / file
-    if not path.exists():
-        return None
-    with np.load(path) as z:
-        found = {k[len(key) + 1 :]: z[k] for k in z.files if k.startswith(key + "|")}
-    return found or None
+    return _results.load_row_arrays(results_path, row, "curves")
 
 
 # ----------------------------------------------------------------------------- mIoU
@@ -508,7 +525,8 @@ def evaluation_pass(segmenter: Segmenter, benchmarks: dict[str, Dataset], val: D
     classification) with exact metrics on ``benchmarks``, and the mIoU on ``val``. Stores nothing."""
     started = time.perf_counter()
     scores = [s for s in scores if s != "rba" or segmenter.supports_class_temperature]
-    evaluate_anomaly(segmenter, benchmarks, scores, results_path=None, cache=OutputCache(), maps_frames=0, progress=False)
+    evaluate_anomaly(segmenter, benchmarks, scores, results_path=None, cache=OutputCache(), maps_frames=0, progress=False,
+                     frame_stats=False)
     if val is not None:
         evaluate_miou(segmenter, val, results_path=None, cache=OutputCache(), progress=False)
     return time.perf_counter() - started
@@ -530,7 +548,8 @@ def temperature_sweep(
     for every score and the mIoU on ``val``. Exact metrics, or ``histogram_bits``-bit histograms
     (see ``evaluate_anomaly``). Returns the rows (anomaly and mIoU), appended to ``results_path``
     unless None."""
-    kw = dict(results_path=results_path, cache=cache, maps_frames=0, histogram_bits=histogram_bits, progress=progress)
+    kw = dict(results_path=results_path, cache=cache, maps_frames=0, histogram_bits=histogram_bits, progress=progress,
+              frame_stats=False)
     sensitive = [s for s in scores if s in TEMPERATURE_SENSITIVE]
     frames = [evaluate_anomaly(segmenter, benchmarks, sensitive, temperatures, "pixel", **kw)] if sensitive else []
     if segmenter.supports_class_temperature:

@@ -214,6 +214,22 @@ class _Ranked:
                     return vals[-1]
             width *= 4
 
+    def best_f1(self) -> tuple[float, float]:
+        """``(threshold, F1)`` of the pixel F1-maximising threshold (prediction: score >= threshold),
+        the highest one on ties. F1 only rises where an anomaly pixel joins, so the distinct
+        anomaly scores are the only candidates."""
+        P, N = self.P, self.N
+        first = np.flatnonzero(np.r_[True, self.pos[1:] != self.pos[:-1]])
+        u = self.pos[first]
+        tps, fps = P - first, N - np.searchsorted(self.neg, u, "left")
+        f1 = 2.0 * tps / (tps + P + fps)  # 2 TP / (2 TP + FP + FN), FN = P - TP
+        i = np.flatnonzero(f1 == f1.max())[-1]
+        return float(u[i]), float(f1[i])
+
+    def tpr_threshold(self, rate: float = TARGET_TPR) -> float:
+        """The highest threshold whose TPR (score >= threshold) reaches ``rate``: SMIYC's FPR95 point."""
+        return float(self.pos[self.P - _min_count(self.P, rate)])
+
     def curve(self, n: int) -> dict[str, np.ndarray]:
         """PR and ROC points at about ``n`` thresholds: quantiles of both classes' scores, so
         that both low recall and low FPR are drawn finely. Starts at threshold +inf."""
@@ -252,6 +268,44 @@ def _empty_result(P: int, N: int) -> dict:
         warnings.warn("no in-distribution pixel (label 0): FPR95 and AUROC are undefined (NaN).", RuntimeWarning, stacklevel=4)
     return dict(auprc=float("nan"), fpr_at_95_tpr=float("nan"), auroc=float("nan"), num_pixels=P + N,
                 anomaly_fraction=P / (P + N))
+
+
+def _curve_metrics(tps: np.ndarray, fps: np.ndarray, P: int, N: int, convention: str = "course") -> dict:
+    """The anomaly metrics from cumulative counts at each threshold, highest first (``tps``, ``fps``:
+    anomaly and in-distribution pixels at or above it; thresholds where neither moves left out) and
+    the totals ``P``, ``N``: every formula of ``_Ranked`` on tied groups of scores."""
+    out = _empty_result(P, N)
+    if P == 0:
+        return out
+    # sklearn's average precision: sum over thresholds of (recall step) x precision
+    recall = tps / P
+    out["auprc"] = float(max(0.0, np.sum(np.diff(np.r_[0.0, recall]) * (tps / (tps + fps)))))
+    if N == 0:
+        return out
+    # AUROC: trapezoids between consecutive thresholds, in exact integers
+    t0, f0 = np.r_[0, tps[:-1]], np.r_[0, fps[:-1]]
+    out["auroc"] = float(np.sum((fps - f0) * (tps + t0))) / (2.0 * P * N)
+    if convention == "smiyc":
+        out["fpr_at_95_tpr"] = float(fps[np.searchsorted(tps, _min_count(P, TARGET_TPR), "left")] / N)
+    else:
+        # roc_curve(drop_intermediate=True) keeps the first and last points and those where
+        # the (fps, tps) curve bends; ood-metrics interpolates the kept points at TPR 0.95.
+        keep = np.r_[True, (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0), True] if len(tps) > 2 else np.ones(len(tps), bool)
+        tpr, fpr = np.r_[0.0, tps[keep] / P], np.r_[0.0, fps[keep] / N]
+        out["fpr_at_95_tpr"] = float(np.interp(TARGET_TPR, tpr, fpr))
+    return out
+
+
+def counts_metrics(pos_counts, neg_counts, convention: str = "course") -> dict:
+    """The anomaly metrics of scores given as counts per bin: ``pos_counts``, ``neg_counts`` ``[D]``
+    (anomaly and in-distribution pixels) over D bins in ascending score order, the pixels of a bin
+    tied. Exact when each bin holds one distinct score (sklearn's values); the pooled frames of a
+    bootstrap resample are a weighted sum of per-frame counts (``bootstrap``)."""
+    _check_convention(convention)
+    pos, neg = np.asarray(pos_counts)[::-1], np.asarray(neg_counts)[::-1]
+    used = (pos + neg) > 0
+    tps, fps = np.cumsum(pos[used]), np.cumsum(neg[used])
+    return _curve_metrics(tps, fps, int(pos.sum()), int(neg.sum()), convention)
 
 
 def _max_count(P: int, rate: float) -> int:
@@ -364,6 +418,16 @@ class AnomalyAccumulator:
         """``dict(auprc=, fpr_at_95_tpr=, auroc=, num_pixels=, anomaly_fraction=)`` over all frames."""
         _check_convention(convention)
         return self._rank().metrics(convention)
+
+    def operating_points(self, rate: float = TARGET_TPR) -> dict:
+        """Thresholds (prediction: score >= threshold) on the pooled pixels: ``best_f1_threshold``
+        and ``best_f1`` (pixel F1, the threshold SMIYC's component metrics binarise at) and
+        ``tpr95_threshold`` (the highest threshold with TPR >= ``rate``). Needs an anomaly pixel."""
+        ranked = self._rank()
+        if ranked.P == 0:
+            raise ValueError("operating_points needs at least one anomaly pixel (label 1) to place a threshold.")
+        t, f1 = ranked.best_f1()
+        return dict(best_f1_threshold=t, best_f1=f1, tpr95_threshold=ranked.tpr_threshold(rate))
 
     def pr_roc_points(self, n: int = 256) -> dict[str, np.ndarray]:
         """About ``n`` PR/ROC points for plotting: ``dict(recall=, precision=, fpr=, tpr=)``."""
@@ -483,27 +547,7 @@ class BinnedAnomalyAccumulator:
     def compute(self, convention: str = "course") -> dict:
         """``dict(auprc=, fpr_at_95_tpr=, auroc=, num_pixels=, anomaly_fraction=)`` over all frames."""
         _check_convention(convention)
-        tps, fps, P, N = self._curve()
-        out = _empty_result(P, N)
-        if P == 0:
-            return out
-        # sklearn's average precision: sum over thresholds of (recall step) x precision
-        recall = tps / P
-        out["auprc"] = float(max(0.0, np.sum(np.diff(np.r_[0.0, recall]) * (tps / (tps + fps)))))
-        if N == 0:
-            return out
-        # AUROC: trapezoids between consecutive thresholds, in exact integers
-        t0, f0 = np.r_[0, tps[:-1]], np.r_[0, fps[:-1]]
-        out["auroc"] = float(np.sum((fps - f0) * (tps + t0))) / (2.0 * P * N)
-        if convention == "smiyc":
-            out["fpr_at_95_tpr"] = float(fps[np.searchsorted(tps, _min_count(P, TARGET_TPR), "left")] / N)
-        else:
-            # roc_curve(drop_intermediate=True) keeps the first and last points and those where
-            # the (fps, tps) curve bends; ood-metrics interpolates the kept points at TPR 0.95.
-            keep = np.r_[True, (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0), True] if len(tps) > 2 else np.ones(len(tps), bool)
-            tpr, fpr = np.r_[0.0, tps[keep] / P], np.r_[0.0, fps[keep] / N]
-            out["fpr_at_95_tpr"] = float(np.interp(TARGET_TPR, tpr, fpr))
-        return out
+        return _curve_metrics(*self._curve(), convention)
 
     def pr_roc_points(self, n: int = 256) -> dict[str, np.ndarray]:
         """About ``n`` PR/ROC points for plotting: ``dict(recall=, precision=, fpr=, tpr=)``,

@@ -27,6 +27,8 @@ COLUMNS = (
     "run_id", "time", "git_commit", "model", "checkpoint", "dataset", "score", "temperature",
     "temperature_on", "auprc", "fpr_at_95_tpr", "auroc", "miou", "ece", "nll", "frames_used", "frames_skipped",
     "fpr_convention", "eval_size", "curves", "metric_bins", "notes",
+    # SMIYC component metrics (fractions) and the per-frame statistics file (``frame_stats``)
+    "siou_gt", "ppv", "f1_mean", "frame_stats",
 )
 # Course order of the benchmark columns, with their short titles.
 DATASET_TITLES = {name: spec.title for name, spec in BENCHMARKS.items()}
@@ -225,7 +227,7 @@ def _replace(path: Path, data: bytes) -> None:
     atomic_write(path, write)
 
 
-NUMERIC_COLUMNS = ("temperature", "auprc", "fpr_at_95_tpr", "auroc", "miou", "ece", "nll")
+NUMERIC_COLUMNS = ("temperature", "auprc", "fpr_at_95_tpr", "auroc", "miou", "ece", "nll", "siou_gt", "ppv", "f1_mean")
 
 
 def read_results(path: str | Path = "results/results.csv") -> pd.DataFrame:
@@ -330,3 +332,50 @@ def to_markdown(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in t.itertuples(index=False)]
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- per-frame statistics
+def frame_stats_ref(run_id: str, dataset: str) -> str:
+    """A run's per-frame statistics of one benchmark, relative to the store's folder:
+    ``frame_stats/<run_id>/<dataset>.npz`` (a row's ``frame_stats`` column adds ``#<row key>``)."""
+    return f"frame_stats/{run_id}/{dataset}.npz"
+
+
+def save_frame_stats(results_path: str | Path, run_id: str, dataset: str, arrays: dict) -> Path:
+    """Write one benchmark's per-frame statistics (``{"<row key>|<name>": array}``, see
+    ``frame_stats``) atomically beside the store; a run id is new for every evaluation, so nothing
+    already stored is overwritten."""
+    import numpy as np
+
+    path = Path(results_path).parent / frame_stats_ref(run_id, dataset)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(path, write)
+    return path
+
+
+def load_row_arrays(results_path: str | Path, row, column: str) -> dict | None:
+    """The arrays a row's ``column`` (``<file>.npz#<key>``, a path relative to the store's folder)
+    points at, as ``{name: array}`` without the key's prefix; None when the row has no reference or
+    the file is gone. Read without pickle: the files hold plain arrays only."""
+    import numpy as np
+
+    ref = row.get(column) if hasattr(row, "get") else None
+    if not isinstance(ref, str) or "#" not in ref:
+        return None
+    file, key = ref.split("#", 1)
+    path = Path(results_path).parent / file
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        found = {k[len(key) + 1 :]: z[k] for k in z.files if k.startswith(key + "|")}
+    return found or None
+
+
+def load_frame_stats(results_path: str | Path, row) -> dict | None:
+    """The per-frame statistics stored for one result row (its ``frame_stats`` column,
+    ``frame_stats/<run_id>/<dataset>.npz#<key>``) as ``{name: array}``, or None when it has none or the file is gone."""
+    return load_row_arrays(results_path, row, "frame_stats")
