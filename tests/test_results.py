@@ -11,7 +11,7 @@ from anomalyseg import results
 
 def _row(**kw):
     base = dict(run_id="r1", model="erfnet", dataset="RoadAnomaly21", score="msp", temperature=1.0,
-                temperature_on="pixel", auprc=0.291, fpr_at_95_tpr=0.62512, auroc=0.9)
+                temperature_on="pixel", auprc=0.291, fpr_at_95_tpr=0.62512, auroc=0.9, protocol="course")
     base.update(kw)
     return base
 
@@ -75,7 +75,8 @@ def test_tables_prefer_exact_rows_and_course_score_order(tmp_path):
     from anomalyseg.results import anomaly_table, append_rows, latest, read_results
 
     path = tmp_path / "r.csv"
-    base = dict(model="eomt", dataset="fs_static", temperature=1.0, temperature_on="pixel", fpr_at_95_tpr=0.5)
+    base = dict(model="eomt", dataset="fs_static", temperature=1.0, temperature_on="pixel", fpr_at_95_tpr=0.5,
+                protocol="course")
     append_rows([dict(base, score=s, auprc=a) for s, a in (("rba", 0.3), ("msp", 0.1), ("energy", 0.2), ("max_logit", 0.4))], path)
     append_rows([dict(base, score="msp", auprc=0.11, metric_bins="2^20")], path)  # a later sweep row
     df = read_results(path)

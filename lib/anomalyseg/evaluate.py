@@ -13,7 +13,7 @@ import math
 import time
 import warnings
 from functools import partial
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -28,8 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 from . import results as _results
 from .labels import CLASS_NAMES, NUM_CLASSES
 from .progress import tqdm
-from .metrics import AnomalyAccumulator, BinnedAnomalyAccumulator, ConfusionMatrix
+from .metrics import AnomalyAccumulator, BinnedAnomalyAccumulator, ConfusionMatrix, PerImageAccumulator
 from .models.base import Segmenter
+from .protocol import EvalProtocol, applied, get_protocol, resize_label, scored_label, scored_map
 from .scores import NEEDS_VOID_CHANNEL, SOFTMAX_SCORES, TEMPERATURE_SENSITIVE, get_score, softmax_scores
 
 
@@ -57,7 +58,7 @@ class OutputCache:
     def get(self, segmenter: Segmenter, dataset: str, stem: str, key: str | None = None) -> dict[str, torch.Tensor] | None:
         """The cached outputs of one frame, or None; a damaged file is removed (and None returned)."""
         if self.root is None:
-            return self._memory.get((id(segmenter), dataset, stem))
+            return self._memory.get((id(segmenter), getattr(segmenter, "cache_tag", ""), dataset, stem))
         path = self.path(segmenter, dataset, stem, key)
         if not path.exists():
             return None
@@ -69,7 +70,7 @@ class OutputCache:
 
     def put(self, segmenter: Segmenter, dataset: str, stem: str, raw: dict[str, torch.Tensor], key: str | None = None) -> None:
         if self.root is None:
-            self._memory[(id(segmenter), dataset, stem)] = raw
+            self._memory[(id(segmenter), getattr(segmenter, "cache_tag", ""), dataset, stem)] = raw
             return
         path = self.path(segmenter, dataset, stem, key)
         _results.atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in raw.items()}, tmp))
@@ -153,17 +154,6 @@ class Frame:
         return self._raw if self._raw is not None else self._load()
 
 
-def resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resize of a label map ``[H, W]`` (course convention for masks).
-
-    The course resizes masks with PIL's ``Resize(NEAREST)``, which samples at pixel centres;
-    torch's ``"nearest-exact"`` is that rule (plain ``"nearest"`` takes ``floor(i * scale)`` and
-    shifts the boundaries by up to a pixel)."""
-    if tuple(label.shape) == tuple(size):
-        return label
-    return F.interpolate(label[None, None].float(), size=size, mode="nearest-exact")[0, 0].to(label.dtype)
-
-
 def _loader(dataset: Dataset, num_workers: int) -> Iterable[dict]:
     # batch_size=None hands items through unbatched; workers overlap decoding with the forward.
     return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
@@ -179,20 +169,40 @@ def collect_outputs(
     num_workers: int = 0,
     progress: bool = True,
     keep_in_memory: bool = False,
+    protocol: EvalProtocol | str | None = None,
+    skipped: list[str] | None = None,
 ) -> list[Frame]:
     """Run ``segmenter`` once per frame of ``dataset`` (skipping frames already cached) and return
-    every frame's raw outputs with its label resized to the segmenter's evaluation size.
+    every frame's raw outputs with its label resized to the segmenter's evaluation size (the
+    frame's own size under a ``full_resolution`` protocol; PIL nearest, as the course).
 
+    ``protocol`` (default ``course``) sets the segmenter's input resize and logits dtype for the
+    forward passes. Under a protocol that skips after the resize (``course``), an anomaly label
+    (``label_key="label"``) without an anomaly pixel at the scored resolution drops its frame
+    before the forward pass, and its stem is appended to ``skipped``.
     With a disk cache the frames read their outputs back when used, unless ``keep_in_memory``;
     with the in-memory cache they hold them.
     """
+    protocol = get_protocol(protocol)
+    with applied(segmenter, protocol):
+        return _collect(segmenter, dataset, dataset_name, cache, label_key, num_workers, progress, keep_in_memory,
+                        protocol, skipped)
+
+
+def _collect(segmenter, dataset, dataset_name, cache, label_key, num_workers, progress, keep_in_memory, protocol,
+             skipped) -> list[Frame]:
     cache = cache if cache is not None else OutputCache()
     key = cache.key(segmenter) if cache.root is not None else None
     frames = []
     for item in tqdm(_loader(dataset, num_workers), total=len(dataset), desc=f"{segmenter.name} on {dataset_name}", unit="frame",
                      disable=not progress, leave=False):
         stem = item["stem"]
-        label = resize_label(torch.as_tensor(item[label_key]), segmenter.eval_size(tuple(item[label_key].shape[-2:])))
+        full = tuple(item[label_key].shape[-2:])
+        label = resize_label(torch.as_tensor(item[label_key]), full if protocol.scoring == "full_resolution" else segmenter.eval_size(full))
+        if label_key == "label" and protocol.skip_after_resize and not (scored_label(label, protocol) == 1).any():
+            if skipped is not None:
+                skipped.append(stem)  # the course drops a frame whose anomaly vanished in the resize
+            continue
         if cache.root is None:
             raw = cache.get(segmenter, dataset_name, stem)
             if raw is None:
@@ -280,7 +290,7 @@ def evaluate_anomaly(
     results_path: str | Path | None = "results/results.csv",
     run_id: str | None = None,
     cache: OutputCache | None = None,
-    fpr_convention: str = "course",
+    fpr_convention: str | None = None,
     curve_points: int = 256,
     num_workers: int = 0,
     max_bytes: int = 4 << 30,
@@ -288,8 +298,15 @@ def evaluate_anomaly(
     histogram_bits: int | None = None,
     progress: bool = True,
     notes: str = "",
+    protocol: EvalProtocol | str | None = None,
 ) -> pd.DataFrame:
     """Evaluate ``scores`` of ``segmenter`` on each benchmark, pooled over each data set's pixels.
+
+    ``protocol``: the ``EvalProtocol`` (or its name in ``protocol.PROTOCOLS``; default ``course``,
+    the course's evalAnomaly.py to the last digit) that fixes the input resize, the frame skip
+    rule, the scoring resolution (2x2 blocks, full resolution), pooling and FPR95; its name is
+    stored in every row. ``fpr_convention`` (None: the protocol's) overrides the protocol's FPR95
+    convention (``course`` with ``"smiyc"`` is the ``smiyc`` protocol).
 
     ``temperature_on``: ``"pixel"`` divides the per-pixel class map by T before a score's softmax;
     ``"class"`` divides the class logits by T before the mask-classification fusion (EoMT only).
@@ -303,6 +320,8 @@ def evaluate_anomaly(
     (at T=1) of the first ``maps_frames`` frames of each data set to
     ``<results dir>/maps/<run_id>/<dataset>/<stem>.npz`` for the report and the explorer.
     """
+    protocol = _with_fpr(get_protocol(protocol), fpr_convention)
+    fpr_convention = protocol.fpr_convention
     if temperature_on not in ("pixel", "class"):
         raise ValueError(f"temperature_on must be 'pixel' or 'class', got {temperature_on!r}.")
     if temperature_on == "class" and not segmenter.supports_class_temperature:
@@ -318,6 +337,7 @@ def evaluate_anomaly(
     cache = cache if cache is not None else OutputCache()
     commit, now = _results.git_commit(), _dt.datetime.now().isoformat(timespec="seconds")
     new_acc = AnomalyAccumulator if histogram_bits is None else partial(BinnedAnomalyAccumulator, histogram_bits)
+    new_acc = PerImageAccumulator if protocol.pooling == "per_image" else new_acc
     rows, curves = [], {}
 
     # Every (score, pixel T, class T) to evaluate; a score that ignores the pixel temperature
@@ -343,12 +363,19 @@ def evaluate_anomaly(
                 "its labels_masks/ are this benchmark's masks.", stacklevel=2)
             continue
         rows = []
-        frames = collect_outputs(segmenter, dataset, name, cache, num_workers=num_workers, progress=progress)
+        dropped: list[str] = []  # frames the protocol's skip rule drops after the resize
+        frames = collect_outputs(segmenter, dataset, name, cache, num_workers=num_workers, progress=progress,
+                                 protocol=protocol, skipped=dropped)
+        if not frames:
+            warnings.warn(f"{name}: every frame was skipped under protocol {protocol.name!r} (no anomaly pixel left at the "
+                          "evaluation size), so it has no rows.", stacklevel=2)
+            continue
         if results_path is not None and maps_frames:
             _save_maps(Path(results_path).parent / "maps" / run_id / name, segmenter, dataset, frames[:maps_frames],
                        [s for s in scores], extra_names)
-        n_valid = sum(int(((f.label == 0) | (f.label == 1)).sum()) for f in frames)
-        skipped = len(getattr(dataset, "skipped", ()))
+        labels = {f.stem: scored_label(f.label, protocol) for f in frames}  # 2x2 blocks under blocks2x2
+        n_valid = sum(int(((lab == 0) | (lab == 1)).sum()) for lab in labels.values())
+        skipped = len(getattr(dataset, "skipped", ())) + len(dropped)
         # Exact metrics keep 4 bytes per valid pixel and combo: split the combos into passes over
         # the frames that fit max_bytes. Histograms have a fixed size.
         per_combo = 5 * n_valid if histogram_bits is None else BINNED_BYTES
@@ -357,14 +384,14 @@ def evaluate_anomaly(
             accs = {c: new_acc() for c in combos[start : start + per_pass]}
             for frame in frames:
                 for c, m in _score_maps(segmenter, frame, list(accs), extra_names):
-                    accs[c].update(m, frame.label)
+                    accs[c].update(scored_map(m, protocol), labels[frame.stem])
             for c, acc in accs.items():
                 m = acc.compute(convention=fpr_convention)
                 t_on = "none" if math.isnan(c.temperature) else temperature_on
                 t_row = c.class_t if temperature_on == "class" else c.temperature
                 key = f"{segmenter.name}|{name}|{c.score}|{t_row:g}|{t_on}"
-                if curve_points:
-                    curves.update({f"{key}|{k}": np.asarray(v) for k, v in acc.pr_roc_points(curve_points).items()})
+                points = acc.pr_roc_points(curve_points) if curve_points else {}  # none per image
+                curves.update({f"{key}|{k}": np.asarray(v) for k, v in points.items()})
                 same_for_all_t = temperature_on == "pixel" and c.score not in TEMPERATURE_SENSITIVE and c.score not in extra_names
                 for t in (list(temperatures) if same_for_all_t else [t_row]):
                     rows.append(dict(
@@ -372,9 +399,10 @@ def evaluate_anomaly(
                         dataset=name, score=c.score, temperature=t, temperature_on=t_on,
                         auprc=m["auprc"], fpr_at_95_tpr=m["fpr_at_95_tpr"], auroc=m["auroc"], miou="",
                         frames_used=len(frames), frames_skipped=skipped, fpr_convention=fpr_convention,
-                        eval_size="x".join(map(str, frames[0].size)) if frames else "",
-                        curves=f"curves/{run_id}.npz#{key}" if curve_points else "",
+                        eval_size="x".join(map(str, labels[frames[0].stem].shape)) if frames else "",
+                        curves=f"curves/{run_id}.npz#{key}" if points else "",
                         metric_bins=f"2^{histogram_bits}" if histogram_bits else "", notes=notes,
+                        protocol=protocol.name,
                     ))
         # Each benchmark's rows are stored as soon as they exist: a later benchmark that fails
         # (a bad frame, a full disk) never costs the ones already done.
@@ -384,6 +412,15 @@ def evaluate_anomaly(
             _results.append_rows(rows, results_path)
         all_rows += rows
     return pd.DataFrame(all_rows, columns=_results.COLUMNS)
+
+
+def _with_fpr(protocol: EvalProtocol, fpr_convention: str | None) -> EvalProtocol:
+    """``protocol`` with another FPR95 convention, named for it (``course`` + smiyc = ``smiyc``)."""
+    if fpr_convention is None or fpr_convention == protocol.fpr_convention:
+        return protocol
+    if protocol.name == "course" and fpr_convention == "smiyc":
+        return get_protocol("smiyc")
+    return replace(protocol, name=f"{protocol.name}+fpr_{fpr_convention}", fpr_convention=fpr_convention)
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -462,11 +499,14 @@ def evaluate_miou(
     num_workers: int = 0,
     progress: bool = True,
     notes: str = "",
+    protocol: EvalProtocol | str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cityscapes mIoU (course convention: all 19 classes, ignore 255) for each class temperature.
 
-    The prediction is the argmax over all channels of ``class_map``; the course's ERFNet figure
-    (72.20) takes it over 20 channels, void included: use ``ErfnetSegmenter(use_void=True)``.
+    The prediction is the argmax over the channels of ``class_map``. Under ``protocol`` ``course``
+    (default) ERFNet's void channel takes part, as in the course's ``iouEval`` (the 72.20 figure):
+    a pixel won by void is a miss of its true class; ``legacy`` takes it over the 19 classes. The
+    protocol also sets the input resize, the logits dtype and (``full_resolution``) the resolution.
 
     Returns ``(rows, per_class)`` where ``per_class`` holds the IoU of each class (fractions) per T.
     A pixel temperature never changes the argmax, so only class temperatures are swept.
@@ -476,16 +516,19 @@ def evaluate_miou(
         raise ValueError(f"{segmenter.name} has no class logits to scale; mIoU does not depend on a pixel temperature.")
     if results_path is not None:
         results_path = _results.check_store(results_path)
+    protocol = get_protocol(protocol)
     run_id = run_id or _results.new_run_id(segmenter.name)
-    frames = collect_outputs(segmenter, dataset, dataset_name, cache, label_key="target", num_workers=num_workers, progress=progress)
+    frames = collect_outputs(segmenter, dataset, dataset_name, cache, label_key="target", num_workers=num_workers,
+                             progress=progress, protocol=protocol)
     commit, now = _results.git_commit(), _dt.datetime.now().isoformat(timespec="seconds")
     rows, per_class = [], {}
     cms = [ConfusionMatrix(num_classes=NUM_CLASSES, ignore_index=255) for _ in class_temperatures]
-    for f in frames:
-        # Argmax over every channel the model gives: with ERFNet's void channel (use_void=True)
-        # a pixel won by void counts as a miss, as in the course's iouEval.
-        for cm, class_map in zip(cms, class_maps(segmenter, f.raw, f.size, class_temperatures)):
-            cm.update(class_argmax(class_map), f.label)
+    with applied(segmenter, protocol, miou=True):  # course: ERFNet's class maps keep the void channel
+        for f in frames:
+            # Argmax over every channel the model gives: with ERFNet's void channel (use_void=True)
+            # a pixel won by void counts as a miss, as in the course's iouEval.
+            for cm, class_map in zip(cms, class_maps(segmenter, f.raw, f.size, class_temperatures)):
+                cm.update(class_argmax(class_map), f.label)
     for t, cm in zip(class_temperatures, cms):
         per_class[f"T={t:g}"] = cm.iou()
         rows.append(dict(
@@ -494,6 +537,7 @@ def evaluate_miou(
             temperature_on="class" if segmenter.supports_class_temperature else "none",
             auprc="", fpr_at_95_tpr="", auroc="", miou=cm.miou(), frames_used=len(frames), frames_skipped=0,
             fpr_convention="", eval_size="x".join(map(str, frames[0].size)) if frames else "", curves="", notes=notes,
+            protocol=protocol.name,
         ))
     if results_path is not None:
         _results.append_rows(rows, results_path)
@@ -524,20 +568,22 @@ def temperature_sweep(
     cache: OutputCache | None = None,
     histogram_bits: int | None = None,
     progress: bool = False,
+    protocol: EvalProtocol | str | None = None,
 ) -> pd.DataFrame:
     """Every temperature point of notebook 03 on cached outputs: the per-pixel temperature for the
     scores it changes (MSP, MaxEntropy, Energy) and, for mask classification, the class temperature
     for every score and the mIoU on ``val``. Exact metrics, or ``histogram_bits``-bit histograms
     (see ``evaluate_anomaly``). Returns the rows (anomaly and mIoU), appended to ``results_path``
-    unless None."""
-    kw = dict(results_path=results_path, cache=cache, maps_frames=0, histogram_bits=histogram_bits, progress=progress)
+    unless None. ``protocol``: see ``evaluate_anomaly`` (default ``course``)."""
+    kw = dict(results_path=results_path, cache=cache, maps_frames=0, histogram_bits=histogram_bits, progress=progress,
+              protocol=protocol)
     sensitive = [s for s in scores if s in TEMPERATURE_SENSITIVE]
     frames = [evaluate_anomaly(segmenter, benchmarks, sensitive, temperatures, "pixel", **kw)] if sensitive else []
     if segmenter.supports_class_temperature:
         frames.append(evaluate_anomaly(segmenter, benchmarks, scores, temperatures, "class", **kw))
         if val is not None:
             frames.append(evaluate_miou(segmenter, val, temperatures, results_path=results_path, cache=cache,
-                                        progress=progress)[0])
+                                        progress=progress, protocol=protocol)[0])
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_results.COLUMNS)
 
 
