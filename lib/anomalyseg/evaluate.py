@@ -257,7 +257,8 @@ def class_argmax(x: torch.Tensor) -> torch.Tensor:
     return idx.long()
 
 
-def _score_maps(segmenter: Segmenter, frame: Frame, combos: Sequence[_Combo], extra_names: Sequence[str]) -> Iterator[tuple[_Combo, torch.Tensor]]:
+def _score_maps(segmenter: Segmenter, frame: Frame, combos: Sequence[_Combo], extra_names: Sequence[str],
+                msp_form: str = "expm1") -> Iterator[tuple[_Combo, torch.Tensor]]:
     """Every combo's score map of one frame: one class map per class temperature, one
     log-softmax per pixel temperature for MSP, MaxEntropy and Energy together."""
     from_classes = [c for c in combos if c.score not in extra_names]
@@ -277,7 +278,7 @@ def _score_maps(segmenter: Segmenter, frame: Frame, combos: Sequence[_Combo], ex
                 x = class_map if c.score in NEEDS_VOID_CHANNEL else class_map[:NUM_CLASSES]
                 yield c, get_score(c.score)(x, temperature=c.temperature)
         for t, group in by_t.items():
-            found = softmax_scores(class_map[:NUM_CLASSES], [c.score for c in group], temperature=t)
+            found = softmax_scores(class_map[:NUM_CLASSES], [c.score for c in group], temperature=t, msp_form=msp_form)
             yield from ((c, found[c.score]) for c in group)
 
 
@@ -383,7 +384,7 @@ def evaluate_anomaly(
         for start in range(0, len(combos), per_pass):
             accs = {c: new_acc() for c in combos[start : start + per_pass]}
             for frame in frames:
-                for c, m in _score_maps(segmenter, frame, list(accs), extra_names):
+                for c, m in _score_maps(segmenter, frame, list(accs), extra_names, protocol.msp_form):
                     accs[c].update(scored_map(m, protocol), labels[frame.stem])
             for c, acc in accs.items():
                 m = acc.compute(convention=fpr_convention)
@@ -614,3 +615,32 @@ def frame_maps(
     image = F.interpolate(item["image"][None].float(), size=size, mode="bilinear", align_corners=False)[0]
     return {"image": image.clamp(0, 255).byte(), "label": resize_label(label, size),
             "pred": class_argmax(class_map[:NUM_CLASSES]), "maps": maps, "stem": item.get("stem", "")}
+
+
+# ----------------------------------------------------------------------------- conventions side by side
+def compare_conventions(
+    segmenter: Segmenter,
+    benchmarks: dict[str, Dataset],
+    val: Dataset | None = None,
+    scores: Sequence[str] = ("msp", "max_logit"),
+    protocols: Sequence[str | EvalProtocol] = ("course", "smiyc", "blocks2x2", "full_resolution", "per_image", "legacy"),
+    results_path: str | Path | None = "results/results.csv",
+    cache: OutputCache | None = None,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """The same model under each evaluation protocol (``anomalyseg.protocol``), at T = 1: anomaly
+    rows for ``scores`` on ``benchmarks`` and, with ``val``, the mIoU, each row carrying its
+    protocol's name. One output cache serves every protocol that resizes and stores the logits
+    alike, so the extra protocols cost metrics, not forward passes (``legacy`` runs its own).
+    Rows are appended to ``results_path`` (None: not stored); ``report.conventions_table`` sets
+    them side by side."""
+    cache = cache if cache is not None else OutputCache()
+    out = []
+    for p in protocols:
+        out.append(evaluate_anomaly(segmenter, benchmarks, scores, results_path=results_path, cache=cache, maps_frames=0,
+                                    num_workers=num_workers, progress=progress, protocol=p))
+        if val is not None:
+            out.append(evaluate_miou(segmenter, val, results_path=results_path, cache=cache, num_workers=num_workers,
+                                     progress=progress, protocol=p)[0])
+    return pd.concat(out, ignore_index=True)

@@ -12,7 +12,8 @@ table, and ``PROTOCOLS`` holds the named ones (REFERENCE §1, §2, §5):
   the mask with PIL nearest; a frame is dropped when its mask holds no anomaly pixel AFTER the
   resize to the evaluation size; every valid pixel of a data set is pooled; FPR95 as the
   ``ood-metrics`` package; mIoU takes the argmax over all 20 ERFNet channels (a pixel won by
-  the void channel is a miss of its true class); ERFNet logits are kept as float32.
+  the void channel is a miss of its true class); ERFNet logits are kept as float32; MSP is
+  ``1 - max softmax`` in float32.
 - ``smiyc``: ``course`` with SegmentMeIfYouCan's FPR95 (FPR at the first threshold with TPR >= 0.95).
 - ``blocks2x2``: seed 000's scoring: the score map is averaged over 2x2 blocks and the label takes
   the block's maximum (0 < 1 < 255, so a block touching void is void and one touching an anomaly
@@ -22,7 +23,7 @@ table, and ``PROTOCOLS`` holds the named ones (REFERENCE §1, §2, §5):
 - ``per_image``: the mean over frames of each frame's AuPRC / FPR95 / AUROC instead of pooling.
 - ``legacy``: what this package did before protocols existed (tensor resize with torchvision's
   antialiasing, frames dropped on the full-resolution mask, mIoU argmax over 19 channels, float16
-  ERFNet logits). Result rows stored without a ``protocol`` column were made this way.
+  ERFNet logits, MSP as ``-expm1(max log p)``). Result rows stored without a ``protocol`` column were made this way.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class EvalProtocol:
         scoring: ``"eval_size"`` (the segmenter's evaluation size: 512x1024 for ERFNet, the frame
             for EoMT), ``"full_resolution"`` or ``"blocks2x2"`` (seed 000).
         pooling: ``"pixels"`` (every valid pixel of a data set pooled) or ``"per_image"``.
+        msp_form: ``"course"``: MSP as ``1 - max softmax`` in float32, as the course computes it;
+            ``"expm1"``: ``-expm1(max log_softmax)``, exact near p = 1 (``scores.softmax_scores``).
         description: one line for tables and ``compare_conventions``.
     """
 
@@ -73,11 +76,13 @@ class EvalProtocol:
     fpr_convention: str = "course"
     scoring: str = "eval_size"
     pooling: str = "pixels"
+    msp_form: str = "course"
     description: str = ""
 
     def __post_init__(self):
         checks = {"input_resize": INPUT_RESIZES, "scoring": SCORINGS, "pooling": POOLINGS,
-                  "fpr_convention": ("course", "smiyc"), "logits_dtype": ("float32", "float16")}
+                  "fpr_convention": ("course", "smiyc"), "logits_dtype": ("float32", "float16"),
+                  "msp_form": ("course", "expm1")}
         for field, allowed in checks.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"EvalProtocol {self.name!r}: {field}={getattr(self, field)!r}; expected one of {allowed}.")
@@ -106,9 +111,9 @@ PROTOCOLS: dict[str, EvalProtocol] = {
     "per_image": replace(_COURSE, name="per_image", pooling="per_image",
                          description="course, metrics averaged over frames instead of pooled over pixels"),
     "legacy": EvalProtocol("legacy", input_resize="tensor", skip_after_resize=False, miou_void_channel=False,
-                           logits_dtype="float16",
+                           logits_dtype="float16", msp_form="expm1",
                            description="anomalyseg before protocols: torchvision tensor resize, skip on the full-resolution "
-                                       "mask, mIoU argmax over 19 channels, float16 ERFNet logits"),
+                                       "mask, mIoU argmax over 19 channels, float16 ERFNet logits, MSP as -expm1"),
 }
 DEFAULT_PROTOCOL = "course"
 # Rows stored before the ``protocol`` column existed were made by the pre-protocol evaluation.

@@ -583,3 +583,50 @@ def save_all(df: pd.DataFrame, results_path: str | Path, figures_dir: str | Path
         plt.close(fig)  # a notebook would otherwise show every saved figure again
         written += [png, png.with_suffix(".pdf")]
     return written
+
+
+# ----------------------------------------------------------------------------- conventions side by side
+def conventions_table(df: pd.DataFrame, model: str | None = None, metrics: Sequence[str] = ("auprc", "fpr_at_95_tpr"),
+                      temperature: float = 1.0) -> pd.DataFrame:
+    """One model under every protocol it was evaluated with, side by side: rows (benchmark, score)
+    plus the Cityscapes-val mIoU, one column per protocol (``course`` first), cells ``AuPRC / FPR95``
+    (or mIoU) in percent, latest row of each. ``model=None``: the store must hold only one model
+    with rows under more than one protocol. Rows without a recorded protocol count as ``legacy``.
+    Explains a gap between two reports of the same checkpoint (``convention_settings`` lists what
+    each protocol does)."""
+    from .protocol import PROTOCOLS, UNRECORDED_PROTOCOL
+
+    _check(df)
+    df = df.assign(protocol=df["protocol"].astype(object).fillna(UNRECORDED_PROTOCOL).replace("", UNRECORDED_PROTOCOL)
+                   if "protocol" in df else UNRECORDED_PROTOCOL)
+    rows = df[(df["dataset"].isin(DATASET_ORDER) | (df["score"] == "miou"))
+              & (df["temperature"].isna() | np.isclose(df["temperature"].astype(float), temperature))]
+    if model is None:
+        multi = sorted(m for m, g in rows.groupby("model") if g["protocol"].nunique() > 1)
+        if len(multi) != 1:
+            raise ValueError(f"conventions_table needs model=: models with rows under several protocols: {multi or 'none'}.")
+        model = multi[0]
+    rows = latest(rows[rows["model"] == model], keys=("dataset", "score", "protocol"))
+    if not len(rows):
+        return pd.DataFrame()
+    known = [p for p in PROTOCOLS if p in set(rows["protocol"])]
+    order = known + sorted(set(rows["protocol"]) - set(known))
+    cell = [(_pct(r["miou"]) if r["score"] == "miou" else " / ".join(_pct(r[m]) for m in metrics)) for _, r in rows.iterrows()]
+    rows = rows.assign(cell=cell, dataset=rows["dataset"].map(lambda d: DATASET_TITLES.get(d, "Cityscapes val" if d == MIOU_DATASET else d)),
+                       score=[("mIoU" if s == "miou" else score_title(s)) for s in rows["score"]])
+    table = rows.pivot_table(index=["dataset", "score"], columns="protocol", values="cell", aggfunc="last", sort=False)
+    table = table.reindex(columns=order).fillna("–")
+    table.columns.name = f"{model_title(model)}: " + " / ".join(METRIC_TITLES[m] for m in metrics) + " (%)"
+    return table
+
+
+def convention_settings(protocols: Sequence[str] | None = None) -> pd.DataFrame:
+    """What each protocol sets (rows: input resize, skip rule, scoring, pooling, FPR95, mIoU
+    channels, logits dtype, MSP formula; columns: protocols), for reading a ``conventions_table``."""
+    from dataclasses import fields
+
+    from .protocol import PROTOCOLS, get_protocol
+
+    ps = [get_protocol(p) for p in (protocols or PROTOCOLS)]
+    names = [f.name for f in fields(ps[0]) if f.name not in ("name", "description")]
+    return pd.DataFrame({p.name: [getattr(p, n) for n in names] for p in ps}, index=names)
