@@ -119,11 +119,12 @@ def main(argv: Sequence[str] | None = None) -> str:
         with torch.no_grad():
             logits = seg.forward_batch(torch.stack([frames[i]["image"] for i in range(len(frames))]))
         void_share = (logits.argmax(1) == 19).float().mean().item()
+        frame_h, frame_w = frames[0]["image"].shape[1:]
     headers = ("difference", "benchmark", "score", "frames course/alt", "AuPRC course", "AuPRC alt", "AuPRC alt - course",
                "FPR95 course", "FPR95 alt", "FPR95 alt - course")
     lines.append(markdown_table(headers, rows))
     lines.append("")
-    lines.append(f"input resize, {frames[0]['image'].shape[2]}x{frames[0]['image'].shape[1]} -> {a.size[1]}x{a.size[0]}: "
+    lines.append(f"input resize, {frame_w}x{frame_h} -> {a.size[1]}x{a.size[0]}: "
                  f"PIL vs torchvision tensor differ by up to {int(diff.max())} grey levels on "
                  f"{100 * (diff > 0).float().mean().item():.2f}% of values")
     lines.append(f"mIoU channels: argmax over 20 (course) {100 * m20:.4f}, over 19 {100 * m19:.4f}, "

@@ -18,8 +18,8 @@ The reference below is written here, independently of the package, from what the
 
 The network is the same random-weight ERFNet on both sides (it is not under test), saved and
 loaded in the course's ``module.``-prefixed DataParallel format. The course evaluates at 512x1024;
-here the evaluation size is the reference's parameter ``SIZE`` = 256x512 (the same conventions at
-a quarter of the CPU time), with frames from 600x800 to 1080x1920. The scores compared are the
+here the evaluation size is the reference's parameter ``SIZE`` = 128x256 (the same conventions at
+a sixteenth of the CPU time), with frames from 180x320 to 1024x2048. The scores compared are the
 course's MSP (``1 - max softmax``) and MaxLogit; other formulas (entropy) are not the course's to
 fix and round differently in float32.
 """
@@ -42,7 +42,7 @@ from anomalyseg.evaluate import OutputCache, evaluate_anomaly, evaluate_miou
 from anomalyseg.models.erfnet import ERFNet, ErfnetSegmenter, load_erfnet
 from anomalyseg.protocol import PROTOCOLS, block_labels, block_scores, get_protocol
 
-SIZE = (256, 512)  # the evaluation size (H, W); the course's scripts hard-code 512x1024
+SIZE = (128, 256)  # the evaluation size (H, W); the course's scripts hard-code 512x1024
 SCORES = ("msp", "max_logit")
 TOL = 1e-6
 
@@ -214,14 +214,14 @@ def make_benchmarks(root, seed=0):
     rng = np.random.default_rng(seed)
     R = root / "Validation_Dataset"
     ra = R / "RoadAnomaly"
-    _write(ra, "0", _image(rng, 540, 960), _mask(540, 960, 2, [(0.5, 0.7, 0.4, 0.55)]), "jpg")
+    _write(ra, "0", _image(rng, 270, 480), _mask(270, 480, 2, [(0.5, 0.7, 0.4, 0.55)]), "jpg")
     vanish = np.zeros((512, 1024), np.uint8)
-    vanish[300, 500] = 2  # PIL's nearest samples the odd rows and columns of a 512x1024 frame at 256x512
+    vanish[300, 500] = 2  # PIL's nearest samples rows and columns 4k + 2 of a 512x1024 frame at 128x256
     _write(ra, "1", _image(rng, 512, 1024), vanish, "jpg")
     _write(ra, "2", _image(rng, 300, 400), np.zeros((300, 400), np.uint8), "jpg")  # no anomaly
     _write(ra, "3", _image(rng, 1024, 2048), _mask(1024, 2048, 2, [(0.55, 0.62, 0.3, 0.34), (0.6, 0.8, 0.7, 0.72)]), "jpg")
-    for name, ext, sizes in (("RoadAnomaly21", "png", [(540, 960), (360, 640)]),
-                             ("RoadObsticle21", "webp", [(540, 960), (360, 640)]),
+    for name, ext, sizes in (("RoadAnomaly21", "png", [(270, 480), (180, 320)]),
+                             ("RoadObsticle21", "webp", [(270, 480), (180, 320)]),
                              ("FS_LostFound_full", "png", [(1024, 2048)]),
                              ("fs_static", "jpg", [(512, 1024), (1024, 2048)])):
         for i, (h, w) in enumerate(sizes):
@@ -229,10 +229,10 @@ def make_benchmarks(root, seed=0):
                 m = _mask(h, w, 1, [(0.7, 0.74, 0.45, 0.48)], void=[(0.0, 0.55, 0.0, 1.0)])
             else:
                 m = _mask(h, w, 1, [(0.45 + 0.1 * i, 0.6 + 0.1 * i, 0.2, 0.3 + 0.05 * i)], void=[(0.9, 1.0, 0.0, 1.0)])
-            if name == "fs_static" and i == 1:  # 2 anomaly pixels at 256x512 whose 2x2 block touches void
+            if name == "fs_static" and i == 1:  # 2 anomaly pixels at 128x256 whose 2x2 block touches void
                 m = np.zeros((h, w), np.uint8)
-                m[498, [1002, 1006]] = 1  # rows / columns 4k + 2 survive the resize: (124, 250), (124, 251)
-                m[502, [1002, 1006]] = 255  # (125, 250), (125, 251)
+                m[484, [804, 812]] = 1  # rows / columns 8k + 4 survive the resize: (60, 100), (60, 101)
+                m[492, [804, 812]] = 255  # (61, 100), (61, 101)
                 m[300:340, 600:660] = 1
             _write(R / name, str(i), _image(rng, h, w), m, ext)
     return R
@@ -240,13 +240,13 @@ def make_benchmarks(root, seed=0):
 
 def make_cityscapes(root, seed=1):
     rng = np.random.default_rng(seed)
-    for i in range(2):  # 512x1024: eval_iou's Resize(short side) to 256 gives SIZE
+    for i in range(2):  # 256x512: eval_iou's Resize(short side) to 128 gives SIZE
         img_dir, lab_dir = root / "leftImg8bit" / "val" / "city", root / "gtFine" / "val" / "city"
         img_dir.mkdir(parents=True, exist_ok=True)
         lab_dir.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(_image(rng, 512, 1024)).save(img_dir / f"city_{i:06d}_000019_leftImg8bit.png")
-        lab = np.array(Image.fromarray(rng.integers(0, 19, (16, 32)).astype(np.uint8)).resize((1024, 512), Image.NEAREST))
-        lab[:50] = 255
+        Image.fromarray(_image(rng, 256, 512)).save(img_dir / f"city_{i:06d}_000019_leftImg8bit.png")
+        lab = np.array(Image.fromarray(rng.integers(0, 19, (16, 32)).astype(np.uint8)).resize((512, 256), Image.NEAREST))
+        lab[:25] = 255
         Image.fromarray(lab).save(lab_dir / f"city_{i:06d}_000019_gtFine_labelTrainIds.png")
     return root
 
@@ -328,10 +328,10 @@ def test_named_alternatives_equal_their_reference(course_setup, product_rows, va
         ref = course_eval_anomaly(s["model"], s["bench_root"] / dataset, variant, s["ref_logits"])
         _check(rows, ref, dataset)
     if variant == "blocks2x2":  # fs_static frame 1's 2-pixel anomaly shares its blocks with void
-        assert rows.query("dataset == 'fs_static'").eval_size.iloc[0] == "128x256"
+        assert rows.query("dataset == 'fs_static'").eval_size.iloc[0] == "64x128"
         label = course_mask(str(s["bench_root"] / "fs_static" / "images" / "1.jpg"))
-        assert label[124, 250] == label[124, 251] == 1 and label[125, 250] == 255  # fs_static 1 is 1024x2048
-        assert block_labels(torch.from_numpy(label))[62, 125] == 255
+        assert label[60, 100] == label[60, 101] == 1 and label[61, 100] == 255  # fs_static 1 is 1024x2048
+        assert block_labels(torch.from_numpy(label))[30, 50] == 255
 
 
 def test_block_scoring_by_hand():
@@ -405,7 +405,7 @@ def test_cli_eval_and_compare_conventions_give_the_evaluation_rows(course_setup,
     assert "protocol `course`" in out
     cli.main(["compare-conventions", *common, "--protocols", "course", "legacy", "--results", str(tmp_path / "cmp.csv")])
     out = capsys.readouterr().out
-    assert "| course | legacy |" in out.replace("protocol", "").replace("  ", " ") or ("course" in out and "legacy" in out)
+    assert "| course | legacy |" in out and "| input_resize | pil | tensor |" in out  # both tables printed
     ev, cmp = read_results(tmp_path / "eval.csv"), read_results(tmp_path / "cmp.csv")
     for protocol, rows in (("course", ev), ("course", cmp[cmp.protocol == "course"]), ("legacy", cmp[cmp.protocol == "legacy"])):
         ref = product_rows[protocol].query("dataset == 'RoadAnomaly'")
@@ -417,3 +417,28 @@ def test_cli_eval_and_compare_conventions_give_the_evaluation_rows(course_setup,
     assert list(table.columns) == ["course", "legacy"]
     msp = cmp[(cmp.score == "msp")].set_index("protocol")
     assert table.loc[("Road Anomaly", "MSP"), "legacy"] == f"{100 * msp.auprc['legacy']:.2f} / {100 * msp.fpr_at_95_tpr['legacy']:.2f}"
+
+
+def test_compare_conventions_cli_with_an_eomt_folder(course_setup, tmp_path, capsys):
+    """``compare-conventions --model eomt`` on a ``save_pretrained`` folder: rows under each protocol
+    asked for, the same frames used where only the resize differs (EoMT scores at the frame size)."""
+    from helpers import tiny_eomt_config
+
+    from anomalyseg import cli
+    from anomalyseg.models.eomt import build_eomt
+    from anomalyseg.results import read_results
+
+    torch.manual_seed(0)
+    folder = tmp_path / "eomt"
+    build_eomt(tiny_eomt_config()).save_pretrained(folder)
+    window = tiny_eomt_config().image_size
+    cli.main(["compare-conventions", "--model", "eomt", "--checkpoint", str(folder), "--window-size", str(window),
+              "--benchmarks-root", str(course_setup["bench_root"]), "--benchmarks", "RoadAnomaly21",
+              "--protocols", "course", "smiyc", "legacy", "--results", str(tmp_path / "r.csv")])
+    out = capsys.readouterr().out
+    assert "| course | smiyc | legacy |" in out
+    rows = read_results(tmp_path / "r.csv")
+    assert sorted(set(rows.protocol)) == ["course", "legacy", "smiyc"] and set(rows.model) == {"eomt"}
+    by = rows[rows.score == "msp"].set_index("protocol")
+    assert by.auprc["course"] == by.auprc["smiyc"]  # the same scores; only the FPR95 reading differs
+    assert by.eval_size["course"] == by.eval_size["legacy"] == "270x480"

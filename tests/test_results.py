@@ -91,7 +91,7 @@ def test_a_store_older_than_the_protocol_column_still_reads_and_counts_as_legacy
     evaluation (``legacy``) in tables, and a new row is appended beside them without rewriting them."""
     path = tmp_path / "results.csv"
     old_columns = [c for c in results.COLUMNS if c != "protocol"]
-    old = pd.DataFrame([dict(_row(), protocol=None)])[old_columns]
+    old = pd.DataFrame([_row()]).reindex(columns=old_columns)
     old.to_csv(path, index=False)
     before = path.read_text()
     df = results.read_results(path)

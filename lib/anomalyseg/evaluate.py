@@ -450,9 +450,12 @@ def check_temperatures(temperatures: Sequence[float], what: str = "temperature")
 
 def _save_maps(folder: Path, segmenter, dataset, frames, scores, extra_names) -> None:
     combos = [_Combo(s, float("nan") if s in extra_names else 1.0) for s in scores]
-    for i, f in enumerate(frames):
+    j = 0  # the dataset item of each frame: frames the protocol dropped leave gaps
+    for f in frames:
         maps = dict(_score_maps(segmenter, f, combos, extra_names))
-        item = dataset[i]
+        while j < len(dataset) - 1 and dataset[j]["stem"] != f.stem:
+            j += 1
+        item = dataset[j]
         image = item["image"] if item["stem"] == f.stem else None
         arrays = {f"map|{c.score}": maps[c].numpy().astype(np.float16) for c in combos}  # in the order asked
         arrays["label"] = f.label.numpy().astype(np.uint8)

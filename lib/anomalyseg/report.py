@@ -629,4 +629,4 @@ def convention_settings(protocols: Sequence[str] | None = None) -> pd.DataFrame:
 
     ps = [get_protocol(p) for p in (protocols or PROTOCOLS)]
     names = [f.name for f in fields(ps[0]) if f.name not in ("name", "description")]
-    return pd.DataFrame({p.name: [getattr(p, n) for n in names] for p in ps}, index=names)
+    return pd.DataFrame({p.name: [getattr(p, n) for n in names] for p in ps}, index=pd.Index(names, name="setting"))
