@@ -6,7 +6,7 @@ renaming once DataParallel's ``module.`` prefix is stripped. The network predict
 the 19 Cityscapes train classes and a void class (channel 19) trained with weight 0.
 
 ``ErfnetSegmenter`` wraps it for evaluation with the course preprocessing (REFERENCE §2): RGB,
-bilinear resize to 512x1024, scaled to [0, 1], no mean/std normalisation.
+PIL bilinear resize to 512x1024, scaled to [0, 1], no mean/std normalisation.
 """
 
 from __future__ import annotations
@@ -150,8 +150,8 @@ class ErfnetSegmenter:
     """``Segmenter`` for ERFNet with the course preprocessing (REFERENCE §2).
 
     ``model`` is an ``ERFNet`` or a path to its weights (loaded with ``load_erfnet``). Frames are
-    resized (bilinear, antialiased like PIL) to ``input_size`` and scored there: ``eval_size``
-    returns ``input_size``, so labels are resized to it with nearest neighbour, as in the course.
+    resized bilinearly to ``input_size`` and scored there: ``eval_size`` returns ``input_size``, so
+    labels are resized to it with PIL's nearest neighbour, as in the course.
     ``use_void`` keeps the void channel in ``class_map`` (20 channels, for the ``void_prob`` score
     and the course's mIoU). ``input_resize``: ``"pil"`` resizes the frame as a PIL image with PIL's
     bilinear filter, as the course's ``Resize((512, 1024), Image.BILINEAR)`` on the opened image;
