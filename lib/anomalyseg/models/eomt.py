@@ -455,7 +455,12 @@ class EomtSegmenter:
 
     @property
     def cache_tag(self) -> str:
-        return f"S{self.window_size}|{self.input_resize}"
+        """The settings that change the cached outputs, then what the zoo appends (a weight-file fingerprint)."""
+        return f"S{self.window_size}|{self.input_resize}" + getattr(self, "_tag_extra", "")
+
+    @cache_tag.setter
+    def cache_tag(self, value: str) -> None:
+        self._tag_extra = value.split(self.cache_tag, 1)[1] if value.startswith(self.cache_tag) else f"|{value}"
 
     def eval_size(self, frame_size: tuple[int, int]) -> tuple[int, int]:
         """Scores are compared at the frame's own resolution, as upstream evaluates."""

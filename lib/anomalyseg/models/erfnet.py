@@ -195,8 +195,14 @@ class ErfnetSegmenter:
 
     @property
     def cache_tag(self) -> str:
-        """Everything besides the weights that changes the cached logits."""
-        return f"{self.input_size[0]}x{self.input_size[1]}|{self.input_resize}|{str(self.logits_dtype).removeprefix('torch.')}"
+        """Everything besides the weights that changes the cached logits (settings, then what the
+        zoo appends, e.g. a weight-file fingerprint)."""
+        settings = f"{self.input_size[0]}x{self.input_size[1]}|{self.input_resize}|{str(self.logits_dtype).removeprefix('torch.')}"
+        return settings + getattr(self, "_tag_extra", "")
+
+    @cache_tag.setter
+    def cache_tag(self, value: str) -> None:
+        self._tag_extra = value.split(self.cache_tag, 1)[1] if value.startswith(self.cache_tag) else f"|{value}"
 
     def eval_size(self, frame_size: tuple[int, int]) -> tuple[int, int]:
         return self.input_size
