@@ -453,9 +453,10 @@ def _save_maps(folder: Path, segmenter, dataset, frames, scores, extra_names) ->
     j = 0  # the dataset item of each frame: frames the protocol dropped leave gaps
     for f in frames:
         maps = dict(_score_maps(segmenter, f, combos, extra_names))
-        while j < len(dataset) - 1 and dataset[j]["stem"] != f.stem:
+        item = dataset[j]  # decoded once per step
+        while item["stem"] != f.stem and j < len(dataset) - 1:
             j += 1
-        item = dataset[j]
+            item = dataset[j]
         image = item["image"] if item["stem"] == f.stem else None
         arrays = {f"map|{c.score}": maps[c].numpy().astype(np.float16) for c in combos}  # in the order asked
         arrays["label"] = f.label.numpy().astype(np.uint8)
