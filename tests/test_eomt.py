@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -103,15 +104,41 @@ def test_scaled_size_rounds_like_upstream():
 @pytest.mark.parametrize("crop,window", [((720, 1280), 144), ((333, 517), 64)])
 def test_windows_match_transformers_processor(realdata, crop, window):
     """Windows and offsets equal ``EomtImageProcessor(do_split_image=True)``'s on a real photo
-    (the full 1280x720 frame and an odd-size non-square crop of it)."""
+    (the full 1280x720 frame and an odd-size non-square crop of it); the processor resizes the
+    tensor with torchvision, our ``input_resize="tensor"``."""
     image = torch.from_numpy(read_rgb(realdata / "images" / "tractor.png")).permute(2, 0, 1)
     image = image[:, : crop[0], : crop[1]].contiguous()
-    windows, offsets, resized = split_windows(image, window)
+    windows, offsets, resized = split_windows(image, window, input_resize="tensor")
     proc = EomtImageProcessor(do_split_image=True, size={"shortest_edge": window, "longest_edge": None})
     ref = proc(images=[image], return_tensors="pt")
     assert [tuple(o.tolist()[1:]) for o in ref["patch_offsets"]] == [tuple(o) for o in offsets.tolist()]
     assert len(offsets) == math.ceil(max(resized) / window) >= 2
     torch.testing.assert_close(normalize(windows), ref["pixel_values"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("crop,window", [((720, 1280), 144), ((333, 517), 64)])
+def test_default_windows_are_upstreams_pil_resize(realdata, crop, window):
+    """By default the frame is resized as upstream's ``window_imgs_semantic`` does: a PIL image,
+    ``resize((new_w, new_h), Image.BILINEAR)`` with new size ``round(s * max(S/h, S/w))``, then
+    windows cut along the long side (re-derived here from that description)."""
+    from PIL import Image
+
+    image = torch.from_numpy(read_rgb(realdata / "images" / "tractor.png")).permute(2, 0, 1)
+    image = image[:, : crop[0], : crop[1]].contiguous()
+    h, w = crop
+    factor = max(window / h, window / w)
+    new_h, new_w = round(h * factor), round(w * factor)
+    ref = np.array(Image.fromarray(image.permute(1, 2, 0).numpy()).resize((new_w, new_h), Image.BILINEAR))
+    ref = torch.from_numpy(ref).permute(2, 0, 1)
+    windows, offsets, resized = split_windows(image, window)
+    assert resized == (new_h, new_w)
+    for win, (start, end) in zip(windows, offsets.tolist()):
+        expected = ref[:, start:end, :] if new_h > new_w else ref[:, :, start:end]
+        assert torch.equal(win, expected)
+    # torchvision's antialiased tensor resize is close to PIL but not equal (the old default)
+    tensor_windows = split_windows(image, window, input_resize="tensor")[0]
+    diff = (tensor_windows.int() - windows.int()).abs()
+    assert 0 < diff.max() <= 2
 
 
 def test_stitching_matches_transformers_merge(realdata):

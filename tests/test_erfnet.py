@@ -116,7 +116,13 @@ def test_segmenter_protocol_and_outputs(model, frame):
     assert seg.name == "erfnet" and seg.num_channels == 19 and not seg.supports_class_temperature
     assert seg.eval_size((96, 200)) == (64, 128)
     raw = seg.raw_outputs(frame)
-    assert set(raw) == {"logits"} and raw["logits"].dtype == torch.float16 and raw["logits"].shape == (20, 64, 128)
+    assert set(raw) == {"logits"} and raw["logits"].dtype == torch.float32 and raw["logits"].shape == (20, 64, 128)
+    half = ErfnetSegmenter(model, checkpoint="random-init", input_size=(64, 128), logits_dtype=torch.float16)
+    assert half.raw_outputs(frame)["logits"].dtype == torch.float16 and half.cache_tag != seg.cache_tag
+    half.cache_tag = f"{half.cache_tag}|weights-abc"  # the zoo appends a weight-file fingerprint
+    assert half.cache_tag.endswith("|float16|weights-abc")
+    half.input_resize = "tensor"  # a protocol's setting still changes the tag under the appended part
+    assert half.cache_tag == "64x128|tensor|float16|weights-abc"
     cmap = seg.class_map(raw, (64, 128))
     assert cmap.dtype == torch.float32 and cmap.shape == (19, 64, 128)
     torch.testing.assert_close(cmap, raw["logits"][:19].float())

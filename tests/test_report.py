@@ -116,9 +116,9 @@ def test_latex_bolds_the_best_of_each_column(store):
 
 def test_latex_marks_missing_cells_and_escapes_titles():
     rows = pd.DataFrame([dict(model="eomt", dataset="FS_LostFound_full", score="msp", temperature=1.0, temperature_on="pixel",
-                              auprc=0.25, fpr_at_95_tpr=0.15, miou=np.nan),
+                              auprc=0.25, fpr_at_95_tpr=0.15, miou=np.nan, protocol="course"),
                          dict(model="erfnet", dataset="fs_static", score="msp", temperature=1.0, temperature_on="pixel",
-                              auprc=0.07, fpr_at_95_tpr=0.42, miou=np.nan)])
+                              auprc=0.07, fpr_at_95_tpr=0.42, miou=np.nan, protocol="course")])
     tex = report.to_latex(report.comparison_table(rows))
     assert r"FS L\&F" in tex
     assert r"ERFNet & MSP & -- & -- & \textbf{7.00} & \textbf{42.00} & -- \\" in tex

@@ -11,7 +11,7 @@ from anomalyseg import results
 
 def _row(**kw):
     base = dict(run_id="r1", model="erfnet", dataset="RoadAnomaly21", score="msp", temperature=1.0,
-                temperature_on="pixel", auprc=0.291, fpr_at_95_tpr=0.62512, auroc=0.9)
+                temperature_on="pixel", auprc=0.291, fpr_at_95_tpr=0.62512, auroc=0.9, protocol="course")
     base.update(kw)
     return base
 
@@ -75,7 +75,8 @@ def test_tables_prefer_exact_rows_and_course_score_order(tmp_path):
     from anomalyseg.results import anomaly_table, append_rows, latest, read_results
 
     path = tmp_path / "r.csv"
-    base = dict(model="eomt", dataset="fs_static", temperature=1.0, temperature_on="pixel", fpr_at_95_tpr=0.5)
+    base = dict(model="eomt", dataset="fs_static", temperature=1.0, temperature_on="pixel", fpr_at_95_tpr=0.5,
+                protocol="course")
     append_rows([dict(base, score=s, auprc=a) for s, a in (("rba", 0.3), ("msp", 0.1), ("energy", 0.2), ("max_logit", 0.4))], path)
     append_rows([dict(base, score="msp", auprc=0.11, metric_bins="2^20")], path)  # a later sweep row
     df = read_results(path)
@@ -83,3 +84,25 @@ def test_tables_prefer_exact_rows_and_course_score_order(tmp_path):
     table = anomaly_table(df)
     assert [s for _, s in table.index] == ["msp", "max_logit", "energy", "rba"]
     assert table.iloc[0, 0].startswith("10.00")
+
+
+def test_a_store_older_than_the_protocol_column_still_reads_and_counts_as_legacy(tmp_path):
+    """A store written before the ``protocol`` column: it reads, its rows count as the pre-protocol
+    evaluation (``legacy``) in tables, and a new row is appended beside them without rewriting them."""
+    path = tmp_path / "results.csv"
+    old_columns = [c for c in results.COLUMNS if c != "protocol"]
+    old = pd.DataFrame([_row()]).reindex(columns=old_columns)
+    old.to_csv(path, index=False)
+    before = path.read_text()
+    df = results.read_results(path)
+    assert "protocol" not in df and len(df) == 1
+    assert len(results.protocol_rows(df, "legacy")) == 1 and results.protocol_rows(df, "course").empty
+    assert results.anomaly_table(df).empty and not results.anomaly_table(df, protocol="legacy").empty
+    results.append_rows([_row(run_id="r2", auprc=0.5)], path)  # protocol="course"
+    assert path.read_text().startswith(before.splitlines()[0].split(",notes")[0])
+    df = results.read_results(path)
+    assert list(df.run_id) == ["r1", "r2"]
+    assert results.protocol_rows(df, "legacy").run_id.tolist() == ["r1"]
+    assert results.protocol_rows(df, "course").run_id.tolist() == ["r2"]
+    md = results.to_markdown(results.anomaly_table(df))
+    assert "50.00" in md and "protocol `course`" in md

@@ -1,4 +1,4 @@
-"""The ``anomalyseg`` command: ``make-data``, ``prepare-coco``, ``eval``, ``train``, ``run-all``.
+"""The ``anomalyseg`` command: ``make-data``, ``prepare-coco``, ``eval``, ``compare-conventions``, ``train``, ``run-all``.
 
 Every subcommand is a thin entry to a package function; nothing imports this module.
 
@@ -92,21 +92,48 @@ def _eval(a):
     if benchmarks:
         frames.append(evaluate_anomaly(seg, benchmarks, scores=a.scores, temperatures=a.temperatures,
                                        temperature_on=a.temperature_on, results_path=a.results, run_id=run_id,
-                                       cache=cache, fpr_convention=a.fpr_convention, num_workers=a.workers))
+                                       cache=cache, fpr_convention=a.fpr_convention, num_workers=a.workers,
+                                       protocol=a.protocol))
     if val is not None:
-        rows, _ = evaluate_miou(seg, val, results_path=a.results, run_id=run_id, cache=cache, num_workers=a.workers)
+        rows, _ = evaluate_miou(seg, val, results_path=a.results, run_id=run_id, cache=cache, num_workers=a.workers,
+                                protocol=a.protocol)
         frames.append(rows)
     # The table of this run only: rows of other runs in the same store are not this checkpoint's.
     mine = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
     for col in ("temperature", "auprc", "fpr_at_95_tpr", "miou"):
         mine[col] = pd.to_numeric(mine[col], errors="coerce")
+    # "smiyc" for course + --fpr-convention smiyc: the rows name the protocol they were made under
+    protocol = mine["protocol"].iloc[0] if len(mine) else a.protocol
     print(f"run {run_id}: {seg.name} {seg.checkpoint}; rows appended to {a.results}")
     if benchmarks:
         temperature = a.temperatures[0] if len(a.temperatures) == 1 else None
         print(to_markdown(anomaly_table(mine, index=("model", "score", "temperature") if temperature is None else
-                                        ("model", "score"), temperature=temperature)))
+                                        ("model", "score"), temperature=temperature, protocol=protocol)))
     if val is not None:
         print(to_markdown(miou_table(mine)))
+
+
+def _compare_conventions(a):
+    from .data.benchmarks import load_benchmarks
+    from .data.cityscapes import CityscapesSegmentation
+    from .evaluate import OutputCache, compare_conventions
+    from .protocol import describe
+    from .report import convention_settings, conventions_table
+    from .results import check_store, to_markdown
+
+    if a.benchmarks_root is None:
+        raise ValueError("compare-conventions needs --benchmarks-root (the course's Validation_Dataset folder).")
+    check_store(a.results)
+    benchmarks = load_benchmarks(a.benchmarks_root, a.benchmarks)
+    val = CityscapesSegmentation(a.cityscapes_root, "val") if a.cityscapes_root else None
+    seg = _segmenter(a)
+    rows = compare_conventions(seg, benchmarks, val, scores=a.scores, protocols=a.protocols, results_path=a.results,
+                               cache=OutputCache(a.cache_dir) if a.cache_dir else None, num_workers=a.workers)
+    print(to_markdown(conventions_table(rows, seg.name)))
+    print()
+    print(to_markdown(convention_settings(a.protocols)))
+    print()
+    print("\n".join(f"- {describe(p)}" for p in a.protocols))
 
 
 def _train(a):
@@ -200,6 +227,8 @@ def _on_sigterm(signum, frame):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .protocol import PROTOCOLS
+
     # --debug is accepted before or after the subcommand (SUPPRESS: a subcommand's default never
     # overwrites a --debug given before it).
     debug = argparse.ArgumentParser(add_help=False)
@@ -225,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=nonnegative_int, default=0)
     s.set_defaults(func=_prepare_coco)
 
-    s = sub.add_parser("eval", help="evaluate a checkpoint on the benchmarks and/or Cityscapes val")
+    s = eval_parser = sub.add_parser("eval", help="evaluate a checkpoint on the benchmarks and/or Cityscapes val")
     s.add_argument("--model", choices=("erfnet", "eomt"), required=True)
     s.add_argument("--checkpoint", required=True, help="file (.pth/.ckpt/.safetensors), transformers folder or hub id")
     s.add_argument("--benchmarks-root", type=Path, help="the course's Validation_Dataset folder")
@@ -234,7 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scores", nargs="+", default=["msp", "max_logit", "max_entropy", "energy"])
     s.add_argument("--temperatures", nargs="+", type=positive_float, default=[1.0])
     s.add_argument("--temperature-on", choices=("pixel", "class"), default="pixel")
-    s.add_argument("--fpr-convention", choices=("course", "smiyc"), default="course")
+    s.add_argument("--fpr-convention", choices=("course", "smiyc"), default=None,
+                   help="FPR95 convention (default: the protocol's; course + smiyc is the smiyc protocol)")
+    s.add_argument("--protocol", choices=list(PROTOCOLS), default="course",
+                   help="evaluation protocol (anomalyseg.protocol): course (default) matches the course's scripts")
     s.add_argument("--input-size", nargs=2, type=positive_int, default=(512, 1024), metavar=("H", "W"),
                    help="ERFNet input H W (divisible by 8)")
     s.add_argument("--window-size", type=positive_int, default=None,
@@ -244,6 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one, else cpu), cpu, cuda, cuda:1 ...")
     s.add_argument("--workers", type=nonnegative_int, default=2)
     s.set_defaults(func=_eval)
+
+    s = sub.add_parser("compare-conventions",
+                       help="one checkpoint under every evaluation protocol, side by side (explains gaps between reports)")
+    for action in [x for x in eval_parser._actions if x.dest not in ("help", "debug", "temperatures", "temperature_on",
+                                                                      "fpr_convention", "protocol", "scores")]:
+        s._add_action(action)  # eval's model, data and run options, shared
+    s.add_argument("--scores", nargs="+", default=["msp", "max_logit"])
+    s.add_argument("--protocols", nargs="+", choices=list(PROTOCOLS), default=list(PROTOCOLS))
+    s.set_defaults(func=_compare_conventions)
 
     s = sub.add_parser("train", help="train ERFNet or a small EoMT on a Cityscapes-layout folder")
     s.add_argument("model", choices=("erfnet", "eomt"))

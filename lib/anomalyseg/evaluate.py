@@ -13,7 +13,7 @@ import math
 import time
 import warnings
 from functools import partial
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -30,8 +30,9 @@ from .labels import CLASS_NAMES, NUM_CLASSES
 from .components import SMIYC_TRACKS
 from .frame_stats import FrameStatsAccumulator
 from .progress import tqdm
-from .metrics import AnomalyAccumulator, BinnedAnomalyAccumulator, ConfusionMatrix
+from .metrics import AnomalyAccumulator, BinnedAnomalyAccumulator, ConfusionMatrix, PerImageAccumulator
 from .models.base import Segmenter
+from .protocol import EvalProtocol, applied, get_protocol, resize_label, scored_label, scored_map
 from .scores import NEEDS_VOID_CHANNEL, SOFTMAX_SCORES, TEMPERATURE_SENSITIVE, get_score, softmax_scores
 
 
@@ -59,7 +60,7 @@ class OutputCache:
     def get(self, segmenter: Segmenter, dataset: str, stem: str, key: str | None = None) -> dict[str, torch.Tensor] | None:
         """The cached outputs of one frame, or None; a damaged file is removed (and None returned)."""
         if self.root is None:
-            return self._memory.get((id(segmenter), dataset, stem))
+            return self._memory.get((id(segmenter), getattr(segmenter, "cache_tag", ""), dataset, stem))
         path = self.path(segmenter, dataset, stem, key)
         if not path.exists():
             return None
@@ -71,7 +72,7 @@ class OutputCache:
 
     def put(self, segmenter: Segmenter, dataset: str, stem: str, raw: dict[str, torch.Tensor], key: str | None = None) -> None:
         if self.root is None:
-            self._memory[(id(segmenter), dataset, stem)] = raw
+            self._memory[(id(segmenter), getattr(segmenter, "cache_tag", ""), dataset, stem)] = raw
             return
         path = self.path(segmenter, dataset, stem, key)
         _results.atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in raw.items()}, tmp))
@@ -157,17 +158,6 @@ class Frame:
         return self._raw if self._raw is not None else self._load()
 
 
-def resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resize of a label map ``[H, W]`` (course convention for masks).
-
-    The course resizes masks with PIL's ``Resize(NEAREST)``, which samples at pixel centres;
-    torch's ``"nearest-exact"`` is that rule (plain ``"nearest"`` takes ``floor(i * scale)`` and
-    shifts the boundaries by up to a pixel)."""
-    if tuple(label.shape) == tuple(size):
-        return label
-    return F.interpolate(label[None, None].float(), size=size, mode="nearest-exact")[0, 0].to(label.dtype)
-
-
 def _loader(dataset: Dataset, num_workers: int) -> Iterable[dict]:
     # batch_size=None hands items through unbatched; workers overlap decoding with the forward.
     return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
@@ -183,26 +173,46 @@ def collect_outputs(
     num_workers: int = 0,
     progress: bool = True,
     keep_in_memory: bool = False,
+    protocol: EvalProtocol | str | None = None,
+    skipped: list[str] | None = None,
 ) -> list[Frame]:
     """Run ``segmenter`` once per frame of ``dataset`` (skipping frames already cached) and return
-    every frame's raw outputs with its label resized to the segmenter's evaluation size.
+    every frame's raw outputs with its label resized to the segmenter's evaluation size (the
+    frame's own size under a ``full_resolution`` protocol; PIL nearest, as the course).
 
+    ``protocol`` (default ``course``) sets the segmenter's input resize and logits dtype for the
+    forward passes. Under a protocol that skips after the resize (``course``), an anomaly label
+    (``label_key="label"``) without an anomaly pixel at the scored resolution drops its frame
+    before the forward pass, and its stem is appended to ``skipped``.
     With a disk cache the frames read their outputs back when used, unless ``keep_in_memory``;
     with the in-memory cache they hold them.
     """
+    protocol = get_protocol(protocol)
+    with applied(segmenter, protocol):
+        return _collect(segmenter, dataset, dataset_name, cache, label_key, num_workers, progress, keep_in_memory,
+                        protocol, skipped)
+
+
+def _collect(segmenter, dataset, dataset_name, cache, label_key, num_workers, progress, keep_in_memory, protocol,
+             skipped) -> list[Frame]:
     cache = cache if cache is not None else OutputCache()
     key = cache.key(segmenter) if cache.root is not None else None
     frames = []
     for item in tqdm(_loader(dataset, num_workers), total=len(dataset), desc=f"{segmenter.name} on {dataset_name}", unit="frame",
                      disable=not progress, leave=False):
         stem = item["stem"]
-        label = resize_label(torch.as_tensor(item[label_key]), segmenter.eval_size(tuple(item[label_key].shape[-2:])))
+        full = tuple(item[label_key].shape[-2:])
+        label = resize_label(torch.as_tensor(item[label_key]), full if protocol.scoring == "full_resolution" else segmenter.eval_size(full))
+        if label_key == "label" and protocol.skip_after_resize and not (scored_label(label, protocol) == 1).any():
+            if skipped is not None:
+                skipped.append(stem)  # the course drops a frame whose anomaly vanished in the resize
+            continue
         if cache.root is None:
             raw = cache.get(segmenter, dataset_name, stem)
             if raw is None:
                 raw = segmenter.raw_outputs(item["image"])
                 cache.put(segmenter, dataset_name, stem, raw)
-            frames.append(Frame(stem, raw, label, native_size=tuple(item[label_key].shape[-2:])))
+            frames.append(Frame(stem, raw, label, native_size=full))
             continue
         path = cache.path(segmenter, dataset_name, stem, key)
         if path.exists() and not _readable(path):  # truncated by a crash or a full disk: compute it again
@@ -213,7 +223,7 @@ def collect_outputs(
             raw = segmenter.raw_outputs(item["image"])
             cache.put(segmenter, dataset_name, stem, raw, key)
         frames.append(Frame(stem, raw if keep_in_memory else None, label, load=partial(_load_cached, path),
-                            native_size=tuple(item[label_key].shape[-2:])))
+                            native_size=full))
     return frames
 
 
@@ -252,7 +262,8 @@ def class_argmax(x: torch.Tensor) -> torch.Tensor:
     return idx.long()
 
 
-def _score_maps(segmenter: Segmenter, frame: Frame, combos: Sequence[_Combo], extra_names: Sequence[str]) -> Iterator[tuple[_Combo, torch.Tensor]]:
+def _score_maps(segmenter: Segmenter, frame: Frame, combos: Sequence[_Combo], extra_names: Sequence[str],
+                msp_form: str = "expm1") -> Iterator[tuple[_Combo, torch.Tensor]]:
     """Every combo's score map of one frame: one class map per class temperature, one
     log-softmax per pixel temperature for MSP, MaxEntropy and Energy together."""
     from_classes = [c for c in combos if c.score not in extra_names]
@@ -272,7 +283,7 @@ def _score_maps(segmenter: Segmenter, frame: Frame, combos: Sequence[_Combo], ex
                 x = class_map if c.score in NEEDS_VOID_CHANNEL else class_map[:NUM_CLASSES]
                 yield c, get_score(c.score)(x, temperature=c.temperature)
         for t, group in by_t.items():
-            found = softmax_scores(class_map[:NUM_CLASSES], [c.score for c in group], temperature=t)
+            found = softmax_scores(class_map[:NUM_CLASSES], [c.score for c in group], temperature=t, msp_form=msp_form)
             yield from ((c, found[c.score]) for c in group)
 
 
@@ -285,7 +296,7 @@ def evaluate_anomaly(
     results_path: str | Path | None = "results/results.csv",
     run_id: str | None = None,
     cache: OutputCache | None = None,
-    fpr_convention: str = "course",
+    fpr_convention: str | None = None,
     curve_points: int = 256,
     num_workers: int = 0,
     max_bytes: int = 4 << 30,
@@ -294,8 +305,15 @@ def evaluate_anomaly(
     progress: bool = True,
     notes: str = "",
     frame_stats: bool = True,
+    protocol: EvalProtocol | str | None = None,
 ) -> pd.DataFrame:
     """Evaluate ``scores`` of ``segmenter`` on each benchmark, pooled over each data set's pixels.
+
+    ``protocol``: the ``EvalProtocol`` (or its name in ``protocol.PROTOCOLS``; default ``course``,
+    the course's evalAnomaly.py to the last digit) that fixes the input resize, the frame skip
+    rule, the scoring resolution (2x2 blocks, full resolution), pooling and FPR95; its name is
+    stored in every row. ``fpr_convention`` (None: the protocol's) overrides the protocol's FPR95
+    convention (``course`` with ``"smiyc"`` is the ``smiyc`` protocol).
 
     ``temperature_on``: ``"pixel"`` divides the per-pixel class map by T before a score's softmax;
     ``"class"`` divides the class logits by T before the mask-classification fusion (EoMT only).
@@ -313,6 +331,8 @@ def evaluate_anomaly(
     ``ppv``, ``f1_mean`` columns), from the same visit of each frame (``frame_stats`` module),
     stored in ``<results dir>/frame_stats/<run_id>/<dataset>.npz``.
     """
+    protocol = _with_fpr(get_protocol(protocol), fpr_convention)
+    fpr_convention = protocol.fpr_convention
     if temperature_on not in ("pixel", "class"):
         raise ValueError(f"temperature_on must be 'pixel' or 'class', got {temperature_on!r}.")
     if temperature_on == "class" and not segmenter.supports_class_temperature:
@@ -328,8 +348,10 @@ def evaluate_anomaly(
     cache = cache if cache is not None else OutputCache()
     commit, now = _results.git_commit(), _dt.datetime.now().isoformat(timespec="seconds")
     new_acc = AnomalyAccumulator if histogram_bits is None else partial(BinnedAnomalyAccumulator, histogram_bits)
+    new_acc = PerImageAccumulator if protocol.pooling == "per_image" else new_acc
     rows, curves, stats_arrays = [], {}, {}
-    with_stats = frame_stats and histogram_bits is None and results_path is not None
+    # per-frame statistics pool pixels as the pooled metrics do; per-image means have none
+    with_stats = frame_stats and histogram_bits is None and results_path is not None and protocol.pooling == "pixels"
 
     # Every (score, pixel T, class T) to evaluate; a score that ignores the pixel temperature
     # is computed once and reported for each swept T.
@@ -354,12 +376,19 @@ def evaluate_anomaly(
                 "its labels_masks/ are this benchmark's masks.", stacklevel=2)
             continue
         rows = []
-        frames = collect_outputs(segmenter, dataset, name, cache, num_workers=num_workers, progress=progress)
+        dropped: list[str] = []  # frames the protocol's skip rule drops after the resize
+        frames = collect_outputs(segmenter, dataset, name, cache, num_workers=num_workers, progress=progress,
+                                 protocol=protocol, skipped=dropped)
+        if not frames:
+            warnings.warn(f"{name}: every frame was skipped under protocol {protocol.name!r} (no anomaly pixel left at the "
+                          "evaluation size), so it has no rows.", stacklevel=2)
+            continue
         if results_path is not None and maps_frames:
             _save_maps(Path(results_path).parent / "maps" / run_id / name, segmenter, dataset, frames[:maps_frames],
                        [s for s in scores], extra_names)
-        n_valid = sum(int(((f.label == 0) | (f.label == 1)).sum()) for f in frames)
-        skipped = len(getattr(dataset, "skipped", ()))
+        labels = {f.stem: scored_label(f.label, protocol) for f in frames}  # 2x2 blocks under blocks2x2
+        n_valid = sum(int(((lab == 0) | (lab == 1)).sum()) for lab in labels.values())
+        skipped = len(getattr(dataset, "skipped", ())) + len(dropped)
         # Exact metrics keep 4 bytes per valid pixel and combo: split the combos into passes over
         # the frames that fit max_bytes. Histograms have a fixed size.
         per_combo = 5 * n_valid if histogram_bits is None else BINNED_BYTES
@@ -371,18 +400,19 @@ def evaluate_anomaly(
             else:
                 accs = {c: new_acc() for c in combos[start : start + per_pass]}
             for frame in frames:
-                for c, m in _score_maps(segmenter, frame, list(accs), extra_names):
+                for c, m in _score_maps(segmenter, frame, list(accs), extra_names, protocol.msp_form):
+                    m, label = scored_map(m, protocol), labels[frame.stem]
                     if with_stats:
-                        accs[c].add_frame(m, frame.label, frame.stem, frame.native_size)
+                        accs[c].add_frame(m, label, frame.stem, frame.native_size)
                     else:
-                        accs[c].update(m, frame.label)
+                        accs[c].update(m, label)
             for c, acc in accs.items():
                 m = acc.compute(convention=fpr_convention)
                 t_on = "none" if math.isnan(c.temperature) else temperature_on
                 t_row = c.class_t if temperature_on == "class" else c.temperature
                 key = f"{segmenter.name}|{name}|{c.score}|{t_row:g}|{t_on}"
-                if curve_points:
-                    curves.update({f"{key}|{k}": np.asarray(v) for k, v in acc.pr_roc_points(curve_points).items()})
+                points = acc.pr_roc_points(curve_points) if curve_points else {}  # none per image
+                curves.update({f"{key}|{k}": np.asarray(v) for k, v in points.items()})
                 stats_row = {}
                 if with_stats and m["anomaly_fraction"] > 0:
                     arrays, summary = acc.frame_stats()
@@ -395,9 +425,10 @@ def evaluate_anomaly(
                         dataset=name, score=c.score, temperature=t, temperature_on=t_on,
                         auprc=m["auprc"], fpr_at_95_tpr=m["fpr_at_95_tpr"], auroc=m["auroc"], miou="",
                         frames_used=len(frames), frames_skipped=skipped, fpr_convention=fpr_convention,
-                        eval_size="x".join(map(str, frames[0].size)) if frames else "",
-                        curves=f"curves/{run_id}.npz#{key}" if curve_points else "",
+                        eval_size="x".join(map(str, labels[frames[0].stem].shape)) if frames else "",
+                        curves=f"curves/{run_id}.npz#{key}" if points else "",
                         metric_bins=f"2^{histogram_bits}" if histogram_bits else "", notes=notes, **stats_row,
+                        protocol=protocol.name,
                     ))
         # Each benchmark's rows are stored as soon as they exist: a later benchmark that fails
         # (a bad frame, a full disk) never costs the ones already done.
@@ -410,6 +441,15 @@ def evaluate_anomaly(
             _results.append_rows(rows, results_path)
         all_rows += rows
     return pd.DataFrame(all_rows, columns=_results.COLUMNS)
+
+
+def _with_fpr(protocol: EvalProtocol, fpr_convention: str | None) -> EvalProtocol:
+    """``protocol`` with another FPR95 convention, named for it (``course`` + smiyc = ``smiyc``)."""
+    if fpr_convention is None or fpr_convention == protocol.fpr_convention:
+        return protocol
+    if protocol.name == "course" and fpr_convention == "smiyc":
+        return get_protocol("smiyc")
+    return replace(protocol, name=f"{protocol.name}+fpr_{fpr_convention}", fpr_convention=fpr_convention)
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -438,9 +478,13 @@ def check_temperatures(temperatures: Sequence[float], what: str = "temperature")
 
 def _save_maps(folder: Path, segmenter, dataset, frames, scores, extra_names) -> None:
     combos = [_Combo(s, float("nan") if s in extra_names else 1.0) for s in scores]
-    for i, f in enumerate(frames):
+    j = 0  # the dataset item of each frame: frames the protocol dropped leave gaps
+    for f in frames:
         maps = dict(_score_maps(segmenter, f, combos, extra_names))
-        item = dataset[i]
+        item = dataset[j]  # decoded once per step
+        while item["stem"] != f.stem and j < len(dataset) - 1:
+            j += 1
+            item = dataset[j]
         image = item["image"] if item["stem"] == f.stem else None
         arrays = {f"map|{c.score}": maps[c].numpy().astype(np.float16) for c in combos}  # in the order asked
         arrays["label"] = f.label.numpy().astype(np.uint8)
@@ -479,11 +523,14 @@ def evaluate_miou(
     num_workers: int = 0,
     progress: bool = True,
     notes: str = "",
+    protocol: EvalProtocol | str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cityscapes mIoU (course convention: all 19 classes, ignore 255) for each class temperature.
 
-    The prediction is the argmax over all channels of ``class_map``; the course's ERFNet figure
-    (72.20) takes it over 20 channels, void included: use ``ErfnetSegmenter(use_void=True)``.
+    The prediction is the argmax over the channels of ``class_map``. Under ``protocol`` ``course``
+    (default) ERFNet's void channel takes part, as in the course's ``iouEval`` (the 72.20 figure):
+    a pixel won by void is a miss of its true class; ``legacy`` takes it over the 19 classes. The
+    protocol also sets the input resize, the logits dtype and (``full_resolution``) the resolution.
 
     Returns ``(rows, per_class)`` where ``per_class`` holds the IoU of each class (fractions) per T.
     A pixel temperature never changes the argmax, so only class temperatures are swept.
@@ -493,16 +540,19 @@ def evaluate_miou(
         raise ValueError(f"{segmenter.name} has no class logits to scale; mIoU does not depend on a pixel temperature.")
     if results_path is not None:
         results_path = _results.check_store(results_path)
+    protocol = get_protocol(protocol)
     run_id = run_id or _results.new_run_id(segmenter.name)
-    frames = collect_outputs(segmenter, dataset, dataset_name, cache, label_key="target", num_workers=num_workers, progress=progress)
+    frames = collect_outputs(segmenter, dataset, dataset_name, cache, label_key="target", num_workers=num_workers,
+                             progress=progress, protocol=protocol)
     commit, now = _results.git_commit(), _dt.datetime.now().isoformat(timespec="seconds")
     rows, per_class = [], {}
     cms = [ConfusionMatrix(num_classes=NUM_CLASSES, ignore_index=255) for _ in class_temperatures]
-    for f in frames:
-        # Argmax over every channel the model gives: with ERFNet's void channel (use_void=True)
-        # a pixel won by void counts as a miss, as in the course's iouEval.
-        for cm, class_map in zip(cms, class_maps(segmenter, f.raw, f.size, class_temperatures)):
-            cm.update(class_argmax(class_map), f.label)
+    with applied(segmenter, protocol, miou=True):  # course: ERFNet's class maps keep the void channel
+        for f in frames:
+            # Argmax over every channel the model gives: with ERFNet's void channel (use_void=True)
+            # a pixel won by void counts as a miss, as in the course's iouEval.
+            for cm, class_map in zip(cms, class_maps(segmenter, f.raw, f.size, class_temperatures)):
+                cm.update(class_argmax(class_map), f.label)
     for t, cm in zip(class_temperatures, cms):
         per_class[f"T={t:g}"] = cm.iou()
         rows.append(dict(
@@ -511,6 +561,7 @@ def evaluate_miou(
             temperature_on="class" if segmenter.supports_class_temperature else "none",
             auprc="", fpr_at_95_tpr="", auroc="", miou=cm.miou(), frames_used=len(frames), frames_skipped=0,
             fpr_convention="", eval_size="x".join(map(str, frames[0].size)) if frames else "", curves="", notes=notes,
+            protocol=protocol.name,
         ))
     if results_path is not None:
         _results.append_rows(rows, results_path)
@@ -542,21 +593,22 @@ def temperature_sweep(
     cache: OutputCache | None = None,
     histogram_bits: int | None = None,
     progress: bool = False,
+    protocol: EvalProtocol | str | None = None,
 ) -> pd.DataFrame:
     """Every temperature point of notebook 03 on cached outputs: the per-pixel temperature for the
     scores it changes (MSP, MaxEntropy, Energy) and, for mask classification, the class temperature
     for every score and the mIoU on ``val``. Exact metrics, or ``histogram_bits``-bit histograms
     (see ``evaluate_anomaly``). Returns the rows (anomaly and mIoU), appended to ``results_path``
-    unless None."""
+    unless None. ``protocol``: see ``evaluate_anomaly`` (default ``course``)."""
     kw = dict(results_path=results_path, cache=cache, maps_frames=0, histogram_bits=histogram_bits, progress=progress,
-              frame_stats=False)
+              frame_stats=False, protocol=protocol)
     sensitive = [s for s in scores if s in TEMPERATURE_SENSITIVE]
     frames = [evaluate_anomaly(segmenter, benchmarks, sensitive, temperatures, "pixel", **kw)] if sensitive else []
     if segmenter.supports_class_temperature:
         frames.append(evaluate_anomaly(segmenter, benchmarks, scores, temperatures, "class", **kw))
         if val is not None:
             frames.append(evaluate_miou(segmenter, val, temperatures, results_path=results_path, cache=cache,
-                                        progress=progress)[0])
+                                        progress=progress, protocol=protocol)[0])
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_results.COLUMNS)
 
 
@@ -587,3 +639,32 @@ def frame_maps(
     image = F.interpolate(item["image"][None].float(), size=size, mode="bilinear", align_corners=False)[0]
     return {"image": image.clamp(0, 255).byte(), "label": resize_label(label, size),
             "pred": class_argmax(class_map[:NUM_CLASSES]), "maps": maps, "stem": item.get("stem", "")}
+
+
+# ----------------------------------------------------------------------------- conventions side by side
+def compare_conventions(
+    segmenter: Segmenter,
+    benchmarks: dict[str, Dataset],
+    val: Dataset | None = None,
+    scores: Sequence[str] = ("msp", "max_logit"),
+    protocols: Sequence[str | EvalProtocol] = ("course", "smiyc", "blocks2x2", "full_resolution", "per_image", "legacy"),
+    results_path: str | Path | None = "results/results.csv",
+    cache: OutputCache | None = None,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """The same model under each evaluation protocol (``anomalyseg.protocol``), at T = 1: anomaly
+    rows for ``scores`` on ``benchmarks`` and, with ``val``, the mIoU, each row carrying its
+    protocol's name. One output cache serves every protocol that resizes and stores the logits
+    alike, so the extra protocols cost metrics, not forward passes (``legacy`` runs its own).
+    Rows are appended to ``results_path`` (None: not stored); ``report.conventions_table`` sets
+    them side by side."""
+    cache = cache if cache is not None else OutputCache()
+    out = []
+    for p in protocols:
+        out.append(evaluate_anomaly(segmenter, benchmarks, scores, results_path=results_path, cache=cache, maps_frames=0,
+                                    num_workers=num_workers, progress=progress, protocol=p))
+        if val is not None:
+            out.append(evaluate_miou(segmenter, val, results_path=results_path, cache=cache, num_workers=num_workers,
+                                     progress=progress, protocol=p)[0])
+    return pd.concat(out, ignore_index=True)

@@ -436,6 +436,48 @@ class AnomalyAccumulator:
         return self._rank().curve(int(n))
 
 
+class PerImageAccumulator:
+    """Anomaly metrics of each frame, averaged over frames (protocol ``per_image``; REFERENCE §5
+    pools pixels instead, which weighs a frame by its pixel count and is the course's default).
+
+    A frame's metric that is undefined (no in-distribution pixel: FPR95, AUROC) is left out of
+    that metric's mean. Same ``update`` / ``compute`` as ``AnomalyAccumulator``; no pooled curve.
+    """
+
+    def __init__(self):
+        self._frames: list[dict] = []
+        self.num_frames = 0
+
+    def update(self, scores, labels) -> None:
+        """Add one frame ``[H, W]`` (a batch ``[B, H, W]`` counts as one frame per item)."""
+        shape = tuple(scores.shape) if _is_torch(scores) else np.shape(scores)
+        for s, l in (zip(scores, labels) if len(shape) == 3 else [(scores, labels)]):
+            ranked = _rank(s, l)
+            if ranked.P == 0:
+                continue  # no anomaly pixel: every metric undefined for this frame
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                m = ranked.metrics("course")
+            m["fpr_smiyc"] = ranked.fpr_at_tpr("smiyc") if ranked.N else float("nan")
+            self._frames.append(m)
+            self.num_frames += 1
+
+    def compute(self, convention: str = "course") -> dict:
+        """Means over frames: ``dict(auprc=, fpr_at_95_tpr=, auroc=, num_pixels=, anomaly_fraction=)``."""
+        _check_convention(convention)
+        if not self._frames:
+            raise ValueError("PerImageAccumulator: no frame with an anomaly pixel was added.")
+        mean = lambda k: float(np.nanmean([f[k] for f in self._frames])) if any(
+            not np.isnan(f[k]) for f in self._frames) else float("nan")
+        return dict(auprc=mean("auprc"), auroc=mean("auroc"),
+                    fpr_at_95_tpr=mean("fpr_smiyc" if convention == "smiyc" else "fpr_at_95_tpr"),
+                    num_pixels=sum(f["num_pixels"] for f in self._frames), anomaly_fraction=mean("anomaly_fraction"))
+
+    def pr_roc_points(self, n: int = 256) -> dict[str, np.ndarray]:
+        """Per-image averages have no single curve: ``{}``."""
+        return {}
+
+
 class BinnedAnomalyAccumulator:
     """The anomaly metrics from histograms of the scores instead of a sort (opt-in, approximate).
 

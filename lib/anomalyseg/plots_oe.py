@@ -112,53 +112,54 @@ def training_figure(terms: pd.DataFrame):
 
 
 # ----------------------------------------------------------------------------- evaluation (reused when stored)
-def _stored(df: pd.DataFrame, model: str, checkpoint: str) -> pd.DataFrame:
+def _stored(df: pd.DataFrame, model: str, checkpoint: str, protocol: str = "course") -> pd.DataFrame:
+    df = _results.protocol_rows(df, protocol)
     if not len(df):
         return df
     return df[(df["model"] == model) & (df["checkpoint"].astype(str) == str(checkpoint))]
 
 
 def stored_anomaly_rows(results_csv: str | Path, model: str, checkpoint: str, scores: Sequence[str] = OE_SCORES,
-                        datasets: Sequence[str] = DATASET_ORDER) -> pd.DataFrame:
+                        datasets: Sequence[str] = DATASET_ORDER, protocol: str = "course") -> pd.DataFrame:
     """Latest stored benchmark rows of exactly this model and checkpoint at T = 1 (pixel or class
-    temperature: identical at 1), course FPR convention, one per (dataset, score)."""
-    df = _stored(_results.read_results(results_csv), model, checkpoint)
+    temperature: identical at 1) under ``protocol`` (``anomalyseg.protocol``), one per (dataset, score)."""
+    df = _stored(_results.read_results(results_csv), model, checkpoint, protocol)
     if not len(df):
         return df
-    rows = df[df["dataset"].isin(datasets) & df["score"].isin(scores) & np.isclose(df["temperature"].astype(float), 1.0)
-              & (df["fpr_convention"] == "course")]
+    rows = df[df["dataset"].isin(datasets) & df["score"].isin(scores) & np.isclose(df["temperature"].astype(float), 1.0)]
     return _results.latest(rows, keys=("dataset", "score")).reset_index(drop=True)
 
 
 def anomaly_rows_or_evaluate(segmenter, benchmarks: dict, results_csv: str | Path, scores: Sequence[str] = OE_SCORES,
-                             cache: OutputCache | None = None, progress: bool = True, notes: str = "") -> tuple[pd.DataFrame, str]:
+                             cache: OutputCache | None = None, progress: bool = True, notes: str = "",
+                             protocol: str = "course") -> tuple[pd.DataFrame, str]:
     """The benchmark rows of ``segmenter`` for ``scores``: taken from the store when every
     (benchmark, score) is there for its checkpoint, else evaluated (only the missing scores) and
     appended. Returns ``(rows, how)`` with ``how`` saying which, for the notebook to print."""
-    have = stored_anomaly_rows(results_csv, segmenter.name, segmenter.checkpoint, scores, list(benchmarks))
+    have = stored_anomaly_rows(results_csv, segmenter.name, segmenter.checkpoint, scores, list(benchmarks), protocol)
     done = set(zip(have["dataset"], have["score"])) if len(have) else set()
     missing = [s for s in scores if any((d, s) not in done for d in benchmarks)]
     if not missing:
         return have, f"{segmenter.name}: all {len(have)} rows reused from {results_csv}"
     evaluate_anomaly(segmenter, benchmarks, scores=missing, results_path=results_csv, cache=cache,
-                     progress=progress, notes=notes)  # fmt: skip
-    rows = stored_anomaly_rows(results_csv, segmenter.name, segmenter.checkpoint, scores, list(benchmarks))
+                     progress=progress, notes=notes, protocol=protocol)  # fmt: skip
+    rows = stored_anomaly_rows(results_csv, segmenter.name, segmenter.checkpoint, scores, list(benchmarks), protocol)
     how = (f"{segmenter.name}: evaluated {', '.join(missing)}" +
            (f"; {len(have)} rows reused from {results_csv}" if len(have) else ""))
     return rows, how
 
 
 def miou_or_evaluate(segmenter, dataset, results_csv: str | Path, cache: OutputCache | None = None,
-                     progress: bool = True, notes: str = "") -> tuple[float, str]:
-    """Cityscapes-val mIoU (fraction) of ``segmenter`` at class temperature 1: stored for its
-    checkpoint, or evaluated and appended. Returns ``(miou, how)``."""
-    df = _stored(_results.read_results(results_csv), segmenter.name, segmenter.checkpoint)
+                     progress: bool = True, notes: str = "", protocol: str = "course") -> tuple[float, str]:
+    """Cityscapes-val mIoU (fraction) of ``segmenter`` at class temperature 1 under ``protocol``:
+    stored for its checkpoint, or evaluated and appended. Returns ``(miou, how)``."""
+    df = _stored(_results.read_results(results_csv), segmenter.name, segmenter.checkpoint, protocol)
     if len(df):
         rows = df[(df["score"] == "miou") & (df["dataset"] == MIOU_DATASET) & np.isclose(df["temperature"].astype(float), 1.0)]
         if len(rows):
             return float(rows["miou"].iloc[-1]), f"{segmenter.name}: mIoU reused from {results_csv}"
     rows, _ = evaluate_miou(segmenter, dataset, results_path=results_csv, cache=cache, dataset_name=MIOU_DATASET,
-                            progress=progress, notes=notes)  # fmt: skip
+                            progress=progress, notes=notes, protocol=protocol)  # fmt: skip
     return float(rows["miou"].iloc[0]), f"{segmenter.name}: mIoU evaluated on {len(dataset)} frames"
 
 

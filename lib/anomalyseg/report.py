@@ -22,7 +22,8 @@ import pandas as pd
 
 from .evaluate import load_curves, load_maps
 from .plots import SCORE_TITLES, save_figure, score_maps_figure
-from .results import COLUMNS, DATASET_ORDER, DATASET_TITLES, latest
+from .protocol import describe
+from .results import COLUMNS, DATASET_ORDER, DATASET_TITLES, latest, protocol_rows
 
 # Readable titles of model names and learned scores, the one place the report spells them.
 METHOD_TITLES = {
@@ -108,10 +109,16 @@ def select_models(df: pd.DataFrame, models: Sequence[str] | None) -> pd.DataFram
     return df[df["model"].isin(models)]
 
 
-def anomaly_rows(df: pd.DataFrame, temperature: float = 1.0, fpr_convention: str = "course") -> pd.DataFrame:
-    """Latest benchmark row per (model, dataset, score) at ``temperature`` (learned scores have none),
-    in model, score and benchmark order."""
+def anomaly_rows(df: pd.DataFrame, temperature: float = 1.0, fpr_convention: str = "course",
+                 protocol: str | None = "course") -> pd.DataFrame:
+    """Latest benchmark row per (model, dataset, score) at ``temperature`` (learned scores have none)
+    evaluated under ``protocol`` (``anomalyseg.protocol``), in model, score and benchmark order."""
     _check(df)
+    if protocol is not None:
+        df = protocol_rows(df, protocol)
+        from .protocol import get_protocol
+
+        fpr_convention = get_protocol(protocol).fpr_convention
     rows = df[df["dataset"].isin(DATASET_ORDER) & (df["score"] != "miou")]
     if "fpr_convention" in rows:
         rows = rows[rows["fpr_convention"].isna() | (rows["fpr_convention"] == fpr_convention)]
@@ -132,9 +139,10 @@ def _sorted(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return rows.iloc[order].reset_index(drop=True)
 
 
-def miou_rows(df: pd.DataFrame, temperature: float = 1.0) -> pd.DataFrame:
-    """Latest Cityscapes-val mIoU row per model at class temperature ``temperature``."""
+def miou_rows(df: pd.DataFrame, temperature: float = 1.0, protocol: str | None = "course") -> pd.DataFrame:
+    """Latest Cityscapes-val mIoU row per model at class temperature ``temperature`` under ``protocol``."""
     _check(df)
+    df = protocol_rows(df, protocol)
     rows = df[(df["score"] == "miou") & (df["dataset"] == MIOU_DATASET)]
     rows = rows[np.isclose(rows["temperature"].astype(float), temperature)]
     return latest(rows, keys=("model",))
@@ -142,8 +150,10 @@ def miou_rows(df: pd.DataFrame, temperature: float = 1.0) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- the comparison table
 def comparison_table(df: pd.DataFrame, metrics: Sequence[str] = ("auprc", "fpr_at_95_tpr"),
-                     temperature: float = 1.0, fpr_convention: str = "course") -> pd.DataFrame:
-    """Every method x score x benchmark at ``temperature``, with the model's Cityscapes-val mIoU.
+                     temperature: float = 1.0, fpr_convention: str = "course", protocol: str = "course") -> pd.DataFrame:
+    """Every method x score x benchmark at ``temperature``, with the model's Cityscapes-val mIoU,
+    all evaluated under ``protocol`` (``anomalyseg.protocol``; named in ``table.attrs["protocol"]``
+    and by every rendering).
 
     Returns fractions (NaN where a row is missing): index ``(model, score)``, columns
     ``(dataset, metric)`` for each benchmark with rows, in course order, then
@@ -152,7 +162,7 @@ def comparison_table(df: pd.DataFrame, metrics: Sequence[str] = ("auprc", "fpr_a
     bad = [m for m in metrics if m not in ("auprc", "fpr_at_95_tpr", "auroc")]
     if bad or not metrics:
         raise ValueError(f"comparison_table metrics are drawn from 'auprc', 'fpr_at_95_tpr' and 'auroc'; got {list(metrics)}.")
-    rows = anomaly_rows(df, temperature, fpr_convention)
+    rows = anomaly_rows(df, temperature, fpr_convention, protocol)
     if not len(rows):
         return pd.DataFrame()
     long = rows.melt(id_vars=["model", "score", "dataset"], value_vars=list(metrics), var_name="metric")
@@ -161,9 +171,11 @@ def comparison_table(df: pd.DataFrame, metrics: Sequence[str] = ("auprc", "fpr_a
     datasets = [d for d in DATASET_ORDER if d in set(rows["dataset"])]
     table = table.reindex(columns=pd.MultiIndex.from_product([datasets, list(metrics)], names=["dataset", "metric"]))
     table = table.reindex(pd.MultiIndex.from_frame(rows[["model", "score"]].drop_duplicates()))
-    miou = miou_rows(df, temperature).set_index("model")["miou"]
+    miou = miou_rows(df, temperature, protocol).set_index("model")["miou"]
     table[(MIOU_DATASET, "miou")] = [miou.get(m, np.nan) for m, _ in table.index]
-    return table.astype(float)
+    table = table.astype(float)
+    table.attrs["protocol"] = protocol
+    return table
 
 
 def _pct(x: float) -> str:
@@ -194,7 +206,7 @@ def to_markdown(table: pd.DataFrame) -> str:
     for d, title, ms in _groups(table):
         head = title if d == MIOU_DATASET else f"{title} ({' / '.join(METRIC_TITLES[m] for m in ms)})"
         out[head] = [" / ".join(_pct(table.loc[i, (d, m)]) for m in ms) for i in table.index]
-    return _md(out)
+    return _md(out) + (f"\n\n_{describe(table.attrs['protocol'])}_" if table.attrs.get("protocol") else "")
 
 
 def _tex(s: str) -> str:
@@ -213,6 +225,7 @@ def to_latex(table: pd.DataFrame) -> str:
     shown = {c: table[c].map(lambda x: np.nan if pd.isna(x) else round(100 * x, 2)) for c in cols}
     best = {c: (shown[c].max() if HIGHER_IS_BETTER[c[1]] else shown[c].min()) for c in cols}
     lines = [r"% AuPRC and FPR95 in % pooled over each benchmark's pixels (T = 1); mIoU in % on Cityscapes val.",
+             "% " + describe(table.attrs.get("protocol", "course")).replace("`", ""),
              r"\begin{tabular}{ll" + "r" * len(cols) + "}", r"\toprule"]
     top, rules, sub, j = ["", ""], [], ["Method", "Score"], 3
     for d, title, ms in _groups(table):
@@ -243,7 +256,7 @@ def save_tables(table: pd.DataFrame, figures_dir: str | Path) -> list[Path]:
     d = Path(figures_dir)
     d.mkdir(parents=True, exist_ok=True)
     md, tex = d / "comparison_table.md", d / "comparison_table.tex"
-    md.write_text("AuPRC / FPR95 in %, pooled over each benchmark's pixels, T = 1; mIoU in % on Cityscapes val.\n\n"
+    md.write_text("AuPRC / FPR95 in %, T = 1; mIoU in % on Cityscapes val.\n\n"
                   + to_markdown(table) + "\n")
     tex.write_text(to_latex(table))
     return [md, tex]
@@ -344,12 +357,14 @@ def curves_figure(df: pd.DataFrame, results_path: str | Path, kind: str = "pr", 
     return fig
 
 
-def temperature_sweeps(df: pd.DataFrame, temperature_on: str = "pixel", fpr_convention: str = "course") -> pd.DataFrame:
+def temperature_sweeps(df: pd.DataFrame, temperature_on: str = "pixel", fpr_convention: str = "course",
+                       protocol: str | None = "course") -> pd.DataFrame:
     """Latest benchmark rows of every (model, dataset, score) swept over at least two temperatures
-    with ``temperature_on`` (``"pixel"`` or ``"class"``), sorted by temperature."""
+    with ``temperature_on`` (``"pixel"`` or ``"class"``) under ``protocol``, sorted by temperature."""
     if temperature_on not in ("pixel", "class"):
         raise ValueError(f"temperature_on is 'pixel' or 'class', got {temperature_on!r}.")
     _check(df)
+    df = protocol_rows(df, protocol)
     rows = df[df["dataset"].isin(DATASET_ORDER) & (df["temperature_on"] == temperature_on) & df["temperature"].notna()]
     if "fpr_convention" in rows:
         rows = rows[rows["fpr_convention"].isna() | (rows["fpr_convention"] == fpr_convention)]
@@ -393,6 +408,7 @@ def miou_temperature_figure(df: pd.DataFrame):
     """Cityscapes-val mIoU (percent) against the class temperature, one line per model with at least
     two class temperatures. None without such rows."""
     _check(df)
+    df = protocol_rows(df, "course")
     rows = df[(df["score"] == "miou") & (df["dataset"] == MIOU_DATASET) & (df["temperature_on"] == "class")]
     rows = latest(rows, keys=("model", "temperature"))
     if not len(rows):
@@ -540,11 +556,13 @@ def missing_report(df: pd.DataFrame, models: Sequence[str] | None = None) -> str
 
 
 # ----------------------------------------------------------------------------- everything at once
-def save_all(df: pd.DataFrame, results_path: str | Path, figures_dir: str | Path, frames: int = 2) -> list[Path]:
+def save_all(df: pd.DataFrame, results_path: str | Path, figures_dir: str | Path, frames: int = 2,
+             protocol: str = "course") -> list[Path]:
     """Write the comparison table (markdown, LaTeX) and every figure that has rows (PNG and PDF)
-    into ``figures_dir``; returns the paths written."""
+    into ``figures_dir``; returns the paths written. The table holds the rows evaluated under
+    ``protocol``; the figures, the ``course`` protocol's."""
     written = []
-    table = comparison_table(df)
+    table = comparison_table(df, protocol=protocol)
     if not table.empty:
         written += save_tables(table, figures_dir)
     figures = {
@@ -565,3 +583,50 @@ def save_all(df: pd.DataFrame, results_path: str | Path, figures_dir: str | Path
         plt.close(fig)  # a notebook would otherwise show every saved figure again
         written += [png, png.with_suffix(".pdf")]
     return written
+
+
+# ----------------------------------------------------------------------------- conventions side by side
+def conventions_table(df: pd.DataFrame, model: str | None = None, metrics: Sequence[str] = ("auprc", "fpr_at_95_tpr"),
+                      temperature: float = 1.0) -> pd.DataFrame:
+    """One model under every protocol it was evaluated with, side by side: rows (benchmark, score)
+    plus the Cityscapes-val mIoU, one column per protocol (``course`` first), cells ``AuPRC / FPR95``
+    (or mIoU) in percent, latest row of each. ``model=None``: the store must hold only one model
+    with rows under more than one protocol. Rows without a recorded protocol count as ``legacy``.
+    Explains a gap between two reports of the same checkpoint (``convention_settings`` lists what
+    each protocol does)."""
+    from .protocol import PROTOCOLS, UNRECORDED_PROTOCOL
+
+    _check(df)
+    df = df.assign(protocol=df["protocol"].astype(object).fillna(UNRECORDED_PROTOCOL).replace("", UNRECORDED_PROTOCOL)
+                   if "protocol" in df else UNRECORDED_PROTOCOL)
+    rows = df[(df["dataset"].isin(DATASET_ORDER) | (df["score"] == "miou"))
+              & (df["temperature"].isna() | np.isclose(df["temperature"].astype(float), temperature))]
+    if model is None:
+        multi = sorted(m for m, g in rows.groupby("model") if g["protocol"].nunique() > 1)
+        if len(multi) != 1:
+            raise ValueError(f"conventions_table needs model=: models with rows under several protocols: {multi or 'none'}.")
+        model = multi[0]
+    rows = latest(rows[rows["model"] == model], keys=("dataset", "score", "protocol"))
+    if not len(rows):
+        return pd.DataFrame()
+    known = [p for p in PROTOCOLS if p in set(rows["protocol"])]
+    order = known + sorted(set(rows["protocol"]) - set(known))
+    cell = [(_pct(r["miou"]) if r["score"] == "miou" else " / ".join(_pct(r[m]) for m in metrics)) for _, r in rows.iterrows()]
+    rows = rows.assign(cell=cell, dataset=rows["dataset"].map(lambda d: DATASET_TITLES.get(d, "Cityscapes val" if d == MIOU_DATASET else d)),
+                       score=[("mIoU" if s == "miou" else score_title(s)) for s in rows["score"]])
+    table = rows.pivot_table(index=["dataset", "score"], columns="protocol", values="cell", aggfunc="last", sort=False)
+    table = table.reindex(columns=order).fillna("–")
+    table.columns.name = f"{model_title(model)}: " + " / ".join(METRIC_TITLES[m] for m in metrics) + " (%)"
+    return table
+
+
+def convention_settings(protocols: Sequence[str] | None = None) -> pd.DataFrame:
+    """What each protocol sets (rows: input resize, skip rule, scoring, pooling, FPR95, mIoU
+    channels, logits dtype, MSP formula; columns: protocols), for reading a ``conventions_table``."""
+    from dataclasses import fields
+
+    from .protocol import PROTOCOLS, get_protocol
+
+    ps = [get_protocol(p) for p in (protocols or PROTOCOLS)]
+    names = [f.name for f in fields(ps[0]) if f.name not in ("name", "description")]
+    return pd.DataFrame({p.name: [getattr(p, n) for n in names] for p in ps}, index=pd.Index(names, name="setting"))

@@ -29,7 +29,10 @@ COLUMNS = (
     "fpr_convention", "eval_size", "curves", "metric_bins", "notes",
     # SMIYC component metrics (fractions) and the per-frame statistics file (``frame_stats``)
     "siou_gt", "ppv", "f1_mean", "frame_stats",
+    "protocol",
 )
+# ``protocol``: the name of the ``anomalyseg.protocol.EvalProtocol`` a row was evaluated under. Rows
+# stored before the column existed have none and count as ``legacy`` in tables (``protocol_rows``).
 # Course order of the benchmark columns, with their short titles.
 DATASET_TITLES = {name: spec.title for name, spec in BENCHMARKS.items()}
 DATASET_ORDER = ("RoadAnomaly21", "RoadObsticle21", "FS_LostFound_full", "fs_static", "RoadAnomaly")
@@ -272,7 +275,20 @@ def read_results(path: str | Path = "results/results.csv") -> pd.DataFrame:
     return df
 
 
-def latest(df: pd.DataFrame, keys=("model", "dataset", "score", "temperature", "temperature_on")) -> pd.DataFrame:
+def protocol_rows(df: pd.DataFrame, protocol: str | None = "course") -> pd.DataFrame:
+    """Rows evaluated under ``protocol`` (None: every row). Rows without a recorded protocol (a
+    store older than the ``protocol`` column) were made by the pre-protocol evaluation, ``legacy``."""
+    if protocol is None or not len(df):
+        return df
+    from .protocol import UNRECORDED_PROTOCOL, get_protocol
+
+    name = get_protocol(protocol).name
+    recorded = (df["protocol"].astype(object).fillna(UNRECORDED_PROTOCOL).replace("", UNRECORDED_PROTOCOL)
+                if "protocol" in df else pd.Series(UNRECORDED_PROTOCOL, index=df.index))
+    return df[recorded == name]
+
+
+def latest(df: pd.DataFrame, keys=("model", "dataset", "score", "temperature", "temperature_on", "protocol")) -> pd.DataFrame:
     """Keep the most recent row for each combination of ``keys`` (later rows win), where an exact
     row wins over a binned one (``metric_bins``, a temperature sweep's) whatever their order."""
     if not len(df):
@@ -289,10 +305,13 @@ def _pct(x: float) -> str:
 
 
 def anomaly_table(
-    df: pd.DataFrame, metrics=("auprc", "fpr_at_95_tpr"), index=("model", "score"), temperature: float | None = 1.0
+    df: pd.DataFrame, metrics=("auprc", "fpr_at_95_tpr"), index=("model", "score"), temperature: float | None = 1.0,
+    protocol: str | None = "course",
 ) -> pd.DataFrame:
     """The course's table: one row per ``index``, one column per benchmark, cells ``AuPRC / FPR95``
-    in percent with two decimals. Uses the latest row of each combination."""
+    in percent with two decimals. Uses the latest row of each combination evaluated under
+    ``protocol`` (None: any; name it with ``protocol.describe`` when showing the table)."""
+    df = protocol_rows(df, protocol)
     rows = df[df["dataset"].isin(DATASET_ORDER)] if len(df) else df
     if temperature is not None and len(rows):
         rows = rows[(rows["temperature"].isna()) | (rows["temperature"] == temperature)]
@@ -309,6 +328,7 @@ def anomaly_table(
     cols = [d for d in DATASET_ORDER if d in table.columns]
     table = table[cols].rename(columns=DATASET_TITLES).fillna("–")
     table.columns.name = " / ".join({"auprc": "AuPRC", "fpr_at_95_tpr": "FPR95", "auroc": "AUROC"}[m] for m in metrics)
+    table.attrs["protocol"] = protocol  # to_markdown names it under the table
     return table
 
 
@@ -324,13 +344,18 @@ def miou_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub-markdown rendering of a table (no extra dependency)."""
+    """A GitHub-markdown rendering of a table (no extra dependency); a table that names its
+    evaluation protocol (``table.attrs["protocol"]``, set by ``anomaly_table``) gets it as a caption."""
     if table.empty:
         return "_no results yet_"
     t = table.reset_index() if any(n is not None for n in table.index.names) else table
     header = [str(c) for c in t.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in t.itertuples(index=False)]
+    if table.attrs.get("protocol"):
+        from .protocol import describe
+
+        lines += ["", f"_{describe(table.attrs['protocol'])}_"]
     return "\n".join(lines)
 
 

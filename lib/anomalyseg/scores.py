@@ -41,13 +41,20 @@ def energy(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     return softmax_scores(x, ("energy",), temperature)["energy"]
 
 
-def softmax_scores(x: torch.Tensor, names=("msp", "max_entropy", "energy"), temperature: float = 1.0) -> dict[str, torch.Tensor]:
+def softmax_scores(x: torch.Tensor, names=("msp", "max_entropy", "energy"), temperature: float = 1.0,
+                   msp_form: str = "expm1") -> dict[str, torch.Tensor]:
     """MSP, MaxEntropy and Energy from a single ``log_softmax(x / T)`` (the scores of a sweep).
+
+    ``msp_form``: ``"expm1"`` computes MSP as ``-expm1(max_c log p_c)``, exact where p is near 1;
+    ``"course"`` as the course does, ``1 - max_c softmax(x / T)_c`` in float32, which rounds
+    confident pixels onto a grid of 6e-8 and so ties some of them (its FPR95 moves by ~1e-5).
 
     ``logsumexp(x / T) = x_c / T - log p_c`` for any class c, so with c the argmax,
     ``energy = -(max_c x_c - T max_c log p_c)``: one softmax per temperature serves all three.
     Returns ``{name: [H, W] or [B, H, W]}`` for the requested ``names``.
     """
+    if msp_form not in ("expm1", "course"):
+        raise ValueError(f"msp_form must be 'expm1' or 'course', got {msp_form!r}.")
     unknown = set(names) - SOFTMAX_SCORES
     if unknown:
         raise ValueError(f"softmax_scores computes {sorted(SOFTMAX_SCORES)}, not {sorted(unknown)}.")
@@ -56,7 +63,9 @@ def softmax_scores(x: torch.Tensor, names=("msp", "max_entropy", "energy"), temp
     out = {}
     if "msp" in names or "energy" in names:
         top = logp.amax(dim=CLASS_DIM)
-        if "msp" in names:
+        if "msp" in names and msp_form == "course":
+            out["msp"] = 1.0 - torch.softmax(x / temperature, dim=CLASS_DIM).amax(dim=CLASS_DIM)
+        elif "msp" in names:
             out["msp"] = -torch.expm1(top)
         if "energy" in names:
             out["energy"] = temperature * top - x.amax(dim=CLASS_DIM)

@@ -262,7 +262,10 @@ class HeadSegmenter:
         self.name, self.checkpoint = eomt_segmenter.name, eomt_segmenter.checkpoint
         self.num_channels = eomt_segmenter.num_channels
         self.device, self.window_size = eomt_segmenter.device, eomt_segmenter.window_size
-        self.cache_tag = eomt_segmenter.cache_tag + ("+features" if self._forward.keep_features else "")
+
+    @property
+    def cache_tag(self) -> str:
+        return self._forward.cache_tag + ("+features" if self._forward.keep_features else "")
 
     def eval_size(self, frame_size: tuple[int, int]) -> tuple[int, int]:
         return self.base.eval_size(frame_size)

@@ -29,11 +29,11 @@ from typing import Iterable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms.v2 import functional as TF
 from transformers import EomtConfig, EomtForUniversalSegmentation
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..labels import NUM_CLASSES
+from ..protocol import resize_image
 from .base import resize_map
 from .checkpoints import CheckpointError, LoadReport, fit_state_dict, load_state_dict_file
 
@@ -345,17 +345,19 @@ def _along_long_side(x: torch.Tensor, resized_size: tuple[int, int], start: int,
     return x[..., start:end, :] if resized_size[0] > resized_size[1] else x[..., :, start:end]
 
 
-def split_windows(image: torch.Tensor, window_size: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+def split_windows(image: torch.Tensor, window_size: int, input_resize: str = "pil") -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     """Cut a frame into square windows as upstream EoMT does.
 
     ``image`` uint8 ``[3, H, W]`` -> windows uint8 ``[N, 3, S, S]``, offsets int64 ``[N, 2]``
     (start, end along the long side of the resized frame) and the resized frame size.
+    ``input_resize``: ``"pil"`` (upstream) or ``"tensor"`` (``protocol.resize_image``).
     """
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"expected an RGB frame [3, H, W], got shape {tuple(image.shape)}")
     resized_size = scaled_size(tuple(image.shape[-2:]), window_size)
-    # bilinear with antialiasing on uint8, like upstream's torchvision resize and EomtImageProcessor
-    resized = TF.resize(torch.as_tensor(image), list(resized_size), antialias=True)
+    # Upstream's window_imgs_semantic resizes a PIL image with Image.BILINEAR (so does the slow
+    # EomtImageProcessor); torchvision's antialiased tensor resize differs by up to 2 grey levels.
+    resized = resize_image(torch.as_tensor(image), resized_size, input_resize)
     offsets = window_offsets(resized_size, window_size)
     windows = torch.stack([_along_long_side(resized, resized_size, s, e) for s, e in offsets])
     return windows, torch.tensor(offsets, dtype=torch.int64), resized_size
@@ -423,6 +425,7 @@ class EomtSegmenter:
         head: nn.Module | None = None,
         head_name: str = "anomaly_head",
         masked_attention: bool = False,
+        input_resize: str = "pil",
     ):
         if model.config.num_labels != NUM_CLASSES:
             raise ValueError(
@@ -448,7 +451,16 @@ class EomtSegmenter:
         self.checkpoint, self.window_size, self.device, self.name = str(checkpoint), window_size, torch.device(device), name
         self.keep_features, self.head_name = keep_features, head_name
         self.num_channels = model.config.num_labels
-        self.cache_tag = f"S{window_size}"
+        self.input_resize = input_resize  # "pil" as upstream; the evaluation sets it from its EvalProtocol
+
+    @property
+    def cache_tag(self) -> str:
+        """The settings that change the cached outputs, then what the zoo appends (a weight-file fingerprint)."""
+        return f"S{self.window_size}|{self.input_resize}" + getattr(self, "_tag_extra", "")
+
+    @cache_tag.setter
+    def cache_tag(self, value: str) -> None:
+        self._tag_extra = value.split(self.cache_tag, 1)[1] if value.startswith(self.cache_tag) else f"|{value}"
 
     def eval_size(self, frame_size: tuple[int, int]) -> tuple[int, int]:
         """Scores are compared at the frame's own resolution, as upstream evaluates."""
@@ -467,7 +479,7 @@ class EomtSegmenter:
     @torch.no_grad()
     def raw_outputs(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """``image`` uint8 ``[3, H, W]`` -> per-window CPU tensors to cache (see the class docstring)."""
-        windows, offsets, resized_size = split_windows(torch.as_tensor(image), self.window_size)
+        windows, offsets, resized_size = split_windows(torch.as_tensor(image), self.window_size, self.input_resize)
         out = self.forward_windows(windows, keep_features=self.keep_features)
         raw = {
             "mask_logits": out["mask_logits"].half().cpu(),
@@ -492,7 +504,7 @@ class EomtSegmenter:
     ) -> torch.Tensor:
         """Class map ``[C, H, W]`` of a uint8 frame ``[3, H, W]``, computed on the model's device
         without the float16 cache (training-time validation, notebooks)."""
-        windows, offsets, resized_size = split_windows(torch.as_tensor(image), self.window_size)
+        windows, offsets, resized_size = split_windows(torch.as_tensor(image), self.window_size, self.input_resize)
         out = self.forward_windows(windows)
         raw = dict(out, offsets=offsets, resized_size=torch.tensor(resized_size),
                    frame_size=torch.tensor(image.shape[-2:]))  # fmt: skip

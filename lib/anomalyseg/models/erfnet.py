@@ -6,7 +6,7 @@ renaming once DataParallel's ``module.`` prefix is stripped. The network predict
 the 19 Cityscapes train classes and a void class (channel 19) trained with weight 0.
 
 ``ErfnetSegmenter`` wraps it for evaluation with the course preprocessing (REFERENCE §2): RGB,
-bilinear resize to 512x1024, scaled to [0, 1], no mean/std normalisation.
+PIL bilinear resize to 512x1024, scaled to [0, 1], no mean/std normalisation.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from ..labels import NUM_CLASSES
+from ..protocol import resize_image
 from .base import resize_map
 from .checkpoints import load_erfnet  # noqa: F401 - re-exported: ``from anomalyseg.models.erfnet import load_erfnet``
 
@@ -151,9 +150,14 @@ class ErfnetSegmenter:
     """``Segmenter`` for ERFNet with the course preprocessing (REFERENCE §2).
 
     ``model`` is an ``ERFNet`` or a path to its weights (loaded with ``load_erfnet``). Frames are
-    resized (bilinear, antialiased like PIL) to ``input_size`` and scored there: ``eval_size``
-    returns ``input_size``, so labels are resized to it with nearest neighbour, as in the course.
-    ``use_void`` keeps the void channel in ``class_map`` (20 channels, for the ``void_prob`` score).
+    resized bilinearly to ``input_size`` and scored there: ``eval_size`` returns ``input_size``, so
+    labels are resized to it with PIL's nearest neighbour, as in the course.
+    ``use_void`` keeps the void channel in ``class_map`` (20 channels, for the ``void_prob`` score
+    and the course's mIoU). ``input_resize``: ``"pil"`` resizes the frame as a PIL image with PIL's
+    bilinear filter, as the course's ``Resize((512, 1024), Image.BILINEAR)`` on the opened image;
+    ``"tensor"`` with torchvision's antialiased bilinear (``protocol.resize_image``).
+    ``logits_dtype``: dtype of the cached logits (float32: the course's digits; float16: half the
+    cache). The evaluation sets both from its ``EvalProtocol``.
     """
 
     name = "erfnet"
@@ -166,6 +170,8 @@ class ErfnetSegmenter:
         input_size: tuple[int, int] = (512, 1024),
         use_void: bool = False,
         device: str | torch.device = "cpu",
+        input_resize: str = "pil",
+        logits_dtype: torch.dtype = torch.float32,
     ):
         if isinstance(model, (str, Path)):
             checkpoint = checkpoint or str(model)
@@ -181,7 +187,22 @@ class ErfnetSegmenter:
         self.checkpoint = checkpoint or "in-memory"
         self.input_size = input_size
         self.use_void = use_void
-        self.num_channels = NUM_CLASSES + 1 if use_void else NUM_CLASSES
+        self.input_resize, self.logits_dtype = input_resize, logits_dtype
+
+    @property
+    def num_channels(self) -> int:
+        return NUM_CLASSES + 1 if self.use_void else NUM_CLASSES
+
+    @property
+    def cache_tag(self) -> str:
+        """Everything besides the weights that changes the cached logits (settings, then what the
+        zoo appends, e.g. a weight-file fingerprint)."""
+        settings = f"{self.input_size[0]}x{self.input_size[1]}|{self.input_resize}|{str(self.logits_dtype).removeprefix('torch.')}"
+        return settings + getattr(self, "_tag_extra", "")
+
+    @cache_tag.setter
+    def cache_tag(self, value: str) -> None:
+        self._tag_extra = value.split(self.cache_tag, 1)[1] if value.startswith(self.cache_tag) else f"|{value}"
 
     def eval_size(self, frame_size: tuple[int, int]) -> tuple[int, int]:
         return self.input_size
@@ -192,9 +213,8 @@ class ErfnetSegmenter:
             raise ValueError(
                 f"ErfnetSegmenter expects uint8 RGB images [B, 3, H, W], got {images.dtype} {tuple(images.shape)}"
             )
-        # Resizing uint8 with antialias mirrors the course's PIL Resize(BILINEAR) before ToTensor.
-        x = TF.resize(images.to(self.device), list(self.input_size), InterpolationMode.BILINEAR, antialias=True)
-        return x.float() / 255.0
+        x = torch.stack([resize_image(im, self.input_size, self.input_resize) for im in images])
+        return x.to(self.device).float() / 255.0
 
     @torch.no_grad()
     def forward_batch(self, images: torch.Tensor) -> torch.Tensor:
@@ -203,8 +223,8 @@ class ErfnetSegmenter:
 
     @torch.no_grad()
     def raw_outputs(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """uint8 ``[3, H, W]`` -> ``{"logits": float16 [20, h, w]}`` on the CPU."""
-        return {"logits": self.forward_batch(image[None])[0].half().cpu()}
+        """uint8 ``[3, H, W]`` -> ``{"logits": [20, h, w]}`` (``logits_dtype``) on the CPU."""
+        return {"logits": self.forward_batch(image[None])[0].to(self.logits_dtype).cpu()}
 
     def class_map(
         self, raw: dict[str, torch.Tensor], size: tuple[int, int], class_temperature: float = 1.0
