@@ -1,4 +1,4 @@
-"""The ``anomalyseg`` command: ``make-data``, ``prepare-coco``, ``eval``, ``compare-conventions``, ``train``, ``run-all``.
+"""The ``anomalyseg`` command: ``make-data``, ``prepare-coco``, ``eval``, ``compare-conventions``, ``train``, ``demo-weights``, ``run-all``.
 
 Every subcommand is a thin entry to a package function; nothing imports this module.
 

@@ -74,7 +74,7 @@ def verify(model: str, folder: str | Path | None = None) -> dict:
 
 def data_identity(cityscapes_root: str | Path) -> dict | None:
     """Preset, seed and generator version of the embedded data set that holds ``cityscapes_root``
-    (its ``embedded.json`` marker), or None for real data."""
+    (its ``EMBEDDED_DATA.json`` marker), or None for real data."""
     from .data.synthetic import _read_marker
 
     marker = _read_marker(Path(cityscapes_root).parent)
