@@ -93,9 +93,15 @@ def install(model: str, settings: dict, cityscapes_root: str | Path, target: Pat
     if entry is None or entry["settings"] != settings or entry["data"] != data_identity(cityscapes_root):
         return False
     verify(model, folder)
-    src = Path(folder or WEIGHTS_DIR) / model
+    _copy_in(Path(folder or WEIGHTS_DIR) / model, entry["files"], target)
+    return True
+
+
+def _copy_in(src: Path, files, target: Path) -> None:
+    """``files`` of the shipped folder ``src`` into ``target``, fp16 tensors back to float32, with the
+    training log where the zoo's ``training_log`` reads it."""
     target.mkdir(parents=True, exist_ok=True)
-    for rel in entry["files"]:
+    for rel in files:
         out = target / rel
         out.parent.mkdir(parents=True, exist_ok=True)
         if rel.endswith(".safetensors"):
@@ -105,7 +111,6 @@ def install(model: str, settings: dict, cityscapes_root: str | Path, target: Pat
     if (src / _LOG).is_file():
         (target / "logs" / "version_0").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / _LOG, target / "logs" / "version_0" / "metrics.csv")
-    return True
 
 
 def _fp16(src: Path, dst: Path) -> None:
@@ -154,16 +159,14 @@ def train(model: str, steps: int, data_root: str | Path, work_dir: str | Path, o
     # The figure the manifest states is that of the weights as shipped: evaluate the fp16 copy.
     check = Path(work_dir) / "fp16-check"
     shutil.rmtree(check, ignore_errors=True)
-    entry = {"files": {rel: {} for rel in _FILES[model]}, "settings": settings, "data": data_identity(ws.cityscapes)}
-    _write_entry(out, model, {**entry, "files": _file_table(dst, model)})
-    install(model, settings, ws.cityscapes, check, out)
+    _copy_in(dst, _FILES[model], check)
     shipped = (zoo.erfnet_segmenter(ws, check / "erfnet.safetensors", input_size=tuple(params["input_size"]), device="cpu")
                if model == "erfnet" else zoo.eomt_segmenter(ws, check / "model", device="cpu"))
     rows, _ = evaluate_miou(shipped, CityscapesSegmentation(ws.cityscapes, "val"), results_path=None)
     entry = {
         "command": f"anomalyseg demo-weights --model {model} --steps {steps} --seed {seed}"
                    + (f" --preset {preset}" if preset != "demo" else ""),
-        "data": entry["data"], "settings": settings, "steps": steps,
+        "data": data_identity(ws.cityscapes), "settings": settings, "steps": steps,
         "val_miou": round(float(rows.miou.iloc[0]), 4),
         "val_miou_by_step": {int(s): round(float(v), 4) for s, v in log.dropna(subset=["val_miou"])[["step", "val_miou"]].values},
         "trained": time.strftime("%Y-%m-%d"), "wall_s": round(time.time() - started),
