@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from anomalyseg import zoo
 from anomalyseg.models.checkpoints import CheckpointError
 from anomalyseg.models.erfnet import ERFNet, ErfnetSegmenter
+from anomalyseg.results import training_log
 from anomalyseg.workspace import Workspace
 
 TINY_EOMT = dict(max_steps=2, batch_size=2, num_workers=0, val_every_n_steps=2,
@@ -74,8 +75,8 @@ def test_embedded_eomt_is_trained_once_then_reused(ws, monkeypatch):
         zoo.eomt_segmenter(ws, train={**TINY_EOMT, "num_workers": 2, "val_every_n_steps": 1}, device="cpu")
         zoo.eomt_segmenter(ws, device="cpu")
 
-    log = zoo.training_log(ws.checkpoints / "eomt")
-    assert list(log.columns) == ["step", "train_loss", "val_miou"]
+    log = training_log(ws.checkpoints / "eomt")
+    assert {"step", "train_loss", "val_miou"} <= set(log.columns)
     assert log["train_loss"].notna().sum() >= 1 and log["val_miou"].notna().sum() == 1
 
 

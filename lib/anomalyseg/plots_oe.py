@@ -18,7 +18,7 @@ from . import results as _results
 from .evaluate import OutputCache, evaluate_anomaly, evaluate_miou
 from .labels import OOD_OBJECT_VALUE, colorize
 from .plots import SCORE_TITLES, _hwc, _np, label_overlay
-from .results import DATASET_ORDER, DATASET_TITLES
+from .results import DATASET_ORDER, DATASET_TITLES, training_log
 
 OE_SCORES = ("msp", "max_logit", "max_entropy", "energy", "rba")
 MIOU_DATASET = "cityscapes_val"
@@ -81,13 +81,9 @@ def before_after_figure(before: Sequence[dict], after: Sequence[dict], score: st
 def training_terms(run_dir: str | Path) -> pd.DataFrame:
     """Per-step loss terms of a ``finetune_oe`` run from its CSV logs (resumed runs joined):
     ``step``, ``train_loss`` and every ``train_loss_*`` term, ``loss_outlier`` included."""
-    files = sorted(Path(run_dir).glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[-1]))
-    if not files:
-        raise FileNotFoundError(f"no training logs under {Path(run_dir) / 'logs'}; expected the folder finetune_oe wrote "
-                                "(with logger='csv').")  # fmt: skip
-    df = pd.concat([pd.read_csv(p) for p in files], ignore_index=True)
+    df = training_log(run_dir)
     cols = [c for c in df.columns if c == "train_loss" or c.startswith("train_loss_")]
-    return df.dropna(subset=["train_loss"]).groupby("step")[cols].last().reset_index()
+    return df.dropna(subset=["train_loss"])[["step", *cols]].reset_index(drop=True)
 
 
 def training_figure(terms: pd.DataFrame):

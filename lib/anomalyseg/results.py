@@ -360,6 +360,26 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 # ----------------------------------------------------------------------------- per-frame statistics
+def training_log(run_dir: str | Path) -> pd.DataFrame:
+    """Every metric a Lightning training logged in ``run_dir``, read from its CSV logs
+    (``logs/version_*/metrics.csv``; each resumed session writes a new version, joined here in
+    version order): one row per ``step`` with the latest non-empty value of each column
+    (``train_loss``, ``train_loss_*`` terms, ``val_miou``, ``lr``, ...), sorted by step.
+
+    Raises ``FileNotFoundError`` naming the folder when it holds no logs. The one reader of
+    training logs: the trainers, the zoo and the report all read through it.
+    """
+    files = sorted(Path(run_dir).glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[-1]))
+    if not files:
+        raise FileNotFoundError(
+            f"No training logs under {Path(run_dir) / 'logs'}: expected the folder of a training run "
+            "(train_erfnet, train_eomt, finetune_oe or train_anomaly_head write logs/version_*/metrics.csv there)."
+        )
+    df = pd.concat([pd.read_csv(p) for p in files], ignore_index=True)
+    metrics = [c for c in df.columns if c not in ("step", "epoch")]
+    return df.groupby("step")[metrics].last().reset_index().sort_values("step", ignore_index=True)
+
+
 def frame_stats_ref(run_id: str, dataset: str) -> str:
     """A run's per-frame statistics of one benchmark, relative to the store's folder:
     ``frame_stats/<run_id>/<dataset>.npz`` (a row's ``frame_stats`` column adds ``#<row key>``)."""

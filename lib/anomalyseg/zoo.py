@@ -327,19 +327,6 @@ def _warn_if_other_settings(folder: Path, wanted: dict, what: str) -> None:
         )
 
 
-def training_log(folder: str | Path) -> pd.DataFrame:
-    """Per-step training loss and validation mIoU of a Lightning training run in ``folder``
-    (the CSV logs under ``logs/version_*``, resumed runs joined): columns ``step``,
-    ``train_loss`` and ``val_miou`` (NaN where not logged)."""
-    files = sorted(Path(folder).glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[-1]))
-    if not files:
-        raise FileNotFoundError(f"no training logs under {Path(folder) / 'logs'}; expected a folder written by train_eomt or train_erfnet.")
-    df = pd.concat([pd.read_csv(p) for p in files], ignore_index=True)
-    cols = [c for c in ("train_loss", "val_miou") if c in df]
-    out = df.groupby("step")[cols].last().reset_index()
-    return out.reindex(columns=["step", "train_loss", "val_miou"])
-
-
 def seconds_per_frame(segmenter, dataset, frames: int = 24, warmup: int = 2) -> float:
     """Median wall time of one forward pass (``segmenter.raw_outputs``) over the first ``frames``
     items of ``dataset`` after ``warmup`` untimed ones: what an evaluation pass costs per frame."""

@@ -331,19 +331,6 @@ def export_anomaly_head(ckpt: str | Path, path: str | Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- reading a run
-def training_log(out_dir: str | Path) -> "pd.DataFrame":
-    """The logged training steps of a ``train_anomaly_head`` folder (every resumed session, the
-    latest value per step): index ``step``, columns ``train_loss``, ``outlier_fraction``, ``lr``."""
-    import pandas as pd
-
-    files = sorted(Path(out_dir).glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
-    if not files:
-        raise FileNotFoundError(f"No training logs under {Path(out_dir) / 'logs'}; train_anomaly_head writes them there.")
-    df = pd.concat([pd.read_csv(p) for p in files])
-    df = df[df["train_loss"].notna()].drop_duplicates("step", keep="last").set_index("step").sort_index()
-    return df[[c for c in ("train_loss", "outlier_fraction", "lr") if c in df]]
-
-
 def compare_with_posthoc(
     rows: "pd.DataFrame", learned: Sequence[str] = tuple(VARIANT_SCORES.values()), percent: bool = False
 ) -> "pd.DataFrame":
