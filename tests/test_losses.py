@@ -30,7 +30,7 @@ TANH = [[[0.5, 0.0], [0.5, 0.9]], [[0.25, 0.0], [0.5, 0.9]]]
 MASK = torch.tensor([[[0, 0], [1, 255]]], dtype=torch.uint8)
 
 
-def test_squared_hinge_on_nls_matches_hand_computation():
+def test_squared_hinge_on_rba_matches_hand_computation():
     loss = outlier_loss(logits_from_tanh(TANH), MASK)
     assert loss.item() == pytest.approx(0.5 * ((0 + 0.5625) / 2 + 0.81 / 1), abs=1e-6)
     # The other thresholds move the hinge: t_in = -0.6, t_out = -0.2 (seed 000's notebook run).
@@ -121,8 +121,11 @@ def test_bad_settings_and_masks_give_clear_errors():
     logits = logits_from_tanh(TANH)
     with pytest.raises(ValueError, match=r"unknown outlier_loss_func 'hinge'.*squared_hinge"):
         outlier_loss(logits, MASK, outlier_loss_func="hinge")
-    with pytest.raises(ValueError, match=r"unknown outlier_loss_target 'msp'.*'rba'.*'nls'"):
+    with pytest.raises(ValueError, match=r"unknown outlier_loss_target 'msp'.*'rba'"):
         outlier_loss(logits, MASK, outlier_loss_target="msp")
+    # RbA is ``rba`` in the package; seed 000's ``nls`` is read only from a config (OEConfig)
+    with pytest.raises(ValueError, match=r"unknown outlier_loss_target 'nls'.*'nls' is 'rba'.*OEConfig"):
+        outlier_score(logits, "nls")
     with pytest.raises(ValueError, match=r"unknown score_norm 'relu'.*tanh"):
         outlier_loss(logits, MASK, score_norm="relu")
     with pytest.raises(ValueError, match=r"values \[254\]; expected only 0 .*semantic target"):
@@ -149,7 +152,6 @@ def _entropy(*p):
     "target, norm, expected",
     [
         ("rba", "tanh", [0.0, -0.8, -0.96]),  # tanh(ln a) = (a^2 - 1) / (a^2 + 1)
-        ("nls", "tanh", [0.0, -0.8, -0.96]),  # seed 000's name for the same score
         ("rba", "sigmoid", [-1.0, -1.25, -1.375]),  # sigmoid(ln a) = a / (a + 1), sigmoid(0) = 1/2
         ("rba", "none", [0.0, -math.log(3), -math.log(7)]),
         ("energy", "tanh", [-math.log(2), -math.log(4), -math.log(8)]),  # -log(a + 1)
@@ -190,7 +192,7 @@ def test_the_no_pasted_pixel_rule_holds_for_the_batch_not_per_image():
 
 def test_score_ranges_and_landmarks():
     c = 19
-    assert outlier_score_range("nls") == (-c, 0.0)
+    assert outlier_score_range("rba") == (-c, 0.0)
     assert outlier_score_range("rba", "sigmoid") == (-c, -c / 2)
     assert outlier_score_range("rba", "none") == (-math.inf, 0.0)
     assert outlier_score_range("energy") == (-math.inf, -math.log(c))

@@ -73,3 +73,56 @@ def test_one_softmax_serves_all_three(x, t):
     with pytest.raises(ValueError, match="not \\['rba'\\]"):
         scores.softmax_scores(x, ("msp", "rba"))
 
+
+
+# ----------------------------------------------------------------------------- the score table
+def test_score_table_lists_the_reference_scores_in_the_course_order():
+    # REFERENCE §4's order, then the learned heads of models.anomaly_head
+    from anomalyseg.models.anomaly_head import VARIANT_SCORES
+
+    assert scores.SCORE_ORDER[:6] == ("msp", "max_logit", "max_entropy", "energy", "rba", "void_prob")
+    assert scores.LEARNED_SCORES == tuple(VARIANT_SCORES.values())
+    assert scores.SCORE_ORDER == scores.SCORE_ORDER[:6] + scores.LEARNED_SCORES
+    assert [scores.SCORE_TABLE[n].function for n in scores.SCORE_ORDER[:6]] == [
+        scores.msp, scores.max_logit, scores.max_entropy, scores.energy, scores.rba, scores.void_prob]
+    assert scores.score_title("rba") == "RbA" and scores.score_title("max_logit") == "MaxLogit"
+    assert scores.score_title("my_head") == "my_head"
+
+
+def test_default_scores_per_model():
+    four = ("msp", "max_logit", "max_entropy", "energy")
+    assert scores.default_scores("erfnet") == four
+    assert scores.default_scores("eomt") == four + ("rba",)
+    assert scores.default_scores() == four  # those of every model
+    assert scores.baseline_scores() == ("msp", "max_logit")
+
+    class Mask:
+        supports_class_temperature = True
+
+    class Pixel:
+        supports_class_temperature = False
+
+    assert scores.default_scores(Mask()) == four + ("rba",) and scores.default_scores(Pixel()) == four
+    assert scores.applies("rba", Mask()) and not scores.applies("rba", "erfnet")
+    assert scores.applies("void_prob", "erfnet") and not scores.applies("void_prob", "eomt")
+    assert scores.applies("some_other_head", "erfnet")  # not in the table: the segmenter decides
+    with pytest.raises(ValueError, match=r"unknown model kind 'segformer'.*'erfnet', 'eomt'"):
+        scores.default_scores("segformer")
+
+
+def test_table_flags_match_what_the_functions_do(x):
+    # temperature_sensitive: the ranking of the pixels changes with T (checked on the values);
+    # softmax: softmax_scores gives the same map; needs_void: refuses 19 channels.
+    z = torch.cat([x, torch.randn(1, 5, 7, generator=torch.Generator().manual_seed(1)) * 3])  # 20 channels
+    for name, spec in scores.SCORE_TABLE.items():
+        if spec.learned:
+            continue
+        inp = z if spec.needs_void else x
+        a, b = spec.function(inp, temperature=1.0), spec.function(inp, temperature=4.0)
+        same_rank = torch.equal(a.flatten().argsort(), b.flatten().argsort())
+        assert same_rank != spec.temperature_sensitive, name
+        if spec.softmax:
+            torch.testing.assert_close(scores.softmax_scores(x, (name,), 1.0)[name], a)
+        if spec.needs_void:
+            with pytest.raises(ValueError, match="20 channels"):
+                spec.function(x)

@@ -228,6 +228,7 @@ def _on_sigterm(signum, frame):
 
 def build_parser() -> argparse.ArgumentParser:
     from .protocol import PROTOCOLS
+    from .scores import baseline_scores, default_scores
 
     # --debug is accepted before or after the subcommand (SUPPRESS: a subcommand's default never
     # overwrites a --debug given before it).
@@ -260,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--benchmarks-root", type=Path, help="the course's Validation_Dataset folder")
     s.add_argument("--benchmarks", nargs="*", default=None, help="folder names (default: all found)")
     s.add_argument("--cityscapes-root", type=Path, help="Cityscapes root, for mIoU on val")
-    s.add_argument("--scores", nargs="+", default=["msp", "max_logit", "max_entropy", "energy"])
+    s.add_argument("--scores", nargs="+", default=list(default_scores()),
+                   help="anomaly scores (anomalyseg.scores.SCORE_TABLE; default: those of every model)")
     s.add_argument("--temperatures", nargs="+", type=positive_float, default=[1.0])
     s.add_argument("--temperature-on", choices=("pixel", "class"), default="pixel")
     s.add_argument("--fpr-convention", choices=("course", "smiyc"), default=None,
@@ -282,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     for action in [x for x in eval_parser._actions if x.dest not in ("help", "debug", "temperatures", "temperature_on",
                                                                       "fpr_convention", "protocol", "scores")]:
         s._add_action(action)  # eval's model, data and run options, shared
-    s.add_argument("--scores", nargs="+", default=["msp", "max_logit"])
+    s.add_argument("--scores", nargs="+", default=list(baseline_scores()))
     s.add_argument("--protocols", nargs="+", choices=list(PROTOCOLS), default=list(PROTOCOLS))
     s.set_defaults(func=_compare_conventions)
 

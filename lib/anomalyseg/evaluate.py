@@ -33,7 +33,8 @@ from .progress import tqdm
 from .metrics import AnomalyAccumulator, BinnedAnomalyAccumulator, ConfusionMatrix, PerImageAccumulator
 from .models.base import Segmenter
 from .protocol import EvalProtocol, applied, get_protocol, resize_label, scored_label, scored_map
-from .scores import NEEDS_VOID_CHANNEL, SOFTMAX_SCORES, TEMPERATURE_SENSITIVE, get_score, softmax_scores
+from .scores import (NEEDS_VOID_CHANNEL, SOFTMAX_SCORES, TEMPERATURE_SENSITIVE, applies, baseline_scores,
+                     default_scores, get_score, softmax_scores)
 
 
 # ----------------------------------------------------------------------------- output cache
@@ -290,7 +291,7 @@ def _score_maps(segmenter: Segmenter, frame: Frame, combos: Sequence[_Combo], ex
 def evaluate_anomaly(
     segmenter: Segmenter,
     benchmarks: dict[str, Dataset],
-    scores: Sequence[str] = ("msp", "max_logit", "max_entropy", "energy"),
+    scores: Sequence[str] = default_scores(),
     temperatures: Sequence[float] = (1.0,),
     temperature_on: str = "pixel",
     results_path: str | Path | None = "results/results.csv",
@@ -570,12 +571,14 @@ def evaluate_miou(
 
 # ----------------------------------------------------------------------------- temperature sweeps
 def evaluation_pass(segmenter: Segmenter, benchmarks: dict[str, Dataset], val: Dataset | None,
-                    scores: Sequence[str] = ("msp", "max_logit", "max_entropy", "energy", "rba")) -> float:
+                    scores: Sequence[str] | None = None) -> float:
     """Seconds of one uncached evaluation at T = 1, what each temperature point would cost without
     the output cache: a forward of every frame, the class maps, ``scores`` (RbA only for mask
-    classification) with exact metrics on ``benchmarks``, and the mIoU on ``val``. Stores nothing."""
+    classification) with exact metrics on ``benchmarks``, and the mIoU on ``val``. Stores nothing.
+    ``scores``: None for ``scores.default_scores(segmenter)``; those not meant for this model
+    (``scores.applies``) are left out."""
     started = time.perf_counter()
-    scores = [s for s in scores if s != "rba" or segmenter.supports_class_temperature]
+    scores = [s for s in (default_scores(segmenter) if scores is None else scores) if applies(s, segmenter)]
     evaluate_anomaly(segmenter, benchmarks, scores, results_path=None, cache=OutputCache(), maps_frames=0, progress=False,
                      frame_stats=False)
     if val is not None:
@@ -588,7 +591,7 @@ def temperature_sweep(
     benchmarks: dict[str, Dataset],
     val: Dataset | None,
     temperatures: Sequence[float],
-    scores: Sequence[str] = ("msp", "max_logit", "max_entropy", "energy", "rba"),
+    scores: Sequence[str] | None = None,
     results_path: str | Path | None = "results/results.csv",
     cache: OutputCache | None = None,
     histogram_bits: int | None = None,
@@ -599,7 +602,9 @@ def temperature_sweep(
     scores it changes (MSP, MaxEntropy, Energy) and, for mask classification, the class temperature
     for every score and the mIoU on ``val``. Exact metrics, or ``histogram_bits``-bit histograms
     (see ``evaluate_anomaly``). Returns the rows (anomaly and mIoU), appended to ``results_path``
-    unless None. ``protocol``: see ``evaluate_anomaly`` (default ``course``)."""
+    unless None. ``protocol``: see ``evaluate_anomaly`` (default ``course``). ``scores``: None for
+    ``scores.default_scores(segmenter)``."""
+    scores = default_scores(segmenter) if scores is None else scores
     kw = dict(results_path=results_path, cache=cache, maps_frames=0, histogram_bits=histogram_bits, progress=progress,
               frame_stats=False, protocol=protocol)
     sensitive = [s for s in scores if s in TEMPERATURE_SENSITIVE]
@@ -621,7 +626,7 @@ def sweep_points(segmenter: Segmenter, temperatures: Sequence[float]) -> int:
 def frame_maps(
     segmenter: Segmenter,
     item: dict,
-    scores: Sequence[str] = ("msp", "max_logit"),
+    scores: Sequence[str] = baseline_scores(),
     temperature: float = 1.0,
     class_temperature: float = 1.0,
     label_key: str = "label",
@@ -646,7 +651,7 @@ def compare_conventions(
     segmenter: Segmenter,
     benchmarks: dict[str, Dataset],
     val: Dataset | None = None,
-    scores: Sequence[str] = ("msp", "max_logit"),
+    scores: Sequence[str] = baseline_scores(),
     protocols: Sequence[str | EvalProtocol] = ("course", "smiyc", "blocks2x2", "full_resolution", "per_image", "legacy"),
     results_path: str | Path | None = "results/results.csv",
     cache: OutputCache | None = None,

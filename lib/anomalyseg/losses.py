@@ -5,7 +5,7 @@ Both read an ``outlier_mask`` ``[B, H, W]`` as ``MixOOD`` writes it: 1 = pasted 
 
 The outlier loss follows seed 000's ``MaskClassificationLoss.outlier_loss`` (itself adapted from
 RbA), with its names: an ``outlier_loss_target`` score ``s`` of the per-pixel class map ``L``
-(``rba``, seed 000's ``nls``; ``energy``; ``softmax_entropy``; and Mask2Anomaly's ``max_logit``),
+(``rba``, which seed 000 calls ``nls``; ``energy``; ``softmax_entropy``; and Mask2Anomaly's ``max_logit``),
 shaped by an ``outlier_loss_func`` (``squared_hinge`` or ``binary_cross_entropy``).
 """
 
@@ -20,23 +20,17 @@ from .labels import NUM_CLASSES
 from .scores import max_entropy, max_logit, rba
 
 OUTLIER_LOSS_FUNCS = ("squared_hinge", "binary_cross_entropy")
-# Seed 000 calls the first one ``nls`` (negative logit sum); with score_norm="tanh" it is RbA.
+# Seed 000 calls the first one ``nls`` (negative logit sum); with score_norm="tanh" it is RbA, and
+# ``rba`` is its only name here: ``OEConfig`` reads seed 000's ``nls`` from a config as ``rba``.
 OUTLIER_TARGETS = ("rba", "energy", "softmax_entropy", "max_logit")
 SCORE_NORMS = ("tanh", "sigmoid", "none")
-TARGET_ALIASES = {"nls": "rba"}
-
-
-def canonical_target(target: str) -> str:
-    """``target`` with seed 000's name ``nls`` read as ``rba``."""
-    return TARGET_ALIASES.get(target, target)
 
 
 def _check_target(target: str, score_norm: str, where: str) -> str:
-    target = canonical_target(target)
     if target not in OUTLIER_TARGETS:
         raise ValueError(
-            f"{where}: unknown outlier_loss_target {target!r}; expected one of {list(OUTLIER_TARGETS)} "
-            "(seed 000's 'nls' is accepted for 'rba')."
+            f"{where}: unknown outlier_loss_target {target!r}; expected one of {list(OUTLIER_TARGETS)}"
+            + (" (seed 000's 'nls' is 'rba'; OEConfig reads 'nls' from a config as 'rba')." if target == "nls" else ".")
         )
     if score_norm not in SCORE_NORMS:
         raise ValueError(f"{where}: unknown score_norm {score_norm!r}; expected one of {list(SCORE_NORMS)} (RbA: 'tanh').")
@@ -75,7 +69,7 @@ def outlier_score(per_pixel_logits: torch.Tensor, target: str = "rba", score_nor
     """The score ``s`` the outlier loss shapes, ``[B, h, w]`` from ``L`` ``[B, C, h, w]``; higher
     means more anomalous for every target (seed 000's ``outlier_loss``):
 
-    - ``rba`` (seed 000: ``nls``): ``-sum_c norm(L_c)`` with ``score_norm`` ``tanh`` (RbA,
+    - ``rba`` (seed 000 calls it ``nls``): ``-sum_c norm(L_c)`` with ``score_norm`` ``tanh`` (RbA,
       Nayal et al. 2023), ``sigmoid`` or ``none`` (the plain negative sum);
     - ``energy``: ``-logsumexp_c L_c`` (Liu et al. 2020 at T = 1);
     - ``softmax_entropy``: ``-sum_c p_c log p_c``, ``p = softmax_c L``;

@@ -15,10 +15,7 @@ import numpy as np
 import torch
 
 from .labels import CLASS_NAMES, colorize
-
-SCORE_TITLES = {"msp": "MSP", "max_logit": "MaxLogit", "max_entropy": "MaxEntropy", "energy": "Energy",
-                "rba": "RbA", "void_prob": "Void classifier", "anomaly_head": "Anomaly head",
-                "anomaly_head_hybrid": "Anomaly head (hybrid)"}
+from .scores import SCORE_TITLES
 
 
 def _np(x) -> np.ndarray:

@@ -19,8 +19,9 @@ from .evaluate import OutputCache, evaluate_anomaly, evaluate_miou
 from .labels import OOD_OBJECT_VALUE, colorize
 from .plots import SCORE_TITLES, _hwc, _np, label_overlay
 from .results import DATASET_ORDER, DATASET_TITLES, training_log
+from .scores import default_scores
 
-OE_SCORES = ("msp", "max_logit", "max_entropy", "energy", "rba")
+OE_SCORES = default_scores("eomt")
 MIOU_DATASET = "cityscapes_val"
 PASTED_COLOR = (255, 0, 255)  # magenta: no Cityscapes class uses it
 

@@ -24,6 +24,7 @@ from .evaluate import load_curves, load_maps
 from .plots import SCORE_TITLES, save_figure, score_maps_figure
 from .protocol import describe
 from .results import COLUMNS, DATASET_ORDER, DATASET_TITLES, latest, protocol_rows
+from .scores import LEARNED_SCORES, SCORE_ORDER
 
 # Readable titles of model names and learned scores, the one place the report spells them.
 METHOD_TITLES = {
@@ -35,12 +36,11 @@ METHOD_TITLES = {
     "anomaly_head": "anomaly head",
     "anomaly_head_hybrid": "hybrid anomaly head",
 }
-LEARNED_SCORES = ("anomaly_head", "anomaly_head_hybrid")
 METRIC_TITLES = {"auprc": "AuPRC", "fpr_at_95_tpr": "FPR95", "auroc": "AUROC", "miou": "mIoU"}
 # Higher is better except for false positives; decides the bold cell of each LaTeX column.
 HIGHER_IS_BETTER = {"auprc": True, "fpr_at_95_tpr": False, "auroc": True, "miou": True}
 MIOU_DATASET = "cityscapes_val"
-_SCORE_ORDER = ("msp", "max_logit", "max_entropy", "energy", "rba", "void_prob") + LEARNED_SCORES
+_SCORE_ORDER = SCORE_ORDER
 
 # What the pipeline is expected to produce, for missing_report: the notebook that writes each
 # model's rows, its post-hoc scores, and the temperature sweeps of notebook 03.

@@ -22,6 +22,7 @@ from typing import Iterable
 import pandas as pd
 
 from .labels import BENCHMARKS
+from .scores import SCORE_ORDER
 
 COLUMNS = (
     "run_id", "time", "git_commit", "model", "checkpoint", "dataset", "score", "temperature",
@@ -36,7 +37,6 @@ COLUMNS = (
 # Course order of the benchmark columns, with their short titles.
 DATASET_TITLES = {name: spec.title for name, spec in BENCHMARKS.items()}
 DATASET_ORDER = ("RoadAnomaly21", "RoadObsticle21", "FS_LostFound_full", "fs_static", "RoadAnomaly")
-SCORE_ORDER = ("msp", "max_logit", "max_entropy", "energy", "rba", "void_prob")
 
 
 def new_run_id(tag: str = "run") -> str:

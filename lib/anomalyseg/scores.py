@@ -3,10 +3,15 @@
 Every score takes a per-pixel class map ``x`` of shape ``[C, H, W]`` or ``[B, C, H, W]`` (ERFNet
 logits ``z`` or EoMT's fused map ``L``, REFERENCE §3-4) and returns ``[H, W]`` or ``[B, H, W]``.
 Scores built on a softmax take a ``temperature`` T: ``p = softmax(x / T)``.
+
+``SCORE_TABLE`` is the one list of the project's scores (name, title, function, the models it
+applies to, order), as ``labels.BENCHMARKS`` is of the benchmarks: the CLI, the evaluation, the
+store's tables, the figures and the notebooks read their score lists and titles from it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -89,24 +94,107 @@ def void_prob(z: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
 
 
 Score = Callable[..., torch.Tensor]
-SCORES: dict[str, Score] = {
-    "msp": msp,
-    "max_logit": max_logit,
-    "max_entropy": max_entropy,
-    "energy": energy,
-    "rba": rba,
-    "void_prob": void_prob,
+# The model families a score may apply to, as the CLI names them: ERFNet's per-pixel classification
+# and EoMT's mask classification (every EoMT-based segmenter: fine-tuned, with anomaly heads).
+MODEL_KINDS = ("erfnet", "eomt")
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """One anomaly score of the project, the way ``labels.BenchmarkSpec`` describes a benchmark.
+
+    ``name`` is the field's term, stored in the results' ``score`` column; ``title`` is how tables
+    and figures show it. ``function`` maps a class map ``[C, H, W]`` or ``[B, C, H, W]`` to
+    ``[H, W]`` or ``[B, H, W]`` (None: a learned score, which the segmenter computes itself through
+    ``extra_scores``). ``models``: the ``MODEL_KINDS`` it applies to. ``standard``: evaluated when
+    no score list is given (``default_scores``); ``baseline``: one of the course's two baseline
+    scores, what a side-by-side of protocols or a figure of maps shows by default.
+    ``temperature_sensitive``: its ranking changes with a per-pixel T; ``softmax``: served by
+    ``softmax_scores``; ``needs_void``: read from all 20 ERFNet channels, not the 19 classes.
+    """
+
+    name: str
+    title: str
+    function: Score | None
+    models: frozenset[str]
+    standard: bool = True
+    baseline: bool = False
+    temperature_sensitive: bool = False
+    softmax: bool = False
+    needs_void: bool = False
+
+    @property
+    def learned(self) -> bool:
+        return self.function is None
+
+
+_BOTH, _EOMT, _ERFNET = frozenset(MODEL_KINDS), frozenset({"eomt"}), frozenset({"erfnet"})
+# The one score table, in the course's order (REFERENCE §4), learned scores after the post-hoc ones.
+SCORE_TABLE: dict[str, ScoreSpec] = {
+    spec.name: spec
+    for spec in (
+        ScoreSpec("msp", "MSP", msp, _BOTH, baseline=True, temperature_sensitive=True, softmax=True),
+        ScoreSpec("max_logit", "MaxLogit", max_logit, _BOTH, baseline=True),
+        ScoreSpec("max_entropy", "MaxEntropy", max_entropy, _BOTH, temperature_sensitive=True, softmax=True),
+        ScoreSpec("energy", "Energy", energy, _BOTH, temperature_sensitive=True, softmax=True),
+        ScoreSpec("rba", "RbA", rba, _EOMT),
+        # an option of ERFNet with a trained void channel (REFERENCE §4), not part of its default set
+        ScoreSpec("void_prob", "Void classifier", void_prob, _ERFNET, standard=False, temperature_sensitive=True,
+                  needs_void=True),
+        # the anomaly heads of ``models.anomaly_head`` (``VARIANT_SCORES``) on a frozen EoMT
+        ScoreSpec("anomaly_head", "Anomaly head", None, _EOMT, standard=False),
+        ScoreSpec("anomaly_head_hybrid", "Anomaly head (hybrid)", None, _EOMT, standard=False),
+    )
 }
-# Scores that one log-softmax serves (``softmax_scores``).
-SOFTMAX_SCORES = frozenset({"msp", "max_entropy", "energy"})
-# Scores whose value changes ranking with T; the others are evaluated once per sweep.
-TEMPERATURE_SENSITIVE = frozenset({"msp", "max_entropy", "energy", "void_prob"})
-# Scores read from all 20 ERFNet channels instead of the 19 classes.
-NEEDS_VOID_CHANNEL = frozenset({"void_prob"})
+# Views of the table, for the code that reads one property.
+SCORE_ORDER = tuple(SCORE_TABLE)
+SCORE_TITLES = {name: spec.title for name, spec in SCORE_TABLE.items()}
+SCORES: dict[str, Score] = {name: spec.function for name, spec in SCORE_TABLE.items() if not spec.learned}
+LEARNED_SCORES = tuple(name for name, spec in SCORE_TABLE.items() if spec.learned)
+SOFTMAX_SCORES = frozenset(name for name, spec in SCORE_TABLE.items() if spec.softmax)
+TEMPERATURE_SENSITIVE = frozenset(name for name, spec in SCORE_TABLE.items() if spec.temperature_sensitive)
+NEEDS_VOID_CHANNEL = frozenset(name for name, spec in SCORE_TABLE.items() if spec.needs_void)
+
+
+def model_kind(model) -> str:
+    """The ``MODEL_KINDS`` entry of ``model``: ``"erfnet"`` or ``"eomt"`` as given, or a segmenter
+    (mask classification, ``supports_class_temperature``, is ``eomt``)."""
+    if isinstance(model, str):
+        if model not in MODEL_KINDS:
+            raise ValueError(f"unknown model kind {model!r}; expected one of {list(MODEL_KINDS)} or a segmenter.")
+        return model
+    return "eomt" if getattr(model, "supports_class_temperature", False) else "erfnet"
+
+
+def applies(score: str, model) -> bool:
+    """True when ``score`` is meant for ``model`` (a ``MODEL_KINDS`` name or a segmenter); names
+    outside the table (a head under another name) are left to the segmenter."""
+    spec = SCORE_TABLE.get(score)
+    return spec is None or model_kind(model) in spec.models
+
+
+def default_scores(model=None) -> tuple[str, ...]:
+    """The standard post-hoc scores of ``model`` (a ``MODEL_KINDS`` name or a segmenter), in table
+    order: ``msp``, ``max_logit``, ``max_entropy``, ``energy`` and, for EoMT, ``rba``. None: the
+    scores that apply to every model (the four without ``rba``)."""
+    kinds = set(MODEL_KINDS) if model is None else {model_kind(model)}
+    return tuple(s.name for s in SCORE_TABLE.values() if s.standard and not s.learned and kinds <= s.models)
+
+
+def baseline_scores() -> tuple[str, ...]:
+    """The course's two baseline scores, ``msp`` and ``max_logit`` (REFERENCE §8's first rows)."""
+    return tuple(name for name, spec in SCORE_TABLE.items() if spec.baseline)
+
+
+def score_title(name: str) -> str:
+    """How tables and figures show a score (``MSP``, ``RbA``); a name outside the table as it is."""
+    spec = SCORE_TABLE.get(name)
+    return spec.title if spec is not None else name
 
 
 def get_score(name: str) -> Score:
-    """Look a score up by its field name (``msp``, ``max_logit``, ``max_entropy``, ``energy``, ``rba``)."""
+    """Look a post-hoc score up by its field name (``msp``, ``max_logit``, ``max_entropy``,
+    ``energy``, ``rba``, ``void_prob``); ValueError for any other name."""
     try:
         return SCORES[name]
     except KeyError:

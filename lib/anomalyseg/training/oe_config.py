@@ -15,8 +15,7 @@ import warnings
 from dataclasses import asdict, dataclass, fields, replace
 
 from ..labels import NUM_CLASSES
-from ..losses import (OUTLIER_LOSS_FUNCS, OUTLIER_TARGETS, SCORE_NORMS, TARGET_ALIASES, outlier_score_landmarks,
-                      outlier_score_range)  # fmt: skip
+from ..losses import OUTLIER_LOSS_FUNCS, OUTLIER_TARGETS, SCORE_NORMS, outlier_score_landmarks, outlier_score_range
 
 TRAINABLE = ("heads", "all")
 COCO_SPLITS = ("train", "val")
@@ -24,6 +23,8 @@ COCO_SPLITS = ("train", "val")
 THRESHOLD_TARGETS = ("rba", "energy", "softmax_entropy")
 # Names of earlier versions, read from stored checkpoints and oe_config.json files.
 LEGACY_NAMES = {"loss_type": "outlier_loss_func", "score": "outlier_loss_target"}
+# Seed 000's name of RbA's score, accepted where a config is read (the package calls it ``rba``).
+TARGET_ALIASES = {"nls": "rba"}
 
 OE_RECIPES: dict[str, dict] = {
     "rba": {},
