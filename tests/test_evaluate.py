@@ -217,3 +217,51 @@ def test_weights_fingerprint_of_large_tensors(dtype):
     with torch.no_grad():
         seg.model.weight[0, 1] += 1.0  # off the sampled stride: the sum still changes
     assert weights_fingerprint(seg) != first
+
+
+# ----------------------------------------------------------------------------- stored rows, or an evaluation
+def test_anomaly_rows_are_reused_per_checkpoint_score_and_protocol(tmp_path):
+    from anomalyseg.evaluate import anomaly_rows_or_evaluate
+
+    path, data = tmp_path / "results.csv", ListData()
+    bench = {"RoadAnomaly21": data}
+    seg = ToySegmenter()
+    # a store holding msp only: only max_logit is evaluated, msp is reused
+    evaluate_anomaly(seg, bench, scores=("msp",), results_path=path, progress=False)
+    rows, how = anomaly_rows_or_evaluate(seg, bench, path, ["msp", "max_logit"], progress=False)
+    assert how == f"toy: evaluated max_logit; 1 rows reused from {path}"
+    assert len(read_results(path)) == 2 and sorted(rows.score) == ["max_logit", "msp"]
+    for score in ("msp", "max_logit"):
+        x, y = _pooled(ToySegmenter(), data, score)
+        assert rows[rows.score == score].iloc[0].auprc == pytest.approx(average_precision_score(y, x), abs=1e-9)
+    # everything stored: no forward pass, nothing appended
+    again = ToySegmenter()
+    reused, how = anomaly_rows_or_evaluate(again, bench, path, ["msp", "max_logit"], progress=False)
+    assert again.forwards == 0 and how == f"toy: all 2 rows reused from {path}" and len(read_results(path)) == 2
+    assert reused.set_index("score").auprc.to_dict() == rows.set_index("score").auprc.to_dict()
+    # default scores: EoMT's standard five for a mask-classification model (msp, max_logit stored)
+    rows, how = anomaly_rows_or_evaluate(again, bench, path, progress=False)
+    assert how.startswith("toy: evaluated max_entropy, energy, rba; 2 rows reused")
+    assert list(rows.score) == list(S.default_scores("eomt"))
+    # another checkpoint or another protocol is another model: evaluated again
+    other = ToySegmenter()
+    other.checkpoint = "toy-v2"
+    _, how = anomaly_rows_or_evaluate(other, bench, path, ["msp"], progress=False)
+    assert other.forwards == 3 and how == "toy: evaluated msp"
+    _, how = anomaly_rows_or_evaluate(ToySegmenter(), bench, path, ["msp"], progress=False, protocol="smiyc")
+    assert how == "toy: evaluated msp"
+
+
+def test_miou_is_reused_for_the_same_checkpoint(tmp_path):
+    from anomalyseg.evaluate import miou_or_evaluate
+
+    path, seg = tmp_path / "results.csv", ToySegmenter()
+    data = ListData(key="target", values=tuple(range(19)) + (255,))
+    miou, how = miou_or_evaluate(seg, data, path, progress=False)
+    assert how == "toy: mIoU evaluated on 3 frames" and seg.forwards == 3
+    ref = evaluate_miou(ToySegmenter(), data, results_path=None, progress=False)[0].iloc[0].miou
+    assert miou == pytest.approx(ref, abs=1e-12)
+    again = ToySegmenter()
+    reused, how = miou_or_evaluate(again, data, path, progress=False)
+    assert (reused, how, again.forwards) == (miou, f"toy: mIoU reused from {path}", 0)
+    assert read_results(path).dataset.tolist() == ["cityscapes_val"]

@@ -520,7 +520,7 @@ def evaluate_miou(
     results_path: str | Path | None = "results/results.csv",
     run_id: str | None = None,
     cache: OutputCache | None = None,
-    dataset_name: str = "cityscapes_val",
+    dataset_name: str = _results.MIOU_DATASET,
     num_workers: int = 0,
     progress: bool = True,
     notes: str = "",
@@ -620,6 +620,45 @@ def temperature_sweep(
 def sweep_points(segmenter: Segmenter, temperatures: Sequence[float]) -> int:
     """Temperature points of ``temperature_sweep``: per-pixel, plus class for mask classification."""
     return len(temperatures) * (2 if segmenter.supports_class_temperature else 1)
+
+
+# ----------------------------------------------------------------------------- stored rows, or an evaluation
+def anomaly_rows_or_evaluate(segmenter: Segmenter, benchmarks: dict[str, Dataset], results_csv: str | Path,
+                             scores: Sequence[str] | None = None, cache: OutputCache | None = None,
+                             progress: bool = True, notes: str = "",
+                             protocol: str = "course") -> tuple[pd.DataFrame, str]:
+    """The benchmark rows of ``segmenter`` at T = 1 for ``scores`` (None:
+    ``scores.default_scores(segmenter)``): taken from the store when every (benchmark, score) is
+    there for its checkpoint under ``protocol`` (``results.stored_anomaly_rows``), else evaluated
+    (only the missing scores) and appended. Returns ``(rows, how)`` with ``how`` saying which, for
+    the notebook to print."""
+    scores = list(default_scores(segmenter) if scores is None else scores)
+    name, checkpoint = segmenter.name, segmenter.checkpoint
+    have = _results.stored_anomaly_rows(results_csv, name, checkpoint, scores, list(benchmarks), protocol)
+    done = set(zip(have["dataset"], have["score"])) if len(have) else set()
+    missing = [s for s in scores if any((d, s) not in done for d in benchmarks)]
+    if not missing:
+        return have, f"{name}: all {len(have)} rows reused from {results_csv}"
+    evaluate_anomaly(segmenter, benchmarks, scores=missing, results_path=results_csv, cache=cache,
+                     progress=progress, notes=notes, protocol=protocol)
+    rows = _results.stored_anomaly_rows(results_csv, name, checkpoint, scores, list(benchmarks), protocol)
+    how = (f"{name}: evaluated {', '.join(missing)}" +
+           (f"; {len(have)} rows reused from {results_csv}" if len(have) else ""))
+    return rows, how
+
+
+def miou_or_evaluate(segmenter: Segmenter, dataset: Dataset, results_csv: str | Path,
+                     cache: OutputCache | None = None, progress: bool = True, notes: str = "",
+                     protocol: str = "course") -> tuple[float, str]:
+    """Cityscapes-val mIoU (fraction) of ``segmenter`` at class temperature 1 under ``protocol``:
+    stored for its checkpoint (``results.stored_miou``), or evaluated and appended. Returns
+    ``(miou, how)``."""
+    stored = _results.stored_miou(results_csv, segmenter.name, segmenter.checkpoint, protocol)
+    if stored is not None:
+        return stored, f"{segmenter.name}: mIoU reused from {results_csv}"
+    rows, _ = evaluate_miou(segmenter, dataset, results_path=results_csv, cache=cache,
+                            dataset_name=_results.MIOU_DATASET, progress=progress, notes=notes, protocol=protocol)
+    return float(rows["miou"].iloc[0]), f"{segmenter.name}: mIoU evaluated on {len(dataset)} frames"
 
 
 # ----------------------------------------------------------------------------- maps for figures

@@ -1,6 +1,6 @@
-"""What notebook 04 (Outlier Exposure) shows: pasted training samples, the before / after
-evaluation (reusing stored rows of the model before fine-tuning), the change per benchmark and
-score in points, the mIoU change, and score maps before / after.
+"""What notebook 04 (Outlier Exposure) shows: pasted training samples, the change per benchmark
+and score in points of the before / after rows (``evaluate.anomaly_rows_or_evaluate``, which
+reuses stored rows), the mIoU change, and score maps before / after.
 
 Figures return a matplotlib Figure and never call ``plt.show``; tables are DataFrames.
 """
@@ -14,15 +14,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from . import results as _results
-from .evaluate import OutputCache, evaluate_anomaly, evaluate_miou
 from .labels import OOD_OBJECT_VALUE, colorize
 from .plots import SCORE_TITLES, _hwc, _np, label_overlay
 from .results import DATASET_ORDER, DATASET_TITLES, training_log
 from .scores import default_scores
 
 OE_SCORES = default_scores("eomt")
-MIOU_DATASET = "cityscapes_val"
 PASTED_COLOR = (255, 0, 255)  # magenta: no Cityscapes class uses it
 
 
@@ -106,58 +103,6 @@ def training_figure(terms: pd.DataFrame):
             ax.text(0.5, 0.5, "outlier_loss_enabled = False", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     return fig
-
-
-# ----------------------------------------------------------------------------- evaluation (reused when stored)
-def _stored(df: pd.DataFrame, model: str, checkpoint: str, protocol: str = "course") -> pd.DataFrame:
-    df = _results.protocol_rows(df, protocol)
-    if not len(df):
-        return df
-    return df[(df["model"] == model) & (df["checkpoint"].astype(str) == str(checkpoint))]
-
-
-def stored_anomaly_rows(results_csv: str | Path, model: str, checkpoint: str, scores: Sequence[str] = OE_SCORES,
-                        datasets: Sequence[str] = DATASET_ORDER, protocol: str = "course") -> pd.DataFrame:
-    """Latest stored benchmark rows of exactly this model and checkpoint at T = 1 (pixel or class
-    temperature: identical at 1) under ``protocol`` (``anomalyseg.protocol``), one per (dataset, score)."""
-    df = _stored(_results.read_results(results_csv), model, checkpoint, protocol)
-    if not len(df):
-        return df
-    rows = df[df["dataset"].isin(datasets) & df["score"].isin(scores) & np.isclose(df["temperature"].astype(float), 1.0)]
-    return _results.latest(rows, keys=("dataset", "score")).reset_index(drop=True)
-
-
-def anomaly_rows_or_evaluate(segmenter, benchmarks: dict, results_csv: str | Path, scores: Sequence[str] = OE_SCORES,
-                             cache: OutputCache | None = None, progress: bool = True, notes: str = "",
-                             protocol: str = "course") -> tuple[pd.DataFrame, str]:
-    """The benchmark rows of ``segmenter`` for ``scores``: taken from the store when every
-    (benchmark, score) is there for its checkpoint, else evaluated (only the missing scores) and
-    appended. Returns ``(rows, how)`` with ``how`` saying which, for the notebook to print."""
-    have = stored_anomaly_rows(results_csv, segmenter.name, segmenter.checkpoint, scores, list(benchmarks), protocol)
-    done = set(zip(have["dataset"], have["score"])) if len(have) else set()
-    missing = [s for s in scores if any((d, s) not in done for d in benchmarks)]
-    if not missing:
-        return have, f"{segmenter.name}: all {len(have)} rows reused from {results_csv}"
-    evaluate_anomaly(segmenter, benchmarks, scores=missing, results_path=results_csv, cache=cache,
-                     progress=progress, notes=notes, protocol=protocol)  # fmt: skip
-    rows = stored_anomaly_rows(results_csv, segmenter.name, segmenter.checkpoint, scores, list(benchmarks), protocol)
-    how = (f"{segmenter.name}: evaluated {', '.join(missing)}" +
-           (f"; {len(have)} rows reused from {results_csv}" if len(have) else ""))
-    return rows, how
-
-
-def miou_or_evaluate(segmenter, dataset, results_csv: str | Path, cache: OutputCache | None = None,
-                     progress: bool = True, notes: str = "", protocol: str = "course") -> tuple[float, str]:
-    """Cityscapes-val mIoU (fraction) of ``segmenter`` at class temperature 1 under ``protocol``:
-    stored for its checkpoint, or evaluated and appended. Returns ``(miou, how)``."""
-    df = _stored(_results.read_results(results_csv), segmenter.name, segmenter.checkpoint, protocol)
-    if len(df):
-        rows = df[(df["score"] == "miou") & (df["dataset"] == MIOU_DATASET) & np.isclose(df["temperature"].astype(float), 1.0)]
-        if len(rows):
-            return float(rows["miou"].iloc[-1]), f"{segmenter.name}: mIoU reused from {results_csv}"
-    rows, _ = evaluate_miou(segmenter, dataset, results_path=results_csv, cache=cache, dataset_name=MIOU_DATASET,
-                            progress=progress, notes=notes, protocol=protocol)  # fmt: skip
-    return float(rows["miou"].iloc[0]), f"{segmenter.name}: mIoU evaluated on {len(dataset)} frames"
 
 
 # ----------------------------------------------------------------------------- tables

@@ -23,7 +23,7 @@ import pandas as pd
 from .evaluate import load_curves, load_maps
 from .plots import SCORE_TITLES, save_figure, score_maps_figure
 from .protocol import describe
-from .results import COLUMNS, DATASET_ORDER, DATASET_TITLES, latest, protocol_rows
+from .results import COLUMNS, DATASET_ORDER, DATASET_TITLES, MIOU_DATASET, latest, protocol_rows
 from .scores import LEARNED_SCORES, SCORE_ORDER
 
 # Readable titles of model names and learned scores, the one place the report spells them.
@@ -39,7 +39,6 @@ METHOD_TITLES = {
 METRIC_TITLES = {"auprc": "AuPRC", "fpr_at_95_tpr": "FPR95", "auroc": "AUROC", "miou": "mIoU"}
 # Higher is better except for false positives; decides the bold cell of each LaTeX column.
 HIGHER_IS_BETTER = {"auprc": True, "fpr_at_95_tpr": False, "auroc": True, "miou": True}
-MIOU_DATASET = "cityscapes_val"
 _SCORE_ORDER = SCORE_ORDER
 
 # What the pipeline is expected to produce, for missing_report: the notebook that writes each

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 
 from .labels import BENCHMARKS
@@ -37,6 +38,8 @@ COLUMNS = (
 # Course order of the benchmark columns, with their short titles.
 DATASET_TITLES = {name: spec.title for name, spec in BENCHMARKS.items()}
 DATASET_ORDER = ("RoadAnomaly21", "RoadObsticle21", "FS_LostFound_full", "fs_static", "RoadAnomaly")
+# The ``dataset`` of mIoU rows (``evaluate.evaluate_miou``'s default).
+MIOU_DATASET = "cityscapes_val"
 
 
 def new_run_id(tag: str = "run") -> str:
@@ -300,6 +303,39 @@ def latest(df: pd.DataFrame, keys=("model", "dataset", "score", "temperature", "
     return df.drop_duplicates(subset=keys, keep="last")
 
 
+def checkpoint_rows(df: pd.DataFrame, model: str, checkpoint: str, protocol: str | None = "course") -> pd.DataFrame:
+    """Rows of exactly this ``model`` and ``checkpoint`` evaluated under ``protocol`` (None: any)."""
+    df = protocol_rows(df, protocol)
+    if not len(df):
+        return df
+    return df[(df["model"] == model) & (df["checkpoint"].astype(str) == str(checkpoint))]
+
+
+def stored_anomaly_rows(path: str | Path, model: str, checkpoint: str, scores: Iterable[str] | None = None,
+                        datasets: Iterable[str] = DATASET_ORDER, protocol: str | None = "course") -> pd.DataFrame:
+    """Latest stored benchmark rows of exactly this model and checkpoint at T = 1 (pixel or class
+    temperature: identical at 1) under ``protocol`` (``anomalyseg.protocol``), one per (dataset,
+    score), for ``scores`` (None: every score) on ``datasets``."""
+    df = checkpoint_rows(read_results(path), model, checkpoint, protocol)
+    if not len(df):
+        return df
+    keep = df["dataset"].isin(list(datasets)) & np.isclose(df["temperature"].astype(float), 1.0)
+    if scores is not None:
+        keep &= df["score"].isin(list(scores))
+    return latest(df[keep], keys=("dataset", "score")).reset_index(drop=True)
+
+
+def stored_miou(path: str | Path, model: str, checkpoint: str, protocol: str | None = "course",
+                dataset: str = MIOU_DATASET) -> float | None:
+    """The latest stored mIoU (fraction) of exactly this model and checkpoint at class temperature
+    1 under ``protocol`` on ``dataset``, or None when the store has none."""
+    df = checkpoint_rows(read_results(path), model, checkpoint, protocol)
+    if not len(df):
+        return None
+    rows = df[(df["score"] == "miou") & (df["dataset"] == dataset) & np.isclose(df["temperature"].astype(float), 1.0)]
+    return float(rows["miou"].iloc[-1]) if len(rows) else None
+
+
 def _pct(x: float) -> str:
     return "–" if pd.isna(x) else f"{100 * x:.2f}"
 
@@ -406,8 +442,6 @@ def load_row_arrays(results_path: str | Path, row, column: str) -> dict | None:
     """The arrays a row's ``column`` (``<file>.npz#<key>``, a path relative to the store's folder)
     points at, as ``{name: array}`` without the key's prefix; None when the row has no reference or
     the file is gone. Read without pickle: the files hold plain arrays only."""
-    import numpy as np
-
     ref = row.get(column) if hasattr(row, "get") else None
     if not isinstance(ref, str) or "#" not in ref:
         return None
