@@ -1,0 +1,177 @@
+"""The settings of a training run: one shared record and one record per method.
+
+Every training entry point takes the same shape::
+
+    train_erfnet(data_root, out_dir, train: TrainSettings, config: ErfnetConfig)
+    train_eomt(eomt, data_root, out_dir, train: TrainSettings, config: EomtTrainConfig)
+    finetune_oe(eomt, data_root, coco_root, out_dir, train: TrainSettings, config: OEConfig)
+    train_anomaly_head(eomt, data_root, coco_root, out_dir, train: TrainSettings, config: HeadConfig)
+
+``TrainSettings`` holds what every run has (steps, batch, crops, optimiser lr, seed, workers,
+resume, device, precision, logger, validation and checkpoint cadence, progress, callbacks); the
+method's record holds what only that method has (``OEConfig`` lives in ``training/oe_config.py``
+and is re-exported here). Fields are plain typed values, so a YAML file of them is read by
+jsonargparse / LightningCLI (issue 17). A shared field left at ``None`` takes the method's
+recipe default (``RECIPE_DEFAULTS``), so ``TrainSettings(max_steps=10)`` changes only the steps.
+
+``fit_and_export`` is the one Lightning trainer build of the four: ``last.ckpt`` at a fixed
+cadence and at the end, the one resume rule (``training.data.resume_from``), logs, devices and
+strategy from the shared record, and the export of the final weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from lightning.pytorch.callbacks import Callback
+
+from .oe_config import OEConfig
+
+__all__ = ["LOGGERS", "RECIPE_DEFAULTS", "EomtTrainConfig", "ErfnetConfig", "HeadConfig", "OEConfig", "TrainSettings"]
+
+LOGGERS = ("csv", "wandb")
+
+
+@dataclass
+class TrainSettings:
+    """What every training run has, whatever the method (transformers-config style: one field,
+    one documented meaning and unit).
+
+    Args:
+        max_steps: optimiser steps to train (the poly schedules' length; ``last.ckpt`` continues
+            up to it). None: the method's recipe (ERFNet, EoMT, OE 2000; anomaly head 1000).
+        batch_size: crops per optimiser step and per device. None: the recipe (ERFNet 8, EoMT 4,
+            OE 16, head 8).
+        crop_size: training crop in pixels, ``(H, W)`` or one side for a square. ERFNet: H and W
+            divisible by 8, None = 512x1024. EoMT-based runs: only the model's ``image_size``
+            square (transformers' EoMT has fixed position embeddings), None = that size.
+        scale_range: scale-jitter factors ``(low, high)`` of the crops, relative to ``base_size``.
+        base_size: frame size ``(H, W)`` in pixels the jitter is relative to. None: ERFNet the
+            stored frame; EoMT-based runs the frame at evaluation scale (short side = the model's
+            ``image_size``), which also sets the size of pasted objects.
+        lr: peak learning rate (AdamW / Adam, before the poly decay). None: the recipe (ERFNet
+            5e-4, EoMT and OE 1e-4, head 1e-3).
+        seed: seeds the initial weights, the data stream, the augmentations and the pastes.
+        num_workers: DataLoader worker processes. None: the recipe (ERFNet 2, others 0).
+        resume: continue ``out_dir/last.ckpt`` up to ``max_steps`` when it exists (refused when it
+            is damaged, past ``max_steps`` or, for OE and the head, of other method settings).
+        accelerator: Lightning's (``"auto"``, ``"cpu"``, ``"gpu"``, ``"mps"``...) or a torch
+            device string (``"cuda"``, ``"cuda:1"``; see ``anomalyseg.devices``). None:
+            ``"auto"``, except that a run given an ``EomtSegmenter`` trains on its device.
+        devices: Lightning's ``devices``: a count, a list of indices or ``"auto"``.
+        strategy: Lightning's ``strategy`` (``"auto"``, ``"ddp"``...).
+        precision: Lightning's ``precision`` (``"32-true"``, ``"bf16-mixed"``...).
+        logger: ``"csv"`` (``out_dir/logs/version_*/metrics.csv``, read by
+            ``results.training_log``), ``"wandb"`` (Weights & Biases, ``pip install wandb``; one
+            run per ``out_dir``) or None (no logs).
+        val_every_n_steps: validate every this many steps (and at the end). None: ERFNet each
+            epoch; EoMT at the end; OE not at all; the head has no validation.
+        limit_val_batches: Lightning's ``limit_val_batches`` (a count or a fraction); None: all.
+        checkpoint_every_n_steps: write ``last.ckpt`` every this many steps (and at the end).
+            None: every 5% of ``max_steps``; ERFNet at each validation.
+        progress: show the progress bar and the model summary.
+        callbacks: extra Lightning callbacks (appended after the run's own).
+    """
+
+    max_steps: int | None = None
+    batch_size: int | None = None
+    crop_size: int | tuple[int, int] | None = None
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    base_size: tuple[int, int] | None = None
+    lr: float | None = None
+    seed: int = 0
+    num_workers: int | None = None
+    resume: bool = True
+    accelerator: str | None = None
+    devices: int | str | list[int] = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    logger: str | None = "csv"
+    val_every_n_steps: int | None = None
+    limit_val_batches: int | float | None = None
+    checkpoint_every_n_steps: int | None = None
+    progress: bool = True
+    callbacks: list[Callback] = field(default_factory=list)
+
+    def with_defaults(self, defaults: dict) -> TrainSettings:
+        """A copy whose fields left at None take ``defaults`` (a method's ``RECIPE_DEFAULTS``)."""
+        unknown = set(defaults) - {f.name for f in fields(self)}
+        if unknown:
+            raise ValueError(f"TrainSettings has no fields {sorted(unknown)}.")
+        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
+    def weight_settings(self) -> dict:
+        """The fields that decide the trained weights (not workers, devices, logs, cadence...)."""
+        return {k: v for k, v in asdict(self).items() if k not in RUN_ONLY}
+
+
+# Fields that never change the trained weights: not a reason to refuse a resume or to retrain.
+RUN_ONLY = frozenset({
+    "resume", "num_workers", "accelerator", "devices", "strategy", "logger", "val_every_n_steps",
+    "limit_val_batches", "checkpoint_every_n_steps", "progress", "callbacks",
+})
+
+# Each method's recipe for the shared fields left at None.
+RECIPE_DEFAULTS: dict[str, dict] = {
+    "erfnet": {"max_steps": 2000, "batch_size": 8, "crop_size": (512, 1024), "lr": 5e-4, "num_workers": 2},
+    "eomt": {"max_steps": 2000, "batch_size": 4, "lr": 1e-4, "num_workers": 0},
+    "oe": {"max_steps": 2000, "batch_size": 16, "lr": 1e-4, "num_workers": 0},
+    "anomaly_head": {"max_steps": 1000, "batch_size": 8, "lr": 1e-3, "num_workers": 0},
+}
+
+
+@dataclass
+class ErfnetConfig:
+    """ERFNet's own settings (the course's ``train/main.py`` recipe).
+
+    Args:
+        class_weights: ``"enet"`` (``1 / ln(1.10 + p_c)`` from the train labels' pixel
+            frequencies, cached in ``out_dir/class_weights.json``), 19 or 20 weights, or None
+            (all 1). The void channel always gets 0.
+        input_size: validation frames (labels nearest) are resized to ``(H, W)`` pixels, as the
+            course evaluates; None keeps them as stored.
+        init_weights: ERFNet weights to start from (e.g. the course's ``erfnet_pretrained.pth``);
+            None: random initialisation.
+    """
+
+    class_weights: str | list[float] | None = "enet"
+    input_size: tuple[int, int] | None = (512, 1024)
+    init_weights: str | None = None
+
+
+@dataclass
+class EomtTrainConfig:
+    """EoMT training's own settings (upstream tue-mps/eomt's recipe; ``EomtModule``).
+
+    Args:
+        trainable: ``"all"`` (the whole network, with masked attention annealed away) or
+            ``"heads"`` (class head, mask head, upscaling and queries only).
+    """
+
+    trainable: str = "all"
+
+
+@dataclass
+class HeadConfig:
+    """The anomaly head's own settings (seed 001; ``AnomalyHeadModule``), paste settings included.
+
+    Args:
+        variant: ``"stats"`` (4 statistics of the class map) or ``"hybrid"`` (+ patch features).
+        pos_weight: weight of outlier pixels in the BCE (seed 001: 10).
+        weight_decay: AdamW weight decay of the head.
+        ood_prob: probability that a training frame gets a pasted COCO object. Higher than Outlier
+            Exposure's 0.1-0.2 on purpose: pasted pixels are the head's only positive examples,
+            and EoMT is frozen, so the segmentation cannot suffer. Default 0.5.
+        road_only: paste only onto road pixels (seed 000's ``oe_road_only``).
+        perspective_scale: scale objects with their row in the frame (``oe_perspective_scale``).
+        object_scale: resize factor of the COCO objects; None scales them with the frames
+            (``training.eomt.eval_scale``), exactly as Outlier Exposure does.
+    """
+
+    variant: str = "stats"
+    pos_weight: float = 10.0
+    weight_decay: float = 1e-4
+    ood_prob: float = 0.5
+    road_only: bool = False
+    perspective_scale: bool = False
+    object_scale: float | None = None
