@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from anomalyseg.benchmarking import machine_line, markdown_table
+from _common import machine_line, markdown_table
 from anomalyseg.data.benchmarks import load_benchmarks
 from anomalyseg.data.cityscapes import CityscapesSegmentation
 from anomalyseg.evaluate import OutputCache, evaluate_anomaly, evaluate_miou

@@ -41,7 +41,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from anomalyseg.benchmarking import load_average, machine_line, markdown_table, resolve_device, sync
+from _common import load_average, machine_line, markdown_table, script_device, sync
 from anomalyseg.evaluate import evaluate_anomaly, resize_label
 from anomalyseg.labels import NUM_CLASSES
 from anomalyseg.metrics import AnomalyAccumulator
@@ -157,7 +157,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> str:
     """Run the benchmark, print the markdown table and return it."""
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    device = script_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     benchmarks = load_data(args)

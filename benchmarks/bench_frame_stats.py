@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from anomalyseg import bootstrap
-from anomalyseg.benchmarking import machine_line, markdown_table
+from _common import machine_line, markdown_table
 from anomalyseg.data.benchmarks import load_benchmarks
 from anomalyseg.evaluate import OutputCache, evaluate_anomaly
 from anomalyseg.models.erfnet import ERFNet, ErfnetSegmenter

@@ -22,7 +22,7 @@ calls excluded (the first, compilation included, is reported as ``first call``),
 ``ceil(--frames / --batch)`` timed calls, ``torch.cuda.synchronize`` around each on the GPU.
 ``peak extra`` is the memory a call needs beyond the weights and inputs, over the last warm-up
 call: ``torch.cuda.max_memory_allocated`` minus ``memory_allocated`` before it on the GPU, the
-rise of the peak resident set on the CPU (see ``anomalyseg.benchmarking``); ``weights`` is the
+rise of the peak resident set on the CPU (see ``_common``); ``weights`` is the
 parameters' size.
 
 Sizes: ERFNet at 512x1024 (the course input), EoMT-L as released for Cityscapes (hidden 1024,
@@ -49,7 +49,7 @@ from typing import Sequence
 
 import torch
 
-from anomalyseg.benchmarking import autocast, machine_line, markdown_table, resolve_device, run_timed
+from _common import autocast, machine_line, markdown_table, run_timed, script_device
 from anomalyseg.labels import NUM_CLASSES
 from anomalyseg.scores import get_score
 
@@ -189,7 +189,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> str:
     """Run the benchmark, print the markdown table and return it."""
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    device = script_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     cuda = device.type == "cuda"

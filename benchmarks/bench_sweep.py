@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 
 from anomalyseg import zoo
-from anomalyseg.benchmarking import machine_line, markdown_table
+from _common import machine_line, markdown_table
 from anomalyseg.data.benchmarks import load_benchmarks
 from anomalyseg.data.cityscapes import CityscapesSegmentation
 from anomalyseg.evaluate import OutputCache, collect_outputs, evaluation_pass, sweep_points, temperature_sweep

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
-from anomalyseg.benchmarking import parse_markdown_table
-
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+# As `python benchmarks/bench_x.py` does: the scripts' folder first on sys.path, so that their
+# `from _common import ...` finds the shared helpers.
+if str(BENCHMARKS) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS))
+
+from _common import parse_markdown_table  # noqa: E402 - importable only once the path is set
 
 
 def _load(name: str):

@@ -13,10 +13,9 @@ from anomalyseg.models.checkpoints import (
     CheckpointError,
     LoadReport,
     fit_state_dict,
-    load_erfnet,
     load_state_dict_file,
 )
-from anomalyseg.models.erfnet import ERFNet
+from anomalyseg.models.erfnet import ERFNet, load_erfnet
 
 
 class Payload:

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from anomalyseg.data.cityscapes import CityscapesSegmentation
 from anomalyseg.data.transforms import eval_transforms
 from anomalyseg.metrics import ConfusionMatrix
-from anomalyseg.models.checkpoints import load_erfnet
+from anomalyseg.models.erfnet import load_erfnet
 from anomalyseg.training.data import CityscapesDataModule
 from anomalyseg.training.erfnet import (
     ErfnetModule,

@@ -186,8 +186,7 @@ def erfnet_segmenter(
     settings), else the course's 512x1024. Shipped demo weights stand in for the training as in
     ``eomt_segmenter``, unless ``train_from_scratch``.
     """
-    from .models.checkpoints import load_erfnet
-    from .models.erfnet import ErfnetSegmenter
+    from .models.erfnet import ErfnetSegmenter, load_erfnet
 
     device = resolve_device(device)
     if input_size is None:

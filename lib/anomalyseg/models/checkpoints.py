@@ -12,13 +12,10 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 from torch import nn
-
-if TYPE_CHECKING:
-    from .erfnet import ERFNet
 
 # Keys a model may lack in a checkpoint without harm: BatchNorm's step counter appeared in
 # PyTorch 0.4, after the original ERFNet weights were saved, and BatchNorm fills it in itself.
@@ -199,12 +196,3 @@ def fit_state_dict(
     model.load_state_dict(fitted, strict=False)
     return report
 
-
-def load_erfnet(path: str | Path, num_classes: int = 20, strict: bool = True) -> "ERFNet":
-    """Build an ``ERFNet(num_classes)`` and load weights from ``path`` (the course's
-    ``erfnet_pretrained.pth``, a Lightning checkpoint of ours, or an exported safetensors file)."""
-    from .erfnet import ERFNet
-
-    model = ERFNet(num_classes=num_classes)
-    fit_state_dict(model, load_state_dict_file(path), strict=strict, source=path)
-    return model.eval()

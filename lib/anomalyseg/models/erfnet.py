@@ -20,7 +20,7 @@ from torch import nn
 from ..labels import NUM_CLASSES
 from ..protocol import resize_image
 from .base import resize_map
-from .checkpoints import load_erfnet  # noqa: F401 - re-exported: ``from anomalyseg.models.erfnet import load_erfnet``
+from .checkpoints import fit_state_dict, load_state_dict_file
 
 VOID_CHANNEL = 19
 _STRIDE = 8  # three stride-2 downsamplers
@@ -140,6 +140,16 @@ class ERFNet(nn.Module):
         if only_encode:
             return self.encoder(x, predict=True)
         return self.decoder(self.encoder(x))
+
+
+def load_erfnet(path: str | Path, num_classes: int = 20, strict: bool = True) -> ERFNet:
+    """Build an ``ERFNet(num_classes)`` and load weights from ``path`` (the course's
+    ``erfnet_pretrained.pth``, a Lightning checkpoint of ours, or an exported safetensors file),
+    in eval mode. Raises ``CheckpointError`` (``models.checkpoints``) when the file is unreadable,
+    unsafe or does not fit (with ``strict``)."""
+    model = ERFNet(num_classes=num_classes)
+    fit_state_dict(model, load_state_dict_file(path), strict=strict, source=path)
+    return model.eval()
 
 
 def _round8(n: int) -> int:

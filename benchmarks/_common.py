@@ -1,7 +1,11 @@
-"""Helpers shared by the speed and memory benchmarks in ``benchmarks/`` (never used by the pipeline).
+"""Helpers shared by the speed and memory benchmarks in ``benchmarks/`` (never used by the pipeline,
+so they live beside the scripts, not in the package; a script run as ``python benchmarks/x.py``
+finds this module because Python puts the script's folder first on ``sys.path``).
 
 - ``machine_line``: one line naming the CPU, its cores, the load average, torch/transformers
   versions and the accelerator, printed above every table so a figure never loses its machine.
+- ``script_device``: ``--device`` through the package's own vocabulary (``devices.resolve_device``),
+  a device it refuses ending the script with its message.
 - ``sync``: ``torch.cuda.synchronize`` on CUDA (a no-op on the CPU), around every GPU timing.
 - ``PeakMemory``: the peak memory a block needs beyond what it starts with (weights and inputs
   allocated before it are not counted). On CUDA ``torch.cuda.max_memory_allocated`` after
@@ -29,6 +33,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+
+from anomalyseg.devices import resolve_device
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -70,14 +76,14 @@ def machine_line(device: torch.device | str) -> str:
             f"torch {torch.__version__}{tf}, Python {platform.python_version()}; device: {device_name(device)}")
 
 
-def resolve_device(name: str) -> torch.device:
-    """``cpu`` or ``cuda`` (``cuda`` without a GPU is an error that says so)."""
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(
-            f"--device {name}: torch {torch.__version__} sees no CUDA device on this machine; use --device cpu."
-        )
-    return device
+def script_device(name: str) -> torch.device:
+    """``devices.resolve_device(name)`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``); where the package
+    refuses the device (e.g. ``cuda`` on a machine without one), the script exits with that
+    one-paragraph message instead of a traceback."""
+    try:
+        return resolve_device(name)
+    except ValueError as e:
+        raise SystemExit(f"--device {name}: {e}") from None
 
 
 def sync(device: torch.device | str) -> None:
