@@ -152,9 +152,9 @@ def _train(a):
 
 
 def _demo_weights(a):
-    from .demo_models import train
+    from .pipeline import train_demo_weights
 
-    entry = train(a.model, a.steps, a.data_root, a.work_dir / a.model, a.out, seed=a.seed,
+    entry = train_demo_weights(a.model, a.steps, a.data_root, a.work_dir / a.model, a.out, seed=a.seed,
                   val_every_n_steps=a.val_every, preset=a.preset)
     print(f"{a.model}: {entry['steps']} steps, val mIoU {100 * entry['val_miou']:.2f}% (fp16 weights), "
           f"{entry['wall_s']} s; written to {a.out / a.model} and {a.out / 'manifest.json'}")

@@ -11,6 +11,7 @@ the sha256 and size of each file.
 the manifest's settings, on exactly the manifest's data, gets the shipped weights copied into its
 checkpoints folder (checked against the manifest's sha256 first) instead of a training run;
 ``train_from_scratch=True`` in the notebooks, other settings or other data train as before.
+Making them (``pipeline.train_demo_weights``) trains through the zoo, so it lives above it.
 """
 
 from __future__ import annotations
@@ -18,13 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
-
-from .results import training_log
 
 WEIGHTS_DIR = Path(__file__).parent / "demo_weights"
 MANIFEST = "manifest.json"
@@ -118,65 +115,6 @@ def _copy_in(src: Path, files, target: Path) -> None:
 def _fp16(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(src).items()}, dst)
-
-
-def train(model: str, steps: int, data_root: str | Path, work_dir: str | Path, out: str | Path | None = None,
-          seed: int = 0, val_every_n_steps: int | None = None, preset: str = "demo") -> dict:
-    """Train the demo's ``model`` (``"erfnet"`` or ``"eomt"``) for ``steps`` with ``preset``'s
-    recipe (``notebooks/presets.yaml``) on the embedded data at ``<data_root>/<preset>`` (generated
-    when missing), in ``work_dir`` (resumable), then write its fp16 weights, training log and
-    manifest entry to ``out``. Returns the entry. The entry's val mIoU is that of the fp16 weights."""
-    from . import zoo
-    from .data.cityscapes import CityscapesSegmentation
-    from .evaluate import evaluate_miou
-    from .pipeline import notebook_parameters
-    from .workspace import open_workspace
-
-    if model not in MODELS:
-        raise ValueError(f"demo-weights: unknown model {model!r}; expected one of {MODELS}.")
-    started, out = time.time(), Path(out or WEIGHTS_DIR)
-    ws = open_workspace(data_root=data_root, preset=preset, seed=seed, output_dir=work_dir)
-    params = {**notebook_parameters(preset, "01_erfnet_baseline" if model == "erfnet" else "02_eomt_eval"),
-              "train_steps": steps, "seed": seed}
-    train_settings = demo_train_settings(model, params)
-    train_settings["val_every_n_steps"] = val_every_n_steps or steps
-    if model == "erfnet":
-        seg = zoo.erfnet_segmenter(ws, train=train_settings, input_size=tuple(params["input_size"]), device="cpu",
-                                   train_from_scratch=True)
-        exported = Path(seg.checkpoint)
-    else:
-        seg = zoo.eomt_segmenter(ws, train=train_settings, device="cpu", train_from_scratch=True)
-        exported = zoo.default_checkpoint(ws, "eomt")
-    zoo_dir = exported.parent
-    settings = {k: v for k, v in json.loads((zoo_dir / zoo.SETTINGS_FILE).read_text()).items() if k != "data_root"}
-    dst = Path(out) / model
-    if model == "erfnet":
-        _fp16(exported, dst / "erfnet.safetensors")
-    else:
-        (dst / "model").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(exported / "config.json", dst / "model" / "config.json")
-        _fp16(exported / "model.safetensors", dst / "model" / "model.safetensors")
-    log = training_log(zoo_dir)[["step", "train_loss", "val_miou"]]
-    log.to_csv(dst / _LOG, index=False)
-    # The figure the manifest states is that of the weights as shipped: evaluate the fp16 copy.
-    check = Path(work_dir) / "fp16-check"
-    shutil.rmtree(check, ignore_errors=True)
-    _copy_in(dst, _FILES[model], check)
-    shipped = (zoo.erfnet_segmenter(ws, check / "erfnet.safetensors", input_size=tuple(params["input_size"]), device="cpu")
-               if model == "erfnet" else zoo.eomt_segmenter(ws, check / "model", device="cpu"))
-    rows, _ = evaluate_miou(shipped, CityscapesSegmentation(ws.cityscapes, "val"), results_path=None)
-    entry = {
-        "command": f"anomalyseg demo-weights --model {model} --steps {steps} --seed {seed}"
-                   + (f" --preset {preset}" if preset != "demo" else ""),
-        "data": data_identity(ws.cityscapes), "settings": settings, "steps": steps,
-        "val_miou": round(float(rows.miou.iloc[0]), 4),
-        "val_miou_by_step": {int(s): round(float(v), 4) for s, v in log.dropna(subset=["val_miou"])[["step", "val_miou"]].values},
-        "trained": time.strftime("%Y-%m-%d"), "wall_s": round(time.time() - started),
-        "machine": f"{torch.get_num_threads()} torch thread(s), CPU",
-        "files": _file_table(dst, model),
-    }
-    _write_entry(out, model, entry)
-    return entry
 
 
 def demo_train_settings(model: str, params: dict) -> dict:

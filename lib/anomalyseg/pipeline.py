@@ -1,4 +1,7 @@
-"""``anomalyseg run-all``: execute the numbered notebooks in order with papermill.
+"""``anomalyseg run-all``: execute the numbered notebooks in order with papermill; and
+``anomalyseg demo-weights`` (``train_demo_weights``): train the demo's shipped weights as the
+notebooks would (through the zoo, with the preset's notebook parameters) and write them to
+``demo_models``' folder and manifest.
 
 Each notebook gets the same common parameters (data and output folders, preset) plus its preset's
 overrides from ``notebooks/presets.yaml`` and the user's ``--params`` file, so the tests run
@@ -7,7 +10,9 @@ exactly the notebooks a user runs, with smaller numbers.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -205,3 +210,71 @@ def run_all(
             ) from None
         print(f"[run-all] {name} done in {time.time() - started:.0f} s", flush=True)
     return run_dir
+
+
+# ----------------------------------------------------------------------------- anomalyseg demo-weights
+def train_demo_weights(
+    model: str, steps: int, data_root: str | Path, work_dir: str | Path, out: str | Path | None = None,
+    seed: int = 0, val_every_n_steps: int | None = None, preset: str = "demo",
+) -> dict:
+    """Train the demo's ``model`` (``"erfnet"`` or ``"eomt"``) for ``steps`` with ``preset``'s
+    recipe (``notebooks/presets.yaml``) on the embedded data at ``<data_root>/<preset>`` (generated
+    when missing), in ``work_dir`` (resumable), then write its fp16 weights, training log and
+    manifest entry to ``out``. Returns the entry. The entry's val mIoU is that of the fp16 weights."""
+    import torch
+
+    from . import zoo
+    from .data.cityscapes import CityscapesSegmentation
+    from .demo_models import (
+        _FILES, _LOG, MODELS, WEIGHTS_DIR, _copy_in, _file_table, _fp16, _write_entry, data_identity,
+        demo_train_settings,
+    )
+    from .evaluate import evaluate_miou
+    from .results import training_log
+    from .workspace import open_workspace
+
+    if model not in MODELS:
+        raise ValueError(f"demo-weights: unknown model {model!r}; expected one of {MODELS}.")
+    started, out = time.time(), Path(out or WEIGHTS_DIR)
+    ws = open_workspace(data_root=data_root, preset=preset, seed=seed, output_dir=work_dir)
+    params = {**notebook_parameters(preset, "01_erfnet_baseline" if model == "erfnet" else "02_eomt_eval"),
+              "train_steps": steps, "seed": seed}
+    train_settings = demo_train_settings(model, params)
+    train_settings["val_every_n_steps"] = val_every_n_steps or steps
+    if model == "erfnet":
+        seg = zoo.erfnet_segmenter(ws, train=train_settings, input_size=tuple(params["input_size"]), device="cpu",
+                                   train_from_scratch=True)
+        exported = Path(seg.checkpoint)
+    else:
+        seg = zoo.eomt_segmenter(ws, train=train_settings, device="cpu", train_from_scratch=True)
+        exported = zoo.default_checkpoint(ws, "eomt")
+    zoo_dir = exported.parent
+    settings = {k: v for k, v in json.loads((zoo_dir / zoo.SETTINGS_FILE).read_text()).items() if k != "data_root"}
+    dst = Path(out) / model
+    if model == "erfnet":
+        _fp16(exported, dst / "erfnet.safetensors")
+    else:
+        (dst / "model").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(exported / "config.json", dst / "model" / "config.json")
+        _fp16(exported / "model.safetensors", dst / "model" / "model.safetensors")
+    log = training_log(zoo_dir)[["step", "train_loss", "val_miou"]]
+    log.to_csv(dst / _LOG, index=False)
+    # The figure the manifest states is that of the weights as shipped: evaluate the fp16 copy.
+    check = Path(work_dir) / "fp16-check"
+    shutil.rmtree(check, ignore_errors=True)
+    _copy_in(dst, _FILES[model], check)
+    shipped = (zoo.erfnet_segmenter(ws, check / "erfnet.safetensors", input_size=tuple(params["input_size"]), device="cpu")
+               if model == "erfnet" else zoo.eomt_segmenter(ws, check / "model", device="cpu"))
+    rows, _ = evaluate_miou(shipped, CityscapesSegmentation(ws.cityscapes, "val"), results_path=None)
+    entry = {
+        "command": f"anomalyseg demo-weights --model {model} --steps {steps} --seed {seed}"
+                   + (f" --preset {preset}" if preset != "demo" else ""),
+        "data": data_identity(ws.cityscapes), "settings": settings, "steps": steps,
+        "val_miou": round(float(rows.miou.iloc[0]), 4),
+        "val_miou_by_step": {int(s): round(float(v), 4) for s, v in log.dropna(subset=["val_miou"])[["step", "val_miou"]].values},
+        "trained": time.strftime("%Y-%m-%d"), "wall_s": round(time.time() - started),
+        "machine": f"{torch.get_num_threads()} torch thread(s), CPU",
+        "files": _file_table(dst, model),
+    }
+    _write_entry(out, model, entry)
+    return entry
