@@ -228,6 +228,8 @@ def parse_markdown_table(text: str) -> list[dict[str, str]]:
             break  # the first table ended
     if len(lines) < 2:
         return []
-    cells = lambda l: [c.strip() for c in l.strip("|").split("|")]
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip("|").split("|")]
+
     headers = cells(lines[0])
-    return [dict(zip(headers, cells(l))) for l in lines[2:]]
+    return [dict(zip(headers, cells(line))) for line in lines[2:]]

@@ -81,10 +81,10 @@ def main() -> None:
     full = median_rate(lambda: seg.class_map(seg.raw_outputs(frame)), args.repeat)
     print(f"small EoMT ({count_parameters(module.model) / 1e6:.2f} M parameters, {size}x{size} windows, "
           f"patch {config.patch_size}, {config.num_hidden_layers} layers, {config.num_queries} queries), "
-          f"{args.threads} thread(s), {'real' if args.data else 'synthetic'} crops")  # fmt: skip
+          f"{args.threads} thread(s), {'real' if args.data else 'synthetic'} crops")
     print(f"  train: {train:.2f} steps/s at batch {args.batch_size} ({train * args.batch_size:.1f} crops/s)")
     print(f"  windowed inference on {args.frame[0]}x{args.frame[1]}: {forward:.1f} frames/s forward, "
-          f"{full:.1f} frames/s with the class map")  # fmt: skip
+          f"{full:.1f} frames/s with the class map")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anomalyseg import bootstrap
 from _common import machine_line, markdown_table
+from anomalyseg import bootstrap
 from anomalyseg.data.benchmarks import load_benchmarks
 from anomalyseg.evaluate import OutputCache, evaluate_anomaly
 from anomalyseg.models.erfnet import ERFNet, ErfnetSegmenter

@@ -65,20 +65,20 @@ def _binned(scores, labels):
 
 def _sklearn(scores, labels):
     valid = (labels == 0) | (labels == 1)
-    s, l = scores[valid], labels[valid]
-    ap = average_precision_score(l, s)
-    fpr, tpr, _ = roc_curve(l, s)  # ood-metrics' fpr_at_95_tpr
+    s, y = scores[valid], labels[valid]
+    ap = average_precision_score(y, s)
+    fpr, tpr, _ = roc_curve(y, s)  # ood-metrics' fpr_at_95_tpr
     if all(tpr < 0.95):
         fpr95 = 0.0
     elif all(tpr >= 0.95):
         fpr95 = min(fpr[tpr >= 0.95])
     else:
         fpr95 = np.interp(0.95, tpr, fpr)
-    return float(ap), float(fpr95), float(roc_auc_score(l, s))
+    return float(ap), float(fpr95), float(roc_auc_score(y, s))
 
 
 def _status_kib(field: str) -> int:
-    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":"))
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
 
 
 def child(method: str, prefix: str, repeat: int) -> None:
@@ -117,7 +117,8 @@ def main() -> None:
 
     cpu = platform.processor()
     if Path("/proc/cpuinfo").exists():
-        cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), cpu)
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                    if line.startswith("model name")), cpu)
     print(f"machine: {cpu}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
           f"numpy {np.__version__}, scikit-learn {sklearn.__version__}, Python {platform.python_version()}")
     print("time: best of --repeat; memory: peak RSS (VmHWM) rise over the loaded data; fresh subprocess each\n")

@@ -25,11 +25,17 @@ from typing import Sequence
 
 import torch
 
-from anomalyseg import zoo
 from _common import machine_line, markdown_table
+from anomalyseg import zoo
 from anomalyseg.data.benchmarks import load_benchmarks
 from anomalyseg.data.cityscapes import CityscapesSegmentation
-from anomalyseg.evaluate import OutputCache, collect_outputs, evaluation_pass, sweep_points, temperature_sweep
+from anomalyseg.evaluate import (
+    OutputCache,
+    collect_outputs,
+    evaluation_pass,
+    sweep_points,
+    temperature_sweep,
+)
 from anomalyseg.workspace import open_workspace
 
 HEADERS = ("model", "frames", "forward (s)", "pass (s)", "points", "sweep exact (s)", "sweep binned (s)",

@@ -152,8 +152,8 @@ def test_evaluation_stores_frame_stats_and_component_metrics(tmp_path, monkeypat
 
     seg, data = ToySegmenter(), BlobData(4)
     path = tmp_path / "results.csv"
-    df = evaluate_anomaly(seg, {"RoadAnomaly21": data, "fs_static": ListData(3, seed=2)}, scores=("msp", "max_logit"),
-                          results_path=path, progress=False)
+    evaluate_anomaly(seg, {"RoadAnomaly21": data, "fs_static": ListData(3, seed=2)}, scores=("msp", "max_logit"),
+                     results_path=path, progress=False)
     assert seg.forwards == 7
     stored = read_results(path)
     ra = stored[(stored.dataset == "RoadAnomaly21") & (stored.score == "max_logit")].iloc[0]
@@ -163,8 +163,8 @@ def test_evaluation_stores_frame_stats_and_component_metrics(tmp_path, monkeypat
     # threshold from sklearn's PR curve, SMIYC's anomaly-track filters (the toy frames are at native size).
     maps = [S.max_logit(seg.class_map(seg.raw_outputs(it["image"]), (12, 20))).numpy() for it in data.items]
     labels = [it["label"].numpy() for it in data.items]
-    keep = np.concatenate([l.ravel() for l in labels]) < 2
-    y = np.concatenate([l.ravel() for l in labels])[keep]
+    keep = np.concatenate([lab.ravel() for lab in labels]) < 2
+    y = np.concatenate([lab.ravel() for lab in labels])[keep]
     s = np.concatenate([m.ravel() for m in maps])[keep]
     prec, rec, thr = precision_recall_curve(y, s)
     f1 = 2 * prec[:-1] * rec[:-1] / np.maximum(prec[:-1] + rec[:-1], 1e-300)

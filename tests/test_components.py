@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.ndimage import gaussian_filter, label as cc_label
+from scipy.ndimage import gaussian_filter
+from scipy.ndimage import label as cc_label
 from sklearn.metrics import precision_recall_curve
 
 from anomalyseg import components as C
@@ -172,9 +173,9 @@ def test_equals_the_benchmark_code_on_random_frames(track):
     t = float(np.quantile(scores, 0.8)) + 1e-4  # between scores: SMIYC's > and our >= agree
     assert not np.any(scores == np.float32(t))
     ours, theirs = [], []
-    for s, l in frames:
-        mine = C.segment_metrics(*C.frame_components(s >= np.float32(t), l, track.min_pred_size, track.min_gt_size))
-        ref = _smiyc_segment_metrics(*_smiyc_instancer(s, l, np.float32(t), track.min_pred_size, track.min_gt_size))
+    for s, lab in frames:
+        mine = C.segment_metrics(*C.frame_components(s >= np.float32(t), lab, track.min_pred_size, track.min_gt_size))
+        ref = _smiyc_segment_metrics(*_smiyc_instancer(s, lab, np.float32(t), track.min_pred_size, track.min_gt_size))
         np.testing.assert_allclose(mine["siou_gt"], ref["sIoU_gt"], rtol=1e-12)
         np.testing.assert_allclose(mine["siou_pred"], ref["sIoU_pred"], rtol=1e-12)
         np.testing.assert_allclose(mine["ppv"], ref["prec_pred"], rtol=1e-12)

@@ -79,7 +79,7 @@ def test_a_training_root_holding_benchmark_frames_is_refused_with_the_file_names
 def test_a_clean_root_passes_and_nothing_is_checked_without_a_benchmarks_root(tiny_data, tmp_path):
     # The embedded training frames and benchmarks come from one generator: no false alarm.
     checked = guard_training_data(tiny_data / "cityscapes", tiny_data / "coco", tiny_data / "Validation_Dataset",
-                                  "the OE data", cache_file=tmp_path / "cache.json")  # fmt: skip
+                                  "the OE data", cache_file=tmp_path / "cache.json")
     n_train = len(CityscapesSegmentation(tiny_data / "cityscapes", "train"))
     assert checked > n_train  # the COCO images were checked as well
     assert guard_training_data(tiny_data / "cityscapes", None, None, "the OE data") == 0
@@ -118,5 +118,5 @@ def test_the_training_entry_points_refuse_a_leaky_root(tiny_data, tmp_path):
     assert not (tmp_path / "oe" / "last.ckpt").exists()
     with pytest.raises(LeakageError, match=rf"train_anomaly_head's training data holds 2 frame.*{leaks[1][0].name}"):
         train_anomaly_head(model, root, tiny_data / "coco", tmp_path / "head", max_steps=1, progress=False,
-                           benchmarks_root=bench)  # fmt: skip
+                           benchmarks_root=bench)
     assert not (tmp_path / "head" / "last.ckpt").exists()

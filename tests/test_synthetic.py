@@ -21,7 +21,7 @@ from anomalyseg.labels import BENCHMARKS, CLASS_NAMES
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools on numpy 2
 TINY = synthetic.PRESETS["tiny"]
 CITYSCAPES_LIKE = {"person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-                   "traffic light", "fire hydrant", "stop sign", "parking meter", "bench"}  # fmt: skip
+                   "traffic light", "fire hydrant", "stop sign", "parking meter", "bench"}
 
 
 def _digest(root: Path) -> dict[str, str]:

@@ -80,7 +80,7 @@ def test_enet_class_weights_bad_histogram(hist, match):
 def test_label_histogram_counts_train_ids(cityscapes):
     hist = label_histogram(cityscapes, "train", progress=False)
     labels = [np.asarray(Image.open(p)) for p in sorted((cityscapes / "gtFine" / "train").rglob("*.png"))]
-    expected = np.bincount(np.concatenate([l.ravel() for l in labels]), minlength=256)[:19]
+    expected = np.bincount(np.concatenate([lab.ravel() for lab in labels]), minlength=256)[:19]
     assert hist.tolist() == expected.tolist() and hist.sum() < 4 * SIZE[0] * SIZE[1]  # void left out
 
 

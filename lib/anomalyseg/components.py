@@ -159,7 +159,10 @@ def aggregate(counts: dict[str, np.ndarray], weights: np.ndarray | None = None) 
     A mean over no component is NaN (SMIYC divides 0 by 0)."""
     w = np.ones(len(counts["n_gt"])) if weights is None else np.asarray(weights, np.float64)
     tot = {k: np.tensordot(w, np.asarray(v, np.float64), axes=(0, 0)) for k, v in counts.items()}
-    div = lambda a, b: float(a / b) if float(b) > 0 else float("nan")
+
+    def div(a, b) -> float:
+        return float(a / b) if float(b) > 0 else float("nan")
+
     denom = 2 * tot["tp"] + tot["fn"] + tot["fp"]
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = np.where(denom > 0, 2 * tot["tp"] / np.where(denom > 0, denom, 1), np.nan)
@@ -181,9 +184,9 @@ def component_metrics(score_maps, labels, threshold: float, track: Track | None 
     min_pred = track.min_pred_size if min_pred_size is None else min_pred_size
     min_gt = track.min_gt_size if min_gt_size is None else min_gt_size
     per_frame = []
-    for s, l in zip(score_maps, labels):
+    for s, label in zip(score_maps, labels):
         s = _numpy2d(s, "score map")
-        m = segment_metrics(*frame_components(s >= threshold, l, min_pred, min_gt))
+        m = segment_metrics(*frame_components(s >= threshold, label, min_pred, min_gt))
         per_frame.append(frame_counts(m["siou_gt"], m["ppv"]))
     if not per_frame:
         raise ValueError("component_metrics needs at least one frame.")
@@ -197,7 +200,10 @@ SIZE_EDGES = (0, 100, 1000, 10000, math.inf)
 
 def size_bin_titles(edges=SIZE_EDGES) -> list[str]:
     """``["<100", "100-1k", ...]``: titles of the area bins ``[edges[i], edges[i+1])`` in pixels."""
-    fmt = lambda x: f"{x / 1000:g}k" if x >= 1000 else f"{x:g}"
+
+    def fmt(x) -> str:
+        return f"{x / 1000:g}k" if x >= 1000 else f"{x:g}"
+
     out = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         out.append(f"<{fmt(hi)}" if lo <= 0 else f">={fmt(lo)}" if math.isinf(hi) else f"{fmt(lo)}-{fmt(hi)}")

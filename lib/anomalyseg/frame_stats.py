@@ -42,7 +42,11 @@ def histogram_edges(pos_sorted: np.ndarray, neg_sorted: np.ndarray, max_bins: in
 
     if count(pos_sorted) + count(neg_sorted) <= max_bins:
         return np.union1d(distinct(pos_sorted), distinct(neg_sorted)).astype(np.float32)
-    pick = lambda x: x[np.unique(np.linspace(0, len(x) - 1, max(max_bins // 2, 2)).round().astype(np.int64))] if len(x) else x
+
+    def pick(x: np.ndarray) -> np.ndarray:
+        at = np.linspace(0, len(x) - 1, max(max_bins // 2, 2)).round().astype(np.int64)
+        return x[np.unique(at)] if len(x) else x
+
     return np.union1d(pick(pos_sorted), pick(neg_sorted)).astype(np.float32)
 
 

@@ -13,9 +13,9 @@ from cityscapesscripts.helpers.labels import labels as _cs_labels
 IGNORE_INDEX = 255
 NUM_CLASSES = 19
 
-_train = sorted((l for l in _cs_labels if 0 <= l.trainId < 255), key=lambda l: l.trainId)
-CLASS_NAMES: tuple[str, ...] = tuple(l.name for l in _train)
-CLASS_COLORS: np.ndarray = np.array([l.color for l in _train], dtype=np.uint8)  # [19, 3]
+_train = sorted((c for c in _cs_labels if 0 <= c.trainId < 255), key=lambda c: c.trainId)
+CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in _train)
+CLASS_COLORS: np.ndarray = np.array([c.color for c in _train], dtype=np.uint8)  # [19, 3]
 ROAD, SIDEWALK = CLASS_NAMES.index("road"), CLASS_NAMES.index("sidewalk")
 assert len(CLASS_NAMES) == NUM_CLASSES
 

@@ -63,18 +63,18 @@ def _split(scores, labels) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         s = torch.as_tensor(scores).detach()
-        l = torch.as_tensor(labels, device=s.device)
-        _check_same_shape(s, l, "anomaly metrics")
-        s, l = s.reshape(-1).float(), l.reshape(-1)
+        y = torch.as_tensor(labels, device=s.device)
+        _check_same_shape(s, y, "anomaly metrics")
+        s, y = s.reshape(-1).float(), y.reshape(-1)
         # mask on the tensor's device so that only valid pixels cross to the host
-        pos, neg = (s[l], s[~l]) if l.dtype == torch.bool else (s[l == 1], s[l == 0])
+        pos, neg = (s[y], s[~y]) if y.dtype == torch.bool else (s[y == 1], s[y == 0])
         return pos.cpu().numpy(), neg.cpu().numpy()
-    s, l = np.asarray(scores), np.asarray(labels)
-    _check_same_shape(s, l, "anomaly metrics")
-    s, l = s.reshape(-1).astype(np.float32, copy=False), l.reshape(-1)
-    if l.dtype == bool:
-        return s[l], s[~l]
-    return s[l == 1], s[l == 0]
+    s, y = np.asarray(scores), np.asarray(labels)
+    _check_same_shape(s, y, "anomaly metrics")
+    s, y = s.reshape(-1).astype(np.float32, copy=False), y.reshape(-1)
+    if y.dtype == bool:
+        return s[y], s[~y]
+    return s[y == 1], s[y == 0]
 
 
 def _torch_int32():
@@ -233,7 +233,10 @@ class _Ranked:
     def curve(self, n: int) -> dict[str, np.ndarray]:
         """PR and ROC points at about ``n`` thresholds: quantiles of both classes' scores, so
         that both low recall and low FPR are drawn finely. Starts at threshold +inf."""
-        pick = lambda x, m: x[np.unique(np.linspace(0, len(x) - 1, m).round().astype(np.int64))] if len(x) else x
+
+        def pick(x: np.ndarray, m: int) -> np.ndarray:
+            return x[np.unique(np.linspace(0, len(x) - 1, m).round().astype(np.int64))] if len(x) else x
+
         t = np.unique(np.concatenate([pick(self.pos, n // 2), pick(self.neg, n - n // 2)]))[::-1]
         tps, fps = self.tps(t), self.fps(t)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -408,7 +411,12 @@ class AnomalyAccumulator:
 
     def _rank(self) -> _Ranked:
         if self._ranked is None:
-            cat = lambda xs: xs[0] if len(xs) == 1 else np.concatenate(xs) if xs else np.empty(0, np.float32)
+
+            def cat(xs: list[np.ndarray]) -> np.ndarray:
+                if len(xs) == 1:
+                    return xs[0]
+                return np.concatenate(xs) if xs else np.empty(0, np.float32)
+
             pos, neg = _sort_checked(cat(self._pos)), _sort_checked(cat(self._neg))
             self._pos, self._neg = [pos], [neg]  # one sorted chunk: the frames' chunks are freed
             self._ranked = _Ranked(pos, neg)
@@ -451,8 +459,8 @@ class PerImageAccumulator:
     def update(self, scores, labels) -> None:
         """Add one frame ``[H, W]`` (a batch ``[B, H, W]`` counts as one frame per item)."""
         shape = tuple(scores.shape) if _is_torch(scores) else np.shape(scores)
-        for s, l in (zip(scores, labels) if len(shape) == 3 else [(scores, labels)]):
-            ranked = _rank(s, l)
+        for s, y in (zip(scores, labels) if len(shape) == 3 else [(scores, labels)]):
+            ranked = _rank(s, y)
             if ranked.P == 0:
                 continue  # no anomaly pixel: every metric undefined for this frame
             with warnings.catch_warnings():
@@ -467,8 +475,11 @@ class PerImageAccumulator:
         _check_convention(convention)
         if not self._frames:
             raise ValueError("PerImageAccumulator: no frame with an anomaly pixel was added.")
-        mean = lambda k: float(np.nanmean([f[k] for f in self._frames])) if any(
-            not np.isnan(f[k]) for f in self._frames) else float("nan")
+
+        def mean(k: str) -> float:
+            values = [f[k] for f in self._frames]
+            return float(np.nanmean(values)) if not np.isnan(values).all() else float("nan")
+
         return dict(auprc=mean("auprc"), auroc=mean("auroc"),
                     fpr_at_95_tpr=mean("fpr_smiyc" if convention == "smiyc" else "fpr_at_95_tpr"),
                     num_pixels=sum(f["num_pixels"] for f in self._frames), anomaly_fraction=mean("anomaly_fraction"))
@@ -540,15 +551,15 @@ class BinnedAnomalyAccumulator:
         if _is_torch(scores) and scores.device.type != "cpu":
             import torch
 
-            l = torch.as_tensor(labels, device=scores.device).reshape(-1)
-            code = l.to(torch.int32) if l.dtype == torch.bool else l.clamp(max=2).to(torch.int32)
+            y = torch.as_tensor(labels, device=scores.device).reshape(-1)
+            code = y.to(torch.int32) if y.dtype == torch.bool else y.clamp(max=2).to(torch.int32)
             idx = self._bin_index(scores.detach().reshape(-1).float(), code)
             if idx.numel():
                 lo = int(idx.min()) // 3
                 self._add(lo, torch.bincount(idx - 3 * lo).cpu().numpy())
         else:
-            l = _numpy(labels).reshape(-1)
-            code = l.astype(np.int32) if l.dtype == bool else np.minimum(l, 2).astype(np.int32)
+            y = _numpy(labels).reshape(-1)
+            code = y.astype(np.int32) if y.dtype == bool else np.minimum(y, 2).astype(np.int32)
             idx = self._bin_index(_numpy(scores).reshape(-1).astype(np.float32), code)
             if idx.size:
                 lo = int(idx.min()) // 3

@@ -12,7 +12,6 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 

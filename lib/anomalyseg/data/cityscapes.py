@@ -60,7 +60,7 @@ def _list_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
             else f"Expected each frame's labels at gtFine/{split}/<city>/<stem>{LABEL_SUFFIX}; if you have "
             f"the raw gtFine files, run `CITYSCAPES_DATASET={root} csCreateTrainIdLabelImgs`."
         )
-        listed = ", ".join(str(l) for _, l in missing[:3])
+        listed = ", ".join(str(label) for _, label in missing[:3])
         raise DatasetError(f"{len(missing)} of {len(images)} Cityscapes {split} frames have no train-id label (e.g. {listed}). {hint}")
     return pairs
 

@@ -41,7 +41,7 @@ def inventory(cityscapes: Path, benchmarks: Path, coco: Path, sample: int = 20) 
         row = dict(dataset=f"cityscapes/{split}", path=str(Path(cityscapes) / "leftImg8bit" / split))
         try:
             ds = CityscapesSegmentation(cityscapes, split, check_labels=False)
-            values = np.unique(np.concatenate([np.unique(read_mask(l)) for _, l in ds.pairs[:sample]]))
+            values = np.unique(np.concatenate([np.unique(read_mask(lab)) for _, lab in ds.pairs[:sample]]))
             row.update(status="ok", frames=len(ds), skipped=0, sizes=_sizes(i for i, _ in ds.pairs[:sample]),
                        label_values=" ".join(map(str, values)), fix="")
         except (FileNotFoundError, ValueError) as e:

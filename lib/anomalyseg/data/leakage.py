@@ -62,7 +62,7 @@ def benchmark_frames(benchmarks_root: str | os.PathLike) -> list[Path]:
             "evaluated on (the course's Validation_Dataset), so that training can refuse their frames."
         )
     return sorted(p for d in sorted(root.iterdir()) if (d / "images").is_dir()
-                  for p in (d / "images").iterdir() if p.suffix.lower() in IMAGE_EXTS)  # fmt: skip
+                  for p in (d / "images").iterdir() if p.suffix.lower() in IMAGE_EXTS)
 
 
 class _HashCache:
@@ -106,7 +106,7 @@ def _benchmark_hashes(path: Path, sizes: list[tuple[int, int]]) -> list[list[str
     for h, w in sizes:
         if (h, w) != rgb.shape[:2]:
             found += [[pixel_hash(np.asarray(image.resize((w, h), method))), f"resized to {w}x{h}, {name}"]
-                      for name, method in RESIZE_FILTERS.items()]  # fmt: skip
+                      for name, method in RESIZE_FILTERS.items()]
     return found
 
 

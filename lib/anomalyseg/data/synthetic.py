@@ -34,9 +34,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..labels import BENCHMARKS, CLASS_NAMES, IGNORE_INDEX
+from ..progress import tqdm
 from . import _draw as d
 from ._draw import Camera, Canvas
-from ..progress import tqdm
 
 GENERATOR_VERSION = 1
 MARKER = "EMBEDDED_DATA.json"
@@ -83,8 +83,8 @@ PRESETS: dict[str, Preset] = {
     ),
     "demo": Preset(
         "demo", 256, 512, 300, 50,
-        (("RoadAnomaly21", 10), ("RoadObsticle21", 15), ("FS_LostFound_full", 30), ("fs_static", 15),
-         ("RoadAnomaly", 20)),
+        (("RoadAnomaly21", 10), ("RoadObsticle21", 15), ("FS_LostFound_full", 30),
+         ("fs_static", 15), ("RoadAnomaly", 20)),
         150, (240, 320),
     ),
 }  # fmt: skip
@@ -102,10 +102,14 @@ def _pick(rng, options):
     return options[rng.integers(len(options))]
 
 
-_PAINT = [(0.06, 0.06, 0.07), (0.85, 0.86, 0.86), (0.6, 0.61, 0.63), (0.38, 0.39, 0.41), (0.55, 0.08, 0.08),
-          (0.12, 0.2, 0.45), (0.15, 0.28, 0.2), (0.62, 0.56, 0.45), (0.25, 0.25, 0.32)]  # fmt: skip
-_FACADES = [(0.72, 0.64, 0.5), (0.55, 0.3, 0.22), (0.55, 0.55, 0.55), (0.8, 0.8, 0.77), (0.78, 0.68, 0.45),
-            (0.32, 0.3, 0.29), (0.62, 0.5, 0.42)]  # fmt: skip
+_PAINT = [
+    (0.06, 0.06, 0.07), (0.85, 0.86, 0.86), (0.6, 0.61, 0.63), (0.38, 0.39, 0.41), (0.55, 0.08, 0.08),
+    (0.12, 0.2, 0.45), (0.15, 0.28, 0.2), (0.62, 0.56, 0.45), (0.25, 0.25, 0.32),
+]  # fmt: skip
+_FACADES = [
+    (0.72, 0.64, 0.5), (0.55, 0.3, 0.22), (0.55, 0.55, 0.55), (0.8, 0.8, 0.77), (0.78, 0.68, 0.45),
+    (0.32, 0.3, 0.29), (0.62, 0.5, 0.42),
+]  # fmt: skip
 _SIGNS = [(0.75, 0.08, 0.1), (0.1, 0.25, 0.7), (0.9, 0.9, 0.9), (0.9, 0.75, 0.1)]
 
 
@@ -177,7 +181,7 @@ def _street(rng: np.random.Generator, H: int, W: int, style: str) -> tuple[Canva
     """Draw the static street (sky, ground, facades, far background) and return it with its layout."""
     mix, *_ = _STYLES[style]
     cam = Camera(f=W * rng.uniform(0.85, 1.15), cx=W / 2 + rng.normal(0, 0.04 * W), hy=H * rng.uniform(0.36, 0.5),
-                 height=rng.uniform(1.15, 1.6), H=H, W=W)  # fmt: skip
+                 height=rng.uniform(1.15, 1.6), H=H, W=W)
     cv = Canvas(H, W)
     cv.part(IGNORE_INDEX, (0, 0, 0))  # id 0: nothing drawn (every pixel gets covered below)
     sky_c = _pick(rng, [(0.5, 0.68, 0.92), (0.78, 0.8, 0.83), (0.72, 0.8, 0.9)])
@@ -272,7 +276,7 @@ def _facade_segment(rng, cv: Canvas, cam: Camera, X: float, za: float, zb: float
         top = np.clip(top, 1.5, 16)
         ys = np.concatenate([[0, 0], top[::-1]])
         cv.polygon(*P([X] * (zs.size + 2), ys, np.concatenate([[za, zb], zs[::-1]])),
-                   cv.part(VEGETATION, _jit(rng, (0.17, 0.34, 0.12), 0.25, 0.03), d.FOLIAGE))  # fmt: skip
+                   cv.part(VEGETATION, _jit(rng, (0.17, 0.34, 0.12), 0.25, 0.03), d.FOLIAGE))
     elif kind in (2, 3):  # a wall or fence in front of vegetation or a building
         _facade_segment(rng, cv, cam, X + np.sign(X) * 0.5, za, zb, int(rng.integers(2)))
         h = rng.uniform(0.8, 2.5) if kind == 2 else rng.uniform(1.0, 2.0)
@@ -524,7 +528,7 @@ def _draw_anomaly(rng, cam: Camera, H: int, W: int, X: float, Z: float, size: fl
 
 def _place_anomalies(rng, cv: Canvas, st: Street, n: int, where: str, size: tuple[float, float],
                      depth: tuple[float, float], min_px: int, kinds=("blob", "box", "animal", "debris"),
-                     tries: int = 40, strict: bool = True) -> int:  # fmt: skip
+                     tries: int = 40, strict: bool = True) -> int:
     """Place up to ``n`` anomalies on the road (``where="road"``) or anywhere on the ground; returns
     how many were placed. A position is rejected when the anomaly would be too small to see, cover
     void or, if ``strict``, cover an object or stand mostly off the road it was put on."""
@@ -713,7 +717,7 @@ def coco_image(rng: np.random.Generator, H: int, W: int, image_id: int, first_an
             "id": first_ann_id + len(anns), "image_id": image_id, "category_id": int(_pick(rng, cats)),
             "segmentation": seg, "area": float(mask_utils.area(rle)),
             "bbox": [round(float(v), 2) for v in mask_utils.toBbox(rle)], "iscrowd": 0,
-        })  # fmt: skip
+        })
     img = img * (1 + 0.03 * rng.standard_normal((H, W, 1), dtype=np.float32))
     return (np.clip(img, 0, 1) * 255).astype(np.uint8), anns
 
@@ -776,7 +780,7 @@ def _write_all(out: Path, preset: Preset, seed: int, progress: bool, prepare_coc
         "licenses": [{"id": 0, "name": "MIT (generated)", "url": ""}],
         "images": images, "annotations": annotations,
         "categories": [{"id": c, "name": n, "supercategory": s} for c, n, s in COCO_CATEGORIES],
-    }  # fmt: skip
+    }
     (coco / "annotations").mkdir()
     (coco / "annotations" / "instances_train2017.json").write_text(json.dumps(instances, sort_keys=True, separators=(",", ":")))
     if prepare_coco:
@@ -826,7 +830,7 @@ def make_data(out: str | Path, preset: str = "tiny", seed: int = 0, *, progress:
     try:
         _write_all(tmp, spec, int(seed), progress, prepare_coco)
         marker = {"generator": "anomalyseg.data.synthetic", "version": GENERATOR_VERSION, "seed": int(seed),
-                  "preset": asdict(spec), "coco_prepared": prepare_coco}  # fmt: skip
+                  "preset": asdict(spec), "coco_prepared": prepare_coco}
         (tmp / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True))
         if out.exists():
             shutil.rmtree(out)

@@ -276,7 +276,7 @@ class HeadSegmenter:
         return self._forward.raw_outputs(image)
 
     def class_map(self, raw: dict[str, torch.Tensor], size: tuple[int, int] | None = None,
-                  class_temperature: float = 1.0) -> torch.Tensor:  # fmt: skip
+                  class_temperature: float = 1.0) -> torch.Tensor:
         """EoMT's class map ``[C, H, W]``."""
         return self.base.class_map(raw, size, class_temperature)
 
