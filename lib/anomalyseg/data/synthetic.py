@@ -103,8 +103,9 @@ def _pick(rng, options):
 
 
 _PAINT = [
-    (0.06, 0.06, 0.07), (0.85, 0.86, 0.86), (0.6, 0.61, 0.63), (0.38, 0.39, 0.41), (0.55, 0.08, 0.08),
-    (0.12, 0.2, 0.45), (0.15, 0.28, 0.2), (0.62, 0.56, 0.45), (0.25, 0.25, 0.32),
+    (0.06, 0.06, 0.07), (0.85, 0.86, 0.86), (0.6, 0.61, 0.63), (0.38, 0.39, 0.41),
+    (0.55, 0.08, 0.08), (0.12, 0.2, 0.45), (0.15, 0.28, 0.2), (0.62, 0.56, 0.45),
+    (0.25, 0.25, 0.32),
 ]  # fmt: skip
 _FACADES = [
     (0.72, 0.64, 0.5), (0.55, 0.3, 0.22), (0.55, 0.55, 0.55), (0.8, 0.8, 0.77), (0.78, 0.68, 0.45),
@@ -603,8 +604,8 @@ def benchmark_frame(rng: np.random.Generator, folder: str, H: int, W: int, with_
 # Real COCO category ids. The first block are among the 14 Cityscapes-like categories that
 # COCO preparation must drop; the rest are kept.
 COCO_CATEGORIES = (
-    (1, "person", "person"), (2, "bicycle", "vehicle"), (3, "car", "vehicle"), (6, "bus", "vehicle"),
-    (10, "traffic light", "outdoor"), (15, "bench", "outdoor"),
+    (1, "person", "person"), (2, "bicycle", "vehicle"), (3, "car", "vehicle"),
+    (6, "bus", "vehicle"), (10, "traffic light", "outdoor"), (15, "bench", "outdoor"),
     (17, "cat", "animal"), (18, "dog", "animal"), (21, "cow", "animal"), (22, "elephant", "animal"),
     (28, "umbrella", "accessory"), (33, "suitcase", "accessory"), (37, "sports ball", "sports"),
     (38, "kite", "sports"), (44, "bottle", "kitchen"), (62, "chair", "furniture"),

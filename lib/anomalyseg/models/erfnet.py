@@ -207,7 +207,8 @@ class ErfnetSegmenter:
     def cache_tag(self) -> str:
         """Everything besides the weights that changes the cached logits (settings, then what the
         zoo appends, e.g. a weight-file fingerprint)."""
-        settings = f"{self.input_size[0]}x{self.input_size[1]}|{self.input_resize}|{str(self.logits_dtype).removeprefix('torch.')}"
+        dtype = str(self.logits_dtype).removeprefix("torch.")
+        settings = f"{self.input_size[0]}x{self.input_size[1]}|{self.input_resize}|{dtype}"
         return settings + getattr(self, "_tag_extra", "")
 
     @cache_tag.setter
