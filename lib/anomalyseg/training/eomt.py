@@ -32,6 +32,7 @@ from ..data.io import read_rgb
 from ..labels import IGNORE_INDEX, NUM_CLASSES
 from ..metrics import ConfusionMatrix
 from ..models.checkpoints import CheckpointError, fit_state_dict
+from ..models.dinov2 import DINOV2_PREFIX, eomt_from_dinov2
 from ..models.eomt import EomtSegmenter, build_eomt, normalize, scaled_size, small_eomt_config
 from .callbacks import console_callbacks
 from .data import CityscapesDataModule, check_counts, collate, resume_from
@@ -347,6 +348,8 @@ def _as_model(model_or_config) -> EomtForUniversalSegmentation:
         return model_or_config
     if isinstance(model_or_config, EomtConfig):
         return EomtForUniversalSegmentation(model_or_config)
+    if isinstance(model_or_config, str) and model_or_config.startswith(DINOV2_PREFIX):
+        return eomt_from_dinov2(model_or_config)  # upstream's start: DINOv2 through timm
     return build_eomt(model_or_config, for_eval=False)  # a folder, checkpoint file or hub id to fine-tune
 
 
@@ -379,8 +382,10 @@ def train_eomt(
 ) -> Path:
     """Train (or fine-tune) EoMT on the Cityscapes-layout folder ``data_root``.
 
-    ``model_or_config``: a model, an ``EomtConfig`` (None: ``small_eomt_config()``), or a
-    ``build_eomt`` source (folder, checkpoint file, hub id) to fine-tune. Crops are squares of
+    ``model_or_config``: a model, an ``EomtConfig`` (None: ``small_eomt_config()``), a
+    ``build_eomt`` source (folder, checkpoint file, hub id) to fine-tune, or
+    ``"dinov2:<timm model name>[@<weight file>]"`` to start as upstream does from DINOv2 weights
+    through timm (``models.dinov2.eomt_from_dinov2``: 1024 windows, patch 16, 200 queries). Crops are squares of
     the model's ``image_size`` (its position embeddings are fixed); ``crop_size`` may only
     restate it. Scale jitter is ``scale_range`` relative to ``base_size``, by default the frame
     at evaluation scale (short side = ``image_size``), so training sees objects at the sizes
