@@ -10,12 +10,12 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from safetensors.torch import save_file
-
 from anomalyseg.models.checkpoints import CheckpointError
 from anomalyseg.models.dinov2 import eomt_from_dinov2, eomt_from_timm, parse_dinov2_spec
+from safetensors.torch import save_file
 
-SMALL = dict(pretrained=False, depth=4, embed_dim=64, num_heads=4, img_size=56, patch_size=8, num_classes=0)
+SMALL = {"pretrained": False, "depth": 4, "embed_dim": 64, "num_heads": 4, "img_size": 56, "patch_size": 8,
+         "num_classes": 0}
 
 
 def random_vit(name: str, seed: int = 0, **kwargs):

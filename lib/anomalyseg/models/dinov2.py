@@ -37,7 +37,7 @@ DEFAULT_DINOV2 = "vit_large_patch14_reg4_dinov2"  # upstream EoMT-L's backbone
 # Where upstream's checkpoints keep the timm ViT: its keys are the timm keys under this prefix.
 UPSTREAM_BACKBONE_PREFIX = "network.encoder.backbone."
 # Upstream's configs/dinov2/cityscapes/semantic/eomt_large_1024.yaml.
-UPSTREAM_CITYSCAPES = dict(image_size=1024, patch_size=16, num_queries=200, num_blocks=4)
+UPSTREAM_CITYSCAPES = {"image_size": 1024, "patch_size": 16, "num_queries": 200, "num_blocks": 4}
 # The parts of EoMT that hold the ViT; every one of their tensors must come from the timm model.
 _BACKBONE_PREFIXES = ("embeddings.", "layers.", "layernorm.")
 # timm classifier parts that forward_features never uses (present when num_classes > 0).
@@ -110,21 +110,21 @@ def eomt_from_timm(
     _check_structure(vit)
     width = vit.embed_dim
     patch = int(vit.patch_embed.patch_size[0])
-    values = dict(
-        hidden_size=width,
-        num_hidden_layers=len(vit.blocks),
-        num_attention_heads=vit.blocks[0].attn.num_heads,
-        patch_size=patch,
-        image_size=int(vit.patch_embed.img_size[0]),
-        num_register_tokens=int(vit.num_reg_tokens),
-        mlp_ratio=vit.blocks[0].mlp.fc1.out_features // width,
-        layer_norm_eps=vit.norm.eps,
-        num_labels=num_labels,
-        num_queries=num_queries,
-        num_blocks=num_blocks,
+    values = {
+        "hidden_size": width,
+        "num_hidden_layers": len(vit.blocks),
+        "num_attention_heads": vit.blocks[0].attn.num_heads,
+        "patch_size": patch,
+        "image_size": int(vit.patch_embed.img_size[0]),
+        "num_register_tokens": int(vit.num_reg_tokens),
+        "mlp_ratio": vit.blocks[0].mlp.fc1.out_features // width,
+        "layer_norm_eps": vit.norm.eps,
+        "num_labels": num_labels,
+        "num_queries": num_queries,
+        "num_blocks": num_blocks,
         # masks at stride 4, as upstream: log2(16) - 2 = 2 upscaling blocks
-        num_upscale_blocks=max(1, int(math.log2(patch)) - 2),
-    )
+        "num_upscale_blocks": max(1, int(math.log2(patch)) - 2),
+    }
     if not 1 <= num_blocks <= values["num_hidden_layers"]:
         raise ValueError(f"eomt_from_timm: num_blocks={num_blocks}, but the ViT has {values['num_hidden_layers']} "
                          "blocks; num_blocks (the last blocks that also process the queries) must be 1..that.")
@@ -168,7 +168,7 @@ def timm_dinov2(
     if not timm.is_model(name):
         known = ", ".join(timm.list_models("*dinov2*")) or "none"
         raise ValueError(f"{DINOV2_PREFIX}{name}: timm has no model {name!r}. Its DINOv2 models: {known}.")
-    kwargs = dict(img_size=image_size, patch_size=patch_size, num_classes=0, **timm_kwargs)
+    kwargs = {"img_size": image_size, "patch_size": patch_size, "num_classes": 0, **timm_kwargs}
     if weights is not None:
         weights = Path(weights).expanduser()
         if not weights.is_file():
@@ -176,7 +176,7 @@ def timm_dinov2(
                 f"{DINOV2_PREFIX}{name}@{weights}: the weight file {str(weights)!r} does not exist. Expected the "
                 f"timm weights of {name} (model.safetensors of the hub repository timm/{name}.*)."
             )
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
+        kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
         pretrained = True
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
