@@ -58,14 +58,16 @@ def _prepare_coco(a):
                      min_area=a.min_area, seed=a.seed)
 
 
-def _segmenter(a):
-    """The segmenter of ``--model`` / ``--checkpoint``, loaded as the notebooks load it (``zoo``)."""
+def _segmenter(a, device: str | None = None):
+    """The segmenter of ``--model`` / ``--checkpoint``, loaded as the notebooks load it (``zoo``),
+    on ``device`` (default ``--device``)."""
     from .zoo import eomt_segmenter, erfnet_segmenter
 
+    device = device or a.device
     if a.model == "erfnet":
         return erfnet_segmenter(None, checkpoint=a.checkpoint, input_size=tuple(a.input_size),
-                                use_void="void_prob" in a.scores, device=a.device)
-    return eomt_segmenter(None, checkpoint=a.checkpoint, window_size=a.window_size, device=a.device)
+                                use_void="void_prob" in a.scores, device=device)
+    return eomt_segmenter(None, checkpoint=a.checkpoint, window_size=a.window_size, device=device)
 
 
 def _eval(a):
@@ -85,9 +87,22 @@ def _eval(a):
     # Open the data before the model: a wrong folder is reported in a second, not after loading EoMT-L.
     benchmarks = load_benchmarks(a.benchmarks_root, a.benchmarks) if a.benchmarks_root else None
     val = CityscapesSegmentation(a.cityscapes_root, "val") if a.cityscapes_root else None
-    seg = _segmenter(a)
+    sharded = (a.devices, a.accelerator, a.strategy) != (None, None, None)
+    if sharded and a.device != "auto":
+        raise ValueError(f"--device {a.device} picks the device of a one-process evaluation; with --devices / "
+                         "--accelerator / --strategy Lightning places each process (e.g. --accelerator gpu --devices 4).")
     cache = OutputCache(a.cache_dir) if a.cache_dir else None
+    if sharded:
+        from .evaluate_sharded import VAL_NAME, predict_to_cache, require_disk_cache
+
+        require_disk_cache(cache)  # before loading the model
+    seg = _segmenter(a, device="cpu" if sharded else a.device)  # sharded: Lightning moves it to each rank's device
     run_id = new_run_id(seg.name)
+    if sharded:
+        sets = {**(benchmarks or {}), **({VAL_NAME: val} if val is not None else {})}
+        if not predict_to_cache(seg, sets, cache, protocol=a.protocol, accelerator=a.accelerator or "auto",
+                                devices=a.devices or "auto", strategy=a.strategy or "auto", num_workers=a.workers):
+            return  # not rank 0: rank 0 computes the metrics below, once, from the cache
     frames = []
     if benchmarks:
         frames.append(evaluate_anomaly(seg, benchmarks, scores=a.scores, temperatures=a.temperatures,
@@ -277,12 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir", type=Path)
     s.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one, else cpu), cpu, cuda, cuda:1 ...")
     s.add_argument("--workers", type=nonnegative_int, default=2)
+    s.add_argument("--devices", type=positive_int, default=None,
+                   help="shard the forward passes over N devices with Lightning (needs --cache-dir); the metrics "
+                        "are computed once, on rank 0, from the cache")
+    s.add_argument("--accelerator", default=None, help="Lightning accelerator of a sharded run: gpu, cpu, auto")
+    s.add_argument("--strategy", default=None, help="Lightning strategy of a sharded run, e.g. ddp (gloo on cpu)")
     s.set_defaults(func=_eval)
 
     s = sub.add_parser("compare-conventions",
                        help="one checkpoint under every evaluation protocol, side by side (explains gaps between reports)")
     for action in [x for x in eval_parser._actions if x.dest not in ("help", "debug", "temperatures", "temperature_on",
-                                                                      "fpr_convention", "protocol", "scores")]:
+                                                                      "fpr_convention", "protocol", "scores",
+                                                                      "devices", "accelerator", "strategy")]:
         s._add_action(action)  # eval's model, data and run options, shared
     s.add_argument("--scores", nargs="+", default=list(baseline_scores()))
     s.add_argument("--protocols", nargs="+", choices=list(PROTOCOLS), default=list(PROTOCOLS))
