@@ -16,10 +16,10 @@ from anomalyseg import cli
 from anomalyseg.data.benchmarks import load_benchmarks
 from anomalyseg.data.cityscapes import CityscapesSegmentation
 from anomalyseg.evaluate import OutputCache, evaluate_anomaly, evaluate_miou
-from anomalyseg.evaluate_sharded import VAL_NAME, evaluate_sharded, predict_to_cache
+from anomalyseg.evaluate_sharded import evaluate_sharded, predict_to_cache
 from anomalyseg.models.erfnet import ERFNet
 from anomalyseg.protocol import applied, get_protocol
-from anomalyseg.results import read_results
+from anomalyseg.results import MIOU_DATASET, read_results
 from anomalyseg.zoo import erfnet_segmenter
 from safetensors.torch import load_file, save_file
 
@@ -84,7 +84,7 @@ def test_cached_outputs_are_the_segmenters_own_and_not_computed_twice(erfnet_fil
                        evaluate_miou(seg, val, results_path=None, progress=False)[0]], ignore_index=True)
     assert len(rows) == 5 * 2 + 1 and rows.run_id.nunique() == 1
     assert rows[["dataset", "score", *METRICS]].equals(plain[["dataset", "score", *METRICS]])
-    sets = {**benchmarks, VAL_NAME: val}
+    sets = {**benchmarks, MIOU_DATASET: val}
     with applied(seg, get_protocol("course")):
         key = cache.key(seg)
         for name, ds in sets.items():

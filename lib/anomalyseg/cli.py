@@ -93,15 +93,15 @@ def _eval(a):
                          "--accelerator / --strategy Lightning places each process (e.g. --accelerator gpu --devices 4).")
     cache = OutputCache(a.cache_dir) if a.cache_dir else None
     if sharded:
-        from .evaluate_sharded import VAL_NAME, predict_to_cache, require_disk_cache
+        from .evaluate_sharded import evaluation_sets, predict_to_cache, require_disk_cache
 
         require_disk_cache(cache)  # before loading the model
     seg = _segmenter(a, device="cpu" if sharded else a.device)  # sharded: Lightning moves it to each rank's device
     run_id = new_run_id(seg.name)
     if sharded:
-        sets = {**(benchmarks or {}), **({VAL_NAME: val} if val is not None else {})}
-        if not predict_to_cache(seg, sets, cache, protocol=a.protocol, accelerator=a.accelerator or "auto",
-                                devices=a.devices or "auto", strategy=a.strategy or "auto", num_workers=a.workers):
+        if not predict_to_cache(seg, evaluation_sets(benchmarks, val), cache, protocol=a.protocol,
+                                accelerator=a.accelerator or "auto", devices=a.devices or "auto",
+                                strategy=a.strategy or "auto", num_workers=a.workers):
             return  # not rank 0: rank 0 computes the metrics below, once, from the cache
     frames = []
     if benchmarks:

@@ -40,9 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .evaluate import OutputCache, _readable, evaluate_anomaly, evaluate_miou
 from .protocol import EvalProtocol, _segmenters, applied, get_protocol
-from .results import new_run_id
-
-VAL_NAME = "cityscapes_val"  # evaluate_miou's default dataset_name: the cache folder of val's outputs
+from .results import MIOU_DATASET, new_run_id
 
 
 class _Frames(Dataset):
@@ -137,6 +135,12 @@ def _trainer(accelerator: str, devices, strategy: str, callbacks: list, progress
         ) from e
 
 
+def evaluation_sets(benchmarks: dict[str, Dataset] | None, val: Dataset | None) -> dict[str, Dataset]:
+    """The data sets of an evaluation under the names its cache folders carry: the benchmarks'
+    (``load_benchmarks`` keys) and ``MIOU_DATASET`` for Cityscapes val."""
+    return {**(benchmarks or {}), **({MIOU_DATASET: val} if val is not None else {})}
+
+
 def require_disk_cache(cache: OutputCache | None) -> None:
     """ValueError unless ``cache`` is an ``OutputCache`` on disk, the only thing the ranks share."""
     if cache is None or cache.root is None:
@@ -208,8 +212,7 @@ def evaluate_sharded(
     computed once, on rank 0, from ``cache``. ``anomaly_kwargs`` go to ``evaluate_anomaly``
     (``scores``, ``temperatures``, ``fpr_convention``...). Returns the rows (one frame, the two
     evaluations' rows concatenated) on rank 0 and None on the other ranks."""
-    datasets = {**(benchmarks or {}), **({VAL_NAME: val} if val is not None else {})}
-    if not predict_to_cache(segmenter, datasets, cache, protocol=protocol, accelerator=accelerator, devices=devices,
+    if not predict_to_cache(segmenter, evaluation_sets(benchmarks, val), cache, protocol=protocol, accelerator=accelerator, devices=devices,
                             strategy=strategy, num_workers=num_workers, progress=progress):
         return None
     run_id = run_id or new_run_id(segmenter.name)  # one run: anomaly and mIoU rows together
@@ -219,5 +222,5 @@ def evaluate_sharded(
     if benchmarks:
         rows.append(evaluate_anomaly(segmenter, benchmarks, **anomaly_kwargs, **common))
     if val is not None:
-        rows.append(evaluate_miou(segmenter, val, dataset_name=VAL_NAME, **common)[0])
+        rows.append(evaluate_miou(segmenter, val, dataset_name=MIOU_DATASET, **common)[0])
     return pd.concat(rows, ignore_index=True) if rows else None
