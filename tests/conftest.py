@@ -32,3 +32,16 @@ def realdata() -> Path:
     if not (REALDATA / "images").is_dir():
         pytest.skip(f"real road photos not found at {REALDATA} (they live beside the checkout, in ../shared)")
     return REALDATA
+
+
+@pytest.fixture(scope="session")
+def erfnet_file(tmp_path_factory) -> Path:
+    """An untrained ERFNet as a safetensors file (what the CLI's error cases load: fast)."""
+    from safetensors.torch import save_file
+
+    from anomalyseg.models.erfnet import ERFNet
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("erfnet") / "erfnet.safetensors"
+    save_file(ERFNet().state_dict(), str(path))
+    return path

@@ -1,4 +1,4 @@
-"""Small builders shared by the EoMT, training, Outlier Exposure and anomaly-head tests."""
+"""Small builders shared by the EoMT, training, Outlier Exposure, anomaly-head and CLI tests."""
 
 from lightning.pytorch.callbacks import Callback
 
@@ -21,3 +21,16 @@ class Crash(Callback):
     def on_train_batch_start(self, trainer, *args):
         if trainer.global_step == self.step:
             raise RuntimeError("kernel died")
+
+
+def run_cli(argv, capsys):
+    """``anomalyseg argv`` in this process: (exit code, stdout, stderr)."""
+    from anomalyseg import cli
+
+    try:
+        cli.main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -19,20 +19,10 @@ from anomalyseg import cli
 from anomalyseg.data.benchmarks import load_benchmarks
 from anomalyseg.models.erfnet import ERFNet
 from anomalyseg.results import read_results
+from helpers import run_cli as run
 
 REPO = Path(__file__).resolve().parents[1]
 TITLES = ["SMIYC RA-21", "SMIYC RO-21", "FS L&F", "FS Static", "Road Anomaly"]
-
-
-def run(argv, capsys):
-    """``anomalyseg argv`` in this process: (exit code, stdout, stderr)."""
-    try:
-        cli.main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_paragraph(err: str, *needles: str):
@@ -42,15 +32,6 @@ def assert_one_paragraph(err: str, *needles: str):
     assert len(lines) == 1, err
     for needle in needles:
         assert needle in err, (needle, err)
-
-
-@pytest.fixture(scope="module")
-def erfnet_file(tmp_path_factory) -> Path:
-    """An untrained ERFNet as a safetensors file (what the error cases load: fast)."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("erfnet") / "erfnet.safetensors"
-    save_file(ERFNet().state_dict(), str(path))
-    return path
 
 
 @pytest.fixture(scope="module")

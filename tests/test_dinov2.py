@@ -10,9 +10,10 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from safetensors.torch import save_file
+
 from anomalyseg.models.checkpoints import CheckpointError
 from anomalyseg.models.dinov2 import eomt_from_dinov2, eomt_from_timm, parse_dinov2_spec
-from safetensors.torch import save_file
 
 SMALL = {"pretrained": False, "depth": 4, "embed_dim": 64, "num_heads": 4, "img_size": 56, "patch_size": 8,
          "num_classes": 0}

@@ -12,49 +12,30 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from anomalyseg import cli
+from safetensors.torch import load_file
+
 from anomalyseg.data.benchmarks import load_benchmarks
 from anomalyseg.data.cityscapes import CityscapesSegmentation
 from anomalyseg.evaluate import OutputCache, evaluate_anomaly, evaluate_miou
 from anomalyseg.evaluate_sharded import evaluate_sharded, predict_to_cache
-from anomalyseg.models.erfnet import ERFNet
 from anomalyseg.protocol import applied, get_protocol
 from anomalyseg.results import MIOU_DATASET, read_results
 from anomalyseg.zoo import erfnet_segmenter
-from safetensors.torch import load_file, save_file
+from helpers import run_cli as run
+from helpers import tiny_eomt_config
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ["auprc", "fpr_at_95_tpr", "auroc", "miou"]
 
 
 @pytest.fixture(scope="module")
-def erfnet_file(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("erfnet") / "erfnet.safetensors"
-    save_file(ERFNet().state_dict(), str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
 def eomt_folder(tmp_path_factory) -> Path:
-    from anomalyseg.models.eomt import small_eomt_config
     from transformers import EomtForUniversalSegmentation
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("eomt") / "model"
-    EomtForUniversalSegmentation(small_eomt_config(image_size=64, hidden_size=32, num_hidden_layers=2,
-                                                   num_queries=8, num_blocks=1)).save_pretrained(folder)
+    EomtForUniversalSegmentation(tiny_eomt_config()).save_pretrained(folder)
     return folder
-
-
-def run(argv, capsys):
-    try:
-        cli.main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def eval_args(tiny_data, model, checkpoint, results):
