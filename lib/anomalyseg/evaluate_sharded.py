@@ -46,7 +46,7 @@ from .results import MIOU_DATASET, new_run_id
 class _Frames(Dataset):
     """Every frame of several data sets as one sequence: item ``{"dataset": name, "stem": str,
     "image": uint8 [3, H, W] or None}``; None for a frame whose outputs are already cached (checked
-    in the loader's workers, so that such a frame is not even decoded)."""
+    in the loader's workers, beside the decoding)."""
 
     def __init__(self, datasets: dict[str, Dataset], cache: OutputCache, segmenter, key: str):
         self.datasets, self.cache, self.segmenter, self.key = datasets, cache, segmenter, key
@@ -88,7 +88,7 @@ class SegmenterPredictor(L.LightningModule):
     ``raw`` being ``segmenter.raw_outputs(image)`` (CPU tensors, e.g. EoMT's ``mask_logits``
     float16 ``[N, Q, S/4, S/4]`` and ``class_logits`` ``[N, Q, C+1]``, ERFNet's logits
     ``[C, h, w]``), or ``raw=None`` for a frame already cached. The segmenter's networks are moved
-    to this rank's device when prediction starts."""
+    to this rank's device when prediction starts (``predict_to_cache`` moves them back after)."""
 
     def __init__(self, segmenter):
         super().__init__()
@@ -172,7 +172,8 @@ def predict_to_cache(
     (default ``course``) the evaluation's: its input resize and logits dtype are set on the
     segmenter for the forward passes and enter the cache key, as in ``evaluate.collect_outputs``.
     ``accelerator`` / ``devices`` / ``strategy`` are Lightning's (``"cpu"``, ``2``, ``"ddp"``:
-    two processes over gloo). Every process waits for the others before returning.
+    two processes over gloo). Every process waits for the others before returning, with the
+    segmenter back on the device it came on.
 
     Returns True on global rank 0, the one process that then computes the metrics from the cache
     (``evaluate_sharded``), False on the others. Raises ValueError when ``cache`` is in memory (the
@@ -186,7 +187,11 @@ def predict_to_cache(
         trainer = _trainer(accelerator, devices, strategy, [writer], progress)
         frames = _Frames(datasets, cache, segmenter, key)
         loader = DataLoader(frames, batch_size=1, shuffle=False, num_workers=num_workers, collate_fn=_first)
+        home = getattr(segmenter, "device", torch.device("cpu"))
         trainer.predict(SegmenterPredictor(segmenter), dataloaders=loader, return_predictions=False)
+        # Back where the key was computed: the weights' fingerprint sums large tensors, and a GPU
+        # may sum them in another order, which would give rank 0 another key than the writers'.
+        _move(segmenter, home)
         trainer.strategy.barrier()  # rank 0 reads what every rank wrote
     return trainer.is_global_zero
 
