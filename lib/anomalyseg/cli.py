@@ -89,14 +89,18 @@ def _eval(a):
     val = CityscapesSegmentation(a.cityscapes_root, "val") if a.cityscapes_root else None
     sharded = (a.devices, a.accelerator, a.strategy) != (None, None, None)
     if sharded and a.device != "auto":
-        raise ValueError(f"--device {a.device} picks the device of a one-process evaluation; with --devices / "
-                         "--accelerator / --strategy Lightning places each process (e.g. --accelerator gpu --devices 4).")
+        raise ValueError(
+            f"--device {a.device} picks the device of a one-process evaluation; with --devices / "
+            "--accelerator / --strategy Lightning places each process (e.g. --accelerator gpu "
+            "--devices 4)."
+        )
     cache = OutputCache(a.cache_dir) if a.cache_dir else None
     if sharded:
         from .evaluate_sharded import evaluation_sets, predict_to_cache, require_disk_cache
 
         require_disk_cache(cache)  # before loading the model
-    seg = _segmenter(a, device="cpu" if sharded else a.device)  # sharded: Lightning moves it to each rank's device
+    # sharded: loaded on the CPU, Lightning moves it to each rank's device
+    seg = _segmenter(a, device="cpu" if sharded else a.device)
     run_id = new_run_id(seg.name)
     if sharded:
         if not predict_to_cache(seg, evaluation_sets(benchmarks, val), cache, protocol=a.protocol,
@@ -293,17 +297,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one, else cpu), cpu, cuda, cuda:1 ...")
     s.add_argument("--workers", type=nonnegative_int, default=2)
     s.add_argument("--devices", type=positive_int, default=None,
-                   help="shard the forward passes over N devices with Lightning (needs --cache-dir); the metrics "
-                        "are computed once, on rank 0, from the cache")
-    s.add_argument("--accelerator", default=None, help="Lightning accelerator of a sharded run: gpu, cpu, auto")
-    s.add_argument("--strategy", default=None, help="Lightning strategy of a sharded run, e.g. ddp (gloo on cpu)")
+                   help="shard the forward passes over N devices with Lightning (needs "
+                        "--cache-dir); the metrics are computed once, on rank 0, from the cache")
+    s.add_argument("--accelerator", default=None,
+                   help="Lightning accelerator of a sharded run: gpu, cpu, auto")
+    s.add_argument("--strategy", default=None,
+                   help="Lightning strategy of a sharded run, e.g. ddp (gloo on cpu)")
     s.set_defaults(func=_eval)
 
     s = sub.add_parser("compare-conventions",
                        help="one checkpoint under every evaluation protocol, side by side (explains gaps between reports)")
-    for action in [x for x in eval_parser._actions if x.dest not in ("help", "debug", "temperatures", "temperature_on",
-                                                                      "fpr_convention", "protocol", "scores",
-                                                                      "devices", "accelerator", "strategy")]:
+    eval_only = ("help", "debug", "temperatures", "temperature_on", "fpr_convention", "protocol",
+                 "scores", "devices", "accelerator", "strategy")
+    for action in [x for x in eval_parser._actions if x.dest not in eval_only]:
         s._add_action(action)  # eval's model, data and run options, shared
     s.add_argument("--scores", nargs="+", default=list(baseline_scores()))
     s.add_argument("--protocols", nargs="+", choices=list(PROTOCOLS), default=list(PROTOCOLS))

@@ -1,4 +1,4 @@
-"""Evaluation of large runs on N devices: the forward passes sharded with Lightning, the metrics once.
+"""Evaluation of large runs on N devices: forward passes sharded with Lightning, metrics once.
 
 The forward pass is the expensive step of an evaluation (EoMT-L: ~50 MB of outputs a frame, a
 few hundred milliseconds on a GPU), the metrics are cheap but pool every pixel of a data set, so
@@ -74,7 +74,11 @@ def _move(segmenter, device: torch.device) -> None:
         for name, value in list(vars(seg).items()):
             if isinstance(value, nn.Module):
                 value.to(device)
-            elif isinstance(value, dict) and value and all(isinstance(v, nn.Module) for v in value.values()):
+            elif (
+                isinstance(value, dict)
+                and value
+                and all(isinstance(v, nn.Module) for v in value.values())
+            ):
                 for v in value.values():
                     v.to(device)
             elif name == "device":
@@ -112,30 +116,51 @@ class CacheWriter(BasePredictionWriter):
         self.cache, self.segmenter, self.key = cache, segmenter, key
         self.written = 0
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
-                           dataloader_idx=0) -> None:
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         if prediction["raw"] is not None:
-            self.cache.put(self.segmenter, prediction["dataset"], prediction["stem"], prediction["raw"], self.key)
+            self.cache.put(
+                self.segmenter,
+                prediction["dataset"],
+                prediction["stem"],
+                prediction["raw"],
+                self.key,
+            )
             self.written += 1
 
 
-def _trainer(accelerator: str, devices, strategy: str, callbacks: list, progress: bool) -> L.Trainer:
+def _trainer(
+    accelerator: str, devices, strategy: str, callbacks: list, progress: bool
+) -> L.Trainer:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
-        return L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, logger=False,
-                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
-                         callbacks=callbacks, inference_mode=True)
-    except (MisconfigurationException, RuntimeError, ImportError, ValueError) as e:  # unknown or absent device
+        return L.Trainer(
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=progress,
+            callbacks=callbacks,
+            inference_mode=True,
+        )
+    except (MisconfigurationException, RuntimeError, ImportError, ValueError) as e:
+        # an unknown accelerator, or one this machine lacks (no GPU, no torch_xla for tpu)
         raise ValueError(
-            f"sharded evaluation: Lightning refused accelerator={accelerator!r}, devices={devices!r}, "
-            f"strategy={strategy!r} (--accelerator / --devices / --strategy): {' '.join(str(e).split())} "
-            "Expected e.g. --accelerator gpu --devices 4 --strategy ddp on a machine with 4 GPUs, or "
-            "--accelerator cpu --devices 2 --strategy ddp (gloo) for a test without one."
+            f"sharded evaluation: Lightning refused accelerator={accelerator!r}, devices="
+            f"{devices!r}, strategy={strategy!r} (--accelerator / --devices / --strategy): "
+            f"{' '.join(str(e).split())} Expected e.g. --accelerator gpu --devices 4 --strategy "
+            "ddp on a machine with 4 GPUs, or --accelerator cpu --devices 2 --strategy ddp (gloo) "
+            "for a test without one."
         ) from e
 
 
-def evaluation_sets(benchmarks: dict[str, Dataset] | None, val: Dataset | None) -> dict[str, Dataset]:
+def evaluation_sets(
+    benchmarks: dict[str, Dataset] | None, val: Dataset | None
+) -> dict[str, Dataset]:
     """The data sets of an evaluation under the names its cache folders carry: the benchmarks'
     (``load_benchmarks`` keys) and ``MIOU_DATASET`` for Cityscapes val."""
     return {**(benchmarks or {}), **({MIOU_DATASET: val} if val is not None else {})}
@@ -145,9 +170,9 @@ def require_disk_cache(cache: OutputCache | None) -> None:
     """ValueError unless ``cache`` is an ``OutputCache`` on disk, the only thing the ranks share."""
     if cache is None or cache.root is None:
         raise ValueError(
-            "sharded evaluation needs an output cache on disk (--cache-dir, or OutputCache(root)): each "
-            "process writes its frames' outputs there and rank 0 computes the metrics from them. Give a folder "
-            "with room for the outputs (EoMT-L at 1024: ~50 MB a frame)."
+            "sharded evaluation needs an output cache on disk (--cache-dir, or OutputCache(root)): "
+            "each process writes its frames' outputs there and rank 0 computes the metrics from "
+            "them. Give a folder with room for the outputs (EoMT-L at 1024: ~50 MB a frame)."
         )
 
 
@@ -186,7 +211,9 @@ def predict_to_cache(
         writer = CacheWriter(cache, segmenter, key)
         trainer = _trainer(accelerator, devices, strategy, [writer], progress)
         frames = _Frames(datasets, cache, segmenter, key)
-        loader = DataLoader(frames, batch_size=1, shuffle=False, num_workers=num_workers, collate_fn=_first)
+        loader = DataLoader(
+            frames, batch_size=1, shuffle=False, num_workers=num_workers, collate_fn=_first
+        )
         home = getattr(segmenter, "device", torch.device("cpu"))
         trainer.predict(SegmenterPredictor(segmenter), dataloaders=loader, return_predictions=False)
         # Back where the key was computed: the weights' fingerprint sums large tensors, and a GPU
@@ -217,12 +244,26 @@ def evaluate_sharded(
     computed once, on rank 0, from ``cache``. ``anomaly_kwargs`` go to ``evaluate_anomaly``
     (``scores``, ``temperatures``, ``fpr_convention``...). Returns the rows (one frame, the two
     evaluations' rows concatenated) on rank 0 and None on the other ranks."""
-    if not predict_to_cache(segmenter, evaluation_sets(benchmarks, val), cache, protocol=protocol, accelerator=accelerator, devices=devices,
-                            strategy=strategy, num_workers=num_workers, progress=progress):
+    if not predict_to_cache(
+        segmenter,
+        evaluation_sets(benchmarks, val),
+        cache,
+        protocol=protocol,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        num_workers=num_workers,
+        progress=progress,
+    ):
         return None
     run_id = run_id or new_run_id(segmenter.name)  # one run: anomaly and mIoU rows together
-    common = {"results_path": results_path, "run_id": run_id, "cache": cache, "progress": progress,
-              "protocol": protocol}
+    common = {
+        "results_path": results_path,
+        "run_id": run_id,
+        "cache": cache,
+        "progress": progress,
+        "protocol": protocol,
+    }
     rows = []
     if benchmarks:
         rows.append(evaluate_anomaly(segmenter, benchmarks, **anomaly_kwargs, **common))

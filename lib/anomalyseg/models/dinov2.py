@@ -47,9 +47,10 @@ _CLASSIFIER_PREFIXES = ("head.", "fc_norm.", "head_drop.")
 def _refuse(vit: nn.Module, what: str) -> None:
     raise ValueError(
         f"eomt_from_timm: the timm model {type(vit).__name__} "
-        f"({getattr(vit, 'pretrained_cfg', {}).get('architecture', '?')}) {what}. Expected a DINOv2-style "
-        "timm VisionTransformer as upstream EoMT uses (e.g. vit_large_patch14_reg4_dinov2, or "
-        "vit_small/base_patch14_dinov2): a class token, layer scale, a GELU MLP and a square input size."
+        f"({getattr(vit, 'pretrained_cfg', {}).get('architecture', '?')}) {what}. Expected a "
+        "DINOv2-style timm VisionTransformer as upstream EoMT uses (e.g. "
+        "vit_large_patch14_reg4_dinov2, or vit_small/base_patch14_dinov2): a class token, layer "
+        "scale, a GELU MLP and a square input size."
     )
 
 
@@ -70,7 +71,9 @@ def _check_structure(vit: nn.Module) -> None:
         _refuse(vit, f"has a non-square input {size} or patch {patch} (img_size / patch_size)")
     for block in vit.blocks:
         if type(block.mlp).__name__ != "Mlp" or not isinstance(block.mlp.act, nn.GELU):
-            _refuse(vit, f"has a {type(block.mlp).__name__} MLP (giant DINOv2 uses SwiGLU, not mapped)")
+            _refuse(
+                vit, f"has a {type(block.mlp).__name__} MLP (giant DINOv2 uses SwiGLU, not mapped)"
+            )
         if not hasattr(block.ls1, "gamma") or not isinstance(block.attn.q_norm, nn.Identity):
             _refuse(vit, "has blocks without layer scale or with q/k normalisation")
 
@@ -126,25 +129,39 @@ def eomt_from_timm(
         "num_upscale_blocks": max(1, int(math.log2(patch)) - 2),
     }
     if not 1 <= num_blocks <= values["num_hidden_layers"]:
-        raise ValueError(f"eomt_from_timm: num_blocks={num_blocks}, but the ViT has {values['num_hidden_layers']} "
-                         "blocks; num_blocks (the last blocks that also process the queries) must be 1..that.")
+        raise ValueError(
+            f"eomt_from_timm: num_blocks={num_blocks}, but the ViT has "
+            f"{values['num_hidden_layers']} "
+            "blocks; num_blocks (the last blocks that also process the queries) must be 1..that."
+        )
     model = EomtForUniversalSegmentation(EomtConfig(**{**values, **config_overrides}))
-    own = {k: v.detach().clone() for k, v in vit.state_dict().items() if not k.startswith(_CLASSIFIER_PREFIXES)}
+    own = {
+        k: v.detach().clone()
+        for k, v in vit.state_dict().items()
+        if not k.startswith(_CLASSIFIER_PREFIXES)
+    }
     if not vit.no_embed_class:
         # DINOv2 without registers adds a position embedding to the class token too; transformers'
         # EoMT adds them to the patches only, so that one moves into the (constant) class token.
         own["cls_token"] = own["cls_token"] + own["pos_embed"][:, :1]
         own["pos_embed"] = own["pos_embed"][:, 1:]
     state = {UPSTREAM_BACKBONE_PREFIX + k: v for k, v in own.items()}
-    report = fit_state_dict(model, _split_qkv(state), key_map=upstream_key_map, strict=False,
-                            source=f"timm {vit.pretrained_cfg.get('architecture', type(vit).__name__)}")
+    report = fit_state_dict(
+        model,
+        _split_qkv(state),
+        key_map=upstream_key_map,
+        strict=False,
+        source=f"timm {vit.pretrained_cfg.get('architecture', type(vit).__name__)}",
+    )
     expected = model.state_dict()
-    unloaded = [k for k in report.missing if k.startswith(_BACKBONE_PREFIXES) and expected[k].numel()]
+    unloaded = [
+        k for k in report.missing if k.startswith(_BACKBONE_PREFIXES) and expected[k].numel()
+    ]
     if report.unexpected or report.shape_mismatch or unloaded:
         raise CheckpointError(
-            f"eomt_from_timm: the weights of the timm ViT do not fill EoMT's backbone: {report}; backbone "
-            f"tensors left at random: {unloaded[:5]}. The timm model's layout differs from upstream "
-            "EoMT's DINOv2 (compare the names and shapes above)."
+            f"eomt_from_timm: the weights of the timm ViT do not fill EoMT's backbone: {report}; "
+            f"backbone tensors left at random: {unloaded[:5]}. The timm model's layout differs "
+            "from upstream EoMT's DINOv2 (compare the names and shapes above)."
         )
     return model.train()
 
@@ -167,14 +184,17 @@ def timm_dinov2(
 
     if not timm.is_model(name):
         known = ", ".join(timm.list_models("*dinov2*")) or "none"
-        raise ValueError(f"{DINOV2_PREFIX}{name}: timm has no model {name!r}. Its DINOv2 models: {known}.")
+        raise ValueError(
+            f"{DINOV2_PREFIX}{name}: timm has no model {name!r}. Its DINOv2 models: {known}."
+        )
     kwargs = {"img_size": image_size, "patch_size": patch_size, "num_classes": 0, **timm_kwargs}
     if weights is not None:
         weights = Path(weights).expanduser()
         if not weights.is_file():
             raise CheckpointError(
-                f"{DINOV2_PREFIX}{name}@{weights}: the weight file {str(weights)!r} does not exist. Expected the "
-                f"timm weights of {name} (model.safetensors of the hub repository timm/{name}.*)."
+                f"{DINOV2_PREFIX}{name}@{weights}: the weight file {str(weights)!r} does not "
+                f"exist. Expected the timm weights of {name} (model.safetensors of the hub "
+                f"repository timm/{name}.*)."
             )
         kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
         pretrained = True
@@ -183,27 +203,33 @@ def timm_dinov2(
     except Exception as e:  # hub, network and file errors of several types
         where = f"from {weights}" if weights is not None else "from the Hugging Face hub"
         raise CheckpointError(
-            f"{DINOV2_PREFIX}{name}: timm could not load the pretrained weights {where} (a file of another "
-            f"model gives missing keys or mis-shaped tensors; {type(e).__name__}: "
+            f"{DINOV2_PREFIX}{name}: timm could not load the pretrained weights {where} (a file "
+            f"of another model gives missing keys or mis-shaped tensors; {type(e).__name__}: "
             f"{' '.join(str(e).split())[:400]}). Without internet, download timm/{name}'s "
-            f"model.safetensors elsewhere and start from {DINOV2_PREFIX}{name}@/path/to/model.safetensors."
+            "model.safetensors elsewhere and start from "
+            f"{DINOV2_PREFIX}{name}@/path/to/model.safetensors."
         ) from e
 
 
 def parse_dinov2_spec(spec: str) -> tuple[str, Path | None]:
-    """``"dinov2:<timm name>[@<weight file>]"`` -> ``(name, file or None)``; ValueError otherwise."""
-    if not isinstance(spec, str) or not spec.startswith(DINOV2_PREFIX) or not spec[len(DINOV2_PREFIX):].strip():
+    """``"dinov2:<timm name>[@<weight file>]"`` -> ``(name, file or None)``; else ValueError."""
+    if (
+        not isinstance(spec, str)
+        or not spec.startswith(DINOV2_PREFIX)
+        or not spec[len(DINOV2_PREFIX) :].strip()
+    ):
         raise ValueError(
-            f"start-from {spec!r} is not a DINOv2 start: expected '{DINOV2_PREFIX}<timm model name>' (e.g. "
-            f"'{DINOV2_PREFIX}{DEFAULT_DINOV2}', upstream EoMT-L's backbone), optionally "
-            "'@<local weight file>'."
+            f"start-from {spec!r} is not a DINOv2 start: expected "
+            f"'{DINOV2_PREFIX}<timm model name>' (e.g. '{DINOV2_PREFIX}{DEFAULT_DINOV2}', upstream "
+            "EoMT-L's backbone), optionally '@<local weight file>'."
         )
-    name, _, weights = spec[len(DINOV2_PREFIX):].partition("@")
+    name, _, weights = spec[len(DINOV2_PREFIX) :].partition("@")
     return name.strip(), (Path(weights) if weights else None)
 
 
-def eomt_from_dinov2(spec: str = DINOV2_PREFIX + DEFAULT_DINOV2, *, num_labels: int = NUM_CLASSES,
-                     **recipe) -> EomtForUniversalSegmentation:
+def eomt_from_dinov2(
+    spec: str = DINOV2_PREFIX + DEFAULT_DINOV2, *, num_labels: int = NUM_CLASSES, **recipe
+) -> EomtForUniversalSegmentation:
     """EoMT on DINOv2 weights as upstream starts a Cityscapes training: ``spec`` is
     ``"dinov2:<timm model name>"`` (downloaded by timm) or ``"dinov2:<name>@<weight file>"``;
     ``recipe`` overrides ``UPSTREAM_CITYSCAPES`` (``image_size``, ``patch_size``, ``num_queries``,
@@ -211,8 +237,12 @@ def eomt_from_dinov2(spec: str = DINOV2_PREFIX + DEFAULT_DINOV2, *, num_labels: 
     name, weights = parse_dinov2_spec(spec)
     unknown = sorted(set(recipe) - set(UPSTREAM_CITYSCAPES))
     if unknown:
-        raise ValueError(f"eomt_from_dinov2: unknown settings {unknown}; expected {sorted(UPSTREAM_CITYSCAPES)}.")
+        raise ValueError(
+            f"eomt_from_dinov2: unknown settings {unknown}; expected {sorted(UPSTREAM_CITYSCAPES)}."
+        )
     r = {**UPSTREAM_CITYSCAPES, **recipe}
     vit = timm_dinov2(name, image_size=r["image_size"], patch_size=r["patch_size"], weights=weights)
     with torch.no_grad():
-        return eomt_from_timm(vit, num_labels=num_labels, num_queries=r["num_queries"], num_blocks=r["num_blocks"])
+        return eomt_from_timm(
+            vit, num_labels=num_labels, num_queries=r["num_queries"], num_blocks=r["num_blocks"]
+        )

@@ -385,11 +385,11 @@ def train_eomt(
     ``model_or_config``: a model, an ``EomtConfig`` (None: ``small_eomt_config()``), a
     ``build_eomt`` source (folder, checkpoint file, hub id) to fine-tune, or
     ``"dinov2:<timm model name>[@<weight file>]"`` to start as upstream does from DINOv2 weights
-    through timm (``models.dinov2.eomt_from_dinov2``: 1024 windows, patch 16, 200 queries). Crops are squares of
-    the model's ``image_size`` (its position embeddings are fixed); ``crop_size`` may only
-    restate it. Scale jitter is ``scale_range`` relative to ``base_size``, by default the frame
-    at evaluation scale (short side = ``image_size``), so training sees objects at the sizes
-    windowed inference shows them.
+    through timm (``models.dinov2.eomt_from_dinov2``: 1024 windows, patch 16, 200 queries).
+    Crops are squares of the model's ``image_size`` (its position embeddings are fixed);
+    ``crop_size`` may only restate it. Scale jitter is ``scale_range`` relative to ``base_size``,
+    by default the frame at evaluation scale (short side = ``image_size``), so training sees
+    objects at the sizes windowed inference shows them.
 
     ``lr`` defaults to upstream's 1e-4, meant for a pretrained backbone; the small config trained
     from scratch learns the embedded scenes faster at 1e-3.
