@@ -25,6 +25,7 @@ from anomalyseg import bootstrap
 from anomalyseg.data.benchmarks import load_benchmarks
 from anomalyseg.evaluate import OutputCache, evaluate_anomaly
 from anomalyseg.models.erfnet import ERFNet, ErfnetSegmenter
+from anomalyseg.report.tables import uncertainty_tables
 from anomalyseg.results import load_frame_stats, read_results
 
 HEADERS = ("benchmark", "frames", "valid px (M)", "plain (s)", "with frame stats (s)", "extra", "bins (max)",
@@ -82,7 +83,7 @@ def main(argv=None) -> str:
                  f"{total[1] / total[0] - 1:+.0%}", "", "", ""])
     df = read_results(out / "stats.csv")
     t0 = time.perf_counter()
-    tables = bootstrap.report_tables(df, out / "stats.csv", n_boot=args.n_boot)
+    tables = uncertainty_tables(df, out / "stats.csv", n_boot=args.n_boot)
     t_tables = time.perf_counter() - t0
     text = (machine_line("cpu") + "\n\n" + markdown_table(HEADERS, rows) +
             f"\n\nnotebook 06's tables ({', '.join(tables)}; {args.n_boot} resamples, {len(df)} rows): {t_tables:.2f} s\n")

@@ -293,7 +293,7 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path):
 def test_compare_with_posthoc_picks_the_best_posthoc_score_per_benchmark():
     import pandas as pd
 
-    from anomalyseg.training.anomaly_head import compare_with_posthoc
+    from anomalyseg.report.tables import compare_with_posthoc
 
     rows = pd.DataFrame([
         dict(dataset="RoadAnomaly", score="msp", temperature=1.0, auprc=0.30, fpr_at_95_tpr=0.50),

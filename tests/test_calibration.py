@@ -10,17 +10,16 @@ import pytest
 import torch
 from scipy.special import log_softmax as np_log_softmax
 
-from anomalyseg import calibration as calibration_mod
 from anomalyseg.calibration import (
     calibrate,
     calibration_curve,
-    calibration_table,
     fit_temperature,
-    reliability_figure,
     sample_pixels,
     temperature_nll,
 )
 from anomalyseg.evaluate import Frame
+from anomalyseg.report.figures import reliability_figure
+from anomalyseg.report.tables import calibration_table, stored_calibration_table, temperature_spread
 
 C = 19
 
@@ -218,7 +217,7 @@ def test_calibrate_and_its_table():
 
 
 def test_calibration_is_stored_and_read_back(tmp_path):
-    from anomalyseg.calibration import store_calibration, stored_calibration_table
+    from anomalyseg.calibration import store_calibration
     from anomalyseg.results import append_rows, read_results
 
     frames = pixel_frames(n=2)
@@ -240,7 +239,7 @@ def test_temperature_spread_in_points():
 
     rows = pd.DataFrame(dict(model="eomt", score="msp", dataset=["RoadAnomaly21"] * 3 + ["fs_static"] * 3,
                              temperature=[0.5, 1.0, 2.0] * 2, auprc=[0.30, 0.35, 0.32, 0.10, 0.10, 0.10]))  # fmt: skip
-    table = calibration_mod.temperature_spread(rows)
+    table = temperature_spread(rows)
     assert table.loc[("eomt", "msp")].tolist() == [5.0, 0.0]  # course order: RA21 before FS Static
     assert list(table.columns) == ["SMIYC RA-21", "FS Static"]
-    assert calibration_mod.temperature_spread(rows.iloc[:0]).empty
+    assert temperature_spread(rows.iloc[:0]).empty

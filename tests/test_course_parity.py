@@ -394,7 +394,7 @@ def test_cli_eval_and_compare_conventions_give_the_evaluation_rows(course_setup,
     notebooks' call) to the last digit, under the default (course) and a named protocol, and
     ``compare-conventions`` sets them side by side."""
     from anomalyseg import cli
-    from anomalyseg.report import conventions_table
+    from anomalyseg.report.tables import conventions_table
     from anomalyseg.results import read_results
 
     s = course_setup

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from anomalyseg.chance import chance_table
+from anomalyseg.report.tables import chance_table
 from anomalyseg.data.benchmarks import AnomalyBenchmark
 from anomalyseg.evaluate import evaluate_anomaly, load_maps
 from anomalyseg.models.erfnet import ERFNet, ErfnetSegmenter

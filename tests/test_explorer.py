@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from anomalyseg.evaluate import load_maps
-from anomalyseg.explorer import OVERLAY_COLORS, explore, stored_runs, threshold_view, tpr_threshold
+from anomalyseg.report.explorer import OVERLAY_COLORS, explore, stored_runs, threshold_view, tpr_threshold
 from anomalyseg.results import read_results
 from test_report import make_store
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from anomalyseg import report
+from anomalyseg.report import figures, names, selection, tables
 from anomalyseg.evaluate import evaluate_anomaly, evaluate_miou
 from anomalyseg.results import read_results
 from test_evaluate import ListData, ToySegmenter
@@ -68,7 +68,7 @@ def _row(df, model, dataset, score, t=1.0):
 
 def test_table_cells_are_the_rows(store):
     path, df = store
-    table = report.comparison_table(df)
+    table = tables.comparison_table(df)
     assert list(table.index) == [("erfnet", "msp"), ("erfnet", "max_logit"), ("eomt", "msp"), ("eomt", "max_logit"),
                                  ("eomt", "rba"), ("eomt", "anomaly_head")]
     assert list(table.columns) == [(d, m) for d in BENCHES for m in ("auprc", "fpr_at_95_tpr")] + [("cityscapes_val", "miou")]
@@ -85,7 +85,7 @@ def test_table_cells_are_the_rows(store):
 
 def test_markdown_cells_are_percent_of_the_rows(store):
     _, df = store
-    md = report.to_markdown(report.comparison_table(df)).splitlines()
+    md = tables.comparison_markdown(tables.comparison_table(df)).splitlines()
     assert md[0] == "| Method | Score | SMIYC RA-21 (AuPRC / FPR95) | FS Static (AuPRC / FPR95) | mIoU |"
     cells = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): [c.strip() for c in line.strip("|").split("|")[2:]]
              for line in md[2:]}
@@ -98,8 +98,8 @@ def test_markdown_cells_are_percent_of_the_rows(store):
 
 def test_latex_bolds_the_best_of_each_column(store):
     _, df = store
-    table = report.comparison_table(df)
-    tex = report.to_latex(table)
+    table = tables.comparison_table(df)
+    tex = tables.comparison_latex(table)
     assert tex.count(r"\toprule") == tex.count(r"\midrule") == tex.count(r"\bottomrule") == 1
     assert r"\multicolumn{2}{c}{SMIYC RA-21}" in tex and r"\cmidrule(lr){3-4}" in tex
     body = [l for l in tex.splitlines() if l.endswith(r"\\") and ("MSP" in l or "RbA" in l or "MaxLogit" in l or "learned" in l)]
@@ -119,14 +119,14 @@ def test_latex_marks_missing_cells_and_escapes_titles():
                               auprc=0.25, fpr_at_95_tpr=0.15, miou=np.nan, protocol="course"),
                          dict(model="erfnet", dataset="fs_static", score="msp", temperature=1.0, temperature_on="pixel",
                               auprc=0.07, fpr_at_95_tpr=0.42, miou=np.nan, protocol="course")])
-    tex = report.to_latex(report.comparison_table(rows))
+    tex = tables.comparison_latex(tables.comparison_table(rows))
     assert r"FS L\&F" in tex
     assert r"ERFNet & MSP & -- & -- & \textbf{7.00} & \textbf{42.00} & -- \\" in tex
 
 
 def test_pr_and_roc_points_lie_on_sklearns_curves(store):
     path, df = store
-    data = {(c["model"], c["score"]): c for c in report.curve_data(df, path, "fs_static")}
+    data = {(c["model"], c["score"]): c for c in figures.curve_data(df, path, "fs_static")}
     assert set(data) == {("erfnet", "msp"), ("erfnet", "max_logit"), ("eomt", "msp"), ("eomt", "max_logit"),
                          ("eomt", "rba"), ("eomt", "anomaly_head")}
     seg, items = Toy("erfnet", 1, class_temperature=False), ListData(3, seed=2).items
@@ -147,18 +147,18 @@ def test_pr_and_roc_points_lie_on_sklearns_curves(store):
 
 def test_temperature_sweeps_hold_only_swept_scores(store):
     _, df = store
-    pixel = report.temperature_sweeps(df, "pixel")
+    pixel = selection.temperature_sweeps(df, "pixel")
     assert set(zip(pixel.model, pixel.score)) == {("erfnet", "msp"), ("erfnet", "max_logit")}
     assert pixel[(pixel.model == "erfnet") & (pixel.score == "msp") & (pixel.dataset == "fs_static")].temperature.tolist() == [0.5, 1.0, 2.0]
-    cls = report.temperature_sweeps(df, "class")
+    cls = selection.temperature_sweeps(df, "class")
     assert set(zip(cls.model, cls.score)) == {("eomt", "msp")}
     with pytest.raises(ValueError, match="'pixel' or 'class'"):
-        report.temperature_sweeps(df, "logits")
+        selection.temperature_sweeps(df, "logits")
 
 
 def test_save_all_writes_every_figure(store, tmp_path):
     path, df = store
-    written = report.save_all(df, path, tmp_path / "figures")
+    written = figures.save_all(df, path, tmp_path / "figures")
     names = {p.name for p in written}
     for fig in ("bars_auprc", "bars_fpr_at_95_tpr", "pr_curves", "roc_curves", "temperature_pixel",
                 "temperature_class", "miou_temperature", "qualitative"):
@@ -166,7 +166,7 @@ def test_save_all_writes_every_figure(store, tmp_path):
     assert {"comparison_table.md", "comparison_table.tex"} <= names
     assert all(p.stat().st_size > 0 for p in written)
     md = (tmp_path / "figures" / "comparison_table.md").read_text()
-    assert report.to_markdown(report.comparison_table(df)) in md
+    assert tables.comparison_markdown(tables.comparison_table(df)) in md
 
 
 def test_qualitative_grid_shows_each_methods_best_map(store):
@@ -174,10 +174,10 @@ def test_qualitative_grid_shows_each_methods_best_map(store):
     rows = df[df.dataset.isin(BENCHES) & (df.temperature == 1.0) & (df.score != "anomaly_head")]
     rows = rows.drop_duplicates(["model", "dataset", "score"], keep="last")
     best = {m: g.groupby("score").auprc.mean().idxmax() for m, g in rows.groupby("model")}
-    assert report.best_scores(df) == {"erfnet": [best["erfnet"]], "eomt": [best["eomt"], "anomaly_head"]}
-    samples = report.qualitative_samples(df, path, "fs_static", frames=2)
+    assert selection.best_scores(df) == {"erfnet": [best["erfnet"]], "eomt": [best["eomt"], "anomaly_head"]}
+    samples = figures.qualitative_samples(df, path, "fs_static", frames=2)
     assert [s["stem"] for s in samples] == ["FS Static · 0", "FS Static · 1"]
-    assert list(samples[0]["maps"]) == [report.label("erfnet", best["erfnet"]), report.label("eomt", best["eomt"]),
+    assert list(samples[0]["maps"]) == [names.label("erfnet", best["erfnet"]), names.label("eomt", best["eomt"]),
                                         "EoMT + anomaly head"]
     # The maps are the stored ones of the run that holds them (the class sweep stored only MSP).
     from anomalyseg.evaluate import load_maps
@@ -189,21 +189,21 @@ def test_qualitative_grid_shows_each_methods_best_map(store):
 
 def test_figures_cope_with_partial_and_empty_stores(store, tmp_path):
     path, df = store
-    only_erfnet = report.select_models(df, ["erfnet"])
-    assert report.temperature_figure(only_erfnet, "class") is None and report.miou_temperature_figure(only_erfnet) is None
-    assert report.bar_chart(only_erfnet) is not None
+    only_erfnet = selection.select_models(df, ["erfnet"])
+    assert figures.temperature_figure(only_erfnet, "class") is None and figures.miou_temperature_figure(only_erfnet) is None
+    assert figures.bar_chart(only_erfnet) is not None
     empty = read_results(tmp_path / "none.csv")
-    assert report.comparison_table(empty).empty and report.to_markdown(report.comparison_table(empty)) == "_no results yet_"
-    assert report.save_all(empty, tmp_path / "none.csv", tmp_path / "figures") == []
+    assert tables.comparison_table(empty).empty and tables.comparison_markdown(tables.comparison_table(empty)) == "_no results yet_"
+    assert figures.save_all(empty, tmp_path / "none.csv", tmp_path / "figures") == []
     with pytest.raises(ValueError, match=r"stored models: \['eomt', 'erfnet'\]"):
-        report.select_models(df, ["eomt_oe"])
+        selection.select_models(df, ["eomt_oe"])
     with pytest.raises(ValueError, match="not the results store"):
-        report.comparison_table(pd.DataFrame({"model": ["eomt"]}))
+        tables.comparison_table(pd.DataFrame({"model": ["eomt"]}))
 
 
 def test_missing_report_names_what_is_absent(store, tmp_path):
     _, df = store
-    text = report.missing_report(df)
+    text = tables.missing_report(df)
     assert "EoMT + OE: no rows yet (notebook 04_outlier_exposure)" in text
     assert "EoMT + OE:" not in text.replace("EoMT + OE: no rows yet", "")  # one line for an absent model
     assert "ERFNet: no rows on SMIYC RO-21, FS L&F and Road Anomaly" in text
@@ -213,9 +213,9 @@ def test_missing_report_names_what_is_absent(store, tmp_path):
     assert "EoMT: no calibration (ECE, fitted T) on the class temperature" in text
     assert "class-temperature" not in text and "over class temperatures" not in text  # both are stored
     assert "mIoU at T = 1" not in text
-    assert "ERFNet: no mIoU" not in report.missing_report(df, models=["erfnet"])
-    assert "EoMT" not in report.missing_report(df, models=["erfnet"])
-    assert "empty" in report.missing_report(read_results(tmp_path / "none.csv"))
+    assert "ERFNet: no mIoU" not in tables.missing_report(df, models=["erfnet"])
+    assert "EoMT" not in tables.missing_report(df, models=["erfnet"])
+    assert "empty" in tables.missing_report(read_results(tmp_path / "none.csv"))
 
 
 # ----------------------------------------------------------------------------- notebook 06
@@ -246,7 +246,7 @@ def test_notebook06_reports_a_filled_store(tmp_path, data_root):
     text = _run_notebook06(tmp_path, data_root)
     assert "EoMT + OE: no rows yet" in text and "image/png" in text
     figures = tmp_path / "figures"
-    assert (figures / "comparison_table.md").read_text().endswith(report.to_markdown(report.comparison_table(read_results(path))) + "\n")
+    assert (figures / "comparison_table.md").read_text().endswith(tables.comparison_markdown(tables.comparison_table(read_results(path))) + "\n")
     assert {f"{n}.pdf" for n in ("bars_auprc", "pr_curves", "temperature_class", "qualitative")} <= {p.name for p in figures.iterdir()}
 
 

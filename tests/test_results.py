@@ -1,4 +1,4 @@
-"""The append-only results store and the course's tables."""
+"""The append-only results store, and the course's tables of its rows (``report.tables``)."""
 
 import multiprocessing as mp
 
@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from anomalyseg import results
+from anomalyseg.report import tables
 
 
 def _row(**kw):
@@ -58,11 +59,11 @@ def test_course_table_formats_percent_and_keeps_latest(tmp_path):
     path = tmp_path / "results.csv"
     results.append_rows([_row(auprc=0.1), _row(dataset="RoadAnomaly", auprc=0.1242, fpr_at_95_tpr=0.8258)], path)
     results.append_rows([_row(run_id="r2")], path)  # a re-run replaces the first RA21 figure in the table
-    table = results.anomaly_table(results.read_results(path))
+    table = tables.anomaly_table(results.read_results(path))
     assert list(table.columns) == ["SMIYC RA-21", "Road Anomaly"]
     assert table.loc[("erfnet", "msp"), "SMIYC RA-21"] == "29.10 / 62.51"
     assert table.loc[("erfnet", "msp"), "Road Anomaly"] == "12.42 / 82.58"
-    md = results.to_markdown(table)
+    md = tables.markdown(table)
     assert "| erfnet | msp | 29.10 / 62.51 | 12.42 / 82.58 |" in md
 
 
@@ -72,7 +73,8 @@ def test_run_ids_are_unique_and_sortable():
 
 
 def test_tables_prefer_exact_rows_and_course_score_order(tmp_path):
-    from anomalyseg.results import anomaly_table, append_rows, latest, read_results
+    from anomalyseg.report.tables import anomaly_table
+    from anomalyseg.results import append_rows, latest, read_results
 
     path = tmp_path / "r.csv"
     base = dict(model="eomt", dataset="fs_static", temperature=1.0, temperature_on="pixel", fpr_at_95_tpr=0.5,
@@ -97,12 +99,12 @@ def test_a_store_older_than_the_protocol_column_still_reads_and_counts_as_legacy
     df = results.read_results(path)
     assert "protocol" not in df and len(df) == 1
     assert len(results.protocol_rows(df, "legacy")) == 1 and results.protocol_rows(df, "course").empty
-    assert results.anomaly_table(df).empty and not results.anomaly_table(df, protocol="legacy").empty
+    assert tables.anomaly_table(df).empty and not tables.anomaly_table(df, protocol="legacy").empty
     results.append_rows([_row(run_id="r2", auprc=0.5)], path)  # protocol="course"
     assert path.read_text().startswith(before.splitlines()[0].split(",notes")[0])
     df = results.read_results(path)
     assert list(df.run_id) == ["r1", "r2"]
     assert results.protocol_rows(df, "legacy").run_id.tolist() == ["r1"]
     assert results.protocol_rows(df, "course").run_id.tolist() == ["r2"]
-    md = results.to_markdown(results.anomaly_table(df))
+    md = tables.markdown(tables.anomaly_table(df))
     assert "50.00" in md and "protocol `course`" in md

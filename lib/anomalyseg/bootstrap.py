@@ -208,7 +208,7 @@ def interval_table(rows: pd.DataFrame, results_path: str | Path, metrics: Sequen
     whose paired difference to it is not significant at that level ``(~)``: within the noise of the
     frames, a tie with the best. Unmarked methods are significantly worse.
 
-    ``rows``: one result row per (model, score, dataset), e.g. ``report.anomaly_rows(df)``; rows
+    ``rows``: one result row per (model, score, dataset), e.g. ``report.selection.anomaly_rows(df)``; rows
     without stored frame statistics (nor a twin in ``store``, see ``stored_stats``) show their value
     alone, and so do metrics a data set has no statistics for. Intervals and tests use ``n_boot`` resamples drawn with ``seed``, shared by every
     method of a data set (so the paired tests reuse them)."""
@@ -309,34 +309,3 @@ def size_table(rows: pd.DataFrame, results_path: str | Path, n_boot: int = N_BOO
     table = pd.DataFrame.from_dict(out, orient="index")
     table.index = pd.MultiIndex.from_tuples(table.index, names=["model", "score", "dataset"])
     return table
-
-
-def report_tables(df: pd.DataFrame, results_path: str | Path, temperature: float = 1.0, fpr_convention: str = "course",
-                  **kw) -> dict[str, pd.DataFrame]:
-    """The three tables of notebook 06 for every method in the store ``df`` (its latest row per
-    model, score and benchmark at ``temperature``, as the comparison table), by file name:
-    ``intervals`` (AuPRC and FPR95 with intervals), ``components`` (SMIYC sIoU gt, PPV, mean F1
-    with intervals), ``recall_by_size`` (recall at the 95%-TPR threshold per component area).
-    Empty tables are left out."""
-    from .report import anomaly_rows  # noqa: PLC0415 (report draws on evaluate; keep this module light)
-
-    rows = anomaly_rows(df, temperature, fpr_convention)
-    kw = dict(kw, store=df)
-    tables = dict(intervals=interval_table(rows, results_path, convention=fpr_convention, **kw),
-                  components=component_table(rows, results_path, convention=fpr_convention, **kw),
-                  recall_by_size=size_table(rows, results_path, **{k: v for k, v in kw.items()
-                                                                   if k in ("n_boot", "seed", "level", "digits", "store")}))
-    return {k: v for k, v in tables.items() if not v.empty}
-
-
-def save_report_tables(tables: dict[str, pd.DataFrame], figures_dir: str | Path) -> list[Path]:
-    """Write each table as ``<figures_dir>/<name>.md`` (GitHub markdown); returns the paths."""
-    from .results import to_markdown
-
-    out = []
-    for name, table in tables.items():
-        path = Path(figures_dir) / f"{name}.md"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(to_markdown(table) + "\n")
-        out.append(path)
-    return out

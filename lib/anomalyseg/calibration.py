@@ -24,9 +24,8 @@ import datetime as _dt
 
 import math
 import warnings
-from typing import Mapping, Sequence
+from typing import Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -236,78 +235,3 @@ def store_calibration(fits: Sequence[dict], results_path: str | Path, run_id: st
             for t, curve, note in ((1.0, f["before"], ""), (f["temperature"], f["after"], FITTED_NOTE))]  # fmt: skip
     _results.append_rows(rows, results_path)
     return pd.DataFrame(rows, columns=_results.COLUMNS)
-
-
-def stored_calibration_table(df: pd.DataFrame) -> pd.DataFrame:
-    """``calibration_table`` from the store's ``calibration`` rows (latest per model and kind)."""
-    rows = df[df["score"] == "calibration"] if len(df) and "score" in df else df.iloc[0:0]
-    if not len(rows):
-        return pd.DataFrame()
-    fitted = rows["notes"].fillna("").astype(str) == FITTED_NOTE
-    out = []
-    for (model, t_on), group in rows.groupby(["model", "temperature_on"], sort=False):
-        before, after = group[~fitted.loc[group.index]], group[fitted.loc[group.index]]
-        if not len(before) or not len(after):
-            continue
-        out.append(_table_row(model, t_on, after.iloc[-1]["temperature"], before.iloc[-1], after.iloc[-1]))
-    return pd.DataFrame(out)
-
-
-def calibration_table(fits: Sequence[dict]) -> pd.DataFrame:
-    """One row per ``calibrate`` result: the fitted temperature, NLL and ECE (percent) before and after."""
-    return pd.DataFrame([_table_row(f["model"], f["temperature_on"], f["temperature"], f["before"], f["after"]) for f in fits])
-
-
-def _table_row(model: str, temperature_on: str, fitted_t: float, before, after) -> dict:
-    return dict(model=model, temperature_on=temperature_on, fitted_T=round(float(fitted_t), 4),
-                nll_T1=round(float(before["nll"]), 4), nll_fitted=round(float(after["nll"]), 4),
-                ece_T1=round(100 * float(before["ece"]), 2), ece_fitted=round(100 * float(after["ece"]), 2))
-
-
-def temperature_spread(sweeps: pd.DataFrame, metric: str = "auprc") -> pd.DataFrame:
-    """How much a sweep moves ``metric``: max minus min over the temperatures, in percentage
-    points, one row per (model, score), one column per benchmark. ``sweeps`` are rows as
-    ``report.temperature_sweeps`` returns them (one sweep kind)."""
-    from .results import DATASET_ORDER, DATASET_TITLES
-
-    if not len(sweeps):
-        return pd.DataFrame()
-    spread = sweeps.groupby(["model", "score", "dataset"], sort=False)[metric].agg(lambda v: 100 * (v.max() - v.min()))
-    table = spread.unstack("dataset")
-    table = table[[d for d in DATASET_ORDER if d in table.columns]].rename(columns=DATASET_TITLES).round(2)
-    table.columns.name = f"{metric} range over T (points)"
-    return table
-
-
-def reliability_figure(curves: Mapping[str, dict], title: str | None = None, cell: float = 2.8):
-    """Reliability diagrams side by side, one per ``calibration_curve`` result in ``curves``
-    (``{"EoMT, T = 1": curve, ...}``): accuracy per confidence bin against the diagonal of
-    perfect calibration, the gap shaded, ECE in the panel title; below, the share of pixels
-    per bin (log scale), since a bin with few pixels weighs little in the ECE."""
-    if not curves:
-        raise ValueError("reliability_figure needs at least one calibration_curve result.")
-    n = len(curves)
-    fig, axes = plt.subplots(2, n, figsize=(cell * n, cell * 1.45), squeeze=False,
-                             gridspec_kw={"height_ratios": [3, 1]}, sharex=True)  # fmt: skip
-    for j, (name, c) in enumerate(curves.items()):
-        edges = np.asarray(c["edges"])
-        left, width = edges[:-1], np.diff(edges)
-        acc, conf, count = np.asarray(c["accuracy"]), np.asarray(c["confidence"]), np.asarray(c["count"])
-        full = count > 0
-        ax = axes[0, j]
-        ax.bar(left[full], acc[full], width[full], align="edge", color="tab:blue", edgecolor="white", label="accuracy")
-        lo, hi = np.minimum(acc, conf)[full], np.maximum(acc, conf)[full]
-        ax.bar(left[full], hi - lo, width[full], bottom=lo, align="edge", color="tab:red", alpha=0.3, label="gap")
-        ax.plot([0, 1], [0, 1], color="black", lw=0.8, ls="--")
-        ax.set_xlim(0, 1), ax.set_ylim(0, 1), ax.grid(alpha=0.3)
-        ax.set_title(f"{name}\nECE {100 * c['ece']:.2f}%", fontsize=9)
-        share = count / max(count.sum(), 1)
-        axes[1, j].bar(left, np.where(share > 0, share, np.nan), width, align="edge", color="grey")
-        axes[1, j].set_yscale("log"), axes[1, j].set_ylim(1e-5, 1.5)
-        axes[1, j].set_xlabel("confidence (max softmax)")
-    axes[0, 0].set_ylabel("accuracy"), axes[1, 0].set_ylabel("pixel share")
-    axes[0, 0].legend(fontsize=7, loc="upper left")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig

@@ -76,7 +76,8 @@ def _eval(a):
     from .data.benchmarks import load_benchmarks
     from .data.cityscapes import CityscapesSegmentation
     from .evaluate import OutputCache, evaluate_anomaly, evaluate_miou
-    from .results import COLUMNS, anomaly_table, check_store, miou_table, new_run_id, to_markdown
+    from .report.tables import anomaly_table, markdown, miou_table
+    from .results import COLUMNS, check_store, new_run_id
 
     if a.benchmarks_root is None and a.cityscapes_root is None:
         raise ValueError(
@@ -126,10 +127,10 @@ def _eval(a):
     print(f"run {run_id}: {seg.name} {seg.checkpoint}; rows appended to {a.results}")
     if benchmarks:
         temperature = a.temperatures[0] if len(a.temperatures) == 1 else None
-        print(to_markdown(anomaly_table(mine, index=("model", "score", "temperature") if temperature is None else
+        print(markdown(anomaly_table(mine, index=("model", "score", "temperature") if temperature is None else
                                         ("model", "score"), temperature=temperature, protocol=protocol)))
     if val is not None:
-        print(to_markdown(miou_table(mine)))
+        print(markdown(miou_table(mine)))
 
 
 def _compare_conventions(a):
@@ -137,8 +138,8 @@ def _compare_conventions(a):
     from .data.cityscapes import CityscapesSegmentation
     from .evaluate import OutputCache, compare_conventions
     from .protocol import describe
-    from .report import convention_settings, conventions_table
-    from .results import check_store, to_markdown
+    from .report.tables import convention_settings, conventions_table, markdown
+    from .results import check_store
 
     if a.benchmarks_root is None:
         raise ValueError("compare-conventions needs --benchmarks-root (the course's Validation_Dataset folder).")
@@ -148,9 +149,9 @@ def _compare_conventions(a):
     seg = _segmenter(a)
     rows = compare_conventions(seg, benchmarks, val, scores=a.scores, protocols=a.protocols, results_path=a.results,
                                cache=OutputCache(a.cache_dir) if a.cache_dir else None, num_workers=a.workers)
-    print(to_markdown(conventions_table(rows, seg.name)))
+    print(markdown(conventions_table(rows, seg.name)))
     print()
-    print(to_markdown(convention_settings(a.protocols)))
+    print(markdown(convention_settings(a.protocols)))
     print()
     print("\n".join(f"- {describe(p)}" for p in a.protocols))
 

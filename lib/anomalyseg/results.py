@@ -1,4 +1,4 @@
-"""The append-only results store (``results/results.csv``) and the course's tables.
+"""The append-only results store (``results/results.csv``); its tables are in ``anomalyseg.report.tables``.
 
 Every evaluation appends rows; nothing ever rewrites an earlier run. An append writes the old
 content plus the new rows to a temporary file in the same folder and renames it over the store,
@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 
 from .labels import BENCHMARKS
-from .scores import SCORE_ORDER
 
 COLUMNS = (
     "run_id", "time", "git_commit", "model", "checkpoint", "dataset", "score", "temperature",
@@ -334,65 +333,6 @@ def stored_miou(path: str | Path, model: str, checkpoint: str, protocol: str | N
         return None
     rows = df[(df["score"] == "miou") & (df["dataset"] == dataset) & np.isclose(df["temperature"].astype(float), 1.0)]
     return float(rows["miou"].iloc[-1]) if len(rows) else None
-
-
-def _pct(x: float) -> str:
-    return "–" if pd.isna(x) else f"{100 * x:.2f}"
-
-
-def anomaly_table(
-    df: pd.DataFrame, metrics=("auprc", "fpr_at_95_tpr"), index=("model", "score"), temperature: float | None = 1.0,
-    protocol: str | None = "course",
-) -> pd.DataFrame:
-    """The course's table: one row per ``index``, one column per benchmark, cells ``AuPRC / FPR95``
-    in percent with two decimals. Uses the latest row of each combination evaluated under
-    ``protocol`` (None: any; name it with ``protocol.describe`` when showing the table)."""
-    df = protocol_rows(df, protocol)
-    rows = df[df["dataset"].isin(DATASET_ORDER)] if len(df) else df
-    if temperature is not None and len(rows):
-        rows = rows[(rows["temperature"].isna()) | (rows["temperature"] == temperature)]
-    rows = latest(rows)
-    if not len(rows):
-        return pd.DataFrame()
-    rows = rows.assign(cell=[" / ".join(_pct(r[m]) for m in metrics) for _, r in rows.iterrows()])
-    table = rows.pivot_table(index=list(index), columns="dataset", values="cell", aggfunc="last")
-    if "score" in table.index.names:  # the course's order of the scores, learned ones after them
-        rank = {s: i for i, s in enumerate(SCORE_ORDER)}
-        order = sorted(range(len(table)), key=lambda i: tuple(
-            (rank.get(v, len(rank)), v) if n == "score" else (0, v) for n, v in zip(table.index.names, table.index[i])))
-        table = table.iloc[order]
-    cols = [d for d in DATASET_ORDER if d in table.columns]
-    table = table[cols].rename(columns=DATASET_TITLES).fillna("–")
-    table.columns.name = " / ".join({"auprc": "AuPRC", "fpr_at_95_tpr": "FPR95", "auroc": "AUROC"}[m] for m in metrics)
-    table.attrs["protocol"] = protocol  # to_markdown names it under the table
-    return table
-
-
-def miou_table(df: pd.DataFrame) -> pd.DataFrame:
-    """mIoU (percent) per model and class temperature, latest row of each."""
-    rows = df[df["score"] == "miou"] if len(df) else df
-    rows = latest(rows)
-    if not len(rows):
-        return pd.DataFrame()
-    out = rows[["model", "dataset", "temperature", "miou"]].copy()
-    out["miou"] = out["miou"].map(_pct)
-    return out.reset_index(drop=True)
-
-
-def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub-markdown rendering of a table (no extra dependency); a table that names its
-    evaluation protocol (``table.attrs["protocol"]``, set by ``anomaly_table``) gets it as a caption."""
-    if table.empty:
-        return "_no results yet_"
-    t = table.reset_index() if any(n is not None for n in table.index.names) else table
-    header = [str(c) for c in t.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in t.itertuples(index=False)]
-    if table.attrs.get("protocol"):
-        from .protocol import describe
-
-        lines += ["", f"_{describe(table.attrs['protocol'])}_"]
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- per-frame statistics

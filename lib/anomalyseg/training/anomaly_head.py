@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import lightning as L
 import torch
@@ -39,7 +39,6 @@ from ..data.mix_ood import paste_outliers
 from ..losses import anomaly_head_loss
 from ..models.anomaly_head import VARIANT_SCORES, build_anomaly_head, save_anomaly_head
 from ..models.checkpoints import CheckpointError, fit_state_dict
-from ..results import DATASET_ORDER
 from ..models.eomt import (
     EomtSegmenter,
     build_eomt,
@@ -50,9 +49,6 @@ from ..models.eomt import (
 )
 from .callbacks import console_callbacks
 from .eomt import EomtDataModule, WarmupPoly, eval_scale
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 HEAD_FILE = "head.safetensors"
 
@@ -328,44 +324,3 @@ def export_anomaly_head(ckpt: str | Path, path: str | Path) -> Path:
     state = {k.removeprefix("head."): v for k, v in obj["state_dict"].items() if k.startswith("head.")}
     fit_state_dict(head, state, source=ckpt)
     return save_anomaly_head(head, path)
-
-
-# ----------------------------------------------------------------------------- reading a run
-def compare_with_posthoc(
-    rows: "pd.DataFrame", learned: Sequence[str] = tuple(VARIANT_SCORES.values()), percent: bool = False
-) -> "pd.DataFrame":
-    """Per benchmark: the best post-hoc score of the same model (highest AuPRC) next to each learned
-    score, from ``evaluate_anomaly``'s rows at T = 1.
-
-    Returns one row per dataset (course order) with columns ``best_posthoc`` (its name),
-    ``best_posthoc_auprc``, ``best_posthoc_fpr_at_95_tpr`` and ``<learned>_auprc`` /
-    ``<learned>_fpr_at_95_tpr`` for each learned score present: fractions, or percent with two
-    decimals when ``percent``.
-    """
-    import numpy as np
-    import pandas as pd
-
-    rows = rows[rows["temperature"].isna() | np.isclose(rows["temperature"].astype(float), 1.0)]
-    out = []
-    for dataset, group in rows.groupby("dataset", sort=False):
-        post = group[~group["score"].isin(learned)].sort_values("auprc", ascending=False)
-        entry = {"dataset": dataset}
-        if len(post):
-            best = post.iloc[0]
-            entry.update(best_posthoc=best["score"], best_posthoc_auprc=float(best["auprc"]),
-                         best_posthoc_fpr_at_95_tpr=float(best["fpr_at_95_tpr"]))  # fmt: skip
-        for score in learned:
-            found = group[group["score"] == score]
-            if len(found):
-                entry[f"{score}_auprc"] = float(found.iloc[-1]["auprc"])
-                entry[f"{score}_fpr_at_95_tpr"] = float(found.iloc[-1]["fpr_at_95_tpr"])
-        out.append(entry)
-    if not out:
-        return pd.DataFrame()
-    order = {d: i for i, d in enumerate(DATASET_ORDER)}
-    table = pd.DataFrame(out).set_index("dataset")
-    table = table.sort_index(key=lambda idx: idx.map(lambda d: order.get(d, len(order))))
-    if percent:
-        numeric = table.select_dtypes("number").columns
-        table[numeric] = (table[numeric] * 100).round(2)
-    return table

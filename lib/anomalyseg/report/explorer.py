@@ -13,9 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluate import load_maps
-from .plots import SCORE_TITLES, label_overlay
-from .results import DATASET_ORDER, DATASET_TITLES, read_results
+from ..evaluate import load_maps
+from ..results import DATASET_ORDER, DATASET_TITLES, read_results
+from ..scores import score_title
+from .figures import label_overlay
+from .names import model_title
+from .selection import stored_map_runs
 
 # Overlay colours: caught anomaly, false alarm, missed anomaly, correctly quiet, void.
 OVERLAY_COLORS = {"tp": (0, 190, 80), "fp": (230, 40, 40), "fn": (40, 110, 255), "tn": (70, 70, 70), "void": (0, 0, 0)}
@@ -64,15 +67,9 @@ def tpr_threshold(score_map, label, tpr: float = 0.95) -> float:
 
 def stored_runs(results_path: str | Path) -> dict[str, dict[str, str]]:
     """``{dataset: {run_id: model}}`` of every run that stored maps, latest run first."""
-    results_path = Path(results_path)
-    df = read_results(results_path)
-    maps = results_path.parent / "maps"
     out: dict[str, dict[str, str]] = {}
-    if not len(df) or not maps.is_dir():
-        return out
-    for run, model, dataset in df[["run_id", "model", "dataset"]].drop_duplicates().itertuples(index=False):
-        if (maps / str(run) / str(dataset)).is_dir():
-            out.setdefault(dataset, {})[run] = model
+    for dataset, run, model in stored_map_runs(read_results(results_path), results_path):
+        out.setdefault(dataset, {})[run] = model
     order = [d for d in DATASET_ORDER if d in out] + sorted(set(out) - set(DATASET_ORDER))
     return {d: dict(reversed(list(out[d].items()))) for d in order}
 
@@ -90,7 +87,7 @@ def render(frame: dict, score: str, threshold: float, width: float = 10.0) -> tu
     axes[0].imshow(image), axes[0].set_title("image", fontsize=9)
     im = axes[1].imshow(m, cmap="inferno")
     axes[1].contour(m >= threshold, levels=[0.5], colors="cyan", linewidths=0.7)
-    axes[1].set_title(f"{SCORE_TITLES.get(score, score)} (cyan: >= threshold)", fontsize=9)
+    axes[1].set_title(f"{score_title(score)} (cyan: >= threshold)", fontsize=9)
     fig.colorbar(im, ax=axes[1], fraction=0.03)
     axes[2].imshow(view["overlay"], interpolation="nearest")
     axes[2].set_title("green TP · red FP · blue FN", fontsize=9)
@@ -115,8 +112,6 @@ def explore(results_path: str | Path = "results/results.csv"):
     if not runs:
         return W.HTML(f"<i>No stored score maps next to {results_path}: run an evaluation (notebooks 01 to 05) first; "
                       "evaluate_anomaly stores the maps of the first frames of each benchmark.</i>")
-    from .report import model_title
-
     dataset = W.Dropdown(description="benchmark", options=[(DATASET_TITLES.get(d, d), d) for d in runs])
     run = W.Dropdown(description="model (run)")
     frame = W.Dropdown(description="frame")
@@ -156,7 +151,7 @@ def explore(results_path: str | Path = "results/results.csv"):
 
     def on_frame():
         maps = state["frames"][frame.value]["maps"]
-        fill(score, [(SCORE_TITLES.get(s, s), s) for s in maps], keep=score.value)
+        fill(score, [(score_title(s), s) for s in maps], keep=score.value)
         on_score()
 
     def on_score():
