@@ -255,3 +255,79 @@ def test_notebook06_runs_on_an_empty_store(tmp_path, data_root):
     text = _run_notebook06(tmp_path, data_root)
     assert "The results store is empty" in text and "nothing to save yet" in text and "No stored score maps" in text
     assert not (tmp_path / "figures").exists() or not any((tmp_path / "figures").iterdir())
+
+
+# ----------------------------------------------------------------------------- notebook 04's tables
+def _oe_rows(values):
+    return pd.DataFrame([dict(dataset=d, score=s, auprc=a, fpr_at_95_tpr=f) for (d, s), (a, f) in values.items()])
+
+
+def test_oe_tables_are_after_minus_before_in_points():
+    before = _oe_rows({("RoadAnomaly21", "rba"): (0.10, 0.90), ("RoadAnomaly21", "msp"): (0.20, 0.80),
+                       ("fs_static", "rba"): (0.30, 0.50)})
+    after = _oe_rows({("RoadAnomaly21", "rba"): (0.35, 0.60), ("RoadAnomaly21", "msp"): (0.15, 0.85),
+                      ("fs_static", "msp"): (0.40, 0.40)})
+    delta = tables.delta_table(before, after)
+    assert list(delta.index) == ["MSP", "RbA"]  # course order, display names
+    assert list(delta.columns) == [("SMIYC RA-21", "AuPRC"), ("SMIYC RA-21", "FPR95"), ("FS Static", "AuPRC"),
+                                   ("FS Static", "FPR95")]
+    assert delta.loc["RbA", ("SMIYC RA-21", "AuPRC")] == 25.0 and delta.loc["RbA", ("SMIYC RA-21", "FPR95")] == -30.0
+    assert delta.loc["MSP", ("SMIYC RA-21", "AuPRC")] == -5.0
+    assert np.isnan(delta.loc["RbA", ("FS Static", "AuPRC")])  # no row after: no change to show
+    rba = tables.before_after_table(before, after, "rba")
+    assert list(rba.index) == ["SMIYC RA-21", "FS Static"]
+    assert rba.loc["SMIYC RA-21"].to_dict() == {"AuPRC before": 10.0, "AuPRC after": 35.0, "AuPRC change": 25.0,
+                                               "FPR95 before": 90.0, "FPR95 after": 60.0, "FPR95 change": -30.0}
+    assert rba.loc["FS Static", "AuPRC before"] == 30.0 and np.isnan(rba.loc["FS Static", "AuPRC after"])
+    miou = tables.miou_change_table(0.5, 0.4825)
+    assert miou.loc["Cityscapes val"].to_dict() == {"mIoU before": 50.0, "mIoU after": 48.25, "change (points)": -1.75}
+
+
+# ----------------------------------------------------------------------------- training curves and frames
+def _write_log(run: Path, version: int, rows: list[dict]) -> None:
+    folder = run / "logs" / f"version_{version}"
+    folder.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(folder / "metrics.csv", index=False)
+
+
+def test_training_figure_draws_the_logged_values_of_each_run(tmp_path):
+    """Panels by column (a ``*`` pattern takes what no panel names), one line per run, resumed
+    versions joined: the drawn points are the log's values."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    _write_log(a, 0, [dict(step=s, train_loss=1.0 / (s + 1), train_loss_mask=0.5 / (s + 1), train_loss_outlier=0.1 * s)
+                      for s in range(5)])
+    _write_log(a, 1, [dict(step=s, train_loss=1.0 / (s + 1), train_loss_mask=0.5 / (s + 1), train_loss_outlier=0.1 * s)
+                      for s in range(5, 8)])  # a resumed session
+    _write_log(b, 0, [dict(step=s, train_loss=2.0 - s, train_loss_mask=1.0, train_loss_outlier=np.nan) for s in range(3)])
+    panels = {"terms": ["train_loss_*"], "outlier": ["train_loss_outlier"], "val": ["val_miou"]}
+    fig = figures.training_figure({"a": a, "b": b}, panels)
+    terms, outlier, val = fig.axes
+    assert [line.get_label() for line in terms.lines] == ["a", "b"]  # outlier term taken by its own panel
+    x, y = terms.lines[0].get_data()
+    assert list(x) == list(range(8)) and np.allclose(y, [0.5 / (s + 1) for s in range(8)])
+    assert [line.get_label() for line in outlier.lines] == ["a"]  # b logged no outlier value
+    assert np.allclose(outlier.lines[0].get_data()[1], [0.1 * s for s in range(8)])
+    assert not val.lines and "val_miou not logged" in val.texts[0].get_text()
+    smooth = figures.training_figure(a, {"loss": ["train_loss", "train_loss_mask"]}, smooth=True)
+    raw, mean = smooth.axes[0].lines[:2]  # faint raw values, then their running mean (window 8 // 10 = 1)
+    assert np.allclose(raw.get_data()[1], mean.get_data()[1])
+    assert [line.get_label() for line in smooth.axes[0].lines[1::2]] == ["train_loss", "mask"]
+    with pytest.raises(FileNotFoundError, match="No training logs"):
+        figures.training_figure(tmp_path / "none", {"loss": ["train_loss"]})
+
+
+def test_frame_pictures_without_a_model(tmp_path):
+    """Data preparation draws frames before any model exists: a segmentation figure without
+    predictions has two columns; objects are shown cut out by their masks."""
+    image = torch.arange(3 * 4 * 6, dtype=torch.uint8).reshape(3, 4, 6)
+    label = torch.zeros(4, 6, dtype=torch.long)
+    assert len(figures.segmentation_figure([dict(image=image, label=label)] * 2).axes) == 4
+    assert len(figures.segmentation_figure([dict(image=image, label=label, pred=label)]).axes) == 3
+    mask = torch.zeros(4, 6, dtype=torch.bool)
+    mask[1:3, 2:5] = True
+    fig = figures.objects_figure([(image, mask)] * 3, n=6)
+    assert len(fig.axes) == 3
+    shown = fig.axes[0].images[0].get_array()
+    assert np.array_equal(np.asarray(shown), (image * mask).permute(1, 2, 0).numpy())
+    with pytest.raises(ValueError, match="no objects"):
+        figures.objects_figure([])

@@ -243,31 +243,30 @@ def training_figure(runs: str | Path | Mapping[str, str | Path], panels: Mapping
 
     ``runs``: a run folder, or ``{legend name: run folder}`` to compare runs. ``smooth``: each line
     a running mean over ~10% of its points drawn over the faint raw values (noisy per-step losses).
-    A loss term is named without its ``train_loss_`` prefix in the legend. Raises
-    ``FileNotFoundError`` naming a folder without logs.
+    The legend names the run, and the column (a loss term without its ``train_loss_`` prefix) where
+    a panel draws several. Raises ``FileNotFoundError`` naming a folder without logs.
     """
     runs = {"": runs} if isinstance(runs, (str, Path)) else dict(runs)
     logs = {name: training_log(folder) for name, folder in runs.items()}
     fig, axes = plt.subplots(1, len(panels), figsize=(cell[0] * len(panels), cell[1]), squeeze=False)
     for ax, title in zip(axes[0], panels):
-        drawn = 0
-        for run, log in logs.items():
-            for c in _log_columns(list(log.columns), panels)[title]:
-                points = log[["step", c]].dropna()
-                name = " ".join(x for x in (run, c.removeprefix("train_loss_") if c != "train_loss" else "")
-                                if x) or c
-                if smooth:
-                    line, = ax.plot(points["step"], points[c], alpha=0.25, lw=0.8)
-                    window = max(1, len(points) // 10)
-                    ax.plot(points["step"], points[c].rolling(window, min_periods=1).mean(), color=line.get_color(),
-                            label=name)
-                else:
-                    ax.plot(points["step"], points[c], marker="o" if len(points) < 20 else None, ms=3, label=name)
-                drawn += 1
+        lines = [(run, c, log[["step", c]].dropna()) for run, log in logs.items()
+                 for c in _log_columns(list(log.columns), panels)[title]]
+        lines = [line for line in lines if len(line[2])]  # a column this run never filled
+        several = len({c for _, c, _ in lines}) > 1  # name the column only where the panel has several
+        for run, c, points in lines:
+            name = " ".join(filter(None, (run, c.removeprefix("train_loss_") if several else "")))
+            if smooth:
+                line, = ax.plot(points["step"], points[c], alpha=0.25, lw=0.8)
+                window = max(1, len(points) // 10)
+                ax.plot(points["step"], points[c].rolling(window, min_periods=1).mean(), color=line.get_color(),
+                        label=name or c)
+            else:
+                ax.plot(points["step"], points[c], marker="o" if len(points) < 20 else None, ms=3, label=name or c)
         ax.set_title(title, fontsize=9), ax.set_xlabel("step"), ax.grid(alpha=0.3)
-        if drawn:
+        if lines and (len(lines) > 1 or any(runs)):
             ax.legend(fontsize=7)
-        else:
+        elif not lines:
             ax.text(0.5, 0.5, f"{', '.join(panels[title])} not logged", ha="center", va="center",
                     transform=ax.transAxes, fontsize=8)
     fig.tight_layout()
