@@ -70,6 +70,31 @@ def label_overlay(label) -> np.ndarray:
     return out
 
 
+def _scaled(m: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``m`` mapped linearly from [lo, hi] to [0, 1], clipped (a constant map stays drawable)."""
+    return np.clip((m - lo) / max(hi - lo, 1e-12), 0, 1)
+
+
+def _frame_grid(rows: Sequence[Sequence[tuple[np.ndarray, str]]], ylabels: Sequence[str], cell: float):
+    """One row of panels per frame, each ``(picture, column title)``: an RGB image, or a map
+    ``[H, W]`` in [0, 1] drawn in ``inferno``; the column titles above the first row, ``ylabels``
+    beside each row. The panels keep the frames' aspect ratio."""
+    h, w = rows[0][1][0].shape[:2]
+    ncol = len(rows[0])
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(cell * ncol * w / max(h, w) * 1.6,
+                                                       cell * len(rows) * h / max(h, w) * 1.6), squeeze=False)
+    for r, panels in enumerate(rows):
+        for c, (img, title) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(img, cmap="inferno" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=9)
+        axes[r, 0].set_ylabel(ylabels[r], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def score_maps_figure(samples: Sequence[dict], scores: Sequence[str] | None = None, cell: float = 2.6):
     """Grid: one row per frame, columns image | ground truth | one map per score.
 
@@ -78,25 +103,14 @@ def score_maps_figure(samples: Sequence[dict], scores: Sequence[str] | None = No
     since scores live on different scales; brighter means more anomalous.
     """
     scores = list(scores or samples[0]["maps"])
-    ncol = 2 + len(scores)
-    h, w = _np(samples[0]["label"]).shape
-    fig, axes = plt.subplots(len(samples), ncol, figsize=(cell * ncol * w / max(h, w) * 1.6, cell * len(samples) * h / max(h, w) * 1.6),
-                             squeeze=False)
-    for r, s in enumerate(samples):
+    rows = []
+    for s in samples:
         panels = [(_hwc(s["image"]), "image"), (label_overlay(s["label"]), "ground truth")]
         for name in scores:
             m = _np(s["maps"][name]).astype(np.float32)
-            lo, hi = np.percentile(m, [1, 99])
-            panels.append((np.clip((m - lo) / max(hi - lo, 1e-12), 0, 1), score_title(name)))
-        for c, (img, title) in enumerate(panels):
-            ax = axes[r, c]
-            ax.imshow(img, cmap="inferno" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([]), ax.set_yticks([])
-            if r == 0:
-                ax.set_title(title, fontsize=9)
-        axes[r, 0].set_ylabel(s.get("stem", ""), fontsize=8)
-    fig.tight_layout()
-    return fig
+            panels.append((_scaled(m, *np.percentile(m, [1, 99])), score_title(name)))
+        rows.append(panels)
+    return _frame_grid(rows, [s.get("stem", "") for s in samples], cell)
 
 
 def segmentation_figure(samples: Sequence[dict], cell: float = 2.6):
@@ -182,25 +196,14 @@ def before_after_figure(before: Sequence[dict], after: Sequence[dict], score: st
     """
     if len(before) != len(after) or not before:
         raise ValueError(f"before_after_figure: expected the same non-empty list of frames twice, got {len(before)} and {len(after)}.")
-    h, w = _np(before[0]["label"]).shape
-    fig, axes = plt.subplots(len(before), 4, figsize=(cell * 4 * w / max(h, w) * 1.6, cell * len(before) * h / max(h, w) * 1.6),
-                             squeeze=False)
     title = score_title(score)
-    for r, (b, a) in enumerate(zip(before, after)):
+    rows = []
+    for b, a in zip(before, after):
         mb, ma = _np(b["maps"][score]).astype(np.float32), _np(a["maps"][score]).astype(np.float32)
         lo, hi = np.percentile(np.concatenate([mb.ravel(), ma.ravel()]), [1, 99])
-        panels = [(_hwc(b["image"]), "image"), (label_overlay(b["label"]), "ground truth"),
-                  (np.clip((mb - lo) / max(hi - lo, 1e-12), 0, 1), f"{title} before OE"),
-                  (np.clip((ma - lo) / max(hi - lo, 1e-12), 0, 1), f"{title} after OE")]
-        for c, (img, t) in enumerate(panels):
-            ax = axes[r, c]
-            ax.imshow(img, cmap="inferno" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([]), ax.set_yticks([])
-            if r == 0:
-                ax.set_title(t, fontsize=9)
-        axes[r, 0].set_ylabel(f"{b.get('dataset', '')} {b.get('stem', '')}".strip(), fontsize=8)
-    fig.tight_layout()
-    return fig
+        rows.append([(_hwc(b["image"]), "image"), (label_overlay(b["label"]), "ground truth"),
+                     (_scaled(mb, lo, hi), f"{title} before OE"), (_scaled(ma, lo, hi), f"{title} after OE")])
+    return _frame_grid(rows, [f"{b.get('dataset', '')} {b.get('stem', '')}".strip() for b in before], cell)
 
 
 def objects_figure(objects, n: int = 6, cell: float = 2.2):
