@@ -1,10 +1,11 @@
-"""Presentation: every table, figure, display name and the explorer, in one sub-package that only the
-notebooks and the CLI import. It reads the results store (``anomalyseg.results``: rows, stored
+"""Presentation: every table, figure, display name and the explorer, in one sub-package that only
+the notebooks and the CLI import. It reads the results store (``anomalyseg.results``: rows, stored
 curves and score maps, training logs), labels and the protocols' descriptions, and never runs a
 model: reusing stored rows or evaluating is the evaluation's policy, not the report's.
 
 - ``names``: what a model, score, metric or benchmark is called, and the order they are shown in.
-- ``selection``: which rows of the store a table or figure shows (latest per model, dataset and score,
+- ``selection``: which rows of the store a table or figure shows (latest per model, dataset and
+score,
   under one protocol and temperature; temperature sweeps; runs with stored maps).
 - ``tables``: DataFrames and their markdown / LaTeX renderings (``markdown`` renders any table;
   ``comparison_markdown`` / ``comparison_latex`` the comparison table).

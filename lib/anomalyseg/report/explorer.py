@@ -1,4 +1,5 @@
-"""An ipywidgets explorer of the stored score maps: threshold one frame's map and see what it catches.
+"""An ipywidgets explorer of the stored score maps: threshold one frame's map and see what it
+catches.
 
 Everything it shows comes from the results store and the maps that ``evaluate_anomaly`` stored
 beside it (``<results dir>/maps/<run_id>/<dataset>/<stem>.npz``); no model runs. The numbers are
@@ -21,15 +22,23 @@ from .names import model_title
 from .selection import stored_map_runs
 
 # Overlay colours: caught anomaly, false alarm, missed anomaly, correctly quiet, void.
-OVERLAY_COLORS = {"tp": (0, 190, 80), "fp": (230, 40, 40), "fn": (40, 110, 255), "tn": (70, 70, 70), "void": (0, 0, 0)}
+OVERLAY_COLORS = {
+    "tp": (0, 190, 80),
+    "fp": (230, 40, 40),
+    "fn": (40, 110, 255),
+    "tn": (70, 70, 70),
+    "void": (0, 0, 0),
+}
 
 
 def _arrays(score_map, label) -> tuple[np.ndarray, np.ndarray]:
     m = np.asarray(score_map, dtype=np.float32)
     lab = np.asarray(label)
     if m.shape != lab.shape:
-        raise ValueError(f"score map and label must have the same shape [H, W], got {m.shape} and {lab.shape}; "
-                         "the stored maps are at evaluation size, so compare them with the stored label.")
+        raise ValueError(
+            f"score map and label must have the same shape [H, W], got {m.shape} and {lab.shape}; "
+            "the stored maps are at evaluation size, so compare them with the stored label."
+        )
     return m, lab
 
 
@@ -47,10 +56,21 @@ def threshold_view(score_map, label, threshold: float) -> dict:
     tp, fp, fn = int((pred & pos).sum()), int((pred & neg).sum()), int((~pred & pos).sum())
     overlay = np.empty(m.shape + (3,), np.uint8)
     overlay[...] = OVERLAY_COLORS["void"]
-    for key, where in (("tn", ~pred & neg), ("tp", pred & pos), ("fp", pred & neg), ("fn", ~pred & pos)):
+    for key, where in (
+        ("tn", ~pred & neg),
+        ("tp", pred & pos),
+        ("fp", pred & neg),
+        ("fn", ~pred & pos),
+    ):
         overlay[where] = OVERLAY_COLORS[key]
-    return dict(precision=tp / (tp + fp) if tp + fp else float("nan"),
-                recall=tp / (tp + fn) if tp + fn else float("nan"), tp=tp, fp=fp, fn=fn, overlay=overlay)
+    return dict(
+        precision=tp / (tp + fp) if tp + fp else float("nan"),
+        recall=tp / (tp + fn) if tp + fn else float("nan"),
+        tp=tp,
+        fp=fp,
+        fn=fn,
+        overlay=overlay,
+    )
 
 
 def tpr_threshold(score_map, label, tpr: float = 0.95) -> float:
@@ -61,7 +81,9 @@ def tpr_threshold(score_map, label, tpr: float = 0.95) -> float:
     if not len(pos):
         valid = m[(lab == 0) | (lab == 1)]
         return float(valid.max() if len(valid) else m.max())
-    k = max(1, int(np.ceil(round(tpr * len(pos), 9))))  # round: 0.95 * 20 must give 19, not 19.000000000000004
+    k = max(
+        1, int(np.ceil(round(tpr * len(pos), 9)))
+    )  # round: 0.95 * 20 must give 19, not 19.000000000000004
     return float(pos[k - 1])
 
 
@@ -75,12 +97,15 @@ def stored_runs(results_path: str | Path) -> dict[str, dict[str, str]]:
 
 
 def render(frame: dict, score: str, threshold: float, width: float = 10.0) -> tuple[bytes, dict]:
-    """PNG of image | score map | TP/FP/FN overlay for one stored frame, and the ``threshold_view``."""
+    """PNG of image | score map | TP/FP/FN overlay for one stored frame, and the
+    ``threshold_view``."""
     from matplotlib.figure import Figure
 
     m, lab = frame["maps"][score], frame["label"]
     view = threshold_view(m, lab, threshold)
-    image = frame["image"].transpose(1, 2, 0) if frame.get("image") is not None else label_overlay(lab)
+    image = (
+        frame["image"].transpose(1, 2, 0) if frame.get("image") is not None else label_overlay(lab)
+    )
     h, w = lab.shape
     fig = Figure(figsize=(width, width / 3 * h / w + 0.5))
     axes = fig.subplots(1, 3)
@@ -94,7 +119,9 @@ def render(frame: dict, score: str, threshold: float, width: float = 10.0) -> tu
     for ax in axes:
         ax.set_xticks([]), ax.set_yticks([])
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")  # a bare Figure: nothing leaks into the notebook
+    fig.savefig(
+        buf, format="png", dpi=90, bbox_inches="tight"
+    )  # a bare Figure: nothing leaks into the notebook
     return buf.getvalue(), view
 
 
@@ -103,21 +130,31 @@ def _fmt(x: float) -> str:
 
 
 def explore(results_path: str | Path = "results/results.csv"):
-    """The explorer widget: benchmark, frame, model run and score dropdowns, a threshold slider (score
-    units, spanning the map's values, starting at 95% TPR on the frame), the rendered frame and its
-    precision and recall. Returns the widget (an ``ipywidgets.VBox``); display it in a notebook."""
+    """The explorer widget: benchmark, frame, model run and score dropdowns, a threshold slider
+    (score units, spanning the map's values, starting at 95% TPR on the frame), the rendered frame
+    and its precision and recall. Returns the widget (an ``ipywidgets.VBox``); display it in a
+    notebook."""
     import ipywidgets as W
 
     runs = stored_runs(results_path)
     if not runs:
-        return W.HTML(f"<i>No stored score maps next to {results_path}: run an evaluation (notebooks 01 to 05) first; "
-                      "evaluate_anomaly stores the maps of the first frames of each benchmark.</i>")
-    dataset = W.Dropdown(description="benchmark", options=[(DATASET_TITLES.get(d, d), d) for d in runs])
+        return W.HTML(
+            f"<i>No stored score maps next to {results_path}: run an evaluation (notebooks 01 to "
+            "05) first; "
+            "evaluate_anomaly stores the maps of the first frames of each benchmark.</i>"
+        )
+    dataset = W.Dropdown(
+        description="benchmark", options=[(DATASET_TITLES.get(d, d), d) for d in runs]
+    )
     run = W.Dropdown(description="model (run)")
     frame = W.Dropdown(description="frame")
     score = W.Dropdown(description="score")
-    threshold = W.FloatSlider(description="threshold", continuous_update=False, readout_format=".4g",
-                              layout=W.Layout(width="60%"))
+    threshold = W.FloatSlider(
+        description="threshold",
+        continuous_update=False,
+        readout_format=".4g",
+        layout=W.Layout(width="60%"),
+    )
     picture, numbers = W.Image(format="png"), W.HTML()
     state: dict = {"busy": False}
 
@@ -132,10 +169,12 @@ def explore(results_path: str | Path = "results/results.csv"):
                 step()
             finally:
                 state["busy"] = False
+
         return handler
 
     def fill(dropdown, options, keep=None):
-        # A dropdown filled from empty selects nothing; select explicitly (keep the user's pick if offered).
+        # A dropdown filled from empty selects nothing; select explicitly (keep the user's pick if
+        # offered).
         dropdown.options = options
         values = [o[1] if isinstance(o, tuple) else o for o in options]
         dropdown.value = keep if keep in values else values[0]
@@ -159,7 +198,9 @@ def explore(results_path: str | Path = "results/results.csv"):
         m = f["maps"][score.value]
         lo, hi = float(np.nanmin(m)), float(np.nanmax(m))
         hi = max(hi, lo + 1e-6)  # a constant map still needs a slider
-        with threshold.hold_trait_notifications():  # min, max and value are validated together at the end
+        with (
+            threshold.hold_trait_notifications()
+        ):  # min, max and value are validated together at the end
             threshold.min, threshold.max, threshold.step = lo, hi, (hi - lo) / 500
             threshold.value = min(max(tpr_threshold(m, f["label"]), lo), hi)
         draw()
@@ -168,12 +209,23 @@ def explore(results_path: str | Path = "results/results.csv"):
         png, v = render(state["frames"][frame.value], score.value, threshold.value)
         picture.value = png
         state["view"] = v
-        numbers.value = (f"<b>precision</b> {_fmt(v['precision'])} &nbsp; <b>recall</b> {_fmt(v['recall'])} &nbsp; "
-                         f"TP {v['tp']} · FP {v['fp']} · FN {v['fn']} pixels (threshold {threshold.value:.4g})")
+        numbers.value = (
+            f"<b>precision</b> {_fmt(v['precision'])} &nbsp; <b>recall</b> {_fmt(v['recall'])} "
+            "&nbsp; "
+            f"TP {v['tp']} · FP {v['fp']} · FN {v['fn']} pixels (threshold {threshold.value:.4g})"
+        )
 
-    for widget, step in ((dataset, on_dataset), (run, on_run), (frame, on_frame), (score, on_score), (threshold, draw)):
+    for widget, step in (
+        (dataset, on_dataset),
+        (run, on_run),
+        (frame, on_frame),
+        (score, on_score),
+        (threshold, draw),
+    ):
         widget.observe(user(step), names="value")
     user(on_dataset)()
     box = W.VBox([W.HBox([dataset, run]), W.HBox([frame, score]), threshold, numbers, picture])
-    box.state = state  # the loaded frames and the current threshold_view, for tests and curious users
+    box.state = (
+        state  # the loaded frames and the current threshold_view, for tests and curious users
+    )
     return box

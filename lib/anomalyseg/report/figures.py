@@ -75,18 +75,30 @@ def _scaled(m: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip((m - lo) / max(hi - lo, 1e-12), 0, 1)
 
 
-def _frame_grid(rows: Sequence[Sequence[tuple[np.ndarray, str]]], ylabels: Sequence[str], cell: float):
+def _frame_grid(
+    rows: Sequence[Sequence[tuple[np.ndarray, str]]], ylabels: Sequence[str], cell: float
+):
     """One row of panels per frame, each ``(picture, column title)``: an RGB image, or a map
     ``[H, W]`` in [0, 1] drawn in ``inferno``; the column titles above the first row, ``ylabels``
     beside each row. The panels keep the frames' aspect ratio."""
     h, w = rows[0][1][0].shape[:2]
     ncol = len(rows[0])
-    fig, axes = plt.subplots(len(rows), ncol, figsize=(cell * ncol * w / max(h, w) * 1.6,
-                                                       cell * len(rows) * h / max(h, w) * 1.6), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows),
+        ncol,
+        figsize=(cell * ncol * w / max(h, w) * 1.6, cell * len(rows) * h / max(h, w) * 1.6),
+        squeeze=False,
+    )
     for r, panels in enumerate(rows):
         for c, (img, title) in enumerate(panels):
             ax = axes[r, c]
-            ax.imshow(img, cmap="inferno" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(
+                img,
+                cmap="inferno" if img.ndim == 2 else None,
+                vmin=0,
+                vmax=1,
+                interpolation="nearest",
+            )
             ax.set_xticks([]), ax.set_yticks([])
             if r == 0:
                 ax.set_title(title, fontsize=9)
@@ -95,12 +107,14 @@ def _frame_grid(rows: Sequence[Sequence[tuple[np.ndarray, str]]], ylabels: Seque
     return fig
 
 
-def score_maps_figure(samples: Sequence[dict], scores: Sequence[str] | None = None, cell: float = 2.6):
+def score_maps_figure(
+    samples: Sequence[dict], scores: Sequence[str] | None = None, cell: float = 2.6
+):
     """Grid: one row per frame, columns image | ground truth | one map per score.
 
-    ``samples`` are dicts with ``image`` ``[3, H, W]``, ``label`` ``[H, W]`` and ``maps`` ``{score: [H, W]}``
-    (see ``anomalyseg.evaluate.frame_maps``). Each map is scaled to its own 1st-99th percentile,
-    since scores live on different scales; brighter means more anomalous.
+    ``samples`` are dicts with ``image`` ``[3, H, W]``, ``label`` ``[H, W]`` and ``maps``
+    ``{score: [H, W]}`` (see ``anomalyseg.evaluate.frame_maps``). Each map is scaled to its own
+    1st-99th percentile, since scores live on different scales; brighter means more anomalous.
     """
     scores = list(scores or samples[0]["maps"])
     rows = []
@@ -120,8 +134,12 @@ def segmentation_figure(samples: Sequence[dict], cell: float = 2.6):
     ``pred`` ``[H, W]`` (see ``anomalyseg.evaluate.frame_maps``); without ``pred`` (data
     preparation: no model yet) the prediction column is left out."""
     columns = 3 if all("pred" in s for s in samples) else 2
-    fig, axes = plt.subplots(len(samples), columns, figsize=(cell * columns * 1.6, cell * len(samples) * 0.9),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(samples),
+        columns,
+        figsize=(cell * columns * 1.6, cell * len(samples) * 0.9),
+        squeeze=False,
+    )
     for r, s in enumerate(samples):
         panels = [(_hwc(s["image"]), "image"), (colorize(_np(s["label"])), "ground truth")]
         if columns == 3:
@@ -136,7 +154,8 @@ def segmentation_figure(samples: Sequence[dict], cell: float = 2.6):
 
 
 def per_class_iou_figure(per_class, title: str = "IoU per class"):
-    """Horizontal bars of IoU (percent) per Cityscapes class; one bar group per column of ``per_class``."""
+    """Horizontal bars of IoU (percent) per Cityscapes class; one bar group per column of
+    ``per_class``."""
     df = per_class if hasattr(per_class, "columns") else None
     cols = list(df.columns) if df is not None else ["IoU"]
     values = df.to_numpy() if df is not None else _np(per_class)[:, None]
@@ -164,13 +183,15 @@ def save_figure(fig, figures_dir: str | Path, name: str, pdf: bool = True) -> Pa
     return d / f"{name}.png"
 
 
-
 def pasted_samples_figure(items: Sequence[dict], cell: float = 2.2):
     """Columns = training items (``image``, ``target`` with 254 on pasted pixels, ``outlier_mask``);
     rows: the frame with its pasted object, the semantic target (pasted pixels magenta: they belong
     to no class), and the outlier mask (orange = outlier 1, grey = inlier 0, black = void 255)."""
     if not items:
-        raise ValueError("pasted_samples_figure: no items to show (oe_enabled=False pastes nothing, or no object fitted).")
+        raise ValueError(
+            "pasted_samples_figure: no items to show (oe_enabled=False pastes nothing, or no "
+            "object fitted)."
+        )
     n = len(items)
     fig, axes = plt.subplots(3, n, figsize=(cell * n, cell * 3), squeeze=False)
     for c, item in enumerate(items):
@@ -178,8 +199,13 @@ def pasted_samples_figure(items: Sequence[dict], cell: float = 2.2):
         colored = colorize(np.where(target == OOD_OBJECT_VALUE, 255, target))
         colored[target == OOD_OBJECT_VALUE] = PASTED_COLOR
         pasted = int((_np(item["outlier_mask"]) == 1).sum())
-        for r, (img, title) in enumerate([(_hwc(item["image"]), f"{pasted} px pasted"), (colored, "target"),
-                                          (label_overlay(item["outlier_mask"]), "outlier mask")]):
+        for r, (img, title) in enumerate(
+            [
+                (_hwc(item["image"]), f"{pasted} px pasted"),
+                (colored, "target"),
+                (label_overlay(item["outlier_mask"]), "outlier mask"),
+            ]
+        ):
             axes[r, c].imshow(img, interpolation="nearest")
             axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
             axes[r, c].set_title(title, fontsize=8)
@@ -187,7 +213,9 @@ def pasted_samples_figure(items: Sequence[dict], cell: float = 2.2):
     return fig
 
 
-def before_after_figure(before: Sequence[dict], after: Sequence[dict], score: str = "rba", cell: float = 2.6):
+def before_after_figure(
+    before: Sequence[dict], after: Sequence[dict], score: str = "rba", cell: float = 2.6
+):
     """Rows = frames; columns image | ground truth | ``score`` before | ``score`` after.
 
     ``before`` / ``after`` are ``anomalyseg.evaluate.frame_maps`` of the same items for the two
@@ -195,15 +223,26 @@ def before_after_figure(before: Sequence[dict], after: Sequence[dict], score: st
     so a score that moved is seen moving; brighter = more anomalous.
     """
     if len(before) != len(after) or not before:
-        raise ValueError(f"before_after_figure: expected the same non-empty list of frames twice, got {len(before)} and {len(after)}.")
+        raise ValueError(
+            "before_after_figure: expected the same non-empty list of frames twice, got "
+            f"{len(before)} and {len(after)}."
+        )
     title = score_title(score)
     rows = []
     for b, a in zip(before, after):
         mb, ma = _np(b["maps"][score]).astype(np.float32), _np(a["maps"][score]).astype(np.float32)
         lo, hi = np.percentile(np.concatenate([mb.ravel(), ma.ravel()]), [1, 99])
-        rows.append([(_hwc(b["image"]), "image"), (label_overlay(b["label"]), "ground truth"),
-                     (_scaled(mb, lo, hi), f"{title} before OE"), (_scaled(ma, lo, hi), f"{title} after OE")])
-    return _frame_grid(rows, [f"{b.get('dataset', '')} {b.get('stem', '')}".strip() for b in before], cell)
+        rows.append(
+            [
+                (_hwc(b["image"]), "image"),
+                (label_overlay(b["label"]), "ground truth"),
+                (_scaled(mb, lo, hi), f"{title} before OE"),
+                (_scaled(ma, lo, hi), f"{title} after OE"),
+            ]
+        )
+    return _frame_grid(
+        rows, [f"{b.get('dataset', '')} {b.get('stem', '')}".strip() for b in before], cell
+    )
 
 
 def objects_figure(objects, n: int = 6, cell: float = 2.2):
@@ -213,31 +252,47 @@ def objects_figure(objects, n: int = 6, cell: float = 2.2):
     ``anomalyseg.data.coco.OODObjects``; titled with how many there are."""
     n = min(int(n), len(objects))
     if n < 1:
-        raise ValueError("objects_figure: no objects to show (prepare them with `anomalyseg prepare-coco`).")
+        raise ValueError(
+            "objects_figure: no objects to show (prepare them with `anomalyseg prepare-coco`)."
+        )
     fig, axes = plt.subplots(1, n, figsize=(cell * n, cell * 1.1), squeeze=False)
     for i in range(n):
         image, mask = objects[i]
         axes[0, i].imshow(_hwc(_np(image) * _np(mask)))
         axes[0, i].axis("off")
-    fig.suptitle(f"{len(objects)} COCO objects for outlier exposure (cut out by their masks)", fontsize=9)
+    fig.suptitle(
+        f"{len(objects)} COCO objects for outlier exposure (cut out by their masks)", fontsize=9
+    )
     return fig
 
 
 # ----------------------------------------------------------------------------- training curves
-def _log_columns(logged: Sequence[str], panels: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+def _log_columns(
+    logged: Sequence[str], panels: Mapping[str, Sequence[str]]
+) -> dict[str, list[str]]:
     """The logged columns each panel draws: its exact names first, then those its ``*`` patterns
     match among the columns no panel names exactly."""
     exact = {c for cols in panels.values() for c in cols if "*" not in c}
     out = {}
     for title, cols in panels.items():
         mine = [c for c in cols if "*" not in c and c in logged]
-        mine += [c for p in cols if "*" in p for c in logged if fnmatchcase(c, p) and c not in exact and c not in mine]
+        mine += [
+            c
+            for p in cols
+            if "*" in p
+            for c in logged
+            if fnmatchcase(c, p) and c not in exact and c not in mine
+        ]
         out[title] = mine
     return out
 
 
-def training_figure(runs: str | Path | Mapping[str, str | Path], panels: Mapping[str, Sequence[str]],
-                    smooth: bool = False, cell: tuple[float, float] = (4.5, 2.8)):
+def training_figure(
+    runs: str | Path | Mapping[str, str | Path],
+    panels: Mapping[str, Sequence[str]],
+    smooth: bool = False,
+    cell: tuple[float, float] = (4.5, 2.8),
+):
     """Training curves over the steps, read from each run's CSV logs (``results.training_log``,
     resumed sessions joined): one panel per entry of ``panels`` (title -> logged columns, e.g.
     ``{"loss": ["train_loss"], "val mIoU": ["val_miou"]}``; a name with ``*`` matches every logged
@@ -251,27 +306,51 @@ def training_figure(runs: str | Path | Mapping[str, str | Path], panels: Mapping
     """
     runs = {"": runs} if isinstance(runs, (str, Path)) else dict(runs)
     logs = {name: training_log(folder) for name, folder in runs.items()}
-    fig, axes = plt.subplots(1, len(panels), figsize=(cell[0] * len(panels), cell[1]), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(cell[0] * len(panels), cell[1]), squeeze=False
+    )
     for ax, title in zip(axes[0], panels):
-        lines = [(run, c, log[["step", c]].dropna()) for run, log in logs.items()
-                 for c in _log_columns(list(log.columns), panels)[title]]
+        lines = [
+            (run, c, log[["step", c]].dropna())
+            for run, log in logs.items()
+            for c in _log_columns(list(log.columns), panels)[title]
+        ]
         lines = [line for line in lines if len(line[2])]  # a column this run never filled
-        several = len({c for _, c, _ in lines}) > 1  # name the column only where the panel has several
+        several = (
+            len({c for _, c, _ in lines}) > 1
+        )  # name the column only where the panel has several
         for run, c, points in lines:
             name = " ".join(filter(None, (run, c.removeprefix("train_loss_") if several else "")))
             if smooth:
-                line, = ax.plot(points["step"], points[c], alpha=0.25, lw=0.8)
+                (line,) = ax.plot(points["step"], points[c], alpha=0.25, lw=0.8)
                 window = max(1, len(points) // 10)
-                ax.plot(points["step"], points[c].rolling(window, min_periods=1).mean(), color=line.get_color(),
-                        label=name or c)
+                ax.plot(
+                    points["step"],
+                    points[c].rolling(window, min_periods=1).mean(),
+                    color=line.get_color(),
+                    label=name or c,
+                )
             else:
-                ax.plot(points["step"], points[c], marker="o" if len(points) < 20 else None, ms=3, label=name or c)
+                ax.plot(
+                    points["step"],
+                    points[c],
+                    marker="o" if len(points) < 20 else None,
+                    ms=3,
+                    label=name or c,
+                )
         ax.set_title(title, fontsize=9), ax.set_xlabel("step"), ax.grid(alpha=0.3)
         if lines and (len(lines) > 1 or any(runs)):
             ax.legend(fontsize=7)
         elif not lines:
-            ax.text(0.5, 0.5, f"{', '.join(panels[title])} not logged", ha="center", va="center",
-                    transform=ax.transAxes, fontsize=8)
+            ax.text(
+                0.5,
+                0.5,
+                f"{', '.join(panels[title])} not logged",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                fontsize=8,
+            )
     fig.tight_layout()
     return fig
 
@@ -290,12 +369,33 @@ def reliability_figure(curves: Mapping[str, dict], title: str | None = None, cel
     for j, (name, c) in enumerate(curves.items()):
         edges = np.asarray(c["edges"])
         left, width = edges[:-1], np.diff(edges)
-        acc, conf, count = np.asarray(c["accuracy"]), np.asarray(c["confidence"]), np.asarray(c["count"])
+        acc, conf, count = (
+            np.asarray(c["accuracy"]),
+            np.asarray(c["confidence"]),
+            np.asarray(c["count"]),
+        )
         full = count > 0
         ax = axes[0, j]
-        ax.bar(left[full], acc[full], width[full], align="edge", color="tab:blue", edgecolor="white", label="accuracy")
+        ax.bar(
+            left[full],
+            acc[full],
+            width[full],
+            align="edge",
+            color="tab:blue",
+            edgecolor="white",
+            label="accuracy",
+        )
         lo, hi = np.minimum(acc, conf)[full], np.maximum(acc, conf)[full]
-        ax.bar(left[full], hi - lo, width[full], bottom=lo, align="edge", color="tab:red", alpha=0.3, label="gap")
+        ax.bar(
+            left[full],
+            hi - lo,
+            width[full],
+            bottom=lo,
+            align="edge",
+            color="tab:red",
+            alpha=0.3,
+            label="gap",
+        )
         ax.plot([0, 1], [0, 1], color="black", lw=0.8, ls="--")
         ax.set_xlim(0, 1), ax.set_ylim(0, 1), ax.grid(alpha=0.3)
         ax.set_title(f"{name}\nECE {100 * c['ece']:.2f}%", fontsize=9)
@@ -311,7 +411,7 @@ def reliability_figure(curves: Mapping[str, dict], title: str | None = None, cel
     return fig
 
 
-# ----------------------------------------------------------------------------- charts of the store's rows
+# ----------------------------------------------------------------------- charts of the store's rows
 _LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 2)))
 
 
@@ -349,18 +449,31 @@ def bar_chart(df: pd.DataFrame, metric: str = "auprc", temperature: float = 1.0)
             bars = rows[(rows["dataset"] == d) & (rows["method"] == method)]
             for k, (score, value) in enumerate(zip(bars["score"], bars[metric])):
                 x = i + (k - (len(bars) - 1) / 2) * width  # centred in the method's slot
-                legend[score_title(score)] = ax.bar(x, 100 * value, width=width, color=_color(score))
+                legend[score_title(score)] = ax.bar(
+                    x, 100 * value, width=width, color=_color(score)
+                )
         ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=8)
         ax.set_title(DATASET_TITLES.get(d, d), fontsize=10)
         ax.set_ylim(0, 100)
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].set_ylabel(f"{METRIC_TITLES[metric]} (%) " + ("↑" if HIGHER_IS_BETTER[metric] else "↓"))
-    fig.legend(list(legend.values()), list(legend), loc="upper center", ncol=len(legend), fontsize=8, bbox_to_anchor=(0.5, 1.06))
+    axes[0, 0].set_ylabel(
+        f"{METRIC_TITLES[metric]} (%) " + ("↑" if HIGHER_IS_BETTER[metric] else "↓")
+    )
+    fig.legend(
+        list(legend.values()),
+        list(legend),
+        loc="upper center",
+        ncol=len(legend),
+        fontsize=8,
+        bbox_to_anchor=(0.5, 1.06),
+    )
     fig.tight_layout()
     return fig
 
 
-def curve_data(df: pd.DataFrame, results_path: str | Path, dataset: str, temperature: float = 1.0) -> list[dict]:
+def curve_data(
+    df: pd.DataFrame, results_path: str | Path, dataset: str, temperature: float = 1.0
+) -> list[dict]:
     """Stored PR/ROC points of each method x score on ``dataset``: dicts with ``model``, ``score``,
     ``label``, ``auprc``, ``fpr_at_95_tpr`` and ``recall``, ``precision``, ``fpr``, ``tpr`` arrays.
     Rows whose curve file is gone are left out."""
@@ -369,14 +482,25 @@ def curve_data(df: pd.DataFrame, results_path: str | Path, dataset: str, tempera
     for _, r in rows[rows["dataset"] == dataset].iterrows():
         pts = load_curves(results_path, r)
         if pts is not None:
-            out.append(dict(model=r["model"], score=r["score"], label=label(r["model"], r["score"]),
-                            auprc=r["auprc"], fpr_at_95_tpr=r["fpr_at_95_tpr"], **pts))
+            out.append(
+                dict(
+                    model=r["model"],
+                    score=r["score"],
+                    label=label(r["model"], r["score"]),
+                    auprc=r["auprc"],
+                    fpr_at_95_tpr=r["fpr_at_95_tpr"],
+                    **pts,
+                )
+            )
     return out
 
 
-def curves_figure(df: pd.DataFrame, results_path: str | Path, kind: str = "pr", temperature: float = 1.0):
-    """PR (``kind="pr"``: precision vs recall) or ROC (``"roc"``: TPR vs FPR, log FPR axis) curves from
-    the stored points: one panel per benchmark, one line per method x score. None without curves."""
+def curves_figure(
+    df: pd.DataFrame, results_path: str | Path, kind: str = "pr", temperature: float = 1.0
+):
+    """PR (``kind="pr"``: precision vs recall) or ROC (``"roc"``: TPR vs FPR, log FPR axis) curves
+    from the stored points: one panel per benchmark, one line per method x score. None without
+    curves."""
     if kind not in ("pr", "roc"):
         raise ValueError(f"curves_figure kind is 'pr' or 'roc', got {kind!r}.")
     data = {d: curve_data(df, results_path, d, temperature) for d in DATASET_ORDER}
@@ -389,9 +513,21 @@ def curves_figure(df: pd.DataFrame, results_path: str | Path, kind: str = "pr", 
         for c in cs:
             style = _style(c["model"], models, c["score"])
             if kind == "pr":
-                ax.plot(c["recall"], c["precision"], label=f"{c['label']} ({100 * c['auprc']:.1f})", lw=1.3, **style)
+                ax.plot(
+                    c["recall"],
+                    c["precision"],
+                    label=f"{c['label']} ({100 * c['auprc']:.1f})",
+                    lw=1.3,
+                    **style,
+                )
             else:
-                ax.plot(np.maximum(c["fpr"], 1e-5), c["tpr"], label=f"{c['label']} ({100 * c['fpr_at_95_tpr']:.1f})", lw=1.3, **style)
+                ax.plot(
+                    np.maximum(c["fpr"], 1e-5),
+                    c["tpr"],
+                    label=f"{c['label']} ({100 * c['fpr_at_95_tpr']:.1f})",
+                    lw=1.3,
+                    **style,
+                )
         if kind == "pr":
             ax.set_xlabel("recall"), ax.set_xlim(0, 1), ax.set_ylim(0, 1.02)
         else:
@@ -399,14 +535,22 @@ def curves_figure(df: pd.DataFrame, results_path: str | Path, kind: str = "pr", 
             ax.axhline(0.95, color="grey", lw=0.7, ls=":")
         ax.set_title(DATASET_TITLES.get(d, d), fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="lower left" if kind == "pr" else "lower right",
-                  title="AuPRC" if kind == "pr" else "FPR95", title_fontsize=6)
+        ax.legend(
+            fontsize=6,
+            loc="lower left" if kind == "pr" else "lower right",
+            title="AuPRC" if kind == "pr" else "FPR95",
+            title_fontsize=6,
+        )
     axes[0, 0].set_ylabel("precision" if kind == "pr" else "TPR")
     fig.tight_layout()
     return fig
 
 
-def temperature_figure(df: pd.DataFrame, temperature_on: str = "pixel", metrics: Sequence[str] = ("auprc", "fpr_at_95_tpr")):
+def temperature_figure(
+    df: pd.DataFrame,
+    temperature_on: str = "pixel",
+    metrics: Sequence[str] = ("auprc", "fpr_at_95_tpr"),
+):
     """AuPRC and FPR95 (rows) against T (log axis) per benchmark (columns), one line per model x
     score swept with ``temperature_on``. None without such a sweep."""
     rows = temperature_sweeps(df, temperature_on)
@@ -418,7 +562,14 @@ def temperature_figure(df: pd.DataFrame, temperature_on: str = "pixel", metrics:
     for j, d in enumerate(datasets):
         for (m, s), g in rows[rows["dataset"] == d].groupby(["model", "score"], sort=False):
             for i, metric in enumerate(metrics):
-                axes[i, j].plot(g["temperature"], 100 * g[metric], marker="o", ms=3, label=label(m, s), **_style(m, models, s))
+                axes[i, j].plot(
+                    g["temperature"],
+                    100 * g[metric],
+                    marker="o",
+                    ms=3,
+                    label=label(m, s),
+                    **_style(m, models, s),
+                )
         axes[0, j].set_title(DATASET_TITLES.get(d, d), fontsize=10)
         for i, metric in enumerate(metrics):
             ax = axes[i, j]
@@ -428,9 +579,22 @@ def temperature_figure(df: pd.DataFrame, temperature_on: str = "pixel", metrics:
             ax.set_ylabel(f"{METRIC_TITLES[metric]} (%)") if j == 0 else None
     handles, labels = axes[0, 0].get_legend_handles_labels()
     ncol = min(len(labels), 5)
-    top = 1 - (0.25 + 0.2 * math.ceil(len(labels) / ncol)) / fig.get_size_inches()[1]  # room for title and legend
-    fig.suptitle(f"temperature on the {'class logits' if temperature_on == 'class' else 'per-pixel class map'}", fontsize=10)
-    fig.legend(handles, labels, loc="upper center", ncol=ncol, fontsize=7, bbox_to_anchor=(0.5, 1 - 0.3 / fig.get_size_inches()[1]))
+    top = (
+        1 - (0.25 + 0.2 * math.ceil(len(labels) / ncol)) / fig.get_size_inches()[1]
+    )  # room for title and legend
+    fig.suptitle(
+        "temperature on the "
+        f"{'class logits' if temperature_on == 'class' else 'per-pixel class map'}",
+        fontsize=10,
+    )
+    fig.legend(
+        handles,
+        labels,
+        loc="upper center",
+        ncol=ncol,
+        fontsize=7,
+        bbox_to_anchor=(0.5, 1 - 0.3 / fig.get_size_inches()[1]),
+    )
     fig.tight_layout(rect=(0, 0, 1, top))
     return fig
 
@@ -440,7 +604,11 @@ def miou_temperature_figure(df: pd.DataFrame):
     two class temperatures. None without such rows."""
     check_store_frame(df)
     df = protocol_rows(df, "course")
-    rows = df[(df["score"] == "miou") & (df["dataset"] == MIOU_DATASET) & (df["temperature_on"] == "class")]
+    rows = df[
+        (df["score"] == "miou")
+        & (df["dataset"] == MIOU_DATASET)
+        & (df["temperature_on"] == "class")
+    ]
     rows = latest(rows, keys=("model", "temperature"))
     if not len(rows):
         return None
@@ -451,17 +619,33 @@ def miou_temperature_figure(df: pd.DataFrame):
     models = model_order(rows["model"].unique())
     for m in models:
         g = rows[rows["model"] == m].sort_values("temperature")
-        ax.plot(g["temperature"], 100 * g["miou"], marker="o", label=model_title(m), linestyle=_LINESTYLES[models.index(m) % 6])
-    ax.set_xscale("log", base=2), ax.set_xlabel("T (class)"), ax.set_ylabel("mIoU (%)"), ax.grid(alpha=0.3)
+        ax.plot(
+            g["temperature"],
+            100 * g["miou"],
+            marker="o",
+            label=model_title(m),
+            linestyle=_LINESTYLES[models.index(m) % 6],
+        )
+    (
+        ax.set_xscale("log", base=2),
+        ax.set_xlabel("T (class)"),
+        ax.set_ylabel("mIoU (%)"),
+        ax.grid(alpha=0.3),
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def qualitative_samples(df: pd.DataFrame, results_path: str | Path, dataset: str, frames: int = 2,
-                        scores: Sequence[str] | None = None) -> list[dict]:
-    """The first ``frames`` stored frames of ``dataset`` as ``plots.score_maps_figure`` samples: image
-    and ground truth, and one map per method keyed by its ``label``.
+def qualitative_samples(
+    df: pd.DataFrame,
+    results_path: str | Path,
+    dataset: str,
+    frames: int = 2,
+    scores: Sequence[str] | None = None,
+) -> list[dict]:
+    """The first ``frames`` stored frames of ``dataset`` as ``score_maps_figure`` samples:
+    image and ground truth, and one map per method keyed by its ``label``.
 
     ``scores=None`` shows each model's ``best_scores``; a list shows those scores of every model.
     Each map comes from the latest run of its model that stored it (a later temperature sweep may
@@ -478,24 +662,41 @@ def qualitative_samples(df: pd.DataFrame, results_path: str | Path, dataset: str
     columns = []  # (label, run, score)
     for model, model_runs in runs.items():
         for s in wanted.get(model, []):
-            run = next((r for r in model_runs if any(s in f["maps"] for f in stored(r).values())), None)
+            run = next(
+                (r for r in model_runs if any(s in f["maps"] for f in stored(r).values())), None
+            )
             if run is not None:
                 columns.append((label(model, s), run, s))
     if not columns:
         return []
     first = stored(columns[0][1])
-    stems = [st for st in first if all(st in stored(r) for _, r, _ in columns)][: max(int(frames), 0)]
+    stems = [st for st in first if all(st in stored(r) for _, r, _ in columns)][
+        : max(int(frames), 0)
+    ]
     samples = []
     for st in stems:
         f = first[st]
-        image = f["image"] if f["image"] is not None else np.zeros((3,) + f["label"].shape, np.uint8)
-        samples.append(dict(image=image, label=f["label"], stem=f"{DATASET_TITLES.get(dataset, dataset)} · {st}",
-                            maps={lab: stored(r)[st]["maps"][s] for lab, r, s in columns}))
+        image = (
+            f["image"] if f["image"] is not None else np.zeros((3,) + f["label"].shape, np.uint8)
+        )
+        samples.append(
+            dict(
+                image=image,
+                label=f["label"],
+                stem=f"{DATASET_TITLES.get(dataset, dataset)} · {st}",
+                maps={lab: stored(r)[st]["maps"][s] for lab, r, s in columns},
+            )
+        )
     return samples
 
 
-def qualitative_grid(df: pd.DataFrame, results_path: str | Path, datasets: Sequence[str] | None = None,
-                     frames: int = 2, scores: Sequence[str] | None = None):
+def qualitative_grid(
+    df: pd.DataFrame,
+    results_path: str | Path,
+    datasets: Sequence[str] | None = None,
+    frames: int = 2,
+    scores: Sequence[str] | None = None,
+):
     """Rows of frames (``frames`` per benchmark), columns image | ground truth | each method's score
     map, from the stored maps (see ``qualitative_samples``). None when no maps are stored."""
     samples = []
@@ -506,13 +707,20 @@ def qualitative_grid(df: pd.DataFrame, results_path: str | Path, datasets: Seque
     # A method absent on one benchmark leaves a blank panel there rather than dropping its column.
     columns = list(dict.fromkeys(k for s in samples for k in s["maps"]))
     for s in samples:
-        s["maps"] = {k: s["maps"].get(k, np.full(s["label"].shape, np.nan, np.float32)) for k in columns}
+        s["maps"] = {
+            k: s["maps"].get(k, np.full(s["label"].shape, np.nan, np.float32)) for k in columns
+        }
     return score_maps_figure(samples, columns, cell=1.5)
 
 
 # ----------------------------------------------------------------------------- everything at once
-def save_all(df: pd.DataFrame, results_path: str | Path, figures_dir: str | Path, frames: int = 2,
-             protocol: str = "course") -> list[Path]:
+def save_all(
+    df: pd.DataFrame,
+    results_path: str | Path,
+    figures_dir: str | Path,
+    frames: int = 2,
+    protocol: str = "course",
+) -> list[Path]:
     """Write the comparison table (markdown, LaTeX) and every figure that has rows (PNG and PDF)
     into ``figures_dir``; returns the paths written. The table holds the rows evaluated under
     ``protocol``; the figures, the ``course`` protocol's."""
@@ -540,5 +748,3 @@ def save_all(df: pd.DataFrame, results_path: str | Path, figures_dir: str | Path
         plt.close(fig)  # a notebook would otherwise show every saved figure again
         written += [png, png.with_suffix(".pdf")]
     return written
-
-

@@ -53,7 +53,11 @@ def method_title(model: str, score: str | None = None) -> str:
 
 def label(model: str, score: str) -> str:
     """One line's legend entry: ``EoMT · MSP`` or ``EoMT + anomaly head``."""
-    return method_title(model, score) if is_learned(score) else f"{model_title(model)} · {score_title(score)}"
+    return (
+        method_title(model, score)
+        if is_learned(score)
+        else f"{model_title(model)} · {score_title(score)}"
+    )
 
 
 def model_order(models: Sequence[str]) -> list[str]:

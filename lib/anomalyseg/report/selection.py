@@ -17,17 +17,38 @@ from .names import is_learned, model_order, score_key
 
 
 def check_store_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` itself when it is the results store's DataFrame; else a TypeError / ValueError saying so."""
+    """``df`` itself when it is the results store's DataFrame; else a TypeError / ValueError saying
+    so."""
     if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"The report reads the results store as a DataFrame (anomalyseg.results.read_results), got {type(df).__name__}.")
-    lacking = [c for c in ("model", "dataset", "score", "temperature", "temperature_on", "auprc", "fpr_at_95_tpr", "miou") if c not in df]
+        raise TypeError(
+            "The report reads the results store as a DataFrame (anomalyseg.results.read_results), "
+            f"got {type(df).__name__}."
+        )
+    lacking = [
+        c
+        for c in (
+            "model",
+            "dataset",
+            "score",
+            "temperature",
+            "temperature_on",
+            "auprc",
+            "fpr_at_95_tpr",
+            "miou",
+        )
+        if c not in df
+    ]
     if lacking:
-        raise ValueError(f"This table is not the results store: it lacks the columns {lacking} (expected {COLUMNS}).")
+        raise ValueError(
+            f"This table is not the results store: it lacks the columns {lacking} (expected "
+            f"{COLUMNS})."
+        )
     return df
 
 
 def select_models(df: pd.DataFrame, models: Sequence[str] | None) -> pd.DataFrame:
-    """Rows of ``models`` only (``None``: all); an unknown name is an error listing the stored ones."""
+    """Rows of ``models`` only (``None``: all); an unknown name is an error listing the stored
+    ones."""
     check_store_frame(df)
     if models is None:
         return df
@@ -35,14 +56,22 @@ def select_models(df: pd.DataFrame, models: Sequence[str] | None) -> pd.DataFram
     stored = sorted(set(df["model"].dropna()))
     unknown = [m for m in models if m not in stored]
     if unknown:
-        raise ValueError(f"report_models names {unknown}, which have no rows in the store; stored models: {stored or 'none yet'}.")
+        raise ValueError(
+            f"report_models names {unknown}, which have no rows in the store; stored models: "
+            f"{stored or 'none yet'}."
+        )
     return df[df["model"].isin(models)]
 
 
-def anomaly_rows(df: pd.DataFrame, temperature: float = 1.0, fpr_convention: str = "course",
-                 protocol: str | None = "course") -> pd.DataFrame:
-    """Latest benchmark row per (model, dataset, score) at ``temperature`` (learned scores have none)
-    evaluated under ``protocol`` (``anomalyseg.protocol``), in model, score and benchmark order."""
+def anomaly_rows(
+    df: pd.DataFrame,
+    temperature: float = 1.0,
+    fpr_convention: str = "course",
+    protocol: str | None = "course",
+) -> pd.DataFrame:
+    """Latest benchmark row per (model, dataset, score) at ``temperature`` (learned scores have
+    none) evaluated under ``protocol`` (``anomalyseg.protocol``), in model, score and benchmark
+    order."""
     check_store_frame(df)
     if protocol is not None:
         df = protocol_rows(df, protocol)
@@ -50,25 +79,34 @@ def anomaly_rows(df: pd.DataFrame, temperature: float = 1.0, fpr_convention: str
     rows = df[df["dataset"].isin(DATASET_ORDER) & (df["score"] != "miou")]
     if "fpr_convention" in rows:
         rows = rows[rows["fpr_convention"].isna() | (rows["fpr_convention"] == fpr_convention)]
-    rows = rows[rows["temperature"].isna() | np.isclose(rows["temperature"].astype(float), temperature)]
+    rows = rows[
+        rows["temperature"].isna() | np.isclose(rows["temperature"].astype(float), temperature)
+    ]
     rows = latest(rows, keys=("model", "dataset", "score"))
     return sort_rows(rows, ["model", "score", "dataset"])
 
 
 def sort_rows(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Rows in report order: known models first (``names.METHOD_TITLES``), scores as the course lists them,
-    benchmarks in course order."""
+    """Rows in report order: known models first (``names.METHOD_TITLES``), scores as the course
+    lists them, benchmarks in course order."""
     if not len(rows):
         return rows
     models = {m: i for i, m in enumerate(model_order(rows["model"].unique()))}
-    rank = {"model": models.get, "score": score_key, "dataset": lambda d: (DATASET_ORDER + (d,)).index(d)}
+    rank = {
+        "model": models.get,
+        "score": score_key,
+        "dataset": lambda d: (DATASET_ORDER + (d,)).index(d),
+    }
     keys = [rows[c].map(rank[c]) if c in rank else rows[c] for c in by]
     order = sorted(range(len(rows)), key=lambda i: tuple(k.iloc[i] for k in keys))
     return rows.iloc[order].reset_index(drop=True)
 
 
-def miou_rows(df: pd.DataFrame, temperature: float = 1.0, protocol: str | None = "course") -> pd.DataFrame:
-    """Latest Cityscapes-val mIoU row per model at class temperature ``temperature`` under ``protocol``."""
+def miou_rows(
+    df: pd.DataFrame, temperature: float = 1.0, protocol: str | None = "course"
+) -> pd.DataFrame:
+    """Latest Cityscapes-val mIoU row per model at class temperature ``temperature`` under
+    ``protocol``."""
     check_store_frame(df)
     df = protocol_rows(df, protocol)
     rows = df[(df["score"] == "miou") & (df["dataset"] == MIOU_DATASET)]
@@ -76,15 +114,24 @@ def miou_rows(df: pd.DataFrame, temperature: float = 1.0, protocol: str | None =
     return latest(rows, keys=("model",))
 
 
-def temperature_sweeps(df: pd.DataFrame, temperature_on: str = "pixel", fpr_convention: str = "course",
-                       protocol: str | None = "course") -> pd.DataFrame:
+def temperature_sweeps(
+    df: pd.DataFrame,
+    temperature_on: str = "pixel",
+    fpr_convention: str = "course",
+    protocol: str | None = "course",
+) -> pd.DataFrame:
     """Latest benchmark rows of every (model, dataset, score) swept over at least two temperatures
-    with ``temperature_on`` (``"pixel"`` or ``"class"``) under ``protocol``, sorted by temperature."""
+    with ``temperature_on`` (``"pixel"`` or ``"class"``) under ``protocol``, sorted by
+    temperature."""
     if temperature_on not in ("pixel", "class"):
         raise ValueError(f"temperature_on is 'pixel' or 'class', got {temperature_on!r}.")
     check_store_frame(df)
     df = protocol_rows(df, protocol)
-    rows = df[df["dataset"].isin(DATASET_ORDER) & (df["temperature_on"] == temperature_on) & df["temperature"].notna()]
+    rows = df[
+        df["dataset"].isin(DATASET_ORDER)
+        & (df["temperature_on"] == temperature_on)
+        & df["temperature"].notna()
+    ]
     if "fpr_convention" in rows:
         rows = rows[rows["fpr_convention"].isna() | (rows["fpr_convention"] == fpr_convention)]
     rows = latest(rows, keys=("model", "dataset", "score", "temperature"))
@@ -107,7 +154,8 @@ def stored_map_runs(df: pd.DataFrame, results_path: str | Path) -> list[tuple[st
 
 
 def map_runs(df: pd.DataFrame, results_path: str | Path, dataset: str) -> dict[str, list[str]]:
-    """``{model: [run_id, ...]}``: each model's runs that stored maps of ``dataset``, latest first."""
+    """``{model: [run_id, ...]}``: each model's runs that stored maps of ``dataset``, latest
+    first."""
     out: dict[str, list[str]] = {}
     for d, run, model in stored_map_runs(df, results_path):
         if d == dataset:
@@ -123,5 +171,7 @@ def best_scores(df: pd.DataFrame) -> dict[str, list[str]]:
     for model in model_order(rows["model"].unique()):
         mine = rows[rows["model"] == model]
         mean = mine[~mine["score"].map(is_learned)].groupby("score", sort=False)["auprc"].mean()
-        out[model] = ([mean.idxmax()] if mean.notna().any() else []) + list(dict.fromkeys(s for s in mine["score"] if is_learned(s)))
+        out[model] = ([mean.idxmax()] if mean.notna().any() else []) + list(
+            dict.fromkeys(s for s in mine["score"] if is_learned(s))
+        )
     return out

@@ -40,13 +40,18 @@ if TYPE_CHECKING:
 # What the pipeline is expected to produce, for missing_report: the notebook that writes each
 # model's rows, its post-hoc scores, and the temperature sweeps of notebook 03.
 EXPECTED_MODELS = {
-    "erfnet": dict(notebook="01_erfnet_baseline", scores=("msp", "max_logit", "max_entropy"), sweeps=("pixel",)),
-    "eomt": dict(notebook="02_eomt_eval", scores=("msp", "max_logit", "max_entropy", "rba"), sweeps=("pixel", "class")),
+    "erfnet": dict(
+        notebook="01_erfnet_baseline", scores=("msp", "max_logit", "max_entropy"), sweeps=("pixel",)
+    ),
+    "eomt": dict(
+        notebook="02_eomt_eval",
+        scores=("msp", "max_logit", "max_entropy", "rba"),
+        sweeps=("pixel", "class"),
+    ),
     "eomt_oe": dict(notebook="04_outlier_exposure", scores=("rba",), sweeps=()),
 }
 # Learned scores run on a frozen EoMT (REFERENCE §6): expected when EoMT is in the report.
 EXPECTED_LEARNED = {"anomaly_head": "05_anomaly_head", "anomaly_head_hybrid": "05_anomaly_head"}
-
 
 
 def _pct(x: float) -> str:
@@ -55,7 +60,8 @@ def _pct(x: float) -> str:
 
 def markdown(table: pd.DataFrame) -> str:
     """A GitHub-markdown rendering of any table (no extra dependency); a table that names its
-    evaluation protocol (``table.attrs["protocol"]``, set by ``anomaly_table``) gets it as a caption."""
+    evaluation protocol (``table.attrs["protocol"]``, set by ``anomaly_table``) gets it as a
+    caption."""
     if table.empty:
         return "_no results yet_"
     t = table.reset_index() if any(n is not None for n in table.index.names) else table
@@ -68,8 +74,13 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 # ----------------------------------------------------------------------------- the comparison table
-def comparison_table(df: pd.DataFrame, metrics: Sequence[str] = ("auprc", "fpr_at_95_tpr"),
-                     temperature: float = 1.0, fpr_convention: str = "course", protocol: str = "course") -> pd.DataFrame:
+def comparison_table(
+    df: pd.DataFrame,
+    metrics: Sequence[str] = ("auprc", "fpr_at_95_tpr"),
+    temperature: float = 1.0,
+    fpr_convention: str = "course",
+    protocol: str = "course",
+) -> pd.DataFrame:
     """Every method x score x benchmark at ``temperature``, with the model's Cityscapes-val mIoU,
     all evaluated under ``protocol`` (``anomalyseg.protocol``; named in ``table.attrs["protocol"]``
     and by every rendering).
@@ -80,15 +91,28 @@ def comparison_table(df: pd.DataFrame, metrics: Sequence[str] = ("auprc", "fpr_a
     """
     bad = [m for m in metrics if m not in ("auprc", "fpr_at_95_tpr", "auroc")]
     if bad or not metrics:
-        raise ValueError(f"comparison_table metrics are drawn from 'auprc', 'fpr_at_95_tpr' and 'auroc'; got {list(metrics)}.")
+        raise ValueError(
+            "comparison_table metrics are drawn from 'auprc', 'fpr_at_95_tpr' and 'auroc'; got "
+            f"{list(metrics)}."
+        )
     rows = anomaly_rows(df, temperature, fpr_convention, protocol)
     if not len(rows):
         return pd.DataFrame()
-    long = rows.melt(id_vars=["model", "score", "dataset"], value_vars=list(metrics), var_name="metric")
-    table = long.pivot_table(index=["model", "score"], columns=["dataset", "metric"], values="value",
-                             aggfunc="last", dropna=False, sort=False)
+    long = rows.melt(
+        id_vars=["model", "score", "dataset"], value_vars=list(metrics), var_name="metric"
+    )
+    table = long.pivot_table(
+        index=["model", "score"],
+        columns=["dataset", "metric"],
+        values="value",
+        aggfunc="last",
+        dropna=False,
+        sort=False,
+    )
     datasets = [d for d in DATASET_ORDER if d in set(rows["dataset"])]
-    table = table.reindex(columns=pd.MultiIndex.from_product([datasets, list(metrics)], names=["dataset", "metric"]))
+    table = table.reindex(
+        columns=pd.MultiIndex.from_product([datasets, list(metrics)], names=["dataset", "metric"])
+    )
     table = table.reindex(pd.MultiIndex.from_frame(rows[["model", "score"]].drop_duplicates()))
     miou = miou_rows(df, temperature, protocol).set_index("model")["miou"]
     table[(MIOU_DATASET, "miou")] = [miou.get(m, np.nan) for m, _ in table.index]
@@ -100,13 +124,21 @@ def comparison_table(df: pd.DataFrame, metrics: Sequence[str] = ("auprc", "fpr_a
 def _groups(table: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
     """Per benchmark of a ``comparison_table``: (dataset, title, its metric columns)."""
     datasets = list(dict.fromkeys(d for d, _ in table.columns))
-    return [(d, "mIoU" if d == MIOU_DATASET else DATASET_TITLES.get(d, d), [m for dd, m in table.columns if dd == d])
-            for d in datasets]
+    return [
+        (
+            d,
+            "mIoU" if d == MIOU_DATASET else DATASET_TITLES.get(d, d),
+            [m for dd, m in table.columns if dd == d],
+        )
+        for d in datasets
+    ]
 
 
 def _row_titles(table: pd.DataFrame) -> tuple[list[str], list[str]]:
-    return ([method_title(m, s) for m, s in table.index],
-            ["learned" if is_learned(s) else score_title(s) for _, s in table.index])
+    return (
+        [method_title(m, s) for m, s in table.index],
+        ["learned" if is_learned(s) else score_title(s) for _, s in table.index],
+    )
 
 
 def comparison_markdown(table: pd.DataFrame) -> str:
@@ -117,35 +149,51 @@ def comparison_markdown(table: pd.DataFrame) -> str:
     methods, scores = _row_titles(table)
     out = pd.DataFrame({"Method": methods, "Score": scores})
     for d, title, ms in _groups(table):
-        head = title if d == MIOU_DATASET else f"{title} ({' / '.join(METRIC_TITLES[m] for m in ms)})"
+        head = (
+            title if d == MIOU_DATASET else f"{title} ({' / '.join(METRIC_TITLES[m] for m in ms)})"
+        )
         out[head] = [" / ".join(_pct(table.loc[i, (d, m)]) for m in ms) for i in table.index]
-    return markdown(out) + (f"\n\n_{describe(table.attrs['protocol'])}_" if table.attrs.get("protocol") else "")
+    return markdown(out) + (
+        f"\n\n_{describe(table.attrs['protocol'])}_" if table.attrs.get("protocol") else ""
+    )
 
 
 def _tex(s: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+    for a, b in (
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("_", r"\_"),
+        ("#", r"\#"),
+    ):
         s = s.replace(a, b)
     return s
 
 
 def comparison_latex(table: pd.DataFrame) -> str:
-    """A booktabs ``tabular`` of a ``comparison_table``: percent with two decimals, the best value of
-    each column in bold (highest AuPRC, AUROC and mIoU, lowest FPR95; ties at the shown precision
+    """A booktabs ``tabular`` of a ``comparison_table``: percent with two decimals, the best value
+    of each column in bold (highest AuPRC, AUROC and mIoU, lowest FPR95; ties at the shown precision
     are all bold), ``--`` for a missing row. Needs ``\\usepackage{booktabs}``."""
     if table.empty:
         return "% no results yet\n"
     cols = list(table.columns)
     shown = {c: table[c].map(lambda x: np.nan if pd.isna(x) else round(100 * x, 2)) for c in cols}
     best = {c: (shown[c].max() if HIGHER_IS_BETTER[c[1]] else shown[c].min()) for c in cols}
-    lines = [r"% AuPRC and FPR95 in % pooled over each benchmark's pixels (T = 1); mIoU in % on Cityscapes val.",
-             "% " + describe(table.attrs.get("protocol", "course")).replace("`", ""),
-             r"\begin{tabular}{ll" + "r" * len(cols) + "}", r"\toprule"]
+    lines = [
+        r"% AuPRC and FPR95 in % pooled over each benchmark's pixels (T = 1); mIoU in % on "
+        r"Cityscapes val.",
+        "% " + describe(table.attrs.get("protocol", "course")).replace("`", ""),
+        r"\begin{tabular}{ll" + "r" * len(cols) + "}",
+        r"\toprule",
+    ]
     top, rules, sub, j = ["", ""], [], ["Method", "Score"], 3
     for d, title, ms in _groups(table):
         if d == MIOU_DATASET:
             top.append("")
         else:
-            top.append(rf"\multicolumn{{{len(ms)}}}{{c}}{{{_tex(title)}}}" if len(ms) > 1 else _tex(title))
+            top.append(
+                rf"\multicolumn{{{len(ms)}}}{{c}}{{{_tex(title)}}}" if len(ms) > 1 else _tex(title)
+            )
             rules.append(rf"\cmidrule(lr){{{j}-{j + len(ms) - 1}}}")
         sub += [METRIC_TITLES[m] for m in ms]
         j += len(ms)
@@ -157,7 +205,9 @@ def comparison_latex(table: pd.DataFrame) -> str:
         cells = [_tex(method) if method != previous else "", _tex(score)]
         for c in cols:
             v = shown[c][i]
-            cells.append("--" if pd.isna(v) else (rf"\textbf{{{v:.2f}}}" if v == best[c] else f"{v:.2f}"))
+            cells.append(
+                "--" if pd.isna(v) else (rf"\textbf{{{v:.2f}}}" if v == best[c] else f"{v:.2f}")
+            )
         lines.append(" & ".join(cells) + r" \\")
         previous = method
     lines += [r"\bottomrule", r"\end{tabular}"]
@@ -169,52 +219,83 @@ def save_tables(table: pd.DataFrame, figures_dir: str | Path) -> list[Path]:
     d = Path(figures_dir)
     d.mkdir(parents=True, exist_ok=True)
     md, tex = d / "comparison_table.md", d / "comparison_table.tex"
-    md.write_text("AuPRC / FPR95 in %, T = 1; mIoU in % on Cityscapes val.\n\n"
-                  + comparison_markdown(table) + "\n")
+    md.write_text(
+        "AuPRC / FPR95 in %, T = 1; mIoU in % on Cityscapes val.\n\n"
+        + comparison_markdown(table)
+        + "\n"
+    )
     tex.write_text(comparison_latex(table))
     return [md, tex]
 
 
-
-# ----------------------------------------------------------------------------- conventions side by side
-def conventions_table(df: pd.DataFrame, model: str | None = None, metrics: Sequence[str] = ("auprc", "fpr_at_95_tpr"),
-                      temperature: float = 1.0) -> pd.DataFrame:
+# ------------------------------------------------------------------------- conventions side by side
+def conventions_table(
+    df: pd.DataFrame,
+    model: str | None = None,
+    metrics: Sequence[str] = ("auprc", "fpr_at_95_tpr"),
+    temperature: float = 1.0,
+) -> pd.DataFrame:
     """One model under every protocol it was evaluated with, side by side: rows (benchmark, score)
-    plus the Cityscapes-val mIoU, one column per protocol (``course`` first), cells ``AuPRC / FPR95``
-    (or mIoU) in percent, latest row of each. ``model=None``: the store must hold only one model
-    with rows under more than one protocol. Rows without a recorded protocol count as ``legacy``.
-    Explains a gap between two reports of the same checkpoint (``convention_settings`` lists what
-    each protocol does)."""
+    plus the Cityscapes-val mIoU, one column per protocol (``course`` first), cells ``AuPRC /
+    FPR95`` (or mIoU) in percent, latest row of each. ``model=None``: the store must hold only one
+    model with rows under more than one protocol. Rows without a recorded protocol count as
+    ``legacy``. Explains a gap between two reports of the same checkpoint (``convention_settings``
+    lists what each protocol does)."""
     check_store_frame(df)
-    df = df.assign(protocol=df["protocol"].astype(object).fillna(UNRECORDED_PROTOCOL).replace("", UNRECORDED_PROTOCOL)
-                   if "protocol" in df else UNRECORDED_PROTOCOL)
-    rows = df[(df["dataset"].isin(DATASET_ORDER) | (df["score"] == "miou"))
-              & (df["temperature"].isna() | np.isclose(df["temperature"].astype(float), temperature))]
+    df = df.assign(
+        protocol=df["protocol"]
+        .astype(object)
+        .fillna(UNRECORDED_PROTOCOL)
+        .replace("", UNRECORDED_PROTOCOL)
+        if "protocol" in df
+        else UNRECORDED_PROTOCOL
+    )
+    rows = df[
+        (df["dataset"].isin(DATASET_ORDER) | (df["score"] == "miou"))
+        & (df["temperature"].isna() | np.isclose(df["temperature"].astype(float), temperature))
+    ]
     if model is None:
         multi = sorted(m for m, g in rows.groupby("model") if g["protocol"].nunique() > 1)
         if len(multi) != 1:
-            raise ValueError(f"conventions_table needs model=: models with rows under several protocols: {multi or 'none'}.")
+            raise ValueError(
+                "conventions_table needs model=: models with rows under several protocols: "
+                f"{multi or 'none'}."
+            )
         model = multi[0]
     rows = latest(rows[rows["model"] == model], keys=("dataset", "score", "protocol"))
     if not len(rows):
         return pd.DataFrame()
     known = [p for p in PROTOCOLS if p in set(rows["protocol"])]
     order = known + sorted(set(rows["protocol"]) - set(known))
-    cell = [(_pct(r["miou"]) if r["score"] == "miou" else " / ".join(_pct(r[m]) for m in metrics)) for _, r in rows.iterrows()]
-    rows = rows.assign(cell=cell, dataset=rows["dataset"].map(dataset_title),
-                       score=[("mIoU" if s == "miou" else score_title(s)) for s in rows["score"]])
-    table = rows.pivot_table(index=["dataset", "score"], columns="protocol", values="cell", aggfunc="last", sort=False)
+    cell = [
+        (_pct(r["miou"]) if r["score"] == "miou" else " / ".join(_pct(r[m]) for m in metrics))
+        for _, r in rows.iterrows()
+    ]
+    rows = rows.assign(
+        cell=cell,
+        dataset=rows["dataset"].map(dataset_title),
+        score=[("mIoU" if s == "miou" else score_title(s)) for s in rows["score"]],
+    )
+    table = rows.pivot_table(
+        index=["dataset", "score"], columns="protocol", values="cell", aggfunc="last", sort=False
+    )
     table = table.reindex(columns=order).fillna("–")
-    table.columns.name = f"{model_title(model)}: " + " / ".join(METRIC_TITLES[m] for m in metrics) + " (%)"
+    table.columns.name = (
+        f"{model_title(model)}: " + " / ".join(METRIC_TITLES[m] for m in metrics) + " (%)"
+    )
     return table
 
 
 def convention_settings(protocols: Sequence[str] | None = None) -> pd.DataFrame:
     """What each protocol sets (rows: input resize, skip rule, scoring, pooling, FPR95, mIoU
-    channels, logits dtype, MSP formula; columns: protocols), for reading a ``conventions_table``."""
+    channels, logits dtype, MSP formula; columns: protocols), for reading a
+    ``conventions_table``."""
     ps = [get_protocol(p) for p in (protocols or PROTOCOLS)]
     names = [f.name for f in fields(ps[0]) if f.name not in ("name", "description")]
-    return pd.DataFrame({p.name: [getattr(p, n) for n in names] for p in ps}, index=pd.Index(names, name="setting"))
+    return pd.DataFrame(
+        {p.name: [getattr(p, n) for n in names] for p in ps}, index=pd.Index(names, name="setting")
+    )
+
 
 # ----------------------------------------------------------------------------- what is missing
 def _listed(titles) -> str:
@@ -228,8 +309,10 @@ def missing_report(df: pd.DataFrame, models: Sequence[str] | None = None) -> str
     check to those models (``None``: every expected one)."""
     check_store_frame(df)
     if not len(df):
-        return ("The results store is empty: nothing to compare yet. Run notebooks 01 to 05 "
-                "(or `anomalyseg run-all`) to fill it, then run this notebook again.")
+        return (
+            "The results store is empty: nothing to compare yet. Run notebooks 01 to 05 "
+            "(or `anomalyseg run-all`) to fill it, then run this notebook again."
+        )
     expected = {m: e for m, e in EXPECTED_MODELS.items() if models is None or m in models}
     anomaly = anomaly_rows(df)
     lines = []
@@ -239,37 +322,64 @@ def missing_report(df: pd.DataFrame, models: Sequence[str] | None = None) -> str
             lines.append(f"- {model_title(m)}: no rows yet (notebook {e['notebook']}).")
             continue
         if not len(mine):
-            lines.append(f"- {model_title(m)}: no benchmark rows at T = 1 yet (notebook {e['notebook']}).")
+            lines.append(
+                f"- {model_title(m)}: no benchmark rows at T = 1 yet (notebook {e['notebook']})."
+            )
         else:
             absent = [d for d in DATASET_ORDER if d not in set(mine["dataset"])]
             if absent:
-                lines.append(f"- {model_title(m)}: no rows on {_listed(DATASET_TITLES[d] for d in absent)}.")
+                lines.append(
+                    f"- {model_title(m)}: no rows on {_listed(DATASET_TITLES[d] for d in absent)}."
+                )
             scores = [s for s in e["scores"] if s not in set(mine["score"])]
             if scores:
-                lines.append(f"- {model_title(m)}: no {_listed(score_title(s) for s in scores)} rows.")
+                lines.append(
+                    f"- {model_title(m)}: no {_listed(score_title(s) for s in scores)} rows."
+                )
         for t_on in e["sweeps"]:
             swept = temperature_sweeps(df[df["model"] == m], t_on)
             if not len(swept):
-                lines.append(f"- {model_title(m)}: no {t_on}-temperature sweep (notebook 03_temperature_scaling).")
-            if not ((df["model"] == m) & (df["score"] == "calibration") & (df["temperature_on"] == t_on)).any():
-                lines.append(f"- {model_title(m)}: no calibration (ECE, fitted T) on the {t_on} temperature "
-                             "(notebook 03_temperature_scaling).")
+                lines.append(
+                    f"- {model_title(m)}: no {t_on}-temperature sweep (notebook "
+                    "03_temperature_scaling)."
+                )
+            if not (
+                (df["model"] == m) & (df["score"] == "calibration") & (df["temperature_on"] == t_on)
+            ).any():
+                lines.append(
+                    f"- {model_title(m)}: no calibration (ECE, fitted T) on the {t_on} temperature "
+                    "(notebook 03_temperature_scaling)."
+                )
         if not len(miou_rows(df[df["model"] == m])):
-            lines.append(f"- {model_title(m)}: no Cityscapes-val mIoU at T = 1 (notebook {e['notebook']}).")
+            lines.append(
+                f"- {model_title(m)}: no Cityscapes-val mIoU at T = 1 (notebook {e['notebook']})."
+            )
         miou = df[(df["model"] == m) & (df["score"] == "miou") & (df["temperature_on"] == "class")]
         if "class" in e["sweeps"] and miou["temperature"].nunique() < 2:
-            lines.append(f"- {model_title(m)}: no mIoU over class temperatures (notebook 03_temperature_scaling).")
+            lines.append(
+                f"- {model_title(m)}: no mIoU over class temperatures (notebook "
+                "03_temperature_scaling)."
+            )
     if "eomt" in expected:
-        lines += [f"- {method_title('eomt', s)}: no rows yet (notebook {nb})."
-                  for s, nb in EXPECTED_LEARNED.items() if s not in set(anomaly["score"])]
+        lines += [
+            f"- {method_title('eomt', s)}: no rows yet (notebook {nb})."
+            for s, nb in EXPECTED_LEARNED.items()
+            if s not in set(anomaly["score"])
+        ]
     if not lines:
-        return "Nothing missing: every expected model, benchmark, score, temperature sweep, calibration and mIoU has rows."
+        return (
+            "Nothing missing: every expected model, benchmark, score, temperature sweep, "
+            "calibration and mIoU has rows."
+        )
     return "Missing from the results store (the report shows what exists):\n" + "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- one evaluation's rows
+# ---------------------------------------------------------------------------- one evaluation's rows
 def anomaly_table(
-    df: pd.DataFrame, metrics=("auprc", "fpr_at_95_tpr"), index=("model", "score"), temperature: float | None = 1.0,
+    df: pd.DataFrame,
+    metrics=("auprc", "fpr_at_95_tpr"),
+    index=("model", "score"),
+    temperature: float | None = 1.0,
     protocol: str | None = "course",
 ) -> pd.DataFrame:
     """The course's table: one row per ``index``, one column per benchmark, cells ``AuPRC / FPR95``
@@ -285,8 +395,13 @@ def anomaly_table(
     rows = rows.assign(cell=[" / ".join(_pct(r[m]) for m in metrics) for _, r in rows.iterrows()])
     table = rows.pivot_table(index=list(index), columns="dataset", values="cell", aggfunc="last")
     if "score" in table.index.names:  # the course's order of the scores, learned ones after them
-        order = sorted(range(len(table)), key=lambda i: tuple(
-            score_key(v) if n == "score" else (0, v) for n, v in zip(table.index.names, table.index[i])))
+        order = sorted(
+            range(len(table)),
+            key=lambda i: tuple(
+                score_key(v) if n == "score" else (0, v)
+                for n, v in zip(table.index.names, table.index[i])
+            ),
+        )
         table = table.iloc[order]
     cols = [d for d in DATASET_ORDER if d in table.columns]
     table = table[cols].rename(columns=DATASET_TITLES).fillna("–")
@@ -306,12 +421,18 @@ def miou_table(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-# ----------------------------------------------------------------------------- calibration (notebook 03)
+# ------------------------------------------------------------------------ calibration (notebook 03)
 def calibration_table(fits: Sequence[dict]) -> pd.DataFrame:
     """One row per ``calibration.calibrate`` result: the fitted temperature, NLL and ECE (percent)
     before and after."""
-    return pd.DataFrame([_calibration_row(f["model"], f["temperature_on"], f["temperature"], f["before"], f["after"])
-                         for f in fits])
+    return pd.DataFrame(
+        [
+            _calibration_row(
+                f["model"], f["temperature_on"], f["temperature"], f["before"], f["after"]
+            )
+            for f in fits
+        ]
+    )
 
 
 def stored_calibration_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -327,14 +448,24 @@ def stored_calibration_table(df: pd.DataFrame) -> pd.DataFrame:
         before, after = group[~fitted.loc[group.index]], group[fitted.loc[group.index]]
         if not len(before) or not len(after):
             continue
-        out.append(_calibration_row(model, t_on, after.iloc[-1]["temperature"], before.iloc[-1], after.iloc[-1]))
+        out.append(
+            _calibration_row(
+                model, t_on, after.iloc[-1]["temperature"], before.iloc[-1], after.iloc[-1]
+            )
+        )
     return pd.DataFrame(out)
 
 
 def _calibration_row(model: str, temperature_on: str, fitted_t: float, before, after) -> dict:
-    return dict(model=model, temperature_on=temperature_on, fitted_T=round(float(fitted_t), 4),
-                nll_T1=round(float(before["nll"]), 4), nll_fitted=round(float(after["nll"]), 4),
-                ece_T1=round(100 * float(before["ece"]), 2), ece_fitted=round(100 * float(after["ece"]), 2))
+    return dict(
+        model=model,
+        temperature_on=temperature_on,
+        fitted_T=round(float(fitted_t), 4),
+        nll_T1=round(float(before["nll"]), 4),
+        nll_fitted=round(float(after["nll"]), 4),
+        ece_T1=round(100 * float(before["ece"]), 2),
+        ece_fitted=round(100 * float(after["ece"]), 2),
+    )
 
 
 def temperature_spread(sweeps: pd.DataFrame, metric: str = "auprc") -> pd.DataFrame:
@@ -343,16 +474,26 @@ def temperature_spread(sweeps: pd.DataFrame, metric: str = "auprc") -> pd.DataFr
     ``selection.temperature_sweeps`` returns them (one sweep kind)."""
     if not len(sweeps):
         return pd.DataFrame()
-    spread = sweeps.groupby(["model", "score", "dataset"], sort=False)[metric].agg(lambda v: 100 * (v.max() - v.min()))
+    spread = sweeps.groupby(["model", "score", "dataset"], sort=False)[metric].agg(
+        lambda v: 100 * (v.max() - v.min())
+    )
     table = spread.unstack("dataset")
-    table = table[[d for d in DATASET_ORDER if d in table.columns]].rename(columns=DATASET_TITLES).round(2)
+    table = (
+        table[[d for d in DATASET_ORDER if d in table.columns]]
+        .rename(columns=DATASET_TITLES)
+        .round(2)
+    )
     table.columns.name = f"{metric} range over T (points)"
     return table
 
 
-# ----------------------------------------------------------------------------- chance level (notebooks 01, 02)
-def chance_table(results: pd.DataFrame, benchmarks: Mapping[str, AnomalyBenchmark],
-                 scores: Sequence[str] | None = None, temperature: float = 1.0) -> pd.DataFrame:
+# ------------------------------------------------------------------ chance level (notebooks 01, 02)
+def chance_table(
+    results: pd.DataFrame,
+    benchmarks: Mapping[str, AnomalyBenchmark],
+    scores: Sequence[str] | None = None,
+    temperature: float = 1.0,
+) -> pd.DataFrame:
     """AuPRC of each score next to each benchmark's anomaly pixel fraction, in percent.
 
     A score that ranks pixels at random has an AuPRC equal to the share of anomaly pixels among
@@ -374,31 +515,42 @@ def chance_table(results: pd.DataFrame, benchmarks: Mapping[str, AnomalyBenchmar
     rows = latest(rows[(temps == temperature) | temps.isna()])
     if rows["model"].nunique() > 1:
         raise ValueError(
-            f"chance_table compares one model with chance; the rows hold models {sorted(rows['model'].unique())}. "
+            "chance_table compares one model with chance; the rows hold models "
+            f"{sorted(rows['model'].unique())}. "
             "Filter them first, e.g. rows[rows.model == 'erfnet']."
         )
     scores = list(scores) if scores is not None else list(dict.fromkeys(rows["score"]))
-    names = [d for d in DATASET_ORDER if d in benchmarks] + [d for d in benchmarks if d not in DATASET_ORDER]
+    names = [d for d in DATASET_ORDER if d in benchmarks] + [
+        d for d in benchmarks if d not in DATASET_ORDER
+    ]
     out = []
     for name in names:
         chance = anomaly_fraction(benchmarks[name])
         found = rows[rows["dataset"] == name]
-        auprc = {s: float(found.loc[found["score"] == s, "auprc"].iloc[-1]) for s in scores
-                 if (found["score"] == s).any()}
+        auprc = {
+            s: float(found.loc[found["score"] == s, "auprc"].iloc[-1])
+            for s in scores
+            if (found["score"] == s).any()
+        }
         best = max(auprc, key=auprc.get) if auprc else None
-        out.append({
-            "benchmark": DATASET_TITLES.get(name, name),
-            "anomaly pixels": round(100 * chance, 2),
-            **{s: round(100 * auprc[s], 2) if s in auprc else float("nan") for s in scores},
-            "best score": best or "–",
-            "best / chance": round(auprc[best] / chance, 1) if best and chance > 0 else float("nan"),
-        })
+        out.append(
+            {
+                "benchmark": DATASET_TITLES.get(name, name),
+                "anomaly pixels": round(100 * chance, 2),
+                **{s: round(100 * auprc[s], 2) if s in auprc else float("nan") for s in scores},
+                "best score": best or "–",
+                "best / chance": round(auprc[best] / chance, 1)
+                if best and chance > 0
+                else float("nan"),
+            }
+        )
     return pd.DataFrame(out).set_index("benchmark")
 
 
-# ----------------------------------------------------------------------------- learned scores (notebook 05)
-def compare_with_posthoc(rows: pd.DataFrame, learned: Sequence[str] = LEARNED_SCORES,
-                         percent: bool = False) -> pd.DataFrame:
+# --------------------------------------------------------------------- learned scores (notebook 05)
+def compare_with_posthoc(
+    rows: pd.DataFrame, learned: Sequence[str] = LEARNED_SCORES, percent: bool = False
+) -> pd.DataFrame:
     """Per benchmark: the best post-hoc score of the same model (highest AuPRC) next to each learned
     score, from ``evaluate_anomaly``'s rows at T = 1.
 
@@ -414,8 +566,11 @@ def compare_with_posthoc(rows: pd.DataFrame, learned: Sequence[str] = LEARNED_SC
         entry = {"dataset": dataset}
         if len(post):
             best = post.iloc[0]
-            entry.update(best_posthoc=best["score"], best_posthoc_auprc=float(best["auprc"]),
-                         best_posthoc_fpr_at_95_tpr=float(best["fpr_at_95_tpr"]))
+            entry.update(
+                best_posthoc=best["score"],
+                best_posthoc_auprc=float(best["auprc"]),
+                best_posthoc_fpr_at_95_tpr=float(best["fpr_at_95_tpr"]),
+            )
         for score in learned:
             found = group[group["score"] == score]
             if len(found):
@@ -433,13 +588,14 @@ def compare_with_posthoc(rows: pd.DataFrame, learned: Sequence[str] = LEARNED_SC
     return table
 
 
-# ----------------------------------------------------------------------------- Outlier Exposure (notebook 04)
+# ------------------------------------------------------------------- Outlier Exposure (notebook 04)
 def _by_dataset_score(rows: pd.DataFrame, metric: str) -> pd.Series:
     return rows.set_index(["dataset", "score"])[metric].astype(float)
 
 
-def delta_table(before: pd.DataFrame, after: pd.DataFrame,
-                metrics: Sequence[str] = ("auprc", "fpr_at_95_tpr")) -> pd.DataFrame:
+def delta_table(
+    before: pd.DataFrame, after: pd.DataFrame, metrics: Sequence[str] = ("auprc", "fpr_at_95_tpr")
+) -> pd.DataFrame:
     """After minus before, in percentage points: index = score title, columns = (benchmark title,
     metric). ``before`` / ``after``: one row per (dataset, score) each, e.g. the rows of the model
     before and after Outlier Exposure. AuPRC should rise and FPR95 fall. Cells where either side
@@ -451,13 +607,16 @@ def delta_table(before: pd.DataFrame, after: pd.DataFrame,
         for m in metrics:
             b, a = _by_dataset_score(before, m), _by_dataset_score(after, m)
             out[(DATASET_TITLES.get(d, d), METRIC_TITLES[m])] = [
-                100 * (a.get((d, s), np.nan) - b.get((d, s), np.nan)) for s in scores]
+                100 * (a.get((d, s), np.nan) - b.get((d, s), np.nan)) for s in scores
+            ]
     table = pd.DataFrame(out, index=pd.Index([score_title(s) for s in scores], name="score"))
     table.columns = pd.MultiIndex.from_tuples(table.columns, names=["benchmark", "change (points)"])
     return table.round(2)
 
 
-def before_after_table(before: pd.DataFrame, after: pd.DataFrame, score: str = "rba") -> pd.DataFrame:
+def before_after_table(
+    before: pd.DataFrame, after: pd.DataFrame, score: str = "rba"
+) -> pd.DataFrame:
     """One score's AuPRC and FPR95 (percent) per benchmark, before and after, with the change."""
     rows = []
     for d in [d for d in DATASET_ORDER if d in set(before["dataset"]) | set(after["dataset"])]:
@@ -466,7 +625,13 @@ def before_after_table(before: pd.DataFrame, after: pd.DataFrame, score: str = "
             title = METRIC_TITLES[m]
             b = _by_dataset_score(before, m).get((d, score), np.nan)
             a = _by_dataset_score(after, m).get((d, score), np.nan)
-            rec.update({f"{title} before": 100 * b, f"{title} after": 100 * a, f"{title} change": 100 * (a - b)})
+            rec.update(
+                {
+                    f"{title} before": 100 * b,
+                    f"{title} after": 100 * a,
+                    f"{title} change": 100 * (a - b),
+                }
+            )
         rows.append(rec)
     return pd.DataFrame(rows).set_index("benchmark").round(2)
 
@@ -474,15 +639,26 @@ def before_after_table(before: pd.DataFrame, after: pd.DataFrame, score: str = "
 def miou_change_table(before: float, after: float) -> pd.DataFrame:
     """Cityscapes-val mIoU (percent) before and after fine-tuning (fractions in), and the change in
     points."""
-    return pd.DataFrame({"mIoU before": [100 * before], "mIoU after": [100 * after],
-                         "change (points)": [100 * (after - before)]}, index=["Cityscapes val"]).round(2)
+    return pd.DataFrame(
+        {
+            "mIoU before": [100 * before],
+            "mIoU after": [100 * after],
+            "change (points)": [100 * (after - before)],
+        },
+        index=["Cityscapes val"],
+    ).round(2)
 
 
-# ----------------------------------------------------------------------------- uncertainty (notebook 06)
-def uncertainty_tables(df: pd.DataFrame, results_path: str | Path, temperature: float = 1.0,
-                       fpr_convention: str = "course", **kw) -> dict[str, pd.DataFrame]:
-    """The three bootstrap tables of notebook 06 for every method in the store ``df`` (its latest row
-    per model, score and benchmark at ``temperature``, as the comparison table), by file name:
+# ------------------------------------------------------------------------ uncertainty (notebook 06)
+def uncertainty_tables(
+    df: pd.DataFrame,
+    results_path: str | Path,
+    temperature: float = 1.0,
+    fpr_convention: str = "course",
+    **kw,
+) -> dict[str, pd.DataFrame]:
+    """The three bootstrap tables of notebook 06 for every method in the store ``df`` (its latest
+    row per model, score and benchmark at ``temperature``, as the comparison table), by file name:
     ``intervals`` (AuPRC and FPR95 with intervals), ``components`` (SMIYC sIoU gt, PPV, mean F1
     with intervals), ``recall_by_size`` (recall at the 95%-TPR threshold per component area).
     ``kw``: ``n_boot``, ``seed``, ``level``, ``digits`` of ``bootstrap.interval_table``. Empty
@@ -491,15 +667,21 @@ def uncertainty_tables(df: pd.DataFrame, results_path: str | Path, temperature: 
 
     rows = anomaly_rows(df, temperature, fpr_convention)
     kw = dict(kw, store=df)
-    tables = dict(intervals=interval_table(rows, results_path, convention=fpr_convention, **kw),
-                  components=component_table(rows, results_path, convention=fpr_convention, **kw),
-                  recall_by_size=size_table(rows, results_path, **{k: v for k, v in kw.items()
-                                                                   if k in ("n_boot", "seed", "level", "digits", "store")}))
+    tables = dict(
+        intervals=interval_table(rows, results_path, convention=fpr_convention, **kw),
+        components=component_table(rows, results_path, convention=fpr_convention, **kw),
+        recall_by_size=size_table(
+            rows,
+            results_path,
+            **{k: v for k, v in kw.items() if k in ("n_boot", "seed", "level", "digits", "store")},
+        ),
+    )
     return {k: v for k, v in tables.items() if not v.empty}
 
 
 def save_markdown_tables(tables: Mapping[str, pd.DataFrame], figures_dir: str | Path) -> list[Path]:
-    """Write each table as ``<figures_dir>/<name>.md`` (GitHub markdown, ``markdown``); returns the paths."""
+    """Write each table as ``<figures_dir>/<name>.md`` (GitHub markdown, ``markdown``); returns the
+    paths."""
     out = []
     for name, table in tables.items():
         path = Path(figures_dir) / f"{name}.md"
