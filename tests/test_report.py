@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from anomalyseg.evaluate import evaluate_anomaly, evaluate_miou
-from anomalyseg.results import read_results
 from sklearn.metrics import precision_recall_curve, roc_curve
-from test_evaluate import ListData, ToySegmenter
 
+from anomalyseg.evaluate import evaluate_anomaly, evaluate_miou
 from anomalyseg.report import figures, names, selection, tables
+from anomalyseg.results import read_results
+from test_evaluate import ListData, ToySegmenter
 
 BENCHES = ("RoadAnomaly21", "fs_static")
 
@@ -302,6 +302,7 @@ def _run_notebook06(out, data_root):
     import json
 
     import papermill as pm
+
     from anomalyseg.pipeline import notebooks_dir
 
     pm.execute_notebook(
