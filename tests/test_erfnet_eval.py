@@ -21,7 +21,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from anomalyseg.report.tables import chance_table
 from anomalyseg.data.benchmarks import AnomalyBenchmark
-from anomalyseg.evaluate import evaluate_anomaly, load_maps
+from anomalyseg.evaluate import evaluate_anomaly
+from anomalyseg.results import load_maps
 from anomalyseg.models.erfnet import ERFNet, ErfnetSegmenter
 from anomalyseg.results import read_results
 

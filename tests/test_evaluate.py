@@ -8,7 +8,8 @@ import torch
 from sklearn.metrics import average_precision_score, jaccard_score, roc_auc_score
 
 from anomalyseg import scores as S
-from anomalyseg.evaluate import OutputCache, evaluate_anomaly, evaluate_miou, load_curves
+from anomalyseg.evaluate import OutputCache, evaluate_anomaly, evaluate_miou
+from anomalyseg.results import load_curves
 from anomalyseg.models.base import resize_map
 from anomalyseg.results import read_results
 
@@ -135,7 +136,7 @@ def test_miou_matches_sklearn_jaccard(tmp_path):
 
 
 def test_maps_of_first_frames_are_stored_for_the_report(tmp_path):
-    from anomalyseg.evaluate import load_maps
+    from anomalyseg.results import load_maps
 
     seg, data = ToySegmenter(), ListData()
     path = tmp_path / "results.csv"
@@ -219,7 +220,7 @@ def test_weights_fingerprint_of_large_tensors(dtype):
     assert weights_fingerprint(seg) != first
 
 
-# ----------------------------------------------------------------------------- stored rows, or an evaluation
+# ------------------------------------------------------------------ stored rows, or an evaluation
 def test_anomaly_rows_are_reused_per_checkpoint_score_and_protocol(tmp_path):
     from anomalyseg.evaluate import anomaly_rows_or_evaluate
 
@@ -233,11 +234,13 @@ def test_anomaly_rows_are_reused_per_checkpoint_score_and_protocol(tmp_path):
     assert len(read_results(path)) == 2 and sorted(rows.score) == ["max_logit", "msp"]
     for score in ("msp", "max_logit"):
         x, y = _pooled(ToySegmenter(), data, score)
-        assert rows[rows.score == score].iloc[0].auprc == pytest.approx(average_precision_score(y, x), abs=1e-9)
+        found = rows[rows.score == score].iloc[0].auprc
+        assert found == pytest.approx(average_precision_score(y, x), abs=1e-9)
     # everything stored: no forward pass, nothing appended
     again = ToySegmenter()
     reused, how = anomaly_rows_or_evaluate(again, bench, path, ["msp", "max_logit"], progress=False)
-    assert again.forwards == 0 and how == f"toy: all 2 rows reused from {path}" and len(read_results(path)) == 2
+    assert again.forwards == 0 and how == f"toy: all 2 rows reused from {path}"
+    assert len(read_results(path)) == 2
     assert reused.set_index("score").auprc.to_dict() == rows.set_index("score").auprc.to_dict()
     # default scores: EoMT's standard five for a mask-classification model (msp, max_logit stored)
     rows, how = anomaly_rows_or_evaluate(again, bench, path, progress=False)
@@ -248,7 +251,8 @@ def test_anomaly_rows_are_reused_per_checkpoint_score_and_protocol(tmp_path):
     other.checkpoint = "toy-v2"
     _, how = anomaly_rows_or_evaluate(other, bench, path, ["msp"], progress=False)
     assert other.forwards == 3 and how == "toy: evaluated msp"
-    _, how = anomaly_rows_or_evaluate(ToySegmenter(), bench, path, ["msp"], progress=False, protocol="smiyc")
+    _, how = anomaly_rows_or_evaluate(ToySegmenter(), bench, path, ["msp"], progress=False,
+                                      protocol="smiyc")
     assert how == "toy: evaluated msp"
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anomalyseg.evaluate import load_maps
 from anomalyseg.report.explorer import (
     OVERLAY_COLORS,
     explore,
@@ -13,7 +12,7 @@ from anomalyseg.report.explorer import (
     threshold_view,
     tpr_threshold,
 )
-from anomalyseg.results import read_results
+from anomalyseg.results import load_maps, read_results
 from test_report import make_store
 
 SCORE = np.array([[0.9, 0.8, 0.1], [0.7, 0.2, 0.6], [0.5, 0.95, 0.3]])

@@ -124,7 +124,7 @@ def test_bad_settings_and_masks_give_clear_errors():
     with pytest.raises(ValueError, match=r"unknown outlier_loss_target 'msp'.*'rba'"):
         outlier_loss(logits, MASK, outlier_loss_target="msp")
     # RbA is ``rba`` in the package; seed 000's ``nls`` is read only from a config (OEConfig)
-    with pytest.raises(ValueError, match=r"unknown outlier_loss_target 'nls'.*'nls' is 'rba'.*OEConfig"):
+    with pytest.raises(ValueError, match=r"target 'nls'.*'nls' is 'rba'.*OEConfig"):
         outlier_score(logits, "nls")
     with pytest.raises(ValueError, match=r"unknown score_norm 'relu'.*tanh"):
         outlier_loss(logits, MASK, score_norm="relu")

@@ -240,7 +240,7 @@ def test_qualitative_grid_shows_each_methods_best_map(store):
         "EoMT + anomaly head",
     ]
     # The maps are the stored ones of the run that holds them (the class sweep stored only MSP).
-    from anomalyseg.evaluate import load_maps
+    from anomalyseg.results import load_maps
 
     run = df[(df.model == "eomt") & (df.score == "anomaly_head")].run_id.iloc[-1]
     np.testing.assert_array_equal(

@@ -2,7 +2,6 @@
 
 import multiprocessing as mp
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -40,11 +39,14 @@ def _append_many(args):
 
 
 def test_concurrent_appends_keep_every_row(tmp_path):
+    # Each append reads the store and renames a new copy over it: a lock held by two processes at
+    # once would lose rows. The lock file is removed by each holder, so waiters race for new ones.
     path = tmp_path / "results.csv"
-    with mp.get_context("fork").Pool(2) as pool:
-        pool.map(_append_many, [(path, 0), (path, 1)])
+    with mp.get_context("fork").Pool(4) as pool:
+        pool.map(_append_many, [(path, k) for k in range(4)])
     df = results.read_results(path)
-    assert len(df) == 40 and df["run_id"].nunique() == 40
+    assert len(df) == 80 and df["run_id"].nunique() == 80
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]  # no lock file left behind
 
 
 def test_older_schema_keeps_its_rows(tmp_path):

@@ -80,11 +80,14 @@ def test_score_table_lists_the_reference_scores_in_the_course_order():
     # REFERENCE §4's order, then the learned heads of models.anomaly_head
     from anomalyseg.models.anomaly_head import VARIANT_SCORES
 
-    assert scores.SCORE_ORDER[:6] == ("msp", "max_logit", "max_entropy", "energy", "rba", "void_prob")
+    posthoc = ("msp", "max_logit", "max_entropy", "energy", "rba", "void_prob")
+    assert scores.SCORE_ORDER[:6] == posthoc
     assert scores.LEARNED_SCORES == tuple(VARIANT_SCORES.values())
     assert scores.SCORE_ORDER == scores.SCORE_ORDER[:6] + scores.LEARNED_SCORES
-    assert [scores.SCORE_TABLE[n].function for n in scores.SCORE_ORDER[:6]] == [
-        scores.msp, scores.max_logit, scores.max_entropy, scores.energy, scores.rba, scores.void_prob]
+    assert [scores.SCORE_TABLE[n].function for n in posthoc] == [
+        scores.msp, scores.max_logit, scores.max_entropy, scores.energy, scores.rba,
+        scores.void_prob,
+    ]
     assert scores.score_title("rba") == "RbA" and scores.score_title("max_logit") == "MaxLogit"
     assert scores.score_title("my_head") == "my_head"
 
@@ -102,7 +105,8 @@ def test_default_scores_per_model():
     class Pixel:
         supports_class_temperature = False
 
-    assert scores.default_scores(Mask()) == four + ("rba",) and scores.default_scores(Pixel()) == four
+    assert scores.default_scores(Mask()) == four + ("rba",)
+    assert scores.default_scores(Pixel()) == four
     assert scores.applies("rba", Mask()) and not scores.applies("rba", "erfnet")
     assert scores.applies("void_prob", "erfnet") and not scores.applies("void_prob", "eomt")
     assert scores.applies("some_other_head", "erfnet")  # not in the table: the segmenter decides
@@ -113,7 +117,8 @@ def test_default_scores_per_model():
 def test_table_flags_match_what_the_functions_do(x):
     # temperature_sensitive: the ranking of the pixels changes with T (checked on the values);
     # softmax: softmax_scores gives the same map; needs_void: refuses 19 channels.
-    z = torch.cat([x, torch.randn(1, 5, 7, generator=torch.Generator().manual_seed(1)) * 3])  # 20 channels
+    void = torch.randn(1, 5, 7, generator=torch.Generator().manual_seed(1)) * 3
+    z = torch.cat([x, void])  # 20 channels
     for name, spec in scores.SCORE_TABLE.items():
         if spec.learned:
             continue

@@ -20,10 +20,9 @@ all for a pixel temperature.
 
 from __future__ import annotations
 
-import datetime as _dt
-
 import math
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -226,12 +225,13 @@ def store_calibration(fits: Sequence[dict], results_path: str | Path, run_id: st
     report can show calibration next to the anomaly metrics without refitting. Returns the rows."""
     from . import results as _results
 
-    run_id = run_id or _results.new_run_id("calibration")
-    commit, now = _results.git_commit(), _dt.datetime.now().isoformat(timespec="seconds")
-    rows = [dict(run_id=run_id, time=now, git_commit=commit, model=f["model"], checkpoint=f.get("checkpoint", ""),
-                 dataset=dataset, score="calibration", temperature=t, temperature_on=f["temperature_on"],
-                 ece=curve["ece"], nll=curve["nll"], frames_used=f.get("frames", ""), notes=note)
-            for f in fits
-            for t, curve, note in ((1.0, f["before"], ""), (f["temperature"], f["after"], FITTED_NOTE))]  # fmt: skip
+    run = _results.run_columns(run_id or _results.new_run_id("calibration"))
+    rows = []
+    for f in fits:
+        for t, curve, note in ((1.0, f["before"], ""), (f["temperature"], f["after"], FITTED_NOTE)):
+            rows.append(_results.result_row(
+                run, f["model"], f.get("checkpoint", ""), dataset, "calibration", temperature=t,
+                temperature_on=f["temperature_on"], ece=curve["ece"], nll=curve["nll"],
+                frames_used=f.get("frames", ""), notes=note))
     _results.append_rows(rows, results_path)
     return pd.DataFrame(rows, columns=_results.COLUMNS)

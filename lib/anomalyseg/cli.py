@@ -282,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--benchmarks", nargs="*", default=None, help="folder names (default: all found)")
     s.add_argument("--cityscapes-root", type=Path, help="Cityscapes root, for mIoU on val")
     s.add_argument("--scores", nargs="+", default=list(default_scores()),
-                   help="anomaly scores (anomalyseg.scores.SCORE_TABLE; default: those of every model)")
+                   help="anomaly scores (anomalyseg.scores.SCORE_TABLE; default: those of every "
+                        "model)")
     s.add_argument("--temperatures", nargs="+", type=positive_float, default=[1.0])
     s.add_argument("--temperature-on", choices=("pixel", "class"), default="pixel")
     s.add_argument("--fpr-convention", choices=("course", "smiyc"), default=None,

@@ -7,7 +7,6 @@ ten temperatures costs ten cheap passes over cached outputs, not ten evaluations
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import math
 import time
@@ -33,8 +32,16 @@ from .progress import tqdm
 from .metrics import AnomalyAccumulator, BinnedAnomalyAccumulator, ConfusionMatrix, PerImageAccumulator
 from .models.base import Segmenter
 from .protocol import EvalProtocol, applied, get_protocol, resize_label, scored_label, scored_map
-from .scores import (NEEDS_VOID_CHANNEL, SOFTMAX_SCORES, TEMPERATURE_SENSITIVE, applies, baseline_scores,
-                     default_scores, get_score, softmax_scores)
+from .scores import (
+    NEEDS_VOID_CHANNEL,
+    SOFTMAX_SCORES,
+    TEMPERATURE_SENSITIVE,
+    applies,
+    baseline_scores,
+    default_scores,
+    get_score,
+    softmax_scores,
+)
 
 
 # ----------------------------------------------------------------------------- output cache
@@ -173,7 +180,6 @@ def collect_outputs(
     label_key: str = "label",
     num_workers: int = 0,
     progress: bool = True,
-    keep_in_memory: bool = False,
     protocol: EvalProtocol | str | None = None,
     skipped: list[str] | None = None,
 ) -> list[Frame]:
@@ -185,16 +191,16 @@ def collect_outputs(
     forward passes. Under a protocol that skips after the resize (``course``), an anomaly label
     (``label_key="label"``) without an anomaly pixel at the scored resolution drops its frame
     before the forward pass, and its stem is appended to ``skipped``.
-    With a disk cache the frames read their outputs back when used, unless ``keep_in_memory``;
-    with the in-memory cache they hold them.
+    With a disk cache the frames read their outputs back when used; with the in-memory cache they
+    hold them.
     """
     protocol = get_protocol(protocol)
     with applied(segmenter, protocol):
-        return _collect(segmenter, dataset, dataset_name, cache, label_key, num_workers, progress, keep_in_memory,
+        return _collect(segmenter, dataset, dataset_name, cache, label_key, num_workers, progress,
                         protocol, skipped)
 
 
-def _collect(segmenter, dataset, dataset_name, cache, label_key, num_workers, progress, keep_in_memory, protocol,
+def _collect(segmenter, dataset, dataset_name, cache, label_key, num_workers, progress, protocol,
              skipped) -> list[Frame]:
     cache = cache if cache is not None else OutputCache()
     key = cache.key(segmenter) if cache.root is not None else None
@@ -218,13 +224,9 @@ def _collect(segmenter, dataset, dataset_name, cache, label_key, num_workers, pr
         path = cache.path(segmenter, dataset_name, stem, key)
         if path.exists() and not _readable(path):  # truncated by a crash or a full disk: compute it again
             _evict(path, ValueError("incomplete safetensors file"))
-        if path.exists():
-            raw = _load_cached(path) if keep_in_memory else None
-        else:
-            raw = segmenter.raw_outputs(item["image"])
-            cache.put(segmenter, dataset_name, stem, raw, key)
-        frames.append(Frame(stem, raw if keep_in_memory else None, label, load=partial(_load_cached, path),
-                            native_size=full))
+        if not path.exists():
+            cache.put(segmenter, dataset_name, stem, segmenter.raw_outputs(item["image"]), key)
+        frames.append(Frame(stem, None, label, load=partial(_load_cached, path), native_size=full))
     return frames
 
 
@@ -347,7 +349,7 @@ def evaluate_anomaly(
         results_path = _results.check_store(results_path)  # before any forward pass
     run_id = run_id or _results.new_run_id(segmenter.name)
     cache = cache if cache is not None else OutputCache()
-    commit, now = _results.git_commit(), _dt.datetime.now().isoformat(timespec="seconds")
+    run = _results.run_columns(run_id)
     new_acc = AnomalyAccumulator if histogram_bits is None else partial(BinnedAnomalyAccumulator, histogram_bits)
     new_acc = PerImageAccumulator if protocol.pooling == "per_image" else new_acc
     rows, curves, stats_arrays = [], {}, {}
@@ -385,8 +387,8 @@ def evaluate_anomaly(
                           "evaluation size), so it has no rows.", stacklevel=2)
             continue
         if results_path is not None and maps_frames:
-            _save_maps(Path(results_path).parent / "maps" / run_id / name, segmenter, dataset, frames[:maps_frames],
-                       [s for s in scores], extra_names)
+            _save_maps(results_path, run_id, name, segmenter, dataset, frames[:maps_frames], scores,
+                       extra_names)
         labels = {f.stem: scored_label(f.label, protocol) for f in frames}  # 2x2 blocks under blocks2x2
         n_valid = sum(int(((lab == 0) | (lab == 1)).sum()) for lab in labels.values())
         skipped = len(getattr(dataset, "skipped", ())) + len(dropped)
@@ -421,13 +423,13 @@ def evaluate_anomaly(
                     stats_row = dict(summary, frame_stats=f"{_results.frame_stats_ref(run_id, name)}#{key}")
                 same_for_all_t = temperature_on == "pixel" and c.score not in TEMPERATURE_SENSITIVE and c.score not in extra_names
                 for t in (list(temperatures) if same_for_all_t else [t_row]):
-                    rows.append(dict(
-                        run_id=run_id, time=now, git_commit=commit, model=segmenter.name, checkpoint=segmenter.checkpoint,
-                        dataset=name, score=c.score, temperature=t, temperature_on=t_on,
+                    rows.append(_results.result_row(
+                        run, segmenter.name, segmenter.checkpoint, name, c.score,
+                        temperature=t, temperature_on=t_on,
                         auprc=m["auprc"], fpr_at_95_tpr=m["fpr_at_95_tpr"], auroc=m["auroc"], miou="",
                         frames_used=len(frames), frames_skipped=skipped, fpr_convention=fpr_convention,
                         eval_size="x".join(map(str, labels[frames[0].stem].shape)) if frames else "",
-                        curves=f"curves/{run_id}.npz#{key}" if points else "",
+                        curves=f"{_results.curves_ref(run_id)}#{key}" if points else "",
                         metric_bins=f"2^{histogram_bits}" if histogram_bits else "", notes=notes, **stats_row,
                         protocol=protocol.name,
                     ))
@@ -435,7 +437,7 @@ def evaluate_anomaly(
         # (a bad frame, a full disk) never costs the ones already done.
         if results_path is not None:
             if curves:
-                _save_npz(results_path.parent / "curves" / f"{run_id}.npz", curves)
+                _results.save_curves(results_path, run_id, curves)
             if stats_arrays:  # one file per benchmark: earlier ones are not written again
                 _results.save_frame_stats(results_path, run_id, name, stats_arrays)
                 stats_arrays = {}
@@ -451,14 +453,6 @@ def _with_fpr(protocol: EvalProtocol, fpr_convention: str | None) -> EvalProtoco
     if protocol.name == "course" and fpr_convention == "smiyc":
         return get_protocol("smiyc")
     return replace(protocol, name=f"{protocol.name}+fpr_{fpr_convention}", fpr_convention=fpr_convention)
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-
-    _results.atomic_write(path, write)
 
 
 def check_temperatures(temperatures: Sequence[float], what: str = "temperature") -> list[float]:
@@ -477,7 +471,10 @@ def check_temperatures(temperatures: Sequence[float], what: str = "temperature")
     return out
 
 
-def _save_maps(folder: Path, segmenter, dataset, frames, scores, extra_names) -> None:
+def _save_maps(results_path: Path, run_id: str, name: str, segmenter, dataset, frames, scores,
+               extra_names) -> None:
+    """Score maps at T = 1 of ``frames`` (of ``dataset``, called ``name``), stored by
+    ``results.save_maps``."""
     combos = [_Combo(s, float("nan") if s in extra_names else 1.0) for s in scores]
     j = 0  # the dataset item of each frame: frames the protocol dropped leave gaps
     for f in frames:
@@ -486,30 +483,13 @@ def _save_maps(folder: Path, segmenter, dataset, frames, scores, extra_names) ->
         while item["stem"] != f.stem and j < len(dataset) - 1:
             j += 1
             item = dataset[j]
-        image = item["image"] if item["stem"] == f.stem else None
-        arrays = {f"map|{c.score}": maps[c].numpy().astype(np.float16) for c in combos}  # in the order asked
-        arrays["label"] = f.label.numpy().astype(np.uint8)
-        if image is not None:
-            img = F.interpolate(image[None].float(), size=f.size, mode="bilinear", align_corners=False)[0]
-            arrays["image"] = img.clamp(0, 255).byte().numpy()
-        _save_npz(folder / f"{f.stem}.npz", arrays)
-
-
-def load_maps(results_path: str | Path, run_id: str, dataset: str) -> dict[str, dict]:
-    """Stored frames of one run and data set: ``{stem: {"image", "label", "maps": {score: [H, W]}}}``."""
-    folder = Path(results_path).parent / "maps" / run_id / dataset
-    out = {}
-    for path in sorted(folder.glob("*.npz"), key=lambda p: (len(p.stem), p.stem)):
-        with np.load(path) as z:
-            out[path.stem] = {"image": z["image"] if "image" in z.files else None, "label": z["label"],
-                              "maps": {k.split("|", 1)[1]: z[k].astype(np.float32) for k in z.files if k.startswith("map|")},
-                              "stem": path.stem}
-    return out
-
-
-def load_curves(results_path: str | Path, row: dict | pd.Series) -> dict[str, np.ndarray] | None:
-    """PR/ROC points stored for one result row (``recall``, ``precision``, ``fpr``, ``tpr``), or None."""
-    return _results.load_row_arrays(results_path, row, "curves")
+        image = None
+        if item["stem"] == f.stem:
+            img = F.interpolate(item["image"][None].float(), size=f.size, mode="bilinear",
+                                align_corners=False)[0]
+            image = img.clamp(0, 255).byte().numpy()
+        by_score = {c.score: maps[c].numpy() for c in combos}  # in the order asked
+        _results.save_maps(results_path, run_id, name, f.stem, by_score, f.label.numpy(), image)
 
 
 # ----------------------------------------------------------------------------- mIoU
@@ -545,7 +525,7 @@ def evaluate_miou(
     run_id = run_id or _results.new_run_id(segmenter.name)
     frames = collect_outputs(segmenter, dataset, dataset_name, cache, label_key="target", num_workers=num_workers,
                              progress=progress, protocol=protocol)
-    commit, now = _results.git_commit(), _dt.datetime.now().isoformat(timespec="seconds")
+    run = _results.run_columns(run_id)
     rows, per_class = [], {}
     cms = [ConfusionMatrix(num_classes=NUM_CLASSES, ignore_index=255) for _ in class_temperatures]
     with applied(segmenter, protocol, miou=True):  # course: ERFNet's class maps keep the void channel
@@ -556,9 +536,8 @@ def evaluate_miou(
                 cm.update(class_argmax(class_map), f.label)
     for t, cm in zip(class_temperatures, cms):
         per_class[f"T={t:g}"] = cm.iou()
-        rows.append(dict(
-            run_id=run_id, time=now, git_commit=commit, model=segmenter.name, checkpoint=segmenter.checkpoint,
-            dataset=dataset_name, score="miou", temperature=t,
+        rows.append(_results.result_row(
+            run, segmenter.name, segmenter.checkpoint, dataset_name, "miou", temperature=t,
             temperature_on="class" if segmenter.supports_class_temperature else "none",
             auprc="", fpr_at_95_tpr="", auroc="", miou=cm.miou(), frames_used=len(frames), frames_skipped=0,
             fpr_convention="", eval_size="x".join(map(str, frames[0].size)) if frames else "", curves="", notes=notes,
@@ -578,7 +557,8 @@ def evaluation_pass(segmenter: Segmenter, benchmarks: dict[str, Dataset], val: D
     ``scores``: None for ``scores.default_scores(segmenter)``; those not meant for this model
     (``scores.applies``) are left out."""
     started = time.perf_counter()
-    scores = [s for s in (default_scores(segmenter) if scores is None else scores) if applies(s, segmenter)]
+    scores = default_scores(segmenter) if scores is None else scores
+    scores = [s for s in scores if applies(s, segmenter)]
     evaluate_anomaly(segmenter, benchmarks, scores, results_path=None, cache=OutputCache(), maps_frames=0, progress=False,
                      frame_stats=False)
     if val is not None:
@@ -622,11 +602,17 @@ def sweep_points(segmenter: Segmenter, temperatures: Sequence[float]) -> int:
     return len(temperatures) * (2 if segmenter.supports_class_temperature else 1)
 
 
-# ----------------------------------------------------------------------------- stored rows, or an evaluation
-def anomaly_rows_or_evaluate(segmenter: Segmenter, benchmarks: dict[str, Dataset], results_csv: str | Path,
-                             scores: Sequence[str] | None = None, cache: OutputCache | None = None,
-                             progress: bool = True, notes: str = "",
-                             protocol: str = "course") -> tuple[pd.DataFrame, str]:
+# ------------------------------------------------------------------ stored rows, or an evaluation
+def anomaly_rows_or_evaluate(
+    segmenter: Segmenter,
+    benchmarks: dict[str, Dataset],
+    results_csv: str | Path,
+    scores: Sequence[str] | None = None,
+    cache: OutputCache | None = None,
+    progress: bool = True,
+    notes: str = "",
+    protocol: str = "course",
+) -> tuple[pd.DataFrame, str]:
     """The benchmark rows of ``segmenter`` at T = 1 for ``scores`` (None:
     ``scores.default_scores(segmenter)``): taken from the store when every (benchmark, score) is
     there for its checkpoint under ``protocol`` (``results.stored_anomaly_rows``), else evaluated
@@ -634,14 +620,15 @@ def anomaly_rows_or_evaluate(segmenter: Segmenter, benchmarks: dict[str, Dataset
     the notebook to print."""
     scores = list(default_scores(segmenter) if scores is None else scores)
     name, checkpoint = segmenter.name, segmenter.checkpoint
-    have = _results.stored_anomaly_rows(results_csv, name, checkpoint, scores, list(benchmarks), protocol)
+    datasets = list(benchmarks)
+    have = _results.stored_anomaly_rows(results_csv, name, checkpoint, scores, datasets, protocol)
     done = set(zip(have["dataset"], have["score"])) if len(have) else set()
     missing = [s for s in scores if any((d, s) not in done for d in benchmarks)]
     if not missing:
         return have, f"{name}: all {len(have)} rows reused from {results_csv}"
     evaluate_anomaly(segmenter, benchmarks, scores=missing, results_path=results_csv, cache=cache,
                      progress=progress, notes=notes, protocol=protocol)
-    rows = _results.stored_anomaly_rows(results_csv, name, checkpoint, scores, list(benchmarks), protocol)
+    rows = _results.stored_anomaly_rows(results_csv, name, checkpoint, scores, datasets, protocol)
     how = (f"{name}: evaluated {', '.join(missing)}" +
            (f"; {len(have)} rows reused from {results_csv}" if len(have) else ""))
     return rows, how
@@ -657,7 +644,8 @@ def miou_or_evaluate(segmenter: Segmenter, dataset: Dataset, results_csv: str | 
     if stored is not None:
         return stored, f"{segmenter.name}: mIoU reused from {results_csv}"
     rows, _ = evaluate_miou(segmenter, dataset, results_path=results_csv, cache=cache,
-                            dataset_name=_results.MIOU_DATASET, progress=progress, notes=notes, protocol=protocol)
+                            dataset_name=_results.MIOU_DATASET, progress=progress, notes=notes,
+                            protocol=protocol)
     return float(rows["miou"].iloc[0]), f"{segmenter.name}: mIoU evaluated on {len(dataset)} frames"
 
 

@@ -5,7 +5,8 @@ Both read an ``outlier_mask`` ``[B, H, W]`` as ``MixOOD`` writes it: 1 = pasted 
 
 The outlier loss follows seed 000's ``MaskClassificationLoss.outlier_loss`` (itself adapted from
 RbA), with its names: an ``outlier_loss_target`` score ``s`` of the per-pixel class map ``L``
-(``rba``, which seed 000 calls ``nls``; ``energy``; ``softmax_entropy``; and Mask2Anomaly's ``max_logit``),
+(``rba``, which seed 000 calls ``nls``; ``energy``; ``softmax_entropy``; and Mask2Anomaly's
+``max_logit``),
 shaped by an ``outlier_loss_func`` (``squared_hinge`` or ``binary_cross_entropy``).
 """
 
@@ -29,8 +30,10 @@ SCORE_NORMS = ("tanh", "sigmoid", "none")
 def _check_target(target: str, score_norm: str, where: str) -> str:
     if target not in OUTLIER_TARGETS:
         raise ValueError(
-            f"{where}: unknown outlier_loss_target {target!r}; expected one of {list(OUTLIER_TARGETS)}"
-            + (" (seed 000's 'nls' is 'rba'; OEConfig reads 'nls' from a config as 'rba')." if target == "nls" else ".")
+            f"{where}: unknown outlier_loss_target {target!r}; expected one of "
+            f"{list(OUTLIER_TARGETS)}"
+            + (" (seed 000's 'nls' is 'rba'; OEConfig reads 'nls' from a config as 'rba')."
+               if target == "nls" else ".")
         )
     if score_norm not in SCORE_NORMS:
         raise ValueError(f"{where}: unknown score_norm {score_norm!r}; expected one of {list(SCORE_NORMS)} (RbA: 'tanh').")

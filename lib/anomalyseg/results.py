@@ -3,6 +3,12 @@
 Every evaluation appends rows; nothing ever rewrites an earlier run. An append writes the old
 content plus the new rows to a temporary file in the same folder and renames it over the store,
 under a lock, so a crash never leaves half a file and two notebooks never interleave rows.
+
+The store also owns the arrays stored beside it, each written once under a new run id and read
+back by the row that points at it: PR/ROC points (``curves/<run_id>.npz``, ``save_curves`` /
+``load_curves``), the score maps of the first frames (``maps/<run_id>/<dataset>/<stem>.npz``,
+``save_maps`` / ``load_maps``) and per-frame statistics (``frame_stats/<run_id>/<dataset>.npz``,
+``save_frame_stats`` / ``load_frame_stats``). Rows are built by ``result_row`` only.
 """
 
 from __future__ import annotations
@@ -60,13 +66,33 @@ def git_commit() -> str:
 
 @contextmanager
 def _locked(path: Path):
+    """Hold the store's exclusive lock: ``flock`` on ``<store>.lock``, which the holder removes
+    before it lets go, so that nothing is left beside the store. A waiter that then wins the lock
+    of a removed file (its inode is no longer the one at the path) opens the path again: only the
+    holder of the file currently at the path proceeds, so two appends never interleave."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    lock_path = path.with_name(path.name + ".lock")
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held, current = os.fstat(fd), os.stat(lock_path)
+            if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino):
+                break
+        except FileNotFoundError:  # removed by the holder we waited for: try again
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield
+    finally:
+        try:
+            lock_path.unlink()  # while still holding it (see above)
+        except OSError:
+            pass  # gone already, or a folder that allows no removal: an empty file is harmless
+        os.close(fd)  # releases the lock
 
 
 class ResultsStoreError(ValueError):
@@ -138,6 +164,30 @@ def _side_file(path: Path) -> Path:
     return path.with_name(f"{path.stem}.unsaved-{_dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}{path.suffix}")
 
 
+def _check_columns(row: dict) -> None:
+    unknown = set(row) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"Result rows may only hold the columns {COLUMNS}; got unknown keys "
+                         f"{sorted(unknown)}.")
+
+
+def run_columns(run_id: str) -> dict:
+    """The columns every row of one evaluation shares: ``run_id``, ``time`` (now, ISO 8601 to the
+    second) and ``git_commit`` (``git_commit()``)."""
+    now = _dt.datetime.now().isoformat(timespec="seconds")
+    return dict(run_id=run_id, time=now, git_commit=git_commit())
+
+
+def result_row(run: dict, model: str, checkpoint, dataset: str, score: str, **values) -> dict:
+    """One row of the store: ``run`` (``run_columns``), the ``model`` and ``checkpoint`` evaluated,
+    the ``dataset``, the ``score`` (a score name, ``miou`` or ``calibration``) and any other
+    ``COLUMNS`` as ``values`` (metrics as fractions; a column not given stays empty). The one
+    place rows are built (anomaly, mIoU and calibration rows). ValueError names unknown columns."""
+    row = dict(run, model=model, checkpoint=checkpoint, dataset=dataset, score=score, **values)
+    _check_columns(row)
+    return row
+
+
 def append_rows(rows: Iterable[dict], path: str | Path = "results/results.csv") -> int:
     """Append ``rows`` (dicts keyed by ``COLUMNS``; missing keys stay empty) atomically.
 
@@ -153,9 +203,7 @@ def append_rows(rows: Iterable[dict], path: str | Path = "results/results.csv") 
     path = _store_path(path)
     rows = list(rows)
     for row in rows:
-        unknown = set(row) - set(COLUMNS)
-        if unknown:
-            raise ValueError(f"Result rows may only hold the columns {COLUMNS}; got unknown keys {sorted(unknown)}.")
+        _check_columns(row)
     if not rows:
         return 0
     with _locked(path):
@@ -302,16 +350,24 @@ def latest(df: pd.DataFrame, keys=("model", "dataset", "score", "temperature", "
     return df.drop_duplicates(subset=keys, keep="last")
 
 
-def checkpoint_rows(df: pd.DataFrame, model: str, checkpoint: str, protocol: str | None = "course") -> pd.DataFrame:
-    """Rows of exactly this ``model`` and ``checkpoint`` evaluated under ``protocol`` (None: any)."""
+def checkpoint_rows(df: pd.DataFrame, model: str, checkpoint: str,
+                    protocol: str | None = "course") -> pd.DataFrame:
+    """Rows of exactly this ``model`` and ``checkpoint`` evaluated under ``protocol`` (None:
+    any)."""
     df = protocol_rows(df, protocol)
     if not len(df):
         return df
     return df[(df["model"] == model) & (df["checkpoint"].astype(str) == str(checkpoint))]
 
 
-def stored_anomaly_rows(path: str | Path, model: str, checkpoint: str, scores: Iterable[str] | None = None,
-                        datasets: Iterable[str] = DATASET_ORDER, protocol: str | None = "course") -> pd.DataFrame:
+def stored_anomaly_rows(
+    path: str | Path,
+    model: str,
+    checkpoint: str,
+    scores: Iterable[str] | None = None,
+    datasets: Iterable[str] = DATASET_ORDER,
+    protocol: str | None = "course",
+) -> pd.DataFrame:
     """Latest stored benchmark rows of exactly this model and checkpoint at T = 1 (pixel or class
     temperature: identical at 1) under ``protocol`` (``anomalyseg.protocol``), one per (dataset,
     score), for ``scores`` (None: every score) on ``datasets``."""
@@ -331,7 +387,8 @@ def stored_miou(path: str | Path, model: str, checkpoint: str, protocol: str | N
     df = checkpoint_rows(read_results(path), model, checkpoint, protocol)
     if not len(df):
         return None
-    rows = df[(df["score"] == "miou") & (df["dataset"] == dataset) & np.isclose(df["temperature"].astype(float), 1.0)]
+    at_one = np.isclose(df["temperature"].astype(float), 1.0)
+    rows = df[(df["score"] == "miou") & (df["dataset"] == dataset) & at_one]
     return float(rows["miou"].iloc[-1]) if len(rows) else None
 
 
@@ -356,6 +413,73 @@ def training_log(run_dir: str | Path) -> pd.DataFrame:
     return df.groupby("step")[metrics].last().reset_index().sort_values("step", ignore_index=True)
 
 
+# ------------------------------------------------------------------------ arrays beside the store
+def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez_compressed(arrays)`` to ``path``, atomically (``atomic_write``)."""
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def curves_ref(run_id: str) -> str:
+    """A run's PR/ROC points, relative to the store's folder: ``curves/<run_id>.npz`` (a row's
+    ``curves`` column adds ``#<row key>``)."""
+    return f"curves/{run_id}.npz"
+
+
+def save_curves(results_path: str | Path, run_id: str, arrays: dict[str, np.ndarray]) -> Path:
+    """Write a run's PR/ROC points (``{"<row key>|recall" | "precision" | "fpr" | "tpr": array}``)
+    beside the store; rewritten whole as the run adds benchmarks (a run id is never reused)."""
+    path = Path(results_path).parent / curves_ref(run_id)
+    save_npz(path, arrays)
+    return path
+
+
+def load_curves(results_path: str | Path, row) -> dict[str, np.ndarray] | None:
+    """PR/ROC points stored for one result row (``recall``, ``precision``, ``fpr``, ``tpr``), or
+    None."""
+    return load_row_arrays(results_path, row, "curves")
+
+
+def maps_folder(results_path: str | Path, run_id: str, dataset: str) -> Path:
+    """Where a run's score maps of one data set are stored:
+    ``<store folder>/maps/<run_id>/<dataset>/``."""
+    return Path(results_path).parent / "maps" / run_id / dataset
+
+
+def save_maps(results_path: str | Path, run_id: str, dataset: str, stem: str,
+              maps: dict[str, np.ndarray], label: np.ndarray,
+              image: np.ndarray | None = None) -> Path:
+    """Store one frame for the report and the explorer: its score ``maps`` (``{score: [H, W]}``,
+    kept as float16, in the given order), its ``label`` ``[H, W]`` (uint8) and, when given, its
+    ``image`` ``[3, H, W]`` (uint8) at the same size, in ``maps_folder(...)/<stem>.npz``."""
+    arrays = {f"map|{score}": np.asarray(m).astype(np.float16) for score, m in maps.items()}
+    arrays["label"] = np.asarray(label).astype(np.uint8)
+    if image is not None:
+        arrays["image"] = np.asarray(image).astype(np.uint8)
+    path = maps_folder(results_path, run_id, dataset) / f"{stem}.npz"
+    save_npz(path, arrays)
+    return path
+
+
+def load_maps(results_path: str | Path, run_id: str, dataset: str) -> dict[str, dict]:
+    """Stored frames of one run and data set (``save_maps``), in frame order:
+    ``{stem: {"image", "label", "maps": {score: [H, W] float32}, "stem"}}`` (``image`` None when
+    not stored)."""
+    out = {}
+    files = maps_folder(results_path, run_id, dataset).glob("*.npz")
+    for path in sorted(files, key=lambda p: (len(p.stem), p.stem)):
+        with np.load(path) as z:
+            maps = {k.split("|", 1)[1]: z[k].astype(np.float32)
+                    for k in z.files if k.startswith("map|")}
+            image = z["image"] if "image" in z.files else None
+            out[path.stem] = {"image": image, "label": z["label"], "maps": maps, "stem": path.stem}
+    return out
+
+
 def frame_stats_ref(run_id: str, dataset: str) -> str:
     """A run's per-frame statistics of one benchmark, relative to the store's folder:
     ``frame_stats/<run_id>/<dataset>.npz`` (a row's ``frame_stats`` column adds ``#<row key>``)."""
@@ -366,15 +490,8 @@ def save_frame_stats(results_path: str | Path, run_id: str, dataset: str, arrays
     """Write one benchmark's per-frame statistics (``{"<row key>|<name>": array}``, see
     ``frame_stats``) atomically beside the store; a run id is new for every evaluation, so nothing
     already stored is overwritten."""
-    import numpy as np
-
     path = Path(results_path).parent / frame_stats_ref(run_id, dataset)
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-
-    atomic_write(path, write)
+    save_npz(path, arrays)
     return path
 
 

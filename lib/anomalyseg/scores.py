@@ -133,14 +133,16 @@ _BOTH, _EOMT, _ERFNET = frozenset(MODEL_KINDS), frozenset({"eomt"}), frozenset({
 SCORE_TABLE: dict[str, ScoreSpec] = {
     spec.name: spec
     for spec in (
-        ScoreSpec("msp", "MSP", msp, _BOTH, baseline=True, temperature_sensitive=True, softmax=True),
+        ScoreSpec("msp", "MSP", msp, _BOTH, baseline=True, temperature_sensitive=True,
+                  softmax=True),
         ScoreSpec("max_logit", "MaxLogit", max_logit, _BOTH, baseline=True),
-        ScoreSpec("max_entropy", "MaxEntropy", max_entropy, _BOTH, temperature_sensitive=True, softmax=True),
+        ScoreSpec("max_entropy", "MaxEntropy", max_entropy, _BOTH, temperature_sensitive=True,
+                  softmax=True),
         ScoreSpec("energy", "Energy", energy, _BOTH, temperature_sensitive=True, softmax=True),
         ScoreSpec("rba", "RbA", rba, _EOMT),
-        # an option of ERFNet with a trained void channel (REFERENCE §4), not part of its default set
-        ScoreSpec("void_prob", "Void classifier", void_prob, _ERFNET, standard=False, temperature_sensitive=True,
-                  needs_void=True),
+        # an option of ERFNet with a trained void channel (REFERENCE §4), not in its default set
+        ScoreSpec("void_prob", "Void classifier", void_prob, _ERFNET, standard=False,
+                  temperature_sensitive=True, needs_void=True),
         # the anomaly heads of ``models.anomaly_head`` (``VARIANT_SCORES``) on a frozen EoMT
         ScoreSpec("anomaly_head", "Anomaly head", None, _EOMT, standard=False),
         ScoreSpec("anomaly_head_hybrid", "Anomaly head (hybrid)", None, _EOMT, standard=False),
@@ -149,10 +151,10 @@ SCORE_TABLE: dict[str, ScoreSpec] = {
 # Views of the table, for the code that reads one property.
 SCORE_ORDER = tuple(SCORE_TABLE)
 SCORE_TITLES = {name: spec.title for name, spec in SCORE_TABLE.items()}
-SCORES: dict[str, Score] = {name: spec.function for name, spec in SCORE_TABLE.items() if not spec.learned}
+SCORES: dict[str, Score] = {n: spec.function for n, spec in SCORE_TABLE.items() if not spec.learned}
 LEARNED_SCORES = tuple(name for name, spec in SCORE_TABLE.items() if spec.learned)
 SOFTMAX_SCORES = frozenset(name for name, spec in SCORE_TABLE.items() if spec.softmax)
-TEMPERATURE_SENSITIVE = frozenset(name for name, spec in SCORE_TABLE.items() if spec.temperature_sensitive)
+TEMPERATURE_SENSITIVE = frozenset(n for n, s in SCORE_TABLE.items() if s.temperature_sensitive)
 NEEDS_VOID_CHANNEL = frozenset(name for name, spec in SCORE_TABLE.items() if spec.needs_void)
 
 
@@ -161,7 +163,8 @@ def model_kind(model) -> str:
     (mask classification, ``supports_class_temperature``, is ``eomt``)."""
     if isinstance(model, str):
         if model not in MODEL_KINDS:
-            raise ValueError(f"unknown model kind {model!r}; expected one of {list(MODEL_KINDS)} or a segmenter.")
+            raise ValueError(f"unknown model kind {model!r}; expected one of "
+                             f"{list(MODEL_KINDS)} or a segmenter.")
         return model
     return "eomt" if getattr(model, "supports_class_temperature", False) else "erfnet"
 
@@ -178,7 +181,8 @@ def default_scores(model=None) -> tuple[str, ...]:
     order: ``msp``, ``max_logit``, ``max_entropy``, ``energy`` and, for EoMT, ``rba``. None: the
     scores that apply to every model (the four without ``rba``)."""
     kinds = set(MODEL_KINDS) if model is None else {model_kind(model)}
-    return tuple(s.name for s in SCORE_TABLE.values() if s.standard and not s.learned and kinds <= s.models)
+    return tuple(s.name for s in SCORE_TABLE.values()
+                 if s.standard and not s.learned and kinds <= s.models)
 
 
 def baseline_scores() -> tuple[str, ...]:

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluate import load_maps
-from ..results import DATASET_ORDER, DATASET_TITLES, read_results
+from ..results import DATASET_ORDER, DATASET_TITLES, load_maps, read_results
 from ..scores import score_title
 from .figures import label_overlay
 from .names import model_title

@@ -20,13 +20,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..evaluate import load_curves, load_maps
 from ..labels import CLASS_NAMES, OOD_OBJECT_VALUE, colorize
 from ..results import (
     DATASET_ORDER,
     DATASET_TITLES,
     MIOU_DATASET,
     latest,
+    load_curves,
+    load_maps,
     protocol_rows,
     training_log,
 )

@@ -15,7 +15,13 @@ import warnings
 from dataclasses import asdict, dataclass, fields, replace
 
 from ..labels import NUM_CLASSES
-from ..losses import OUTLIER_LOSS_FUNCS, OUTLIER_TARGETS, SCORE_NORMS, outlier_score_landmarks, outlier_score_range
+from ..losses import (
+    OUTLIER_LOSS_FUNCS,
+    OUTLIER_TARGETS,
+    SCORE_NORMS,
+    outlier_score_landmarks,
+    outlier_score_range,
+)
 
 TRAINABLE = ("heads", "all")
 COCO_SPLITS = ("train", "val")
