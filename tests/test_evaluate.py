@@ -9,9 +9,8 @@ from sklearn.metrics import average_precision_score, jaccard_score, roc_auc_scor
 
 from anomalyseg import scores as S
 from anomalyseg.evaluate import OutputCache, evaluate_anomaly, evaluate_miou
-from anomalyseg.results import load_curves
 from anomalyseg.models.base import resize_map
-from anomalyseg.results import read_results
+from anomalyseg.results import load_curves, read_results
 
 
 class ToySegmenter:

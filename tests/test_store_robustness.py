@@ -11,8 +11,20 @@ import torch
 from safetensors.torch import load_file
 
 from anomalyseg import results
-from anomalyseg.evaluate import OutputCache, check_temperatures, collect_outputs, evaluate_anomaly, evaluate_miou
-from anomalyseg.results import ResultsStoreError, append_rows, check_store, merge_results, read_results
+from anomalyseg.evaluate import (
+    OutputCache,
+    check_temperatures,
+    collect_outputs,
+    evaluate_anomaly,
+    evaluate_miou,
+)
+from anomalyseg.results import (
+    ResultsStoreError,
+    append_rows,
+    check_store,
+    merge_results,
+    read_results,
+)
 from test_evaluate import ListData, ToySegmenter
 
 
