@@ -19,11 +19,12 @@ pytestmark = pytest.mark.slow
 
 def test_shipped_files_match_their_manifest():
     manifest = demo_models.read_manifest()
-    assert set(manifest) == {"erfnet", "eomt"}
+    assert set(manifest) == set(demo_models.MODELS)
     for model in manifest:
         entry = demo_models.verify(model)  # size and sha256 of every file, recomputed here
         assert entry["command"].startswith(f"anomalyseg demo-weights --model {model} ")
-        assert entry["data"]["preset"] == "demo" and 0 < entry["val_miou"] <= 1
+        assert entry["data"]["preset"] == "demo"
+        assert 0 < entry["val_miou"] <= 1 if model in ("erfnet", "eomt", "eomt_oe") else entry["final_train_loss"] > 0
         for rel in entry["files"]:
             if rel.endswith(".safetensors"):
                 assert {t.dtype for t in load_file(demo_models.WEIGHTS_DIR / model / rel).values()
@@ -32,10 +33,11 @@ def test_shipped_files_match_their_manifest():
 
 @pytest.fixture(scope="module")
 def shipped_tiny(tmp_path_factory):
-    """`anomalyseg demo-weights` for both models on the tiny preset (2 steps), the command a
-    maintainer runs on the demo preset to make the shipped weights."""
+    """`anomalyseg demo-weights` for every model on the tiny preset (2 steps), the command a
+    maintainer runs on the demo preset to make the shipped weights (the EoMT first: the others
+    train on it)."""
     root = tmp_path_factory.mktemp("demo_weights")
-    for model in ("erfnet", "eomt"):
+    for model in demo_models.MODELS:
         main(["demo-weights", "--model", model, "--steps", "2", "--preset", "tiny", "--data-root", str(root / "data"),
               "--work-dir", str(root / "work"), "--out", str(root / "out")])
     return root
@@ -101,3 +103,54 @@ def test_a_damaged_weight_file_is_named(shipped_tiny, tmp_path):
         demo_models.verify("erfnet", out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert demo_models.verify("eomt", out) == manifest["eomt"]
+
+
+@pytest.mark.parametrize("model", ["eomt_oe", "head_stats", "head_hybrid"])
+def test_models_on_the_shipped_eomt_install_only_on_it(shipped_tiny, monkeypatch, tmp_path, model, capsys):
+    """Notebooks 04 and 05 get the shipped fine-tuned EoMT and heads for their own settings on top of
+    the shipped EoMT; other settings, or another base EoMT, get None (they train)."""
+    from anomalyseg.models.anomaly_head import load_anomaly_head
+    from anomalyseg.pipeline import notebook_parameters
+
+    root = shipped_tiny
+    monkeypatch.setattr(demo_models, "WEIGHTS_DIR", root / "out")
+    ws = open_workspace(data_root=root / "data", preset="tiny", output_dir=tmp_path)
+    eomt_params = {**notebook_parameters("tiny", "02_eomt_eval"), "train_steps": 2}
+    base = zoo.eomt_segmenter(ws, train=demo_models.demo_train_settings("eomt", eomt_params), device="cpu")
+    entry = demo_models.read_manifest()[model]
+    assert entry["command"] == f"anomalyseg demo-weights --model {model} --steps 2 --seed 0 --preset tiny"
+    if model == "eomt_oe":
+        params = {**notebook_parameters("tiny", "04_outlier_exposure"), "finetune_steps": 2}
+        settings = {**demo_models.demo_train_settings(model, params), "oe": demo_models.oe_config(params).to_dict(),
+                    "coco_max_images": params["coco_max_images"]}
+    else:
+        params = {**notebook_parameters("tiny", "05_anomaly_head"), "train_steps": 2}
+        settings = {**demo_models.demo_train_settings(model, params), "variant": model.removeprefix("head_")}
+    capsys.readouterr()
+    got = demo_models.install_trained(model, tmp_path / model, ws, base, settings)
+    assert "shipped demo weights" in capsys.readouterr().out
+    weights = "model/model.safetensors" if model == "eomt_oe" else "head.safetensors"
+    assert got == tmp_path / model / weights.split("/")[0]
+    assert not (tmp_path / model / "last.ckpt").exists()  # nothing was trained
+    want, have = load_file(root / "out" / model / weights), load_file(tmp_path / model / weights)
+    assert want.keys() == have.keys()
+    for k in want:
+        assert torch.equal(have[k], want[k].to(have[k].dtype)), k
+    if model == "eomt_oe":
+        assert "train_loss_outlier" in training_log(tmp_path / model)  # notebook 04 plots it
+        assert zoo.eomt_segmenter(ws, got, device="cpu").model.config.image_size == base.model.config.image_size
+    else:
+        assert load_anomaly_head(got).config()["variant"] == settings["variant"]  # metadata kept through fp16
+        assert "outlier_fraction" in training_log(tmp_path / model)  # notebook 05 plots it
+    assert demo_models.install_trained(model, tmp_path / "other", ws, base, {**settings, "lr": 0.5}) is None
+    other_base = zoo.eomt_segmenter(ws, root / "work" / "eomt" / "checkpoints" / "eomt" / "model", device="cpu")
+    assert demo_models.install_trained(model, tmp_path / "other", ws, other_base, settings) is None  # float32 original
+    with pytest.raises(ValueError, match="not trained on the shipped EoMT"):
+        demo_models.install_trained("erfnet", tmp_path / "x", ws, base, settings)
+
+
+def test_models_on_the_eomt_need_the_shipped_eomt_first(tmp_path):
+    from anomalyseg.pipeline import train_demo_weights
+
+    with pytest.raises(ValueError, match="has no `eomt` entry yet"):
+        train_demo_weights("head_stats", 2, tmp_path / "data", tmp_path / "work", tmp_path / "out", preset="tiny")

@@ -176,8 +176,10 @@ def _demo_weights(a):
 
     entry = train_demo_weights(a.model, a.steps, a.data_root, a.work_dir / a.model, a.out, seed=a.seed,
                   val_every_n_steps=a.val_every, preset=a.preset)
-    print(f"{a.model}: {entry['steps']} steps, val mIoU {100 * entry['val_miou']:.2f}% (fp16 weights), "
-          f"{entry['wall_s']} s; written to {a.out / a.model} and {a.out / 'manifest.json'}")
+    metric = (f"val mIoU {100 * entry['val_miou']:.2f}% (fp16 weights)" if "val_miou" in entry
+              else f"last training loss {entry['final_train_loss']:.4f}")
+    print(f"{a.model}: {entry['steps']} steps, {metric}, {entry['wall_s']} s; written to {a.out / a.model} and "
+          f"{a.out / 'manifest.json'}")
 
 
 def _run_all(a):
@@ -328,10 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=nonnegative_int, default=None, help="DataLoader workers (default: the trainer's)")
     s.set_defaults(func=_train)
 
-    from .demo_models import WEIGHTS_DIR
+    from .demo_models import MODELS, WEIGHTS_DIR
 
-    s = sub.add_parser("demo-weights", help="train a demo segmenter and ship it as fp16 weights with a manifest entry")
-    s.add_argument("--model", choices=("erfnet", "eomt"), required=True)
+    s = sub.add_parser("demo-weights", help="train a demo model and ship it as fp16 weights with a manifest entry")
+    s.add_argument("--model", choices=MODELS, required=True,
+                   help="eomt_oe (notebook 04) and the heads (05) train on the shipped eomt: make that one first")
     s.add_argument("--steps", type=positive_int, required=True)
     s.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the embedded data set and of the training")
     s.add_argument("--preset", choices=("tiny", "demo"), default="demo")

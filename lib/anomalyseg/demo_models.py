@@ -12,6 +12,11 @@ the manifest's settings, on exactly the manifest's data, gets the shipped weight
 checkpoints folder (checked against the manifest's sha256 first) instead of a training run;
 ``train_from_scratch=True`` in the notebooks, other settings or other data train as before.
 Making them (``pipeline.train_demo_weights``) trains through the zoo, so it lives above it.
+
+The models trained on top of the shipped EoMT ship too: ``eomt_oe`` (notebook 04's Outlier Exposure
+fine-tuning) and ``head_stats`` / ``head_hybrid`` (notebook 05's anomaly heads). Their settings
+include a fingerprint of the base EoMT's weights (``evaluate.weights_fingerprint``), so they stand in
+only on top of exactly the shipped EoMT; notebooks 04 and 05 ask ``install_trained()`` first.
 """
 
 from __future__ import annotations
@@ -21,14 +26,26 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 WEIGHTS_DIR = Path(__file__).parent / "demo_weights"
 MANIFEST = "manifest.json"
-MODELS = ("erfnet", "eomt")
-# The files of each model under WEIGHTS_DIR/<model>/ (the EoMT one is a save_pretrained folder).
-_FILES = {"erfnet": ("erfnet.safetensors",), "eomt": ("model/config.json", "model/model.safetensors")}
+SEGMENTERS = ("erfnet", "eomt")
+# Trained on the shipped EoMT: notebook 04's Outlier Exposure and notebook 05's two anomaly heads.
+ON_EOMT = ("eomt_oe", "head_stats", "head_hybrid")
+MODELS = SEGMENTERS + ON_EOMT
+# The files of each model under WEIGHTS_DIR/<model>/ (the EoMT ones are save_pretrained folders).
+_FILES = {"erfnet": ("erfnet.safetensors",), "eomt": ("model/config.json", "model/model.safetensors"),
+          "eomt_oe": ("model/config.json", "model/model.safetensors", "model/oe_config.json"),
+          "head_stats": ("head.safetensors",), "head_hybrid": ("head.safetensors",)}
+# What the model's trainer returns, relative to its folder (finetune_oe: the exported folder).
+_RESULT = {"erfnet": "erfnet.safetensors", "eomt": "model", "eomt_oe": "model", "head_stats": "head.safetensors",
+           "head_hybrid": "head.safetensors"}
 _LOG = "metrics.csv"  # the training's CSV log, so notebooks can still plot its curve
+_NOTEBOOK = {"erfnet": "01_erfnet_baseline", "eomt": "02_eomt_eval", "eomt_oe": "04_outlier_exposure",
+             "head_stats": "05_anomaly_head", "head_hybrid": "05_anomaly_head"}
 
 
 class DemoWeightsError(RuntimeError):
@@ -96,6 +113,37 @@ def install(model: str, settings: dict, cityscapes_root: str | Path, target: Pat
     return True
 
 
+def install_trained(model: str, target: str | Path, ws, base, settings: dict, progress: bool = True,
+                    folder: str | Path | None = None) -> Path | None:
+    """The shipped ``model`` (``"eomt_oe"``, ``"head_stats"`` or ``"head_hybrid"``) copied into
+    ``target``, the folder its trainer would write, when it was trained with exactly ``settings``
+    (``demo_train_settings`` of the notebook's parameters, plus ``oe`` / ``coco_max_images`` for
+    ``eomt_oe``) on top of ``base`` (the EoMT segmenter it trains on, compared by
+    ``evaluate.weights_fingerprint``) on the workspace's embedded data. Returns what the trainer
+    would return (``target/model`` or ``target/head.safetensors``), or None when nothing matches,
+    the data are real, or ``target`` holds a training of ours (``last.ckpt``: resume that instead).
+    Raises ``DemoWeightsError`` when the matching entry's files fail their checksum."""
+    from .evaluate import weights_fingerprint
+
+    if model not in ON_EOMT:
+        raise ValueError(f"install_trained: {model!r} is not trained on the shipped EoMT; expected one of {ON_EOMT}.")
+    target = Path(target)
+    if not ws.embedded or (target / "last.ckpt").is_file():
+        return None
+    wanted = _jsonable({**settings, "base_weights": weights_fingerprint(base)})
+    if not install(model, wanted, ws.cityscapes, target, folder):
+        return None
+    if progress:
+        entry = read_manifest(folder)[model]
+        print(f"{model}: the shipped demo weights ({entry['steps']} steps on the shipped EoMT, made by "
+              f"`{entry['command']}`) -> {target}; train_from_scratch=True trains it here instead")
+    return target / _RESULT[model]
+
+
+def _jsonable(settings: dict) -> dict:
+    return json.loads(json.dumps(settings, default=str))
+
+
 def _copy_in(src: Path, files, target: Path) -> None:
     """``files`` of the shipped folder ``src`` into ``target``, fp16 tensors back to float32, with the
     training log where ``results.training_log`` reads it."""
@@ -104,7 +152,7 @@ def _copy_in(src: Path, files, target: Path) -> None:
         out = target / rel
         out.parent.mkdir(parents=True, exist_ok=True)
         if rel.endswith(".safetensors"):
-            save_file({k: v.float() if v.is_floating_point() else v for k, v in load_file(src / rel).items()}, out)
+            _convert(src / rel, out, torch.float32)
         else:
             shutil.copyfile(src / rel, out)
     if (src / _LOG).is_file():
@@ -112,19 +160,50 @@ def _copy_in(src: Path, files, target: Path) -> None:
         shutil.copyfile(src / _LOG, target / "logs" / "version_0" / "metrics.csv")
 
 
-def _fp16(src: Path, dst: Path) -> None:
+def _convert(src: Path, dst: Path, dtype: torch.dtype) -> None:
+    """``src``'s floating tensors as ``dtype`` into ``dst``, the file's metadata kept (an anomaly
+    head's variant and width live there)."""
+    with safe_open(str(src), framework="pt") as f:
+        metadata = f.metadata()
     dst.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(src).items()}, dst)
+    save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(src).items()}, dst,
+              metadata=metadata)
+
+
+def oe_config(params: dict):
+    """The ``OEConfig`` notebook 04 builds from its parameters: ``oe_recipe`` with every OEConfig
+    setting the parameters give (not None) on top."""
+    from dataclasses import fields
+
+    from .training.oe_config import OEConfig
+
+    names = {f.name for f in fields(OEConfig)}
+    return OEConfig.recipe(params["oe_recipe"], **{k: v for k, v in params.items() if k in names and v is not None})
 
 
 def demo_train_settings(model: str, params: dict) -> dict:
-    """The zoo ``train=`` dict that notebook 01 (ERFNet) or 02 (EoMT) builds from its parameters."""
-    if model == "erfnet":
-        return dict(max_steps=params["train_steps"], batch_size=params["batch_size"], crop_size=tuple(params["crop_size"]),
-                    scale_range=tuple(params["scale_range"]), lr=params["lr"], seed=params["seed"],
-                    num_workers=params["num_workers"])
-    return dict(max_steps=params["train_steps"], batch_size=params["batch_size"], crop_size=params["crop_size"],
-                seed=params["seed"], num_workers=params["num_workers"])
+    """The settings that decide the weights, as the notebook that trains ``model`` builds them from
+    its parameters: the zoo ``train=`` dict of notebook 01 (ERFNet) or 02 (EoMT), the
+    ``finetune_oe`` keywords of notebook 04 (``eomt_oe``) or the ``train_anomaly_head`` keywords
+    of notebook 05 (heads; the variant apart)."""
+    if model not in _SETTINGS:
+        raise ValueError(f"demo_train_settings: unknown model {model!r}; expected one of {MODELS}.")
+    steps = "finetune_steps" if model == "eomt_oe" else "train_steps"
+    out = {"max_steps": params[steps], **{k: params[k] for k in _SETTINGS[model]}}
+    for k in ("crop_size", "scale_range"):  # lists in YAML, tuples in the notebooks
+        if isinstance(out.get(k), list):
+            out[k] = tuple(out[k])
+    return out
+
+
+# The parameters (besides the steps) each notebook hands its trainer, under the trainer's names.
+_SETTINGS = {
+    "erfnet": ("batch_size", "crop_size", "scale_range", "lr", "seed", "num_workers"),
+    "eomt": ("batch_size", "crop_size", "seed", "num_workers"),
+    "eomt_oe": ("batch_size", "crop_size", "lr", "seed"),
+    "head_stats": ("batch_size", "crop_size", "ood_prob", "pos_weight", "lr", "seed"),
+    "head_hybrid": ("batch_size", "crop_size", "ood_prob", "pos_weight", "lr", "seed"),
+}
 
 
 def _file_table(dst: Path, model: str) -> dict:

@@ -217,64 +217,136 @@ def train_demo_weights(
     model: str, steps: int, data_root: str | Path, work_dir: str | Path, out: str | Path | None = None,
     seed: int = 0, val_every_n_steps: int | None = None, preset: str = "demo",
 ) -> dict:
-    """Train the demo's ``model`` (``"erfnet"`` or ``"eomt"``) for ``steps`` with ``preset``'s
-    recipe (``notebooks/presets.yaml``) on the embedded data at ``<data_root>/<preset>`` (generated
-    when missing), in ``work_dir`` (resumable), then write its fp16 weights, training log and
-    manifest entry to ``out``. Returns the entry. The entry's val mIoU is that of the fp16 weights."""
+    """Train the demo's ``model`` (one of ``dm.MODELS``) for ``steps`` with ``preset``'s recipe
+    (``notebooks/presets.yaml``, the parameters of the notebook that trains it) on the embedded
+    data at ``<data_root>/<preset>`` (generated when missing), in ``work_dir`` (resumable), then
+    write its fp16 weights, training log and manifest entry to ``out``. Returns the entry.
+
+    ``eomt_oe`` and the heads train on the EoMT that ``out`` ships (its fp16 weights, as the
+    notebooks load them); make that one first. The entry's val mIoU (segmenters) is that of the
+    fp16 weights; a head's entry gives its last training loss instead."""
     import torch
 
-    from . import zoo
-    from .data.cityscapes import CityscapesSegmentation
-    from .demo_models import (
-        _FILES, _LOG, MODELS, WEIGHTS_DIR, _copy_in, _file_table, _fp16, _write_entry, data_identity,
-        demo_train_settings,
-    )
-    from .evaluate import evaluate_miou
+    from . import demo_models as dm
     from .results import training_log
     from .workspace import open_workspace
 
-    if model not in MODELS:
-        raise ValueError(f"demo-weights: unknown model {model!r}; expected one of {MODELS}.")
-    started, out = time.time(), Path(out or WEIGHTS_DIR)
+    if model not in dm.MODELS:
+        raise ValueError(f"demo-weights: unknown model {model!r}; expected one of {dm.MODELS}.")
+    started, out, work_dir = time.time(), Path(out or dm.WEIGHTS_DIR), Path(work_dir)
     ws = open_workspace(data_root=data_root, preset=preset, seed=seed, output_dir=work_dir)
-    params = {**notebook_parameters(preset, "01_erfnet_baseline" if model == "erfnet" else "02_eomt_eval"),
-              "train_steps": steps, "seed": seed}
-    train_settings = demo_train_settings(model, params)
-    train_settings["val_every_n_steps"] = val_every_n_steps or steps
-    if model == "erfnet":
-        seg = zoo.erfnet_segmenter(ws, train=train_settings, input_size=tuple(params["input_size"]), device="cpu",
-                                   train_from_scratch=True)
-        exported = Path(seg.checkpoint)
+    steps_key = {"eomt_oe": "finetune_steps"}.get(model, "train_steps")
+    params = {**notebook_parameters(preset, dm._NOTEBOOK[model]), steps_key: steps, "seed": seed}
+    train_settings = dm.demo_train_settings(model, params)
+    if model in dm.SEGMENTERS:
+        train_settings["val_every_n_steps"] = val_every_n_steps or steps
+        zoo_dir, settings, metrics = _train_segmenter(model, ws, params, train_settings, work_dir, out)
     else:
-        seg = zoo.eomt_segmenter(ws, train=train_settings, device="cpu", train_from_scratch=True)
-        exported = zoo.default_checkpoint(ws, "eomt")
-    zoo_dir = exported.parent
-    settings = {k: v for k, v in json.loads((zoo_dir / zoo.SETTINGS_FILE).read_text()).items() if k != "data_root"}
-    dst = Path(out) / model
-    if model == "erfnet":
-        _fp16(exported, dst / "erfnet.safetensors")
-    else:
-        (dst / "model").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(exported / "config.json", dst / "model" / "config.json")
-        _fp16(exported / "model.safetensors", dst / "model" / "model.safetensors")
-    log = training_log(zoo_dir)[["step", "train_loss", "val_miou"]]
-    log.to_csv(dst / _LOG, index=False)
-    # The figure the manifest states is that of the weights as shipped: evaluate the fp16 copy.
-    check = Path(work_dir) / "fp16-check"
-    shutil.rmtree(check, ignore_errors=True)
-    _copy_in(dst, _FILES[model], check)
-    shipped = (zoo.erfnet_segmenter(ws, check / "erfnet.safetensors", input_size=tuple(params["input_size"]), device="cpu")
-               if model == "erfnet" else zoo.eomt_segmenter(ws, check / "model", device="cpu"))
-    rows, _ = evaluate_miou(shipped, CityscapesSegmentation(ws.cityscapes, "val"), results_path=None)
+        coco_max_images = notebook_parameters(preset, "04_outlier_exposure")["coco_max_images"]
+        zoo_dir, settings, metrics = _train_on_eomt(model, ws, params, train_settings, coco_max_images, work_dir, out)
+    dst = out / model
+    for rel in dm._FILES[model]:
+        if rel.endswith(".safetensors"):
+            dm._convert(zoo_dir / rel, dst / rel, torch.float16)
+        else:
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(zoo_dir / rel, dst / rel)
+    log = training_log(zoo_dir)
+    if model in dm.SEGMENTERS:
+        log = log[["step", "train_loss", "val_miou"]]
+    log.to_csv(dst / dm._LOG, index=False)
+    metrics = metrics(dst)
+    if "val_miou" in log:
+        metrics["val_miou_by_step"] = {int(s): round(float(v), 4)
+                                       for s, v in log.dropna(subset=["val_miou"])[["step", "val_miou"]].values}
     entry = {
         "command": f"anomalyseg demo-weights --model {model} --steps {steps} --seed {seed}"
                    + (f" --preset {preset}" if preset != "demo" else ""),
-        "data": data_identity(ws.cityscapes), "settings": settings, "steps": steps,
-        "val_miou": round(float(rows.miou.iloc[0]), 4),
-        "val_miou_by_step": {int(s): round(float(v), 4) for s, v in log.dropna(subset=["val_miou"])[["step", "val_miou"]].values},
+        "data": dm.data_identity(ws.cityscapes), "settings": settings, "steps": steps, **metrics,
         "trained": time.strftime("%Y-%m-%d"), "wall_s": round(time.time() - started),
         "machine": f"{torch.get_num_threads()} torch thread(s), CPU",
-        "files": _file_table(dst, model),
+        "files": dm._file_table(dst, model),
     }
-    _write_entry(out, model, entry)
+    dm._write_entry(out, model, entry)
     return entry
+
+
+def _train_segmenter(model: str, ws, params: dict, train_settings: dict, work_dir: Path, out: Path):
+    """ERFNet or the small EoMT as notebooks 01 / 02 train them: (zoo folder, settings, metrics)."""
+    from . import demo_models as dm
+    from . import zoo
+
+    if model == "erfnet":
+        seg = zoo.erfnet_segmenter(ws, train=train_settings, input_size=tuple(params["input_size"]), device="cpu",
+                                   train_from_scratch=True)
+        zoo_dir = Path(seg.checkpoint).parent
+    else:
+        zoo.eomt_segmenter(ws, train=train_settings, device="cpu", train_from_scratch=True)
+        zoo_dir = zoo.default_checkpoint(ws, "eomt").parent
+    settings = {k: v for k, v in json.loads((zoo_dir / zoo.SETTINGS_FILE).read_text()).items() if k != "data_root"}
+
+    def metrics(dst: Path) -> dict:
+        # The figure the manifest states is that of the weights as shipped: evaluate the fp16 copy.
+        check = work_dir / "fp16-check"
+        shutil.rmtree(check, ignore_errors=True)
+        dm._copy_in(dst, dm._FILES[model], check)
+        shipped = (zoo.erfnet_segmenter(ws, check / "erfnet.safetensors", input_size=tuple(params["input_size"]),
+                                        device="cpu")
+                   if model == "erfnet" else zoo.eomt_segmenter(ws, check / "model", device="cpu"))
+        return {"val_miou": _val_miou(ws, shipped)}
+
+    return zoo_dir, settings, metrics
+
+
+def _train_on_eomt(model: str, ws, params: dict, train_settings: dict, coco_max_images: int, work_dir: Path,
+                   out: Path):
+    """Notebook 04's Outlier Exposure or one of notebook 05's heads, on the fp16 EoMT that ``out``
+    ships, with the notebook's settings, after preparing ``coco_max_images`` COCO objects as
+    notebook 04 does (05 pastes the same ones): (training folder, settings, metrics)."""
+    from . import demo_models as dm
+    from . import zoo
+    from .evaluate import weights_fingerprint
+    from .results import training_log
+    from .training.anomaly_head import train_anomaly_head
+    from .training.oe import ensure_ood_objects, finetune_oe
+
+    if "eomt" not in dm.read_manifest(out):
+        raise ValueError(f"demo-weights --model {model} trains on the shipped EoMT, but {out / dm.MANIFEST} has no "
+                         f"`eomt` entry yet. Make it first: anomalyseg demo-weights --model eomt --steps N --out {out}")
+    dm.verify("eomt", out)
+    base_dir = work_dir / "base-eomt"
+    shutil.rmtree(base_dir, ignore_errors=True)
+    dm._copy_in(out / "eomt", dm._FILES["eomt"], base_dir)
+    base = zoo.eomt_segmenter(ws, base_dir / "model", device="cpu")
+    config = dm.oe_config(params) if model == "eomt_oe" else None
+    ensure_ood_objects(ws.coco, coco_max_images, params["seed"], split=config.coco_split if config else "train")
+    run_dir = work_dir / model
+    if model == "eomt_oe":
+        settings = {**train_settings, "oe": config.to_dict(), "coco_max_images": coco_max_images}
+        result = finetune_oe(base, ws.cityscapes, ws.coco, run_dir, config, num_workers=params["num_workers"],
+                             device="cpu", benchmarks_root=ws.benchmarks, **train_settings)
+    else:
+        settings = {**train_settings, "variant": model.removeprefix("head_")}
+        result = train_anomaly_head(base, ws.cityscapes, ws.coco, run_dir, benchmarks_root=ws.benchmarks, **settings)
+    settings = dm._jsonable({**settings, "base_weights": weights_fingerprint(base)})
+
+    def metrics(dst: Path) -> dict:
+        if model != "eomt_oe":
+            loss = training_log(run_dir)["train_loss"].dropna()
+            return {"final_train_loss": round(float(loss.iloc[-1]), 4)}
+        check = work_dir / "fp16-check"
+        shutil.rmtree(check, ignore_errors=True)
+        dm._copy_in(dst, dm._FILES[model], check)
+        return {"val_miou": _val_miou(ws, zoo.eomt_segmenter(ws, check / "model", device="cpu")),
+                "base_val_miou": dm.read_manifest(out)["eomt"]["val_miou"]}
+
+    assert result == run_dir / dm._RESULT[model], result
+    return run_dir, settings, metrics
+
+
+def _val_miou(ws, segmenter) -> float:
+    from .data.cityscapes import CityscapesSegmentation
+    from .evaluate import evaluate_miou
+
+    rows, _ = evaluate_miou(segmenter, CityscapesSegmentation(ws.cityscapes, "val"), results_path=None)
+    return round(float(rows.miou.iloc[0]), 4)
