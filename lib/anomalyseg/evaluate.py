@@ -550,20 +550,30 @@ def evaluate_miou(
 
 # ----------------------------------------------------------------------------- temperature sweeps
 def evaluation_pass(segmenter: Segmenter, benchmarks: dict[str, Dataset], val: Dataset | None,
-                    scores: Sequence[str] | None = None) -> float:
+                    scores: Sequence[str] | None = None, max_frames: int | None = None) -> float:
     """Seconds of one uncached evaluation at T = 1, what each temperature point would cost without
     the output cache: a forward of every frame, the class maps, ``scores`` (RbA only for mask
     classification) with exact metrics on ``benchmarks``, and the mIoU on ``val``. Stores nothing.
     ``scores``: None for ``scores.default_scores(segmenter)``; those not meant for this model
-    (``scores.applies``) are left out."""
+    (``scores.applies``) are left out. ``max_frames``: time only the first ``max_frames`` frames of
+    each data set and scale the time by the share of frames timed (an estimate: the cost per frame
+    is nearly constant); None: all."""
+    from torch.utils.data import Subset
+
+    def first(ds: Dataset) -> Dataset:
+        return ds if max_frames is None or len(ds) <= max_frames else Subset(ds, range(max_frames))
+
+    sets = [*benchmarks.values(), *([val] if val is not None else [])]
+    timed = sum(len(first(ds)) for ds in sets)
     started = time.perf_counter()
     scores = default_scores(segmenter) if scores is None else scores
     scores = [s for s in scores if applies(s, segmenter)]
-    evaluate_anomaly(segmenter, benchmarks, scores, results_path=None, cache=OutputCache(), maps_frames=0, progress=False,
+    evaluate_anomaly(segmenter, {n: first(ds) for n, ds in benchmarks.items()}, scores,
+                     results_path=None, cache=OutputCache(), maps_frames=0, progress=False,
                      frame_stats=False)
     if val is not None:
-        evaluate_miou(segmenter, val, results_path=None, cache=OutputCache(), progress=False)
-    return time.perf_counter() - started
+        evaluate_miou(segmenter, first(val), results_path=None, cache=OutputCache(), progress=False)
+    return (time.perf_counter() - started) * sum(len(ds) for ds in sets) / max(timed, 1)
 
 
 def temperature_sweep(
