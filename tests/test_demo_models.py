@@ -24,7 +24,10 @@ def test_shipped_files_match_their_manifest():
         entry = demo_models.verify(model)  # size and sha256 of every file, recomputed here
         assert entry["command"].startswith(f"anomalyseg demo-weights --model {model} ")
         assert entry["data"]["preset"] == "demo"
-        assert 0 < entry["val_miou"] <= 1 if model in ("erfnet", "eomt", "eomt_oe") else entry["final_train_loss"] > 0
+        if model in ("erfnet", "eomt", "eomt_oe"):
+            assert 0 < entry["val_miou"] <= 1
+        else:
+            assert entry["final_train_loss"] > 0
         for rel in entry["files"]:
             if rel.endswith(".safetensors"):
                 assert {t.dtype for t in load_file(demo_models.WEIGHTS_DIR / model / rel).values()
@@ -106,9 +109,10 @@ def test_a_damaged_weight_file_is_named(shipped_tiny, tmp_path):
 
 
 @pytest.mark.parametrize("model", ["eomt_oe", "head_stats", "head_hybrid"])
-def test_models_on_the_shipped_eomt_install_only_on_it(shipped_tiny, monkeypatch, tmp_path, model, capsys):
-    """Notebooks 04 and 05 get the shipped fine-tuned EoMT and heads for their own settings on top of
-    the shipped EoMT; other settings, or another base EoMT, get None (they train)."""
+def test_models_on_the_shipped_eomt_install_only_on_it(shipped_tiny, monkeypatch, tmp_path, model,
+                                                        capsys):
+    """Notebooks 04 and 05 get the shipped fine-tuned EoMT and heads for their own settings on top
+    of the shipped EoMT; other settings, or another base EoMT, get None (they train)."""
     from anomalyseg.models.anomaly_head import load_anomaly_head
     from anomalyseg.pipeline import notebook_parameters
 
@@ -116,16 +120,20 @@ def test_models_on_the_shipped_eomt_install_only_on_it(shipped_tiny, monkeypatch
     monkeypatch.setattr(demo_models, "WEIGHTS_DIR", root / "out")
     ws = open_workspace(data_root=root / "data", preset="tiny", output_dir=tmp_path)
     eomt_params = {**notebook_parameters("tiny", "02_eomt_eval"), "train_steps": 2}
-    base = zoo.eomt_segmenter(ws, train=demo_models.demo_train_settings("eomt", eomt_params), device="cpu")
+    eomt_train = demo_models.demo_train_settings("eomt", eomt_params)
+    base = zoo.eomt_segmenter(ws, train=eomt_train, device="cpu")
     entry = demo_models.read_manifest()[model]
-    assert entry["command"] == f"anomalyseg demo-weights --model {model} --steps 2 --seed 0 --preset tiny"
+    command = f"anomalyseg demo-weights --model {model} --steps 2 --seed 0 --preset tiny"
+    assert entry["command"] == command
     if model == "eomt_oe":
         params = {**notebook_parameters("tiny", "04_outlier_exposure"), "finetune_steps": 2}
-        settings = {**demo_models.demo_train_settings(model, params), "oe": demo_models.oe_config(params).to_dict(),
+        settings = {**demo_models.demo_train_settings(model, params),
+                    "oe": demo_models.oe_config(params).to_dict(),
                     "coco_max_images": params["coco_max_images"]}
     else:
         params = {**notebook_parameters("tiny", "05_anomaly_head"), "train_steps": 2}
-        settings = {**demo_models.demo_train_settings(model, params), "variant": model.removeprefix("head_")}
+        settings = {**demo_models.demo_train_settings(model, params),
+                    "variant": model.removeprefix("head_")}
     capsys.readouterr()
     got = demo_models.install_trained(model, tmp_path / model, ws, base, settings)
     assert "shipped demo weights" in capsys.readouterr().out
@@ -138,13 +146,18 @@ def test_models_on_the_shipped_eomt_install_only_on_it(shipped_tiny, monkeypatch
         assert torch.equal(have[k], want[k].to(have[k].dtype)), k
     if model == "eomt_oe":
         assert "train_loss_outlier" in training_log(tmp_path / model)  # notebook 04 plots it
-        assert zoo.eomt_segmenter(ws, got, device="cpu").model.config.image_size == base.model.config.image_size
+        loaded = zoo.eomt_segmenter(ws, got, device="cpu")
+        assert loaded.model.config.image_size == base.model.config.image_size
     else:
-        assert load_anomaly_head(got).config()["variant"] == settings["variant"]  # metadata kept through fp16
+        # the variant lives in the file's metadata, kept through the fp16 round trip
+        assert load_anomaly_head(got).config()["variant"] == settings["variant"]
         assert "outlier_fraction" in training_log(tmp_path / model)  # notebook 05 plots it
-    assert demo_models.install_trained(model, tmp_path / "other", ws, base, {**settings, "lr": 0.5}) is None
-    other_base = zoo.eomt_segmenter(ws, root / "work" / "eomt" / "checkpoints" / "eomt" / "model", device="cpu")
-    assert demo_models.install_trained(model, tmp_path / "other", ws, other_base, settings) is None  # float32 original
+    other = tmp_path / "other"
+    assert demo_models.install_trained(model, other, ws, base, {**settings, "lr": 0.5}) is None
+    # the float32 EoMT the shipped fp16 one was made from is another base
+    float32 = root / "work" / "eomt" / "checkpoints" / "eomt" / "model"
+    other_base = zoo.eomt_segmenter(ws, float32, device="cpu")
+    assert demo_models.install_trained(model, other, ws, other_base, settings) is None
     with pytest.raises(ValueError, match="not trained on the shipped EoMT"):
         demo_models.install_trained("erfnet", tmp_path / "x", ws, base, settings)
 
@@ -153,4 +166,5 @@ def test_models_on_the_eomt_need_the_shipped_eomt_first(tmp_path):
     from anomalyseg.pipeline import train_demo_weights
 
     with pytest.raises(ValueError, match="has no `eomt` entry yet"):
-        train_demo_weights("head_stats", 2, tmp_path / "data", tmp_path / "work", tmp_path / "out", preset="tiny")
+        train_demo_weights("head_stats", 2, tmp_path / "data", tmp_path / "work", tmp_path / "out",
+                           preset="tiny")

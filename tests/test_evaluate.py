@@ -280,15 +280,18 @@ def test_evaluation_pass_times_the_first_frames_and_scales_to_all(monkeypatch):
     def stems(d):
         return [d[i]["stem"] for i in range(len(d))]
 
-    monkeypatch.setattr(E, "evaluate_anomaly",
-                        lambda seg, benches, *a, **k: seen.extend([n, stems(d)] for n, d in benches.items()))
+    def anomaly(seg, benches, *a, **k):
+        seen.extend([n, stems(d)] for n, d in benches.items())
+
+    monkeypatch.setattr(E, "evaluate_anomaly", anomaly)
     monkeypatch.setattr(E, "evaluate_miou", lambda seg, d, *a, **k: seen.append(["val", stems(d)]))
     clock = iter([100.0, 106.0, 200.0, 206.0])
     monkeypatch.setattr(E.time, "perf_counter", lambda: next(clock))
     benches = {"a": ListData(5, seed=1), "b": ListData(2, seed=2)}
     val = ListData(4, seed=3, key="target")
     # timed: 3 + 2 + 3 = 8 of 11 frames in 6 s -> 6 * 11 / 8
-    assert E.evaluation_pass(ToySegmenter(), benches, val, max_frames=3) == pytest.approx(6 * 11 / 8)
+    estimate = E.evaluation_pass(ToySegmenter(), benches, val, max_frames=3)
+    assert estimate == pytest.approx(6 * 11 / 8)
     assert seen == [["a", ["0", "1", "2"]], ["b", ["0", "1"]], ["val", ["0", "1", "2"]]]
     seen.clear()
     assert E.evaluation_pass(ToySegmenter(), benches, val) == pytest.approx(6.0)

@@ -178,8 +178,8 @@ def _demo_weights(a):
                   val_every_n_steps=a.val_every, preset=a.preset)
     metric = (f"val mIoU {100 * entry['val_miou']:.2f}% (fp16 weights)" if "val_miou" in entry
               else f"last training loss {entry['final_train_loss']:.4f}")
-    print(f"{a.model}: {entry['steps']} steps, {metric}, {entry['wall_s']} s; written to {a.out / a.model} and "
-          f"{a.out / 'manifest.json'}")
+    print(f"{a.model}: {entry['steps']} steps, {metric}, {entry['wall_s']} s; written to "
+          f"{a.out / a.model} and {a.out / 'manifest.json'}")
 
 
 def _run_all(a):
@@ -332,9 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .demo_models import MODELS, WEIGHTS_DIR
 
-    s = sub.add_parser("demo-weights", help="train a demo model and ship it as fp16 weights with a manifest entry")
+    s = sub.add_parser("demo-weights",
+                       help="train a demo model and ship it as fp16 weights with a manifest entry")
     s.add_argument("--model", choices=MODELS, required=True,
-                   help="eomt_oe (notebook 04) and the heads (05) train on the shipped eomt: make that one first")
+                   help="eomt_oe (notebook 04) and the heads (05) train on the shipped eomt: "
+                        "make that one first")
     s.add_argument("--steps", type=positive_int, required=True)
     s.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the embedded data set and of the training")
     s.add_argument("--preset", choices=("tiny", "demo"), default="demo")

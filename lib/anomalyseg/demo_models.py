@@ -13,10 +13,11 @@ checkpoints folder (checked against the manifest's sha256 first) instead of a tr
 ``train_from_scratch=True`` in the notebooks, other settings or other data train as before.
 Making them (``pipeline.train_demo_weights``) trains through the zoo, so it lives above it.
 
-The models trained on top of the shipped EoMT ship too: ``eomt_oe`` (notebook 04's Outlier Exposure
-fine-tuning) and ``head_stats`` / ``head_hybrid`` (notebook 05's anomaly heads). Their settings
-include a fingerprint of the base EoMT's weights (``evaluate.weights_fingerprint``), so they stand in
-only on top of exactly the shipped EoMT; notebooks 04 and 05 ask ``install_trained()`` first.
+The models trained on top of the shipped EoMT ship too: ``eomt_oe`` (notebook 04's Outlier
+Exposure fine-tuning) and ``head_stats`` / ``head_hybrid`` (notebook 05's anomaly heads). Their
+settings include a fingerprint of the base EoMT's weights (``evaluate.weights_fingerprint``), so
+they stand in only on top of exactly the shipped EoMT; notebooks 04 and 05 ask
+``install_trained()`` first.
 """
 
 from __future__ import annotations
@@ -37,15 +38,17 @@ SEGMENTERS = ("erfnet", "eomt")
 ON_EOMT = ("eomt_oe", "head_stats", "head_hybrid")
 MODELS = SEGMENTERS + ON_EOMT
 # The files of each model under WEIGHTS_DIR/<model>/ (the EoMT ones are save_pretrained folders).
-_FILES = {"erfnet": ("erfnet.safetensors",), "eomt": ("model/config.json", "model/model.safetensors"),
+_FILES = {"erfnet": ("erfnet.safetensors",),
+          "eomt": ("model/config.json", "model/model.safetensors"),
           "eomt_oe": ("model/config.json", "model/model.safetensors", "model/oe_config.json"),
           "head_stats": ("head.safetensors",), "head_hybrid": ("head.safetensors",)}
 # What the model's trainer returns, relative to its folder (finetune_oe: the exported folder).
-_RESULT = {"erfnet": "erfnet.safetensors", "eomt": "model", "eomt_oe": "model", "head_stats": "head.safetensors",
-           "head_hybrid": "head.safetensors"}
+_RESULT = {"erfnet": "erfnet.safetensors", "eomt": "model", "eomt_oe": "model",
+           "head_stats": "head.safetensors", "head_hybrid": "head.safetensors"}
 _LOG = "metrics.csv"  # the training's CSV log, so notebooks can still plot its curve
-_NOTEBOOK = {"erfnet": "01_erfnet_baseline", "eomt": "02_eomt_eval", "eomt_oe": "04_outlier_exposure",
-             "head_stats": "05_anomaly_head", "head_hybrid": "05_anomaly_head"}
+_NOTEBOOK = {"erfnet": "01_erfnet_baseline", "eomt": "02_eomt_eval",
+             "eomt_oe": "04_outlier_exposure", "head_stats": "05_anomaly_head",
+             "head_hybrid": "05_anomaly_head"}
 
 
 class DemoWeightsError(RuntimeError):
@@ -126,7 +129,8 @@ def install_trained(model: str, target: str | Path, ws, base, settings: dict, pr
     from .evaluate import weights_fingerprint
 
     if model not in ON_EOMT:
-        raise ValueError(f"install_trained: {model!r} is not trained on the shipped EoMT; expected one of {ON_EOMT}.")
+        raise ValueError(f"install_trained: {model!r} is not trained on the shipped EoMT; expected "
+                         f"one of {ON_EOMT}.")
     target = Path(target)
     if not ws.embedded or (target / "last.ckpt").is_file():
         return None
@@ -135,8 +139,9 @@ def install_trained(model: str, target: str | Path, ws, base, settings: dict, pr
         return None
     if progress:
         entry = read_manifest(folder)[model]
-        print(f"{model}: the shipped demo weights ({entry['steps']} steps on the shipped EoMT, made by "
-              f"`{entry['command']}`) -> {target}; train_from_scratch=True trains it here instead")
+        print(f"{model}: the shipped demo weights ({entry['steps']} steps on the shipped EoMT, "
+              f"made by `{entry['command']}`) -> {target}; train_from_scratch=True trains it "
+              "here instead")
     return target / _RESULT[model]
 
 
@@ -166,7 +171,8 @@ def _convert(src: Path, dst: Path, dtype: torch.dtype) -> None:
     with safe_open(str(src), framework="pt") as f:
         metadata = f.metadata()
     dst.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(src).items()}, dst,
+    tensors = load_file(src)
+    save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}, dst,
               metadata=metadata)
 
 
@@ -178,7 +184,8 @@ def oe_config(params: dict):
     from .training.oe_config import OEConfig
 
     names = {f.name for f in fields(OEConfig)}
-    return OEConfig.recipe(params["oe_recipe"], **{k: v for k, v in params.items() if k in names and v is not None})
+    given = {k: v for k, v in params.items() if k in names and v is not None}
+    return OEConfig.recipe(params["oe_recipe"], **given)
 
 
 def demo_train_settings(model: str, params: dict) -> dict:

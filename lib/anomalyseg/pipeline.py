@@ -240,10 +240,11 @@ def train_demo_weights(
     train_settings = dm.demo_train_settings(model, params)
     if model in dm.SEGMENTERS:
         train_settings["val_every_n_steps"] = val_every_n_steps or steps
-        zoo_dir, settings, metrics = _train_segmenter(model, ws, params, train_settings, work_dir, out)
+        zoo_dir, settings, metrics = _train_segmenter(model, ws, params, train_settings, work_dir)
     else:
         coco_max_images = notebook_parameters(preset, "04_outlier_exposure")["coco_max_images"]
-        zoo_dir, settings, metrics = _train_on_eomt(model, ws, params, train_settings, coco_max_images, work_dir, out)
+        zoo_dir, settings, metrics = _train_on_eomt(model, ws, params, train_settings,
+                                                    coco_max_images, work_dir, out)
     dst = out / model
     for rel in dm._FILES[model]:
         if rel.endswith(".safetensors"):
@@ -257,8 +258,8 @@ def train_demo_weights(
     log.to_csv(dst / dm._LOG, index=False)
     metrics = metrics(dst)
     if "val_miou" in log:
-        metrics["val_miou_by_step"] = {int(s): round(float(v), 4)
-                                       for s, v in log.dropna(subset=["val_miou"])[["step", "val_miou"]].values}
+        validated = log.dropna(subset=["val_miou"])[["step", "val_miou"]].values
+        metrics["val_miou_by_step"] = {int(s): round(float(v), 4) for s, v in validated}
     entry = {
         "command": f"anomalyseg demo-weights --model {model} --steps {steps} --seed {seed}"
                    + (f" --preset {preset}" if preset != "demo" else ""),
@@ -271,35 +272,38 @@ def train_demo_weights(
     return entry
 
 
-def _train_segmenter(model: str, ws, params: dict, train_settings: dict, work_dir: Path, out: Path):
+def _train_segmenter(model: str, ws, params: dict, train_settings: dict, work_dir: Path):
     """ERFNet or the small EoMT as notebooks 01 / 02 train them: (zoo folder, settings, metrics)."""
     from . import demo_models as dm
     from . import zoo
 
     if model == "erfnet":
-        seg = zoo.erfnet_segmenter(ws, train=train_settings, input_size=tuple(params["input_size"]), device="cpu",
-                                   train_from_scratch=True)
+        seg = zoo.erfnet_segmenter(ws, train=train_settings, input_size=tuple(params["input_size"]),
+                                   device="cpu", train_from_scratch=True)
         zoo_dir = Path(seg.checkpoint).parent
     else:
         zoo.eomt_segmenter(ws, train=train_settings, device="cpu", train_from_scratch=True)
         zoo_dir = zoo.default_checkpoint(ws, "eomt").parent
-    settings = {k: v for k, v in json.loads((zoo_dir / zoo.SETTINGS_FILE).read_text()).items() if k != "data_root"}
+    stored = json.loads((zoo_dir / zoo.SETTINGS_FILE).read_text())
+    settings = {k: v for k, v in stored.items() if k != "data_root"}
 
     def metrics(dst: Path) -> dict:
         # The figure the manifest states is that of the weights as shipped: evaluate the fp16 copy.
         check = work_dir / "fp16-check"
         shutil.rmtree(check, ignore_errors=True)
         dm._copy_in(dst, dm._FILES[model], check)
-        shipped = (zoo.erfnet_segmenter(ws, check / "erfnet.safetensors", input_size=tuple(params["input_size"]),
-                                        device="cpu")
-                   if model == "erfnet" else zoo.eomt_segmenter(ws, check / "model", device="cpu"))
+        if model == "erfnet":
+            shipped = zoo.erfnet_segmenter(ws, check / "erfnet.safetensors",
+                                           input_size=tuple(params["input_size"]), device="cpu")
+        else:
+            shipped = zoo.eomt_segmenter(ws, check / "model", device="cpu")
         return {"val_miou": _val_miou(ws, shipped)}
 
     return zoo_dir, settings, metrics
 
 
-def _train_on_eomt(model: str, ws, params: dict, train_settings: dict, coco_max_images: int, work_dir: Path,
-                   out: Path):
+def _train_on_eomt(model: str, ws, params: dict, train_settings: dict, coco_max_images: int,
+                   work_dir: Path, out: Path):
     """Notebook 04's Outlier Exposure or one of notebook 05's heads, on the fp16 EoMT that ``out``
     ships, with the notebook's settings, after preparing ``coco_max_images`` COCO objects as
     notebook 04 does (05 pastes the same ones): (training folder, settings, metrics)."""
@@ -311,23 +315,27 @@ def _train_on_eomt(model: str, ws, params: dict, train_settings: dict, coco_max_
     from .training.oe import ensure_ood_objects, finetune_oe
 
     if "eomt" not in dm.read_manifest(out):
-        raise ValueError(f"demo-weights --model {model} trains on the shipped EoMT, but {out / dm.MANIFEST} has no "
-                         f"`eomt` entry yet. Make it first: anomalyseg demo-weights --model eomt --steps N --out {out}")
+        raise ValueError(f"demo-weights --model {model} trains on the shipped EoMT, but "
+                         f"{out / dm.MANIFEST} has no `eomt` entry yet. Make it first: "
+                         f"anomalyseg demo-weights --model eomt --steps N --out {out}")
     dm.verify("eomt", out)
     base_dir = work_dir / "base-eomt"
     shutil.rmtree(base_dir, ignore_errors=True)
     dm._copy_in(out / "eomt", dm._FILES["eomt"], base_dir)
     base = zoo.eomt_segmenter(ws, base_dir / "model", device="cpu")
     config = dm.oe_config(params) if model == "eomt_oe" else None
-    ensure_ood_objects(ws.coco, coco_max_images, params["seed"], split=config.coco_split if config else "train")
+    ensure_ood_objects(ws.coco, coco_max_images, params["seed"],
+                       split=config.coco_split if config else "train")
     run_dir = work_dir / model
     if model == "eomt_oe":
         settings = {**train_settings, "oe": config.to_dict(), "coco_max_images": coco_max_images}
-        result = finetune_oe(base, ws.cityscapes, ws.coco, run_dir, config, num_workers=params["num_workers"],
-                             device="cpu", benchmarks_root=ws.benchmarks, **train_settings)
+        result = finetune_oe(base, ws.cityscapes, ws.coco, run_dir, config,
+                             num_workers=params["num_workers"], device="cpu",
+                             benchmarks_root=ws.benchmarks, **train_settings)
     else:
         settings = {**train_settings, "variant": model.removeprefix("head_")}
-        result = train_anomaly_head(base, ws.cityscapes, ws.coco, run_dir, benchmarks_root=ws.benchmarks, **settings)
+        result = train_anomaly_head(base, ws.cityscapes, ws.coco, run_dir,
+                                    benchmarks_root=ws.benchmarks, **settings)
     settings = dm._jsonable({**settings, "base_weights": weights_fingerprint(base)})
 
     def metrics(dst: Path) -> dict:
@@ -348,5 +356,6 @@ def _val_miou(ws, segmenter) -> float:
     from .data.cityscapes import CityscapesSegmentation
     from .evaluate import evaluate_miou
 
-    rows, _ = evaluate_miou(segmenter, CityscapesSegmentation(ws.cityscapes, "val"), results_path=None)
+    val = CityscapesSegmentation(ws.cityscapes, "val")
+    rows, _ = evaluate_miou(segmenter, val, results_path=None)
     return round(float(rows.miou.iloc[0]), 4)

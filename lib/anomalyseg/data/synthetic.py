@@ -735,7 +735,8 @@ def _save(arr: np.ndarray, path: Path, **kw) -> None:
 # PNG is lossless, so its compression level changes the file sizes, never a pixel (the shipped demo
 # weights and the leakage check read pixels): level 1 saves in a fifth of level 6's time, which
 # was half of the data generation, for files about a third larger.
-_IMAGE_KW = {"png": {"compress_level": 1}, "jpg": {"quality": 95}, "webp": {"quality": 95, "method": 4}}
+_IMAGE_KW = {"png": {"compress_level": 1}, "jpg": {"quality": 95},
+             "webp": {"quality": 95, "method": 4}}
 
 
 def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
@@ -752,8 +753,8 @@ def _write_all(out: Path, preset: Preset, seed: int, progress: bool, prepare_coc
             stem = f"{city}_{i // len(cities):06d}_{19 + 20 * (i % 7):06d}"
             image, labels = cityscapes_frame(_rng(seed, stream, i), H, W)
             _save(image, out / "cityscapes" / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", **_IMAGE_KW["png"])
-            _save(labels, out / "cityscapes" / "gtFine" / split / city / f"{stem}_gtFine_labelTrainIds.png",
-                  **_IMAGE_KW["png"])
+            labels_dir = out / "cityscapes" / "gtFine" / split / city
+            _save(labels, labels_dir / f"{stem}_gtFine_labelTrainIds.png", **_IMAGE_KW["png"])
             bar.update()
     for k, (folder, n) in enumerate(preset.benchmark_frames):
         ext = BENCHMARKS[folder].image_ext
