@@ -355,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("fit", "validate"):
+        return _lightning(argv)
     a = build_parser().parse_args(argv)  # usage errors: argparse's message and exit code 2
     if a.command == "train" and a.crop_size is None and a.model == "erfnet":
         a.crop_size = (256, 512)
@@ -375,6 +377,27 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _lightning(argv: list[str]) -> None:
+    """``anomalyseg fit|validate -c CONFIG.yaml [--trainer.* ...]``: Lightning's CLI
+    (``training.lightning_cli``) with the remaining arguments, inside this CLI's error boundary."""
+    debug = "--debug" in argv or _debug_env()
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        from .training.lightning_cli import run_lightning_cli
+
+        run_lightning_cli(argv)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"anomalyseg {argv[0]}: interrupted.", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # the boundary: one paragraph, no traceback (unless --debug)
+        if debug:
+            raise
+        print(f"anomalyseg {argv[0]}: {describe_error(e)}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
 
 
 def _main_thread() -> bool:

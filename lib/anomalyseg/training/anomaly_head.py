@@ -57,10 +57,13 @@ class AnomalyHeadModule(L.LightningModule):
     """The head (trained) on a frozen EoMT (not trained, not checkpointed).
 
     Args:
-        eomt: the frozen ``EomtForUniversalSegmentation``. It is held outside the module's
-            sub-modules, so Lightning neither trains it, nor switches it to train mode, nor writes
-            it into checkpoints; it is moved to the training device when training starts and back
-            when it ends. Its masked attention is switched off, as for evaluation.
+        eomt: the frozen ``EomtForUniversalSegmentation``, or a ``build_eomt`` source (hub id,
+            ``save_pretrained`` folder, checkpoint file; what a YAML config names, recorded as
+            ``eomt_checkpoint``). It is held outside the module's sub-modules, so Lightning
+            neither trains it, nor switches it to train mode, nor writes it into checkpoints (nor
+            DDP synchronises it: every process reads the same weights); it is moved to the
+            training device when training starts and back when it ends. Its masked attention is
+            switched off, as for evaluation.
         variant: ``"stats"`` or ``"hybrid"`` (``models.anomaly_head``).
         pos_weight: weight of outlier pixels in the BCE (seed 001: 10).
         lr, weight_decay, poly_power: AdamW on the head's parameters with a per-step poly schedule.
@@ -72,7 +75,7 @@ class AnomalyHeadModule(L.LightningModule):
 
     def __init__(
         self,
-        eomt: EomtForUniversalSegmentation,
+        eomt: EomtForUniversalSegmentation | str | Path,
         variant: str = "stats",
         *,
         max_steps: int = 1000,
@@ -85,6 +88,9 @@ class AnomalyHeadModule(L.LightningModule):
         eomt_checkpoint: str | None = None,
     ):
         super().__init__()
+        if isinstance(eomt, (str, Path)):
+            eomt, _, source = _as_eomt(eomt)
+            eomt_checkpoint = eomt_checkpoint or source
         if not isinstance(eomt, EomtForUniversalSegmentation):
             raise TypeError(f"AnomalyHeadModule needs a transformers EomtForUniversalSegmentation, got {type(eomt).__name__}.")
         if int(max_steps) < 1:
@@ -97,6 +103,10 @@ class AnomalyHeadModule(L.LightningModule):
         self.__dict__["eomt"] = zero_attn_mask_probs(eomt.eval())  # bypasses nn.Module registration
         self._home_device: torch.device | None = None
         self._frozen_checksum: torch.Tensor | None = None
+
+    def export_weights(self, ckpt: str | Path, out_dir: str | Path) -> Path:
+        """The head of ``ckpt`` as ``out_dir/head.safetensors`` (``load_anomaly_head`` reads it)."""
+        return export_anomaly_head(ckpt, Path(out_dir) / HEAD_FILE)
 
     # ------------------------------------------------------------------ frozen EoMT
     @torch.no_grad()

@@ -24,6 +24,7 @@ Every setting has seed 000's name and lives in one ``OEConfig``:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -39,8 +40,13 @@ from ..data.leakage import CACHE_FILE as LEAKAGE_CACHE, guard_training_data
 from ..data.mix_ood import PasteOutliers, ScaledObjects, paste_outliers  # noqa: F401  (re-exported)
 from ..losses import outlier_loss
 from ..models.eomt import EomtSegmenter, build_eomt, per_pixel_logits
-from .eomt import EomtDataModule, EomtModule, annealing_schedule, eval_scale, fit_and_export
-from .oe_config import OEConfig
+from .eomt import EomtDataModule, EomtModule, annealing_schedule, eomt_to_train, eval_scale, fit_and_export
+from .oe_config import OE_RECIPES, OEConfig
+
+# The OEConfig settings each side of a YAML config holds, under seed 000's names: the data module
+# (data.init_args) pastes, the module (model.init_args) trains.
+DATA_SETTINGS = ("oe_enabled", "ood_prob", "oe_road_only", "oe_perspective_scale", "coco_split")
+_MODULE_SETTINGS = tuple(f.name for f in dataclasses.fields(OEConfig) if f.name not in DATA_SETTINGS)
 
 OE_CONFIG_FILE = "oe_config.json"
 LOGGERS = ("csv", "wandb")
@@ -108,32 +114,91 @@ class EomtOEModule(EomtModule):
     run without it; seed 000's recipe switches it back on and anneals it away again).
 
     Args:
-        model: as ``EomtModule`` (a model, an ``EomtConfig``, or None with ``model_config``).
+        model, model_config, small_config: as ``EomtModule`` (for a YAML config: the hub id or
+            folder of the EoMT to fine-tune).
         oe: an ``OEConfig`` or its dict; stored in the checkpoint's hyper-parameters as a dict.
-        **kwargs: ``EomtModule``'s settings (``max_steps``, ``lr``, ``seed``...), except
-            ``trainable``, ``weight_decay``, ``attn_mask_annealing`` and ``annealing_steps``,
-            which the config sets (``ValueError`` when given).
+        recipe, outlier_loss_enabled ... attn_mask_annealing_end_steps: the same settings one by one,
+            with seed 000's names (``model.init_args`` of a YAML config): ``OEConfig.recipe(recipe
+            or "rba", **the ones given)``. Only without ``oe`` (``ValueError`` with both).
+        max_steps, lr, llrd, poly_power, warmup_steps, ignore_index, seed: ``EomtModule``'s.
+        **kwargs: ``EomtModule``'s other settings, except ``trainable``, ``weight_decay``,
+            ``attn_mask_annealing`` and ``annealing_steps``, which the config sets (``ValueError``).
+
+    The data side of the config (``oe_enabled``, ``ood_prob``, ...) belongs to the data module
+    (``EomtOEDataModule``); when the trainer sets the module up, the data module's values are
+    written into the stored ``oe`` record, so that a checkpoint holds the run's whole config.
     """
 
-    def __init__(self, model=None, *, oe: OEConfig | dict | None = None, **kwargs):
-        cfg = as_oe_config(oe)
-        for name, setting in (("trainable", "trainable"), ("weight_decay", "weight_decay"),
-                              ("attn_mask_annealing", "attn_mask_annealing_enabled"), ("annealing_steps", None)):
+    def __init__(
+        self,
+        model: EomtForUniversalSegmentation | str | Path | None = None,
+        *,
+        oe: OEConfig | dict | None = None,
+        model_config: dict | None = None,
+        small_config: dict | None = None,
+        max_steps: int = 1000,
+        lr: float = 1e-4,
+        llrd: float = 0.8,
+        poly_power: float = 0.9,
+        warmup_steps: Sequence[int] | None = None,
+        seed: int | None = None,
+        recipe: str | None = None,
+        outlier_loss_enabled: bool | None = None,
+        outlier_weight: float | None = None,
+        outlier_loss_target: str | None = None,
+        score_norm: str | None = None,
+        outlier_loss_func: str | None = None,
+        inlier_upper_threshold: float | None = None,
+        outlier_lower_threshold: float | None = None,
+        margin: float | None = None,
+        trainable: str | None = None,
+        weight_decay: float | None = None,
+        attn_mask_annealing_enabled: bool | None = None,
+        attn_mask_annealing_start_steps: Sequence[int] | None = None,
+        attn_mask_annealing_end_steps: Sequence[int] | None = None,
+        **kwargs,
+    ):
+        given = {k: v for k, v in locals().items() if k in _MODULE_SETTINGS and v is not None}
+        for name, setting in (("attn_mask_annealing", "attn_mask_annealing_enabled"), ("annealing_steps", None)):
             if name in kwargs:
                 raise ValueError(
                     f"EomtOEModule: {name}= is set by the OEConfig ({setting or 'attn_mask_annealing_start_steps / _end_steps'}); "
                     "set it in the OEConfig only (one place for every Outlier Exposure setting)."
                 )
-        max_steps = int(kwargs.get("max_steps", 1000))
-        if model is None and kwargs.get("model_config") is not None:
-            num_blocks = int(kwargs["model_config"]["num_blocks"])
-        else:
-            num_blocks = int((model.config if hasattr(model, "config") else model).num_blocks)
-        steps = oe_annealing_steps(cfg, num_blocks, max_steps)
-        super().__init__(model, trainable=cfg.trainable, weight_decay=cfg.weight_decay,
+        if oe is not None and (given or recipe is not None):
+            raise ValueError(
+                f"EomtOEModule: {', '.join([*given, *(['recipe'] if recipe else [])])} given beside oe=; set it in the "
+                "OEConfig only (one place for every Outlier Exposure setting), or leave oe unset and give the settings one by one."
+            )
+        cfg = as_oe_config(oe) if oe is not None else OEConfig.recipe(recipe or "rba", **given)
+        model = eomt_to_train(model, model_config, small_config)
+        steps = oe_annealing_steps(cfg, int(model.config.num_blocks), int(max_steps))
+        super().__init__(model, trainable=cfg.trainable, weight_decay=cfg.weight_decay, max_steps=max_steps, lr=lr,
+                         llrd=llrd, poly_power=poly_power, warmup_steps=warmup_steps, seed=seed,
                          attn_mask_annealing=cfg.attn_mask_annealing_enabled, annealing_steps=steps, **kwargs)  # fmt: skip
-        self.hparams["oe"] = cfg.to_dict()  # plain values: checkpoints are read with weights_only=True
+        # Lightning collected this __init__'s arguments too (None for settings not given): the
+        # settings live once, in hparams["oe"] (plain values: checkpoints are read with weights_only).
+        for name in _MODULE_SETTINGS + ("recipe",):
+            self.hparams.pop(name, None)
+        self.hparams.update(trainable=cfg.trainable, weight_decay=cfg.weight_decay, oe=cfg.to_dict())
         self.oe_config = cfg
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        data_side = getattr(getattr(self.trainer, "datamodule", None), "oe_settings", None)
+        if data_side is not None:
+            self.oe_config = self.oe_config.replace(**data_side)
+            self.hparams["oe"] = self.oe_config.to_dict()
+
+    def export_weights(self, ckpt: str | Path, out_dir: str | Path) -> Path:
+        """``EomtModule.export_weights`` plus ``oe_config.json`` (the run's settings) in the folder."""
+        folder = super().export_weights(ckpt, out_dir)
+        hp = torch.load(ckpt, map_location="cpu", weights_only=True)
+        (folder / OE_CONFIG_FILE).write_text(json.dumps(
+            {"oe": hp["hyper_parameters"]["oe"], "max_steps": int(hp["hyper_parameters"]["max_steps"]),
+             "lr": hp["hyper_parameters"]["lr"], "seed": hp["hyper_parameters"]["seed"],
+             "global_step": int(hp["global_step"])}, indent=1))  # fmt: skip
+        return folder
 
     def compute_loss(self, batch: dict, outputs) -> dict[str, torch.Tensor]:
         """``EomtModule``'s terms plus ``loss_outlier`` = ``outlier_weight * outlier_loss(L, outlier_mask)``
@@ -200,6 +265,51 @@ def oe_sample_transform(config: OEConfig | dict | None, coco_root: str | Path | 
     return paste_outliers(coco_root, object_scale, cfg.coco_split, **{**cfg.mix_ood_kwargs(), **overrides})
 
 
+class EomtOEDataModule(EomtDataModule):
+    """``EomtDataModule`` whose training items get COCO objects pasted (``oe_sample_transform``)
+    and an ``outlier_mask``: the data of Outlier Exposure and of the anomaly head.
+
+    Args (``data.init_args`` of a YAML config, seed 000's names):
+        root: Cityscapes-layout folder; image_size: the EoMT's input size S (S x S crops, jitter
+            relative to the frame at evaluation scale); coco_root: the folder prepared by
+            ``anomalyseg prepare-coco`` (None only with ``oe_enabled: false``).
+        oe_enabled, ood_prob, oe_road_only, oe_perspective_scale, coco_split: the data side of
+            ``OEConfig`` (``oe_settings`` hands them to ``EomtOEModule``'s stored record).
+        object_scale: resize of the COCO objects; None scales them with the frames (``eval_scale``),
+            1 for EoMT at 1024 on Cityscapes, where objects keep their COCO size as in seed 000 and RbA.
+        with_val: validate on the ``val`` split when there is one (the anomaly head has no validation).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int,
+        coco_root: str | Path | None = None,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        seed: int = 0,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        oe_enabled: bool = True,
+        ood_prob: float = 0.2,
+        oe_road_only: bool = False,
+        oe_perspective_scale: bool = False,
+        coco_split: str = "train",
+        object_scale: float | None = None,
+        with_val: bool = True,
+    ):
+        root = Path(root)
+        cfg = OEConfig(oe_enabled=oe_enabled, ood_prob=ood_prob, oe_road_only=oe_road_only,
+                       oe_perspective_scale=oe_perspective_scale, coco_split=coco_split)  # fmt: skip
+        self.oe_settings = {name: getattr(cfg, name) for name in DATA_SETTINGS}
+        base_size, frames_scale = eval_scale(root, int(image_size))
+        has_val = with_val and (root / "leftImg8bit" / "val").is_dir()
+        super().__init__(
+            root, batch_size=batch_size, num_workers=num_workers, scale_range=scale_range, base_size=base_size,
+            val_batch_size=1, val_split="val" if has_val else None, image_size=image_size, seed=seed,
+            sample_transform=oe_sample_transform(cfg, coco_root, frames_scale if object_scale is None else object_scale),
+        )  # fmt: skip
+
+
 def oe_datamodule(
     data_root: str | Path,
     coco_root: str | Path | None,
@@ -222,17 +332,12 @@ def oe_datamodule(
     relative to the street scene whatever the model's input resolution: 1 for EoMT at 1024 on
     Cityscapes, where objects are pasted at their COCO size as seed 000 and RbA do.
     """
-    data_root = Path(data_root)
-    base_size, frames_scale = eval_scale(data_root, image_size)
-    if object_scale is None:
-        object_scale = frames_scale
-    has_val = with_val and (data_root / "leftImg8bit" / "val").is_dir()
-    return EomtDataModule(
-        data_root, crop_size=(image_size, image_size), batch_size=batch_size, num_workers=num_workers,
-        scale_range=scale_range, base_size=base_size, val_batch_size=1,
-        sample_transform=oe_sample_transform(config, coco_root, object_scale, **paste_overrides),
-        val_split="val" if has_val else None, seed=seed,
-    )  # fmt: skip
+    cfg = as_oe_config(config)
+    renamed = {"road_only": "oe_road_only", "perspective_scale": "oe_perspective_scale"}
+    settings = {**{name: getattr(cfg, name) for name in DATA_SETTINGS},
+                **{renamed.get(k, k): v for k, v in paste_overrides.items()}}  # fmt: skip
+    return EomtOEDataModule(data_root, image_size, coco_root, batch_size=batch_size, num_workers=num_workers, seed=seed,
+                            scale_range=scale_range, object_scale=object_scale, with_val=with_val, **settings)
 
 
 def pasted_samples(
