@@ -223,16 +223,16 @@ DDP_CONFIGS = ["erfnet_demo", "eomt_demo", "eomt_oe_demo", "anomaly_head_stats_d
 @pytest.mark.slow
 @pytest.mark.parametrize("name", DDP_CONFIGS)
 def test_two_process_ddp_trains_and_resumes(name, tiny_data, tiny_eomt_folder, tmp_path):
-    """2 CPU processes (gloo): 2 steps, then resumed from last.ckpt with --ckpt_path up to 3; one
-    export, written by the first process, holding the resumed checkpoint's weights."""
+    """2 CPU processes (gloo): a 3-step run stopped after 2 steps, resumed from last.ckpt with
+    --ckpt_path (the checkpoint's stored settings come back beside the YAML's and must be accepted);
+    one export, written by the first process, holding the resumed checkpoint's weights."""
     path = REPO / "configs" / f"{name}.yaml"
     config, out = _config(path), tmp_path / "run"
     base = ["fit", "-c", str(path), *tiny_overrides(config, tiny_data, out, tiny_eomt_folder), *DDP]
-    _anomalyseg(base)
+    _anomalyseg([*base, "--model.init_args.max_steps=3"])  # the schedules' length; the trainer stops at 2
     first = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
-    assert first["global_step"] == 2
-    done = _anomalyseg([*base, "--trainer.max_steps=3", "--model.init_args.max_steps=3",
-                        f"--ckpt_path={out / 'last.ckpt'}"])
+    assert first["global_step"] == 2 and first["hyper_parameters"]["max_steps"] == 3
+    done = _anomalyseg([*base, "--trainer.max_steps=3", f"--ckpt_path={out / 'last.ckpt'}"])
     assert done.stdout.count("exported") == 1  # the first process only
     resumed = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
     assert resumed["global_step"] == 3

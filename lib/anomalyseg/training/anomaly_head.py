@@ -69,6 +69,7 @@ class AnomalyHeadModule(L.LightningModule):
         lr, weight_decay, poly_power: AdamW on the head's parameters with a per-step poly schedule.
         eomt_checkpoint: where the frozen EoMT came from (recorded, so that a resume on another
             EoMT is refused); None when unknown.
+        feature_dim: the EoMT width the head was built for (stored; checked when given back).
 
     Batches: ``{"image": uint8 [B, 3, S, S], "outlier_mask": uint8 [B, S, S], ...}``.
     """
@@ -86,6 +87,7 @@ class AnomalyHeadModule(L.LightningModule):
         dropout: float = 0.1,
         seed: int | None = None,
         eomt_checkpoint: str | None = None,
+        feature_dim: int | None = None,
     ):
         super().__init__()
         if isinstance(eomt, (str, Path)):
@@ -97,6 +99,11 @@ class AnomalyHeadModule(L.LightningModule):
             raise ValueError(f"AnomalyHeadModule: max_steps sets the poly schedule's length and must be >= 1, got {max_steps}.")
         if float(pos_weight) <= 0:
             raise ValueError(f"AnomalyHeadModule: pos_weight must be > 0 (seed 001: 10), got {pos_weight}.")
+        if feature_dim is not None and int(feature_dim) != int(eomt.config.hidden_size):
+            raise ValueError(
+                f"AnomalyHeadModule: feature_dim={feature_dim} (stored with a head trained on another EoMT) but this EoMT "
+                f"is {eomt.config.hidden_size} wide; a head reads one model's outputs and does not transfer."
+            )
         self.save_hyperparameters(ignore=["eomt"])
         self.hparams["feature_dim"] = int(eomt.config.hidden_size)
         self.head = build_anomaly_head(variant, eomt.config.hidden_size, dropout)

@@ -385,21 +385,26 @@ def eval_scale(data_root: str | Path, image_size: int, base_size: tuple[int, int
 
 def eomt_to_train(model=None, model_config: dict | None = None, small_config: dict | None = None
                   ) -> EomtForUniversalSegmentation:
-    """The EoMT an ``EomtModule`` trains: ``model`` as given (a model, an ``EomtConfig``, or a
-    ``build_eomt`` source: hub id, folder, checkpoint file), else one built from ``model_config``
-    (a complete config dict) or ``small_config`` (``small_eomt_config`` settings)."""
-    given = [name for name, v in (("model", model), ("model_config", model_config), ("small_config", small_config))
-             if v is not None]
-    if len(given) != 1:
-        raise ValueError(
-            f"EomtModule: give exactly one of model (a model, an EomtConfig, or a hub id / folder / checkpoint to "
-            f"fine-tune), model_config (a complete EomtConfig dict) or small_config (settings of small_eomt_config, "
-            f"{{}} for the demo's small EoMT); got {given or 'none'}."
-        )
+    """The EoMT an ``EomtModule`` trains, from the first of: ``model_config`` (a complete config
+    dict: the architecture stored in a checkpoint, which Lightning's CLI hands back beside the
+    YAML's ``model`` when resuming with ``--ckpt_path``; the checkpoint then supplies the weights),
+    ``model`` (a model, an ``EomtConfig``, or a ``build_eomt`` source: hub id, folder, checkpoint
+    file), ``small_config`` (``small_eomt_config`` settings)."""
     if model_config is not None:
         return EomtForUniversalSegmentation(EomtConfig.from_dict(model_config))
+    if model is not None and small_config is not None:
+        raise ValueError(
+            "EomtModule: give one of model (a model, an EomtConfig, or a hub id / folder / checkpoint to fine-tune) "
+            "and small_config (settings of small_eomt_config, {} for the demo's small EoMT), not both."
+        )
     if small_config is not None:
         return EomtForUniversalSegmentation(small_eomt_config(**small_config))
+    if model is None:
+        raise ValueError(
+            "EomtModule needs a model: model (a model, an EomtConfig, or a hub id such as "
+            "tue-mps/cityscapes_semantic_eomt_large_1024, a save_pretrained folder or a checkpoint to fine-tune), "
+            "model_config (a complete EomtConfig dict) or small_config (settings of small_eomt_config)."
+        )
     return _as_model(model)
 
 

@@ -92,6 +92,11 @@ def oe_annealing_steps(config: OEConfig, num_blocks: int, max_steps: int) -> tup
     return new_starts, new_ends
 
 
+def _plain(value):
+    """Tuples as lists, recursively: stored hyper-parameters compare equal to freshly computed ones."""
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def as_oe_config(config: OEConfig | dict | None) -> OEConfig:
     """An ``OEConfig`` from itself, a plain dict of settings (``OEConfig.from_dict``) or None (defaults)."""
     if config is None:
@@ -159,20 +164,30 @@ class EomtOEModule(EomtModule):
         **kwargs,
     ):
         given = {k: v for k, v in locals().items() if k in _MODULE_SETTINGS and v is not None}
-        for name, setting in (("attn_mask_annealing", "attn_mask_annealing_enabled"), ("annealing_steps", None)):
-            if name in kwargs:
+        flat = OEConfig.recipe(recipe or "rba", **given)
+        cfg = flat if oe is None else as_oe_config(oe)
+        if oe is not None:
+            # Settings given both ways (Lightning's CLI hands a checkpoint's stored record back
+            # beside the YAML's settings when resuming) must agree.
+            named = set(given) | set(OE_RECIPES[recipe or "rba"])
+            clash = sorted(k for k in named if getattr(flat, k) != getattr(cfg, k))
+            if clash:
                 raise ValueError(
-                    f"EomtOEModule: {name}= is set by the OEConfig ({setting or 'attn_mask_annealing_start_steps / _end_steps'}); "
-                    "set it in the OEConfig only (one place for every Outlier Exposure setting)."
+                    f"EomtOEModule: {', '.join(f'{k}={getattr(flat, k)!r}' for k in clash)} given beside oe= (which has "
+                    f"{', '.join(f'{k}={getattr(cfg, k)!r}' for k in clash)}); set it in the OEConfig only (one place "
+                    "for every Outlier Exposure setting). When resuming a checkpoint, its stored settings are the run's."
                 )
-        if oe is not None and (given or recipe is not None):
-            raise ValueError(
-                f"EomtOEModule: {', '.join([*given, *(['recipe'] if recipe else [])])} given beside oe=; set it in the "
-                "OEConfig only (one place for every Outlier Exposure setting), or leave oe unset and give the settings one by one."
-            )
-        cfg = as_oe_config(oe) if oe is not None else OEConfig.recipe(recipe or "rba", **given)
         model = eomt_to_train(model, model_config, small_config)
         steps = oe_annealing_steps(cfg, int(model.config.num_blocks), int(max_steps))
+        implied = {"attn_mask_annealing": cfg.attn_mask_annealing_enabled, "annealing_steps": steps}
+        for name, value in implied.items():  # a checkpoint's stored values come back; they must agree
+            stored = kwargs.pop(name, None)
+            if stored is not None and value is not None and _plain(stored) != _plain(value):
+                setting = "attn_mask_annealing_enabled" if name == "attn_mask_annealing" else "the annealing steps"
+                raise ValueError(
+                    f"EomtOEModule: {name}={stored!r} is set by the OEConfig ({setting}, here {value!r}); set it in "
+                    "the OEConfig only (one place for every Outlier Exposure setting)."
+                )
         super().__init__(model, trainable=cfg.trainable, weight_decay=cfg.weight_decay, max_steps=max_steps, lr=lr,
                          llrd=llrd, poly_power=poly_power, warmup_steps=warmup_steps, seed=seed,
                          attn_mask_annealing=cfg.attn_mask_annealing_enabled, annealing_steps=steps, **kwargs)  # fmt: skip
