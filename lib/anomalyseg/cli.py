@@ -1,4 +1,7 @@
-"""The ``anomalyseg`` command: ``make-data``, ``prepare-coco``, ``eval``, ``compare-conventions``, ``train``, ``demo-weights``, ``run-all``.
+"""The ``anomalyseg`` command: ``make-data``, ``prepare-coco``, ``eval``, ``compare-conventions``, ``train``, ``demo-weights``, ``run-all``, ``fit`` / ``validate``.
+
+``fit`` and ``validate`` hand the rest of the command line to Lightning's CLI
+(``training.lightning_cli``): ``anomalyseg fit -c configs/eomt_oe_demo.yaml``.
 
 Every subcommand is a thin entry to a package function; nothing imports this module.
 
@@ -255,7 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help=f"show the Python traceback of an error (or set {DEBUG_ENV}=1)")
-    p = argparse.ArgumentParser(prog="anomalyseg", description=__doc__.splitlines()[0], parents=[debug])
+    p = argparse.ArgumentParser(
+        prog="anomalyseg", description=__doc__.splitlines()[0], parents=[debug],
+        epilog="Trainings from YAML configs (Lightning's CLI, configs/ of the repository): anomalyseg fit -c CONFIG.yaml, "
+               "anomalyseg validate -c CONFIG.yaml --ckpt_path RUN/last.ckpt; anomalyseg fit --help lists every option.",
+    )  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
     _add_parser = sub.add_parser
     sub.add_parser = lambda *args, **kw: _add_parser(*args, parents=[debug], **kw)
