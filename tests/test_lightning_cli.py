@@ -22,8 +22,16 @@ from helpers import tiny_eomt_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
-TINY_EOMT = dict(image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                 num_blocks=2, num_queries=6, num_register_tokens=1)  # tests/helpers.tiny_eomt_config
+TINY_EOMT = dict(
+    image_size=32,
+    patch_size=16,
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    num_blocks=2,
+    num_queries=6,
+    num_register_tokens=1,
+)  # tests/helpers.tiny_eomt_config
 
 
 def _config(path: Path) -> dict:
@@ -36,7 +44,7 @@ def _kind(config: dict) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_eomt_folder(tmp_path_factory) -> Path:
-    """A tiny EoMT as a save_pretrained folder: stands in for the hub checkpoint and the demo EoMT."""
+    """A tiny EoMT as a save_pretrained folder, in place of the hub checkpoint and the demo's."""
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny_eomt") / "model"
     EomtForUniversalSegmentation(tiny_eomt_config()).save_pretrained(folder)
@@ -44,17 +52,31 @@ def tiny_eomt_folder(tmp_path_factory) -> Path:
 
 
 def tiny_overrides(config: dict, data: Path, out: Path, eomt: Path, steps: int = 2) -> list[str]:
-    """Command-line overrides that run ``config`` for ``steps`` steps on the tiny data on one CPU."""
+    """Command-line overrides that run ``config`` ``steps`` steps on the tiny data on one CPU."""
     kind = _kind(config)
-    args = [f"--trainer.max_steps={steps}", f"--model.init_args.max_steps={steps}", f"--trainer.default_root_dir={out}",
-            f"--trainer.logger.init_args.save_dir={out}", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false", "--trainer.log_every_n_steps=1", "--trainer.accelerator=cpu",
-            "--trainer.devices=1",
-            "--trainer.strategy=auto", "--trainer.precision=32-true", f"--data.init_args.root={data / 'cityscapes'}",
-            "--data.init_args.batch_size=2", "--data.init_args.num_workers=0"]
+    args = [
+        f"--trainer.max_steps={steps}",
+        f"--model.init_args.max_steps={steps}",
+        f"--trainer.default_root_dir={out}",
+        f"--trainer.logger.init_args.save_dir={out}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        "--trainer.strategy=auto",
+        "--trainer.precision=32-true",
+        f"--data.init_args.root={data / 'cityscapes'}",
+        "--data.init_args.batch_size=2",
+        "--data.init_args.num_workers=0",
+    ]
     if kind == "ErfnetModule":
-        args += ["--data.init_args.crop_size=[64,128]", "--data.init_args.val_size=[64,128]",
-                 "--trainer.sync_batchnorm=false", f"--trainer.val_check_interval={steps}"]
+        args += [
+            "--data.init_args.crop_size=[64,128]",
+            "--data.init_args.val_size=[64,128]",
+            "--trainer.sync_batchnorm=false",
+            f"--trainer.val_check_interval={steps}",
+        ]
     else:
         args += ["--data.init_args.image_size=32"]
     if kind in ("EomtModule", "EomtOEModule"):
@@ -65,14 +87,20 @@ def tiny_overrides(config: dict, data: Path, out: Path, eomt: Path, steps: int =
             args += [f"--model.init_args.model={eomt}"]
     if kind in ("EomtOEModule", "AnomalyHeadModule"):
         # tiny COCO objects are 40-136 px, the crops 32 px
-        args += [f"--data.init_args.coco_root={data / 'coco'}", "--data.init_args.object_scale=0.25"]
+        args += [
+            f"--data.init_args.coco_root={data / 'coco'}",
+            "--data.init_args.object_scale=0.25",
+        ]
     if kind == "AnomalyHeadModule":
         args += [f"--model.init_args.eomt={eomt}"]
     return args
 
 
 def _exported(out: Path, kind: str) -> Path:
-    return out / {"ErfnetModule": "erfnet.safetensors", "AnomalyHeadModule": "head.safetensors"}.get(kind, "model")
+    return out / {
+        "ErfnetModule": "erfnet.safetensors",
+        "AnomalyHeadModule": "head.safetensors",
+    }.get(kind, "model")
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -82,7 +110,9 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------- every shipped config
 @pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_shipped_config_trains_and_its_settings_reach_the_module(path, tiny_data, tiny_eomt_folder, tmp_path):
+def test_shipped_config_trains_and_its_settings_reach_the_module(
+    path, tiny_data, tiny_eomt_folder, tmp_path
+):
     config = _config(path)
     kind, out = _kind(config), tmp_path / "run"
     main(["fit", "-c", str(path), *tiny_overrides(config, tiny_data, out, tiny_eomt_folder)])
@@ -104,7 +134,7 @@ def test_shipped_config_trains_and_its_settings_reach_the_module(path, tiny_data
     # the export holds exactly the checkpoint's weights
     exported = _weights(_exported(out, kind))
     prefix = {"ErfnetModule": "model.", "AnomalyHeadModule": "head."}.get(kind, "model.")
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     assert exported.keys() <= state.keys() and len(exported) > 0
     for k, v in exported.items():
         assert torch.equal(v, state[k]), k
@@ -130,13 +160,19 @@ def test_print_config_round_trips(tmp_path, capsys):
             assert full[section]["class_path"] == shipped[section]["class_path"]
             for key, value in shipped[section]["init_args"].items():
                 got = full[section]["init_args"][key]
-                assert (list(got) if isinstance(got, (list, tuple)) else got) == value, (path.name, section, key)
+                assert (list(got) if isinstance(got, (list, tuple)) else got) == value, (
+                    path.name,
+                    section,
+                    key,
+                )
 
 
 def test_bad_config_is_one_paragraph(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     config = _config(REPO / "configs" / "eomt_oe_demo.yaml")
-    config["model"]["init_args"]["inlier_upper_threshold"] = 3.0  # outside the rba score's range [-19, 0]
+    config["model"]["init_args"]["inlier_upper_threshold"] = (
+        3.0  # outside the rba score's range [-19, 0]
+    )
     config["data"]["init_args"]["root"] = str(tmp_path)
     bad.write_text(yaml.safe_dump(config))
     with pytest.raises(SystemExit) as done:
@@ -147,20 +183,42 @@ def test_bad_config_is_one_paragraph(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- presets agree
 PRESET_KEYS = {  # notebook -> (config, {preset parameter: config key})
-    "01_erfnet_baseline": ("erfnet_demo", {
-        "train_steps": ["trainer.max_steps", "model.init_args.max_steps"], "batch_size": ["data.init_args.batch_size"],
-        "crop_size": ["data.init_args.crop_size"], "scale_range": ["data.init_args.scale_range"],
-        "lr": ["model.init_args.lr"], "input_size": ["data.init_args.val_size"],
-        "num_workers": ["data.init_args.num_workers"]}),
-    "02_eomt_eval": ("eomt_demo", {
-        "train_steps": ["trainer.max_steps", "model.init_args.max_steps"], "batch_size": ["data.init_args.batch_size"],
-        "crop_size": ["data.init_args.image_size", "model.init_args.small_config.image_size"]}),
-    "04_outlier_exposure": ("eomt_oe_demo", {
-        "finetune_steps": ["trainer.max_steps", "model.init_args.max_steps"],
-        "batch_size": ["data.init_args.batch_size"], "lr": ["model.init_args.lr"]}),
-    "05_anomaly_head": ("anomaly_head_stats_demo", {
-        "train_steps": ["trainer.max_steps", "model.init_args.max_steps"],
-        "batch_size": ["data.init_args.batch_size"], "lr": ["model.init_args.lr"]}),
+    "01_erfnet_baseline": (
+        "erfnet_demo",
+        {
+            "train_steps": ["trainer.max_steps", "model.init_args.max_steps"],
+            "batch_size": ["data.init_args.batch_size"],
+            "crop_size": ["data.init_args.crop_size"],
+            "scale_range": ["data.init_args.scale_range"],
+            "lr": ["model.init_args.lr"],
+            "input_size": ["data.init_args.val_size"],
+            "num_workers": ["data.init_args.num_workers"],
+        },
+    ),
+    "02_eomt_eval": (
+        "eomt_demo",
+        {
+            "train_steps": ["trainer.max_steps", "model.init_args.max_steps"],
+            "batch_size": ["data.init_args.batch_size"],
+            "crop_size": ["data.init_args.image_size", "model.init_args.small_config.image_size"],
+        },
+    ),
+    "04_outlier_exposure": (
+        "eomt_oe_demo",
+        {
+            "finetune_steps": ["trainer.max_steps", "model.init_args.max_steps"],
+            "batch_size": ["data.init_args.batch_size"],
+            "lr": ["model.init_args.lr"],
+        },
+    ),
+    "05_anomaly_head": (
+        "anomaly_head_stats_demo",
+        {
+            "train_steps": ["trainer.max_steps", "model.init_args.max_steps"],
+            "batch_size": ["data.init_args.batch_size"],
+            "lr": ["model.init_args.lr"],
+        },
+    ),
 }
 
 
@@ -177,9 +235,16 @@ def test_demo_configs_agree_with_the_notebooks_demo_preset():
         for param, targets in keys.items():
             assert param in presets[notebook], (notebook, param)
             for target in targets:
-                assert _get(config, target) == presets[notebook][param], (name, target, notebook, param)
+                assert _get(config, target) == presets[notebook][param], (
+                    name,
+                    target,
+                    notebook,
+                    param,
+                )
     # both head variants train with the same settings; the EoMT-L configs of a method agree too
-    stats, hybrid = (_config(REPO / "configs" / f"anomaly_head_{v}_demo.yaml") for v in ("stats", "hybrid"))
+    stats, hybrid = (
+        _config(REPO / "configs" / f"anomaly_head_{v}_demo.yaml") for v in ("stats", "hybrid")
+    )
     stats["model"]["init_args"].pop("variant"), hybrid["model"]["init_args"].pop("variant")
     assert stats["model"] == hybrid["model"] and stats["data"] == hybrid["data"]
     # notebook 05's pasting probability (a parameter-cell default, not in the preset)
@@ -199,19 +264,25 @@ def test_step_sampler_shards_one_global_stream():
         it = iter(StepSampler(n, seed=5, rank=rank, world_size=world))
         shards.append([next(it) for _ in range(4 * batch)])
     for step in range(4):
-        together = sorted(x for shard in shards for x in shard[step * batch:(step + 1) * batch])
-        assert together == sorted(single[step * batch * world:(step + 1) * batch * world])
+        together = sorted(x for shard in shards for x in shard[step * batch : (step + 1) * batch])
+        assert together == sorted(single[step * batch * world : (step + 1) * batch * world])
     # resumed after 2 steps: rank 1 continues where it was
     it = iter(StepSampler(n, seed=5, start=lambda: 2 * batch * world, rank=1, world_size=world))
-    assert [next(it) for _ in range(batch)] == shards[1][2 * batch:3 * batch]
+    assert [next(it) for _ in range(batch)] == shards[1][2 * batch : 3 * batch]
     with pytest.raises(TypeError):
         len(one)
 
 
 def _anomalyseg(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO / "lib"), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "anomalyseg.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-m", "anomalyseg.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -229,7 +300,9 @@ def test_two_process_ddp_trains_and_resumes(name, tiny_data, tiny_eomt_folder, t
     path = REPO / "configs" / f"{name}.yaml"
     config, out = _config(path), tmp_path / "run"
     base = ["fit", "-c", str(path), *tiny_overrides(config, tiny_data, out, tiny_eomt_folder), *DDP]
-    _anomalyseg([*base, "--model.init_args.max_steps=3"])  # the schedules' length; the trainer stops at 2
+    _anomalyseg(
+        [*base, "--model.init_args.max_steps=3"]
+    )  # the schedules' length; the trainer stops at 2
     first = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
     assert first["global_step"] == 2 and first["hyper_parameters"]["max_steps"] == 3
     done = _anomalyseg([*base, "--trainer.max_steps=3", f"--ckpt_path={out / 'last.ckpt'}"])
@@ -258,8 +331,16 @@ def test_two_process_validation_equals_one_process(tiny_data, tiny_eomt_folder, 
     ckpt = f"--ckpt_path={out / 'last.ckpt'}"
 
     def miou(logs: Path, *extra) -> float:
-        done = _anomalyseg(["validate", *base, f"--trainer.default_root_dir={logs}",
-                            f"--trainer.logger.init_args.save_dir={logs}", ckpt, *extra])
+        done = _anomalyseg(
+            [
+                "validate",
+                *base,
+                f"--trainer.default_root_dir={logs}",
+                f"--trainer.logger.init_args.save_dir={logs}",
+                ckpt,
+                *extra,
+            ]
+        )
         import pandas as pd
 
         frame = pd.concat(pd.read_csv(p) for p in logs.glob("logs/version_*/metrics.csv"))

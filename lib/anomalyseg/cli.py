@@ -1,4 +1,5 @@
-"""The ``anomalyseg`` command: ``make-data``, ``prepare-coco``, ``eval``, ``compare-conventions``, ``train``, ``demo-weights``, ``run-all``, ``fit`` / ``validate``.
+"""The ``anomalyseg`` command: ``make-data``, ``prepare-coco``, ``eval``, ``compare-conventions``,
+``train``, ``demo-weights``, ``run-all``, ``fit`` / ``validate``.
 
 ``fit`` and ``validate`` hand the rest of the command line to Lightning's CLI
 (``training.lightning_cli``): ``anomalyseg fit -c configs/eomt_oe_demo.yaml``.
@@ -260,9 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"show the Python traceback of an error (or set {DEBUG_ENV}=1)")
     p = argparse.ArgumentParser(
         prog="anomalyseg", description=__doc__.splitlines()[0], parents=[debug],
-        epilog="Trainings from YAML configs (Lightning's CLI, configs/ of the repository): anomalyseg fit -c CONFIG.yaml, "
-               "anomalyseg validate -c CONFIG.yaml --ckpt_path RUN/last.ckpt; anomalyseg fit --help lists every option.",
-    )  # fmt: skip
+        epilog="Trainings from YAML configs (Lightning's CLI, configs/ of the repository): "
+        "anomalyseg fit -c CONFIG.yaml, anomalyseg validate -c CONFIG.yaml --ckpt_path "
+        "RUN/last.ckpt; anomalyseg fit --help lists every option.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     _add_parser = sub.add_parser
     sub.add_parser = lambda *args, **kw: _add_parser(*args, parents=[debug], **kw)

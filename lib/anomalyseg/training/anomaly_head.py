@@ -101,8 +101,9 @@ class AnomalyHeadModule(L.LightningModule):
             raise ValueError(f"AnomalyHeadModule: pos_weight must be > 0 (seed 001: 10), got {pos_weight}.")
         if feature_dim is not None and int(feature_dim) != int(eomt.config.hidden_size):
             raise ValueError(
-                f"AnomalyHeadModule: feature_dim={feature_dim} (stored with a head trained on another EoMT) but this EoMT "
-                f"is {eomt.config.hidden_size} wide; a head reads one model's outputs and does not transfer."
+                f"AnomalyHeadModule: feature_dim={feature_dim} (stored with a head trained on "
+                f"another EoMT) but this EoMT is {eomt.config.hidden_size} wide; a head reads one "
+                "model's outputs and does not transfer."
             )
         self.save_hyperparameters(ignore=["eomt"])
         self.hparams["feature_dim"] = int(eomt.config.hidden_size)

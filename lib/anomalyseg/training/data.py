@@ -106,13 +106,20 @@ class CityscapesDataModule(L.LightningDataModule):
         if self.val_set is None and self.val_split and stage in (None, "fit", "validate"):
             self.val_set = CityscapesSegmentation(self.root, self.val_split, transforms=self.val_transforms)
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, batch_size: int, shuffle: bool, sampler: Sampler | None = None
+    ) -> DataLoader:
         # Workers are not persistent: they are re-seeded from torch's generator at each epoch,
         # which is what makes an epoch's augmentations reproducible after a resume.
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
-            num_workers=self.num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
-        )  # fmt: skip
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle if sampler is None else False,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def _world(self) -> tuple[int, int]:
         """(rank, world size) of the trainer this module is attached to; (0, 1) without one."""
@@ -124,8 +131,9 @@ class CityscapesDataModule(L.LightningDataModule):
         return self._loader(self.train_set, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
-        """Validation frames; on N processes each gets every N-th frame, none twice (Lightning's own
-        sampler would pad the last round with repeats, which a summed confusion matrix would count)."""
+        """Validation frames; on N processes each gets every N-th frame, none twice (Lightning's
+        own sampler would pad the last round with repeats, which a summed confusion matrix would
+        count)."""
         self.setup("validate")
         if self.val_set is None:
             return []
@@ -134,7 +142,9 @@ class CityscapesDataModule(L.LightningDataModule):
         if world > 1:
             from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
-            sampler = UnrepeatedDistributedSampler(self.val_set, num_replicas=world, rank=rank, shuffle=False)
+            sampler = UnrepeatedDistributedSampler(
+                self.val_set, num_replicas=world, rank=rank, shuffle=False
+            )
         return self._loader(self.val_set, self.val_batch_size, shuffle=False, sampler=sampler)
 
 

@@ -107,7 +107,7 @@ class EomtModule(L.LightningModule):
             fine-tune (hub id such as ``tue-mps/cityscapes_semantic_eomt_large_1024``, a
             ``save_pretrained`` folder, a checkpoint file: what a YAML config names), or None with
             ``model_config`` or ``small_config``.
-        model_config: a complete ``EomtConfig`` dict, as stored in the checkpoint's hyper-parameters.
+        model_config: a complete ``EomtConfig`` dict, as stored in a checkpoint's hyper-parameters.
         small_config: settings of ``small_eomt_config`` (``{}``: the demo's small EoMT), a model
             trained from scratch; the YAML way to ask for a small model.
         trainable: ``"all"``, or ``"heads"`` (class head, mask head, upscaling, queries).
@@ -170,7 +170,8 @@ class EomtModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         data = getattr(self.trainer, "datamodule", None)
-        check_window(self.model.config.image_size, getattr(data, "crop_size", None), type(self).__name__)
+        crop = getattr(data, "crop_size", None)
+        check_window(self.model.config.image_size, crop, type(self).__name__)
 
     def export_weights(self, ckpt: str | Path, out_dir: str | Path) -> Path:
         """The trained model of ``ckpt`` as ``out_dir/model``, a ``save_pretrained`` folder."""
@@ -295,7 +296,9 @@ class StepSampler(DistributedSampler):
     read the endless stream to its end); it has no length, so a training epoch never ends."""
 
     def __init__(self, n: int, seed: int, start=lambda: 0, rank: int = 0, world_size: int = 1):
-        super().__init__(range(int(n)), num_replicas=int(world_size), rank=int(rank), shuffle=False)
+        super().__init__(
+            range(int(n)), num_replicas=int(world_size), rank=int(rank), shuffle=False
+        )
         self.n, self.seed, self.start = int(n), int(seed), start
 
     def __len__(self) -> int:
@@ -348,7 +351,9 @@ class EomtDataModule(CityscapesDataModule):
 
     def _trained_items(self) -> int:
         trainer = getattr(self, "trainer", None)
-        return trainer.global_step * self.batch_size * trainer.world_size if trainer is not None else 0
+        if trainer is None:
+            return 0
+        return trainer.global_step * self.batch_size * trainer.world_size
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
@@ -365,9 +370,9 @@ def check_window(image_size: int, crop_size, who: str) -> None:
     ``image_size`` square (transformers' EoMT has fixed position embeddings); None passes."""
     if crop_size is not None and tuple(crop_size) != (image_size, image_size):
         raise ValueError(
-            f"{who}: the data module crops {tuple(crop_size)} but this EoMT takes only {image_size}x{image_size} "
-            f"inputs (config.image_size; its position embeddings are fixed). Set data.init_args.image_size: "
-            f"{image_size} in the config."
+            f"{who}: the data module crops {tuple(crop_size)} but this EoMT takes only "
+            f"{image_size}x{image_size} inputs (config.image_size; its position embeddings are "
+            f"fixed). Set data.init_args.image_size: {image_size} in the config."
         )
 
 
@@ -394,16 +399,18 @@ def eomt_to_train(model=None, model_config: dict | None = None, small_config: di
         return EomtForUniversalSegmentation(EomtConfig.from_dict(model_config))
     if model is not None and small_config is not None:
         raise ValueError(
-            "EomtModule: give one of model (a model, an EomtConfig, or a hub id / folder / checkpoint to fine-tune) "
-            "and small_config (settings of small_eomt_config, {} for the demo's small EoMT), not both."
+            "EomtModule: give one of model (a model, an EomtConfig, or a hub id / folder / "
+            "checkpoint to fine-tune) and small_config (settings of small_eomt_config, {} for the "
+            "demo's small EoMT), not both."
         )
     if small_config is not None:
         return EomtForUniversalSegmentation(small_eomt_config(**small_config))
     if model is None:
         raise ValueError(
             "EomtModule needs a model: model (a model, an EomtConfig, or a hub id such as "
-            "tue-mps/cityscapes_semantic_eomt_large_1024, a save_pretrained folder or a checkpoint to fine-tune), "
-            "model_config (a complete EomtConfig dict) or small_config (settings of small_eomt_config)."
+            "tue-mps/cityscapes_semantic_eomt_large_1024, a save_pretrained folder or a checkpoint "
+            "to fine-tune), model_config (a complete EomtConfig dict) or small_config (settings of "
+            "small_eomt_config)."
         )
     return _as_model(model)
 

@@ -92,8 +92,10 @@ class ErfnetModule(L.LightningModule):
     ):
         super().__init__()
         if isinstance(class_weights, str) and class_weights != "enet":
-            raise ValueError(f"ErfnetModule: class_weights={class_weights!r}; expected 'enet', None, or "
-                             f"{NUM_CLASSES} weights (one per Cityscapes class).")
+            raise ValueError(
+                f"ErfnetModule: class_weights={class_weights!r}; expected 'enet', None, or "
+                f"{NUM_CLASSES} weights (one per Cityscapes class)."
+            )
         if class_weights is not None and not isinstance(class_weights, str):
             # plain floats, so that checkpoints load with weights_only
             class_weights = [float(w) for w in torch.as_tensor(class_weights).flatten()]
@@ -124,8 +126,10 @@ class ErfnetModule(L.LightningModule):
             return
         data = getattr(self.trainer, "datamodule", None)
         if data is None or not hasattr(data, "root"):
-            raise ValueError("ErfnetModule: class_weights='enet' is computed from the train labels of the data module "
-                             "(CityscapesDataModule); train with one, or give the 19 weights.")
+            raise ValueError(
+                "ErfnetModule: class_weights='enet' is computed from the train labels of the data "
+                "module (CityscapesDataModule); train with one, or give the 19 weights."
+            )
         out_dir = Path(self.trainer.default_root_dir)
         weights = None
         if self.trainer.is_global_zero:

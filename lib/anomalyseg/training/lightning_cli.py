@@ -1,4 +1,4 @@
-"""The four trainings from YAML configs: ``anomalyseg fit -c CONFIG.yaml`` / ``anomalyseg validate``.
+"""The four trainings from YAML configs: ``anomalyseg fit -c CONFIG.yaml`` and ``validate``.
 
 Lightning's own ``LightningCLI`` (jsonargparse) reads the config: ``model`` and ``data`` name a
 ``class_path`` (``ErfnetModule``, ``EomtModule``, ``EomtOEModule``, ``AnomalyHeadModule``;
@@ -36,10 +36,23 @@ class RunCheckpoint(ModelCheckpoint):
     Defaults: ``last.ckpt`` only (``save_top_k=0``), every ``every_n_train_steps`` steps.
     """
 
-    def __init__(self, dirpath: str | Path | None = None, every_n_train_steps: int | None = None,
-                 save_top_k: int = 0, monitor: str | None = None, mode: str = "max", export: bool = True):
-        super().__init__(dirpath=dirpath, save_last=True, save_top_k=save_top_k, monitor=monitor, mode=mode,
-                         every_n_train_steps=every_n_train_steps)  # fmt: skip
+    def __init__(
+        self,
+        dirpath: str | Path | None = None,
+        every_n_train_steps: int | None = None,
+        save_top_k: int = 0,
+        monitor: str | None = None,
+        mode: str = "max",
+        export: bool = True,
+    ):
+        super().__init__(
+            dirpath=dirpath,
+            save_last=True,
+            save_top_k=save_top_k,
+            monitor=monitor,
+            mode=mode,
+            every_n_train_steps=every_n_train_steps,
+        )
         self.export = export
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -49,7 +62,9 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, trainer, pl_module) -> None:
         last = Path(self.dirpath) / "last.ckpt"
-        trainer.save_checkpoint(last, weights_only=False)  # the full state; every process calls it, the first writes
+        trainer.save_checkpoint(
+            last, weights_only=False
+        )  # the full state; every process calls it, the first writes
         if self.export and trainer.is_global_zero:
             exported = pl_module.export_weights(last, self.dirpath)
             print(f"exported {type(pl_module).__name__} weights to {exported}")
@@ -63,9 +78,12 @@ class AnomalysegCLI(LightningCLI):
 
     def __init__(self, args: list[str]):
         super().__init__(
-            subclass_mode_model=True, subclass_mode_data=True, args=args, auto_configure_optimizers=False,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=args,
+            auto_configure_optimizers=False,
             save_config_kwargs={"overwrite": True},
-        )  # fmt: skip
+        )
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -76,7 +94,9 @@ class AnomalysegCLI(LightningCLI):
 def run_lightning_cli(argv: list[str]) -> None:
     """``argv`` = ``["fit" | "validate", "-c", CONFIG, ...overrides]``, as after ``anomalyseg``."""
     if not argv or argv[0] not in SUBCOMMANDS:
-        raise ValueError(f"anomalyseg: expected one of {list(SUBCOMMANDS)} before the config, got {argv[:1]}.")
+        raise ValueError(
+            f"anomalyseg: expected one of {list(SUBCOMMANDS)} before the config, got {argv[:1]}."
+        )
     with warnings.catch_warnings():
         # `anomalyseg` hands on its own argv: the same list as sys.argv[1:], which is intended here
         warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")

@@ -40,13 +40,22 @@ from ..data.leakage import CACHE_FILE as LEAKAGE_CACHE, guard_training_data
 from ..data.mix_ood import PasteOutliers, ScaledObjects, paste_outliers  # noqa: F401  (re-exported)
 from ..losses import outlier_loss
 from ..models.eomt import EomtSegmenter, build_eomt, per_pixel_logits
-from .eomt import EomtDataModule, EomtModule, annealing_schedule, eomt_to_train, eval_scale, fit_and_export
+from .eomt import (
+    EomtDataModule,
+    EomtModule,
+    annealing_schedule,
+    eomt_to_train,
+    eval_scale,
+    fit_and_export,
+)
 from .oe_config import OE_RECIPES, OEConfig
 
 # The OEConfig settings each side of a YAML config holds, under seed 000's names: the data module
 # (data.init_args) pastes, the module (model.init_args) trains.
 DATA_SETTINGS = ("oe_enabled", "ood_prob", "oe_road_only", "oe_perspective_scale", "coco_split")
-_MODULE_SETTINGS = tuple(f.name for f in dataclasses.fields(OEConfig) if f.name not in DATA_SETTINGS)
+_MODULE_SETTINGS = tuple(
+    f.name for f in dataclasses.fields(OEConfig) if f.name not in DATA_SETTINGS
+)
 
 OE_CONFIG_FILE = "oe_config.json"
 LOGGERS = ("csv", "wandb")
@@ -93,7 +102,7 @@ def oe_annealing_steps(config: OEConfig, num_blocks: int, max_steps: int) -> tup
 
 
 def _plain(value):
-    """Tuples as lists, recursively: stored hyper-parameters compare equal to freshly computed ones."""
+    """Tuples as lists, recursively: stored hyper-parameters compare equal to computed ones."""
     return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
@@ -122,12 +131,13 @@ class EomtOEModule(EomtModule):
         model, model_config, small_config: as ``EomtModule`` (for a YAML config: the hub id or
             folder of the EoMT to fine-tune).
         oe: an ``OEConfig`` or its dict; stored in the checkpoint's hyper-parameters as a dict.
-        recipe, outlier_loss_enabled ... attn_mask_annealing_end_steps: the same settings one by one,
+        recipe, outlier_loss_enabled ... attn_mask_annealing_end_steps: the settings one by one,
             with seed 000's names (``model.init_args`` of a YAML config): ``OEConfig.recipe(recipe
             or "rba", **the ones given)``. Only without ``oe`` (``ValueError`` with both).
         max_steps, lr, llrd, poly_power, warmup_steps, ignore_index, seed: ``EomtModule``'s.
         **kwargs: ``EomtModule``'s other settings, except ``trainable``, ``weight_decay``,
-            ``attn_mask_annealing`` and ``annealing_steps``, which the config sets (``ValueError``).
+            ``attn_mask_annealing`` and ``annealing_steps``, which the config sets (``ValueError``
+            when they disagree with it).
 
     The data side of the config (``oe_enabled``, ``ood_prob``, ...) belongs to the data module
     (``EomtOEDataModule``); when the trainer sets the module up, the data module's values are
@@ -172,30 +182,49 @@ class EomtOEModule(EomtModule):
             named = set(given) | set(OE_RECIPES[recipe or "rba"])
             clash = sorted(k for k in named if getattr(flat, k) != getattr(cfg, k))
             if clash:
+                mine = ", ".join(f"{k}={getattr(flat, k)!r}" for k in clash)
+                theirs = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in clash)
                 raise ValueError(
-                    f"EomtOEModule: {', '.join(f'{k}={getattr(flat, k)!r}' for k in clash)} given beside oe= (which has "
-                    f"{', '.join(f'{k}={getattr(cfg, k)!r}' for k in clash)}); set it in the OEConfig only (one place "
-                    "for every Outlier Exposure setting). When resuming a checkpoint, its stored settings are the run's."
+                    f"EomtOEModule: {mine} given beside oe= (which has {theirs}); set it in the "
+                    "OEConfig only (one place for every Outlier Exposure setting). When resuming a "
+                    "checkpoint, its stored settings are the run's."
                 )
         model = eomt_to_train(model, model_config, small_config)
         steps = oe_annealing_steps(cfg, int(model.config.num_blocks), int(max_steps))
-        implied = {"attn_mask_annealing": cfg.attn_mask_annealing_enabled, "annealing_steps": steps}
-        for name, value in implied.items():  # a checkpoint's stored values come back; they must agree
+        implied = {
+            "attn_mask_annealing": ("attn_mask_annealing_enabled", cfg.attn_mask_annealing_enabled),
+            "annealing_steps": ("the annealing steps", steps),
+        }
+        # a checkpoint's stored values come back (resume); they must agree with the config
+        for name, (setting, value) in implied.items():
             stored = kwargs.pop(name, None)
             if stored is not None and value is not None and _plain(stored) != _plain(value):
-                setting = "attn_mask_annealing_enabled" if name == "attn_mask_annealing" else "the annealing steps"
                 raise ValueError(
-                    f"EomtOEModule: {name}={stored!r} is set by the OEConfig ({setting}, here {value!r}); set it in "
-                    "the OEConfig only (one place for every Outlier Exposure setting)."
+                    f"EomtOEModule: {name}={stored!r} is set by the OEConfig ({setting}, "
+                    f"here {value!r}); set it in the OEConfig only (one place for every "
+                    "Outlier Exposure setting)."
                 )
-        super().__init__(model, trainable=cfg.trainable, weight_decay=cfg.weight_decay, max_steps=max_steps, lr=lr,
-                         llrd=llrd, poly_power=poly_power, warmup_steps=warmup_steps, seed=seed,
-                         attn_mask_annealing=cfg.attn_mask_annealing_enabled, annealing_steps=steps, **kwargs)  # fmt: skip
+        super().__init__(
+            model,
+            trainable=cfg.trainable,
+            weight_decay=cfg.weight_decay,
+            max_steps=max_steps,
+            lr=lr,
+            llrd=llrd,
+            poly_power=poly_power,
+            warmup_steps=warmup_steps,
+            seed=seed,
+            attn_mask_annealing=cfg.attn_mask_annealing_enabled,
+            annealing_steps=steps,
+            **kwargs,
+        )
         # Lightning collected this __init__'s arguments too (None for settings not given): the
-        # settings live once, in hparams["oe"] (plain values: checkpoints are read with weights_only).
+        # settings live once, in hparams["oe"] (plain values: checkpoints load with weights_only).
         for name in _MODULE_SETTINGS + ("recipe",):
             self.hparams.pop(name, None)
-        self.hparams.update(trainable=cfg.trainable, weight_decay=cfg.weight_decay, oe=cfg.to_dict())
+        self.hparams.update(
+            trainable=cfg.trainable, weight_decay=cfg.weight_decay, oe=cfg.to_dict()
+        )
         self.oe_config = cfg
 
     def setup(self, stage: str) -> None:
@@ -206,13 +235,18 @@ class EomtOEModule(EomtModule):
             self.hparams["oe"] = self.oe_config.to_dict()
 
     def export_weights(self, ckpt: str | Path, out_dir: str | Path) -> Path:
-        """``EomtModule.export_weights`` plus ``oe_config.json`` (the run's settings) in the folder."""
+        """``EomtModule.export_weights`` plus ``oe_config.json`` (the run's settings) in it."""
         folder = super().export_weights(ckpt, out_dir)
-        hp = torch.load(ckpt, map_location="cpu", weights_only=True)
-        (folder / OE_CONFIG_FILE).write_text(json.dumps(
-            {"oe": hp["hyper_parameters"]["oe"], "max_steps": int(hp["hyper_parameters"]["max_steps"]),
-             "lr": hp["hyper_parameters"]["lr"], "seed": hp["hyper_parameters"]["seed"],
-             "global_step": int(hp["global_step"])}, indent=1))  # fmt: skip
+        obj = torch.load(ckpt, map_location="cpu", weights_only=True)
+        hp = obj["hyper_parameters"]
+        record = {
+            "oe": hp["oe"],
+            "max_steps": int(hp["max_steps"]),
+            "lr": hp["lr"],
+            "seed": hp["seed"],
+            "global_step": int(obj["global_step"]),
+        }
+        (folder / OE_CONFIG_FILE).write_text(json.dumps(record, indent=1))
         return folder
 
     def compute_loss(self, batch: dict, outputs) -> dict[str, torch.Tensor]:
@@ -290,9 +324,10 @@ class EomtOEDataModule(EomtDataModule):
             ``anomalyseg prepare-coco`` (None only with ``oe_enabled: false``).
         oe_enabled, ood_prob, oe_road_only, oe_perspective_scale, coco_split: the data side of
             ``OEConfig`` (``oe_settings`` hands them to ``EomtOEModule``'s stored record).
-        object_scale: resize of the COCO objects; None scales them with the frames (``eval_scale``),
-            1 for EoMT at 1024 on Cityscapes, where objects keep their COCO size as in seed 000 and RbA.
-        with_val: validate on the ``val`` split when there is one (the anomaly head has no validation).
+        object_scale: resize of the COCO objects; None scales them with the frames
+            (``eval_scale``): 1 for EoMT at 1024 on Cityscapes, where objects keep their COCO size
+            as in seed 000 and RbA.
+        with_val: validate on the ``val`` split when there is one (the head has no validation).
     """
 
     def __init__(
@@ -313,16 +348,29 @@ class EomtOEDataModule(EomtDataModule):
         with_val: bool = True,
     ):
         root = Path(root)
-        cfg = OEConfig(oe_enabled=oe_enabled, ood_prob=ood_prob, oe_road_only=oe_road_only,
-                       oe_perspective_scale=oe_perspective_scale, coco_split=coco_split)  # fmt: skip
+        cfg = OEConfig(
+            oe_enabled=oe_enabled,
+            ood_prob=ood_prob,
+            oe_road_only=oe_road_only,
+            oe_perspective_scale=oe_perspective_scale,
+            coco_split=coco_split,
+        )
         self.oe_settings = {name: getattr(cfg, name) for name in DATA_SETTINGS}
         base_size, frames_scale = eval_scale(root, int(image_size))
         has_val = with_val and (root / "leftImg8bit" / "val").is_dir()
+        scale = frames_scale if object_scale is None else object_scale
         super().__init__(
-            root, batch_size=batch_size, num_workers=num_workers, scale_range=scale_range, base_size=base_size,
-            val_batch_size=1, val_split="val" if has_val else None, image_size=image_size, seed=seed,
-            sample_transform=oe_sample_transform(cfg, coco_root, frames_scale if object_scale is None else object_scale),
-        )  # fmt: skip
+            root,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            scale_range=scale_range,
+            base_size=base_size,
+            val_batch_size=1,
+            val_split="val" if has_val else None,
+            image_size=image_size,
+            seed=seed,
+            sample_transform=oe_sample_transform(cfg, coco_root, scale),
+        )
 
 
 def oe_datamodule(
@@ -349,10 +397,20 @@ def oe_datamodule(
     """
     cfg = as_oe_config(config)
     renamed = {"road_only": "oe_road_only", "perspective_scale": "oe_perspective_scale"}
-    settings = {**{name: getattr(cfg, name) for name in DATA_SETTINGS},
-                **{renamed.get(k, k): v for k, v in paste_overrides.items()}}  # fmt: skip
-    return EomtOEDataModule(data_root, image_size, coco_root, batch_size=batch_size, num_workers=num_workers, seed=seed,
-                            scale_range=scale_range, object_scale=object_scale, with_val=with_val, **settings)
+    settings = {name: getattr(cfg, name) for name in DATA_SETTINGS}
+    settings.update({renamed.get(k, k): v for k, v in paste_overrides.items()})
+    return EomtOEDataModule(
+        data_root,
+        image_size,
+        coco_root,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        seed=seed,
+        scale_range=scale_range,
+        object_scale=object_scale,
+        with_val=with_val,
+        **settings,
+    )
 
 
 def pasted_samples(
