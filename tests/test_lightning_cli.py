@@ -14,24 +14,13 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import EomtForUniversalSegmentation
 
 from anomalyseg.cli import main
 from anomalyseg.training.eomt import StepSampler
-from helpers import tiny_eomt_config
+from helpers import TINY_EOMT
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
-TINY_EOMT = dict(
-    image_size=32,
-    patch_size=16,
-    hidden_size=32,
-    num_hidden_layers=3,
-    num_attention_heads=2,
-    num_blocks=2,
-    num_queries=6,
-    num_register_tokens=1,
-)  # tests/helpers.tiny_eomt_config
 
 
 def _config(path: Path) -> dict:
@@ -40,15 +29,6 @@ def _config(path: Path) -> dict:
 
 def _kind(config: dict) -> str:
     return config["model"]["class_path"].rsplit(".", 1)[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_eomt_folder(tmp_path_factory) -> Path:
-    """A tiny EoMT as a save_pretrained folder, in place of the hub checkpoint and the demo's."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_eomt") / "model"
-    EomtForUniversalSegmentation(tiny_eomt_config()).save_pretrained(folder)
-    return folder
 
 
 def tiny_overrides(config: dict, data: Path, out: Path, eomt: Path, steps: int = 2) -> list[str]:

@@ -250,6 +250,10 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+# Subcommands handed to Lightning's CLI with the rest of the command line.
+LIGHTNING_COMMANDS = ("fit", "validate")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .protocol import PROTOCOLS
     from .scores import baseline_scores, default_scores
@@ -364,24 +368,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("fit", "validate"):
-        return _lightning(argv)
-    a = build_parser().parse_args(argv)  # usage errors: argparse's message and exit code 2
-    if a.command == "train" and a.crop_size is None and a.model == "erfnet":
-        a.crop_size = (256, 512)
-    debug = getattr(a, "debug", False) or _debug_env()
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        # fit / validate: the rest of the line is Lightning's CLI's (training.lightning_cli)
+        debug = "--debug" in argv or _debug_env()
+        rest = [arg for arg in argv if arg != "--debug"]
+        command, run = argv[0], lambda: _lightning(rest)
+    else:
+        a = build_parser().parse_args(argv)  # usage errors: argparse's message and exit code 2
+        if a.command == "train" and a.crop_size is None and a.model == "erfnet":
+            a.crop_size = (256, 512)
+        debug = getattr(a, "debug", False) or _debug_env()
+        command, run = a.command, lambda: a.func(a)
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
-        a.func(a)
+        run()
     except KeyboardInterrupt:
         if debug:
             raise
-        print(f"anomalyseg {a.command}: interrupted.", file=sys.stderr)
+        print(f"anomalyseg {command}: interrupted.", file=sys.stderr)
         sys.exit(130)
     except Exception as e:  # the boundary: one paragraph, no traceback (unless --debug)
         if debug:
             raise
-        print(f"anomalyseg {a.command}: {describe_error(e)}", file=sys.stderr)
+        print(f"anomalyseg {command}: {describe_error(e)}", file=sys.stderr)
         sys.exit(EXIT_ERROR)
     finally:
         if previous is not None:
@@ -389,24 +398,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _lightning(argv: list[str]) -> None:
-    """``anomalyseg fit|validate -c CONFIG.yaml [--trainer.* ...]``: Lightning's CLI
-    (``training.lightning_cli``) with the remaining arguments, inside this CLI's error boundary."""
-    debug = "--debug" in argv or _debug_env()
-    argv = [a for a in argv if a != "--debug"]
-    try:
-        from .training.lightning_cli import run_lightning_cli
+    """``anomalyseg fit|validate -c CONFIG.yaml [--trainer.* ...]``: Lightning's CLI."""
+    from .training.lightning_cli import run_lightning_cli
 
-        run_lightning_cli(argv)
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        print(f"anomalyseg {argv[0]}: interrupted.", file=sys.stderr)
-        sys.exit(130)
-    except Exception as e:  # the boundary: one paragraph, no traceback (unless --debug)
-        if debug:
-            raise
-        print(f"anomalyseg {argv[0]}: {describe_error(e)}", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
+    run_lightning_cli(argv)
 
 
 def _main_thread() -> bool:
