@@ -35,7 +35,6 @@ from lightning.pytorch.loggers import CSVLogger
 from transformers import EomtForUniversalSegmentation
 
 from ..data.leakage import CACHE_FILE as LEAKAGE_CACHE, guard_training_data
-from ..data.mix_ood import paste_outliers
 from ..losses import anomaly_head_loss
 from ..models.anomaly_head import VARIANT_SCORES, build_anomaly_head, save_anomaly_head
 from ..models.checkpoints import CheckpointError, fit_state_dict
@@ -48,7 +47,8 @@ from ..models.eomt import (
     zero_attn_mask_probs,
 )
 from .callbacks import console_callbacks
-from .eomt import EomtDataModule, WarmupPoly, eval_scale
+from .eomt import WarmupPoly
+from .oe import EomtOEDataModule
 
 HEAD_FILE = "head.safetensors"
 
@@ -300,13 +300,22 @@ def train_anomaly_head(
     last = out_dir / "last.ckpt"
     if resume and last.is_file():
         _check_resumable(last, variant, int(eomt.config.hidden_size), eomt_checkpoint)
-    base_size, frames_scale = eval_scale(data_root, size, base_size)
-    paste = paste_outliers(coco_root, frames_scale if object_scale is None else object_scale, ood_prob=ood_prob,
-                           road_only=road_only, perspective_scale=perspective_scale)  # fmt: skip
-    data = EomtDataModule(
-        data_root, crop_size=(size, size), batch_size=batch_size, num_workers=num_workers, scale_range=scale_range,
-        base_size=base_size, sample_transform=paste, val_split=None, seed=seed,
-    )  # fmt: skip
+    # the data module a config names (configs/anomaly_head_*.yaml): OE's pasting, no validation
+    data = EomtOEDataModule(
+        data_root,
+        size,
+        coco_root,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        seed=seed,
+        scale_range=scale_range,
+        ood_prob=ood_prob,
+        oe_road_only=road_only,
+        oe_perspective_scale=perspective_scale,
+        object_scale=object_scale,
+        with_val=False,
+        base_size=base_size,
+    )
     module = AnomalyHeadModule(eomt, variant, max_steps=max_steps, lr=lr, weight_decay=weight_decay,
                                pos_weight=pos_weight, seed=seed, eomt_checkpoint=eomt_checkpoint)  # fmt: skip
     checkpoint = ModelCheckpoint(dirpath=out_dir, save_last=True, save_top_k=0, every_n_train_steps=checkpoint_every_n_steps)

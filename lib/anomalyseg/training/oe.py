@@ -328,6 +328,7 @@ class EomtOEDataModule(EomtDataModule):
             (``eval_scale``): 1 for EoMT at 1024 on Cityscapes, where objects keep their COCO size
             as in seed 000 and RbA.
         with_val: validate on the ``val`` split when there is one (the head has no validation).
+        base_size: the frame size ``(H, W)`` scale jitter is relative to; None: ``eval_scale``.
     """
 
     def __init__(
@@ -346,6 +347,7 @@ class EomtOEDataModule(EomtDataModule):
         coco_split: str = "train",
         object_scale: float | None = None,
         with_val: bool = True,
+        base_size: tuple[int, int] | None = None,
     ):
         root = Path(root)
         cfg = OEConfig(
@@ -356,7 +358,7 @@ class EomtOEDataModule(EomtDataModule):
             coco_split=coco_split,
         )
         self.oe_settings = {name: getattr(cfg, name) for name in DATA_SETTINGS}
-        base_size, frames_scale = eval_scale(root, int(image_size))
+        base_size, frames_scale = eval_scale(root, int(image_size), base_size)
         has_val = with_val and (root / "leftImg8bit" / "val").is_dir()
         scale = frames_scale if object_scale is None else object_scale
         super().__init__(
