@@ -45,3 +45,16 @@ def erfnet_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("erfnet") / "erfnet.safetensors"
     save_file(ERFNet().state_dict(), str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_eomt_folder(tmp_path_factory) -> Path:
+    """A tiny random EoMT (``helpers.tiny_eomt_config``, seed 0) as a ``save_pretrained`` folder."""
+    from transformers import EomtForUniversalSegmentation
+
+    from helpers import tiny_eomt_config
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_eomt") / "model"
+    EomtForUniversalSegmentation(tiny_eomt_config()).save_pretrained(folder)
+    return folder

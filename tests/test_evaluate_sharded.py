@@ -22,20 +22,14 @@ from anomalyseg.protocol import applied, get_protocol
 from anomalyseg.results import MIOU_DATASET, read_results
 from anomalyseg.zoo import erfnet_segmenter
 from helpers import run_cli as run
-from helpers import tiny_eomt_config
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ["auprc", "fpr_at_95_tpr", "auroc", "miou"]
 
 
 @pytest.fixture(scope="module")
-def eomt_folder(tmp_path_factory) -> Path:
-    from transformers import EomtForUniversalSegmentation
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("eomt") / "model"
-    EomtForUniversalSegmentation(tiny_eomt_config()).save_pretrained(folder)
-    return folder
+def eomt_folder(tiny_eomt_folder) -> Path:
+    return tiny_eomt_folder
 
 
 def eval_args(tiny_data, model, checkpoint, results):

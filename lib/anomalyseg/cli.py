@@ -1,4 +1,8 @@
-"""The ``anomalyseg`` command: ``make-data``, ``prepare-coco``, ``eval``, ``compare-conventions``, ``train``, ``demo-weights``, ``run-all``.
+"""The ``anomalyseg`` command: ``make-data``, ``prepare-coco``, ``eval``, ``compare-conventions``,
+``train``, ``demo-weights``, ``run-all``, ``fit`` / ``validate``.
+
+``fit`` and ``validate`` hand the rest of the command line to Lightning's CLI
+(``training.lightning_cli``): ``anomalyseg fit -c configs/eomt_oe_demo.yaml``.
 
 Every subcommand is a thin entry to a package function; nothing imports this module.
 
@@ -248,6 +252,10 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+# Subcommands handed to Lightning's CLI with the rest of the command line.
+LIGHTNING_COMMANDS = ("fit", "validate")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .protocol import PROTOCOLS
     from .scores import baseline_scores, default_scores
@@ -257,7 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help=f"show the Python traceback of an error (or set {DEBUG_ENV}=1)")
-    p = argparse.ArgumentParser(prog="anomalyseg", description=__doc__.splitlines()[0], parents=[debug])
+    p = argparse.ArgumentParser(
+        prog="anomalyseg", description=__doc__.splitlines()[0], parents=[debug],
+        epilog="Trainings from YAML configs (Lightning's CLI, configs/ of the repository): "
+        "anomalyseg fit -c CONFIG.yaml, anomalyseg validate -c CONFIG.yaml --ckpt_path "
+        "RUN/last.ckpt; anomalyseg fit --help lists every option.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     _add_parser = sub.add_parser
     sub.add_parser = lambda *args, **kw: _add_parser(*args, parents=[debug], **kw)
@@ -360,26 +373,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    a = build_parser().parse_args(argv)  # usage errors: argparse's message and exit code 2
-    if a.command == "train" and a.crop_size is None and a.model == "erfnet":
-        a.crop_size = (256, 512)
-    debug = getattr(a, "debug", False) or _debug_env()
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        # fit / validate: the rest of the line is Lightning's CLI's (training.lightning_cli)
+        debug = "--debug" in argv or _debug_env()
+        rest = [arg for arg in argv if arg != "--debug"]
+        command, run = argv[0], lambda: _lightning(rest)
+    else:
+        a = build_parser().parse_args(argv)  # usage errors: argparse's message and exit code 2
+        if a.command == "train" and a.crop_size is None and a.model == "erfnet":
+            a.crop_size = (256, 512)
+        debug = getattr(a, "debug", False) or _debug_env()
+        command, run = a.command, lambda: a.func(a)
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
-        a.func(a)
+        run()
     except KeyboardInterrupt:
         if debug:
             raise
-        print(f"anomalyseg {a.command}: interrupted.", file=sys.stderr)
+        print(f"anomalyseg {command}: interrupted.", file=sys.stderr)
         sys.exit(130)
     except Exception as e:  # the boundary: one paragraph, no traceback (unless --debug)
         if debug:
             raise
-        print(f"anomalyseg {a.command}: {describe_error(e)}", file=sys.stderr)
+        print(f"anomalyseg {command}: {describe_error(e)}", file=sys.stderr)
         sys.exit(EXIT_ERROR)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _lightning(argv: list[str]) -> None:
+    """``anomalyseg fit|validate -c CONFIG.yaml [--trainer.* ...]``: Lightning's CLI."""
+    from .training.lightning_cli import run_lightning_cli
+
+    run_lightning_cli(argv)
 
 
 def _main_thread() -> bool:

@@ -35,7 +35,6 @@ from lightning.pytorch.loggers import CSVLogger
 from transformers import EomtForUniversalSegmentation
 
 from ..data.leakage import CACHE_FILE as LEAKAGE_CACHE, guard_training_data
-from ..data.mix_ood import paste_outliers
 from ..losses import anomaly_head_loss
 from ..models.anomaly_head import VARIANT_SCORES, build_anomaly_head, save_anomaly_head
 from ..models.checkpoints import CheckpointError, fit_state_dict
@@ -48,7 +47,8 @@ from ..models.eomt import (
     zero_attn_mask_probs,
 )
 from .callbacks import console_callbacks
-from .eomt import EomtDataModule, WarmupPoly, eval_scale
+from .eomt import WarmupPoly
+from .oe import EomtOEDataModule
 
 HEAD_FILE = "head.safetensors"
 
@@ -57,22 +57,26 @@ class AnomalyHeadModule(L.LightningModule):
     """The head (trained) on a frozen EoMT (not trained, not checkpointed).
 
     Args:
-        eomt: the frozen ``EomtForUniversalSegmentation``. It is held outside the module's
-            sub-modules, so Lightning neither trains it, nor switches it to train mode, nor writes
-            it into checkpoints; it is moved to the training device when training starts and back
-            when it ends. Its masked attention is switched off, as for evaluation.
+        eomt: the frozen ``EomtForUniversalSegmentation``, or a ``build_eomt`` source (hub id,
+            ``save_pretrained`` folder, checkpoint file; what a YAML config names, recorded as
+            ``eomt_checkpoint``). It is held outside the module's sub-modules, so Lightning
+            neither trains it, nor switches it to train mode, nor writes it into checkpoints (nor
+            DDP synchronises it: every process reads the same weights); it is moved to the
+            training device when training starts and back when it ends. Its masked attention is
+            switched off, as for evaluation.
         variant: ``"stats"`` or ``"hybrid"`` (``models.anomaly_head``).
         pos_weight: weight of outlier pixels in the BCE (seed 001: 10).
         lr, weight_decay, poly_power: AdamW on the head's parameters with a per-step poly schedule.
         eomt_checkpoint: where the frozen EoMT came from (recorded, so that a resume on another
             EoMT is refused); None when unknown.
+        feature_dim: the EoMT width the head was built for (stored; checked when given back).
 
     Batches: ``{"image": uint8 [B, 3, S, S], "outlier_mask": uint8 [B, S, S], ...}``.
     """
 
     def __init__(
         self,
-        eomt: EomtForUniversalSegmentation,
+        eomt: EomtForUniversalSegmentation | str | Path,
         variant: str = "stats",
         *,
         max_steps: int = 1000,
@@ -83,20 +87,34 @@ class AnomalyHeadModule(L.LightningModule):
         dropout: float = 0.1,
         seed: int | None = None,
         eomt_checkpoint: str | None = None,
+        feature_dim: int | None = None,
     ):
         super().__init__()
+        if isinstance(eomt, (str, Path)):
+            eomt, _, source = _as_eomt(eomt)
+            eomt_checkpoint = eomt_checkpoint or source
         if not isinstance(eomt, EomtForUniversalSegmentation):
             raise TypeError(f"AnomalyHeadModule needs a transformers EomtForUniversalSegmentation, got {type(eomt).__name__}.")
         if int(max_steps) < 1:
             raise ValueError(f"AnomalyHeadModule: max_steps sets the poly schedule's length and must be >= 1, got {max_steps}.")
         if float(pos_weight) <= 0:
             raise ValueError(f"AnomalyHeadModule: pos_weight must be > 0 (seed 001: 10), got {pos_weight}.")
+        if feature_dim is not None and int(feature_dim) != int(eomt.config.hidden_size):
+            raise ValueError(
+                f"AnomalyHeadModule: feature_dim={feature_dim} (stored with a head trained on "
+                f"another EoMT) but this EoMT is {eomt.config.hidden_size} wide; a head reads one "
+                "model's outputs and does not transfer."
+            )
         self.save_hyperparameters(ignore=["eomt"])
         self.hparams["feature_dim"] = int(eomt.config.hidden_size)
         self.head = build_anomaly_head(variant, eomt.config.hidden_size, dropout)
         self.__dict__["eomt"] = zero_attn_mask_probs(eomt.eval())  # bypasses nn.Module registration
         self._home_device: torch.device | None = None
         self._frozen_checksum: torch.Tensor | None = None
+
+    def export_weights(self, ckpt: str | Path, out_dir: str | Path) -> Path:
+        """The head of ``ckpt`` as ``out_dir/head.safetensors`` (``load_anomaly_head`` reads it)."""
+        return export_anomaly_head(ckpt, Path(out_dir) / HEAD_FILE)
 
     # ------------------------------------------------------------------ frozen EoMT
     @torch.no_grad()
@@ -282,13 +300,22 @@ def train_anomaly_head(
     last = out_dir / "last.ckpt"
     if resume and last.is_file():
         _check_resumable(last, variant, int(eomt.config.hidden_size), eomt_checkpoint)
-    base_size, frames_scale = eval_scale(data_root, size, base_size)
-    paste = paste_outliers(coco_root, frames_scale if object_scale is None else object_scale, ood_prob=ood_prob,
-                           road_only=road_only, perspective_scale=perspective_scale)  # fmt: skip
-    data = EomtDataModule(
-        data_root, crop_size=(size, size), batch_size=batch_size, num_workers=num_workers, scale_range=scale_range,
-        base_size=base_size, sample_transform=paste, val_split=None, seed=seed,
-    )  # fmt: skip
+    # the data module a config names (configs/anomaly_head_*.yaml): OE's pasting, no validation
+    data = EomtOEDataModule(
+        data_root,
+        size,
+        coco_root,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        seed=seed,
+        scale_range=scale_range,
+        ood_prob=ood_prob,
+        oe_road_only=road_only,
+        oe_perspective_scale=perspective_scale,
+        object_scale=object_scale,
+        with_val=False,
+        base_size=base_size,
+    )
     module = AnomalyHeadModule(eomt, variant, max_steps=max_steps, lr=lr, weight_decay=weight_decay,
                                pos_weight=pos_weight, seed=seed, eomt_checkpoint=eomt_checkpoint)  # fmt: skip
     checkpoint = ModelCheckpoint(dirpath=out_dir, save_last=True, save_top_k=0, every_n_train_steps=checkpoint_every_n_steps)

@@ -14,7 +14,7 @@ from typing import Callable
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data.cityscapes import CityscapesSegmentation
 from ..data.transforms import eval_transforms, train_transforms
@@ -89,6 +89,7 @@ class CityscapesDataModule(L.LightningDataModule):
                 f"CityscapesDataModule: batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}."
             )
         self.root = Path(root)
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.val_batch_size = int(val_batch_size or batch_size)
         self.train_split, self.val_split = train_split, val_split
@@ -105,21 +106,46 @@ class CityscapesDataModule(L.LightningDataModule):
         if self.val_set is None and self.val_split and stage in (None, "fit", "validate"):
             self.val_set = CityscapesSegmentation(self.root, self.val_split, transforms=self.val_transforms)
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, batch_size: int, shuffle: bool, sampler: Sampler | None = None
+    ) -> DataLoader:
         # Workers are not persistent: they are re-seeded from torch's generator at each epoch,
         # which is what makes an epoch's augmentations reproducible after a resume.
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-            collate_fn=collate, pin_memory=torch.cuda.is_available(),
-        )  # fmt: skip
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle if sampler is None else False,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def _world(self) -> tuple[int, int]:
+        """(rank, world size) of the trainer this module is attached to; (0, 1) without one."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
         return self._loader(self.train_set, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
+        """Validation frames; on N processes each gets every N-th frame, none twice (Lightning's
+        own sampler would pad the last round with repeats, which a summed confusion matrix would
+        count)."""
         self.setup("validate")
-        return self._loader(self.val_set, self.val_batch_size, shuffle=False) if self.val_set is not None else []
+        if self.val_set is None:
+            return []
+        rank, world = self._world()
+        sampler = None
+        if world > 1:
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+            sampler = UnrepeatedDistributedSampler(
+                self.val_set, num_replicas=world, rank=rank, shuffle=False
+            )
+        return self._loader(self.val_set, self.val_batch_size, shuffle=False, sampler=sampler)
 
 
 def resume_from(out_dir: str | Path, max_steps: int, resume: bool = True) -> Path | None:

@@ -24,7 +24,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from transformers import EomtConfig, EomtForUniversalSegmentation
 
 from ..data.cityscapes import CityscapesSegmentation
@@ -103,8 +103,13 @@ class EomtModule(L.LightningModule):
     whole frames, run through the windowed inference used for evaluation.
 
     Args:
-        model: an ``EomtForUniversalSegmentation``, an ``EomtConfig``, or None with ``model_config``
-            (a config dict, as stored in the checkpoint's hyper-parameters).
+        model: an ``EomtForUniversalSegmentation``, an ``EomtConfig``, a ``build_eomt`` source to
+            fine-tune (hub id such as ``tue-mps/cityscapes_semantic_eomt_large_1024``, a
+            ``save_pretrained`` folder, a checkpoint file: what a YAML config names), or None with
+            ``model_config`` or ``small_config``.
+        model_config: a complete ``EomtConfig`` dict, as stored in a checkpoint's hyper-parameters.
+        small_config: settings of ``small_eomt_config`` (``{}``: the demo's small EoMT), a model
+            trained from scratch; the YAML way to ask for a small model.
         trainable: ``"all"``, or ``"heads"`` (class head, mask head, upscaling, queries).
         warmup_steps: (heads, backbone) warm-up; None scales upstream's (500, 1000) to short runs.
         attn_mask_annealing: anneal masked attention from 1 to 0 over ``annealing_steps`` (None:
@@ -113,9 +118,10 @@ class EomtModule(L.LightningModule):
 
     def __init__(
         self,
-        model: EomtForUniversalSegmentation | EomtConfig | None = None,
+        model: EomtForUniversalSegmentation | EomtConfig | str | Path | None = None,
         *,
         model_config: dict | None = None,
+        small_config: dict | None = None,
         max_steps: int = 1000,
         lr: float = 1e-4,
         llrd: float = 0.8,
@@ -134,12 +140,7 @@ class EomtModule(L.LightningModule):
                              f"(only {', '.join(p.rstrip('.') for p in HEAD_PREFIXES)}, for Outlier Exposure fine-tuning).")
         if int(max_steps) < 1:
             raise ValueError(f"EomtModule: max_steps sets the schedules' length and must be >= 1, got {max_steps}.")
-        if isinstance(model, EomtConfig):
-            model = EomtForUniversalSegmentation(model)
-        elif model is None:
-            if model_config is None:
-                raise ValueError("EomtModule needs a model, an EomtConfig, or model_config (a config dict).")
-            model = EomtForUniversalSegmentation(EomtConfig.from_dict(model_config))
+        model = eomt_to_train(model, model_config, small_config)
         self.model = model
         blocks = model.config.num_blocks
         if attn_mask_annealing is None:
@@ -153,7 +154,7 @@ class EomtModule(L.LightningModule):
         if warmup_steps is None:
             warmup_steps = (min(500, int(max_steps) // 20), min(1000, int(max_steps) // 10))
         # Plain values only: checkpoints are read back with weights_only=True.
-        self.save_hyperparameters(ignore=["model", "model_config"])
+        self.save_hyperparameters(ignore=["model", "model_config", "small_config"])
         self.hparams.update(
             model_config=model.config.to_dict(), attn_mask_annealing=bool(attn_mask_annealing),
             annealing_steps=(starts, ends), warmup_steps=[int(w) for w in warmup_steps],
@@ -166,6 +167,15 @@ class EomtModule(L.LightningModule):
         self._layer_losses: list[dict[str, torch.Tensor]] = []
         model.criterion.register_forward_hook(lambda _m, _args, out: self._layer_losses.append(out))
         self._val_cm: ConfusionMatrix | None = None
+
+    def setup(self, stage: str) -> None:
+        data = getattr(self.trainer, "datamodule", None)
+        crop = getattr(data, "crop_size", None)
+        check_window(self.model.config.image_size, crop, type(self).__name__)
+
+    def export_weights(self, ckpt: str | Path, out_dir: str | Path) -> Path:
+        """The trained model of ``ckpt`` as ``out_dir/model``, a ``save_pretrained`` folder."""
+        return export_eomt(ckpt, Path(out_dir) / "model")
 
     # ------------------------------------------------------------------ loss
     def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None):
@@ -271,25 +281,36 @@ class EomtModule(L.LightningModule):
 
 
 # ----------------------------------------------------------------------------- resumable data stream
-class StepSampler(Sampler):
+class StepSampler(DistributedSampler):
     """An endless stream of ``(position, index)``: epoch ``e`` visits the ``n`` items in the order
     ``randperm(n)`` seeded by ``(seed, e)``, and the stream starts at ``start()`` (the number of
-    items already trained on), read when iteration begins. Which item a step sees is then a
-    function of the step alone, so a run resumed at any step continues exactly where the
-    interrupted one stopped; Lightning's own epoch bookkeeping cannot promise that after a
-    mid-epoch checkpoint."""
+    items already trained on, by all processes), read when iteration begins. Which item a step
+    sees is then a function of the step alone, so a run resumed at any step continues exactly
+    where the interrupted one stopped; Lightning's own epoch bookkeeping cannot promise that after
+    a mid-epoch checkpoint.
 
-    def __init__(self, n: int, seed: int, start=lambda: 0):
+    Sharded for ``world_size`` processes: process ``rank`` takes the positions ``start() + rank``,
+    ``+ world_size``, ... of the one global stream, so N processes at batch B see together, step
+    by step, the items one process would see at batch N * B. It is a ``DistributedSampler`` only
+    so that Lightning leaves it as it is (Lightning would wrap any other sampler in its own and
+    read the endless stream to its end); it has no length, so a training epoch never ends."""
+
+    def __init__(self, n: int, seed: int, start=lambda: 0, rank: int = 0, world_size: int = 1):
+        super().__init__(
+            range(int(n)), num_replicas=int(world_size), rank=int(rank), shuffle=False
+        )
         self.n, self.seed, self.start = int(n), int(seed), start
 
+    def __len__(self) -> int:
+        raise TypeError("StepSampler is an endless stream; training ends at max_steps")
+
     def __iter__(self):
-        pos = int(self.start())
+        pos = int(self.start()) + self.rank
         while True:
-            epoch, first = divmod(pos, self.n)
+            epoch, index_in_epoch = divmod(pos, self.n)
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
-            for index in order[first:].tolist():
-                yield pos, index
-                pos += 1
+            yield pos, int(order[index_in_epoch])
+            pos += self.num_replicas
 
 
 class _SeededItems(Dataset):
@@ -310,23 +331,49 @@ class _SeededItems(Dataset):
 
 class EomtDataModule(CityscapesDataModule):
     """``CityscapesDataModule`` whose training loader is the resumable ``StepSampler`` stream
-    (one endless epoch; ``max_steps`` ends training)."""
+    (one endless epoch; ``max_steps`` ends training), sharded over the trainer's processes.
 
-    def __init__(self, *args, seed: int = 0, **kwargs):
+    Args (besides ``CityscapesDataModule``'s):
+        image_size: the EoMT's input size S (``config.image_size``): crops are S x S and, unless
+            ``base_size`` is given, scale jitter is relative to the frame at evaluation scale
+            (short side S, ``eval_scale``), as ``train_eomt`` trains. None: ``crop_size`` as given.
+        seed: seed of the stream's order and of each item's augmentations.
+    """
+
+    def __init__(self, *args, image_size: int | None = None, seed: int = 0, **kwargs):
+        if image_size is not None:
+            kwargs["crop_size"] = (int(image_size), int(image_size))
+            if kwargs.get("base_size") is None:
+                root = kwargs.get("root", args[0] if args else None)
+                kwargs["base_size"] = eval_scale(root, int(image_size))[0]
         super().__init__(*args, **kwargs)
         self.seed = int(seed)
 
     def _trained_items(self) -> int:
         trainer = getattr(self, "trainer", None)
-        return trainer.global_step * self.batch_size if trainer is not None else 0
+        if trainer is None:
+            return 0
+        return trainer.global_step * self.batch_size * trainer.world_size
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
+        rank, world = self._world()
         return DataLoader(
             _SeededItems(self.train_set, self.seed), batch_size=self.batch_size,
-            sampler=StepSampler(len(self.train_set), self.seed, self._trained_items), num_workers=self.num_workers,
-            collate_fn=collate, pin_memory=torch.cuda.is_available(),
+            sampler=StepSampler(len(self.train_set), self.seed, self._trained_items, rank, world),
+            num_workers=self.num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
         )  # fmt: skip
+
+
+def check_window(image_size: int, crop_size, who: str) -> None:
+    """``ValueError`` unless the training crops ``crop_size`` (H, W) are the model's
+    ``image_size`` square (transformers' EoMT has fixed position embeddings); None passes."""
+    if crop_size is not None and tuple(crop_size) != (image_size, image_size):
+        raise ValueError(
+            f"{who}: the data module crops {tuple(crop_size)} but this EoMT takes only "
+            f"{image_size}x{image_size} inputs (config.image_size; its position embeddings are "
+            f"fixed). Set data.init_args.image_size: {image_size} in the config."
+        )
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -339,6 +386,33 @@ def eval_scale(data_root: str | Path, image_size: int, base_size: tuple[int, int
     frame_size = read_rgb(CityscapesSegmentation(data_root, "train").pairs[0][0]).shape[:2]
     base_size = tuple(base_size) if base_size is not None else scaled_size(frame_size, image_size)
     return base_size, base_size[0] / frame_size[0]
+
+
+def eomt_to_train(model=None, model_config: dict | None = None, small_config: dict | None = None
+                  ) -> EomtForUniversalSegmentation:
+    """The EoMT an ``EomtModule`` trains, from the first of: ``model_config`` (a complete config
+    dict: the architecture stored in a checkpoint, which Lightning's CLI hands back beside the
+    YAML's ``model`` when resuming with ``--ckpt_path``; the checkpoint then supplies the weights),
+    ``model`` (a model, an ``EomtConfig``, or a ``build_eomt`` source: hub id, folder, checkpoint
+    file), ``small_config`` (``small_eomt_config`` settings)."""
+    if model_config is not None:
+        return EomtForUniversalSegmentation(EomtConfig.from_dict(model_config))
+    if model is not None and small_config is not None:
+        raise ValueError(
+            "EomtModule: give one of model (a model, an EomtConfig, or a hub id / folder / "
+            "checkpoint to fine-tune) and small_config (settings of small_eomt_config, {} for the "
+            "demo's small EoMT), not both."
+        )
+    if small_config is not None:
+        return EomtForUniversalSegmentation(small_eomt_config(**small_config))
+    if model is None:
+        raise ValueError(
+            "EomtModule needs a model: model (a model, an EomtConfig, or a hub id such as "
+            "tue-mps/cityscapes_semantic_eomt_large_1024, a save_pretrained folder or a checkpoint "
+            "to fine-tune), model_config (a complete EomtConfig dict) or small_config (settings of "
+            "small_eomt_config)."
+        )
+    return _as_model(model)
 
 
 def _as_model(model_or_config) -> EomtForUniversalSegmentation:

@@ -71,7 +71,12 @@ class ErfnetModule(L.LightningModule):
     """ERFNet trained as in the course.
 
     Batches: ``{"image": uint8 [B, 3, H, W], "target": int64 [B, H, W]}`` with H, W divisible by 8.
-    ``class_weights``: 19 values (the void channel gets 0) or ``num_classes`` values; None = all 1.
+    ``class_weights``: 19 values (the void channel gets 0) or ``num_classes`` values; None = all 1;
+    ``"enet"``: ENet weights of the data module's train labels, computed when the trainer sets the
+    module up (by the first process, cached in ``default_root_dir/class_weights.json``, sent to
+    the others), the course recipe and what a YAML config asks for.
+    ``init_weights``: start from these ERFNet weights (the course's ``erfnet_pretrained.pth``, a
+    safetensors file); a resumed checkpoint replaces them.
     """
 
     def __init__(
@@ -80,13 +85,21 @@ class ErfnetModule(L.LightningModule):
         lr: float = 5e-4,
         weight_decay: float = 1e-4,
         max_steps: int = 1000,
-        class_weights: Sequence[float] | None = None,
+        class_weights: Sequence[float] | str | None = None,
         poly_power: float = 0.9,
         ignore_index: int = IGNORE_INDEX,
+        init_weights: str | None = None,
     ):
         super().__init__()
-        if class_weights is not None:  # plain floats, so that checkpoints load with weights_only
+        if isinstance(class_weights, str) and class_weights != "enet":
+            raise ValueError(
+                f"ErfnetModule: class_weights={class_weights!r}; expected 'enet', None, or "
+                f"{NUM_CLASSES} weights (one per Cityscapes class)."
+            )
+        if class_weights is not None and not isinstance(class_weights, str):
+            # plain floats, so that checkpoints load with weights_only
             class_weights = [float(w) for w in torch.as_tensor(class_weights).flatten()]
+        init_weights = None if init_weights is None else str(init_weights)
         if int(max_steps) < 1:
             raise ValueError(f"ErfnetModule: max_steps sets the poly schedule's length and must be >= 1, got {max_steps}.")
         self.save_hyperparameters()
@@ -94,7 +107,7 @@ class ErfnetModule(L.LightningModule):
         # Used only when the encoder is pre-trained alone; frozen so that DDP does not wait for its gradients.
         self.model.encoder.output_conv.requires_grad_(False)
         weights = torch.ones(num_classes)
-        if class_weights is not None:
+        if class_weights is not None and not isinstance(class_weights, str):
             if len(class_weights) not in (NUM_CLASSES, num_classes):
                 raise ValueError(
                     f"ErfnetModule: class_weights has {len(class_weights)} values; expected {NUM_CLASSES} "
@@ -104,7 +117,30 @@ class ErfnetModule(L.LightningModule):
         weights[NUM_CLASSES:] = 0.0  # the void channel is never a target, as in the course
         # Not persistent: the state dict stays a pure ERFNet one (prefixed "model."), loadable by load_erfnet.
         self.register_buffer("class_weights", weights, persistent=False)
+        if init_weights is not None:
+            fit_state_dict(self.model, load_state_dict_file(init_weights), source=init_weights)
         self._val_cm: ConfusionMatrix | None = None
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.class_weights != "enet":
+            return
+        data = getattr(self.trainer, "datamodule", None)
+        if data is None or not hasattr(data, "root"):
+            raise ValueError(
+                "ErfnetModule: class_weights='enet' is computed from the train labels of the data "
+                "module (CityscapesDataModule); train with one, or give the 19 weights."
+            )
+        out_dir = Path(self.trainer.default_root_dir)
+        weights = None
+        if self.trainer.is_global_zero:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            weights = _class_weights("enet", data.root, out_dir, progress=False)
+        weights = self.trainer.strategy.broadcast(weights, src=0)
+        self.class_weights[:NUM_CLASSES] = torch.tensor(weights, dtype=self.class_weights.dtype)
+
+    def export_weights(self, ckpt: str | Path, out_dir: str | Path) -> Path:
+        """The ERFNet of ``ckpt`` as ``out_dir/erfnet.safetensors`` (``load_erfnet`` reads it)."""
+        return export_erfnet_weights(ckpt, Path(out_dir) / "erfnet.safetensors")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``[B, 3, H, W]`` -> logits ``[B, num_classes, H, W]`` (course input: /255, no mean/std)."""

@@ -24,6 +24,7 @@ Every setting has seed 000's name and lives in one ``OEConfig``:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -39,8 +40,22 @@ from ..data.leakage import CACHE_FILE as LEAKAGE_CACHE, guard_training_data
 from ..data.mix_ood import PasteOutliers, ScaledObjects, paste_outliers  # noqa: F401  (re-exported)
 from ..losses import outlier_loss
 from ..models.eomt import EomtSegmenter, build_eomt, per_pixel_logits
-from .eomt import EomtDataModule, EomtModule, annealing_schedule, eval_scale, fit_and_export
-from .oe_config import OEConfig
+from .eomt import (
+    EomtDataModule,
+    EomtModule,
+    annealing_schedule,
+    eomt_to_train,
+    eval_scale,
+    fit_and_export,
+)
+from .oe_config import OE_RECIPES, OEConfig
+
+# The OEConfig settings each side of a YAML config holds, under seed 000's names: the data module
+# (data.init_args) pastes, the module (model.init_args) trains.
+DATA_SETTINGS = ("oe_enabled", "ood_prob", "oe_road_only", "oe_perspective_scale", "coco_split")
+_MODULE_SETTINGS = tuple(
+    f.name for f in dataclasses.fields(OEConfig) if f.name not in DATA_SETTINGS
+)
 
 OE_CONFIG_FILE = "oe_config.json"
 LOGGERS = ("csv", "wandb")
@@ -86,6 +101,11 @@ def oe_annealing_steps(config: OEConfig, num_blocks: int, max_steps: int) -> tup
     return new_starts, new_ends
 
 
+def _plain(value):
+    """Tuples as lists, recursively: stored hyper-parameters compare equal to computed ones."""
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def as_oe_config(config: OEConfig | dict | None) -> OEConfig:
     """An ``OEConfig`` from itself, a plain dict of settings (``OEConfig.from_dict``) or None (defaults)."""
     if config is None:
@@ -108,32 +128,126 @@ class EomtOEModule(EomtModule):
     run without it; seed 000's recipe switches it back on and anneals it away again).
 
     Args:
-        model: as ``EomtModule`` (a model, an ``EomtConfig``, or None with ``model_config``).
+        model, model_config, small_config: as ``EomtModule`` (for a YAML config: the hub id or
+            folder of the EoMT to fine-tune).
         oe: an ``OEConfig`` or its dict; stored in the checkpoint's hyper-parameters as a dict.
-        **kwargs: ``EomtModule``'s settings (``max_steps``, ``lr``, ``seed``...), except
-            ``trainable``, ``weight_decay``, ``attn_mask_annealing`` and ``annealing_steps``,
-            which the config sets (``ValueError`` when given).
+        recipe, outlier_loss_enabled ... attn_mask_annealing_end_steps: the settings one by one,
+            with seed 000's names (``model.init_args`` of a YAML config): ``OEConfig.recipe(recipe
+            or "rba", **the ones given)``. Only without ``oe`` (``ValueError`` with both).
+        max_steps, lr, llrd, poly_power, warmup_steps, ignore_index, seed: ``EomtModule``'s.
+        **kwargs: ``EomtModule``'s other settings, except ``trainable``, ``weight_decay``,
+            ``attn_mask_annealing`` and ``annealing_steps``, which the config sets (``ValueError``
+            when they disagree with it).
+
+    The data side of the config (``oe_enabled``, ``ood_prob``, ...) belongs to the data module
+    (``EomtOEDataModule``); when the trainer sets the module up, the data module's values are
+    written into the stored ``oe`` record, so that a checkpoint holds the run's whole config.
     """
 
-    def __init__(self, model=None, *, oe: OEConfig | dict | None = None, **kwargs):
-        cfg = as_oe_config(oe)
-        for name, setting in (("trainable", "trainable"), ("weight_decay", "weight_decay"),
-                              ("attn_mask_annealing", "attn_mask_annealing_enabled"), ("annealing_steps", None)):
-            if name in kwargs:
+    def __init__(
+        self,
+        model: EomtForUniversalSegmentation | str | Path | None = None,
+        *,
+        oe: OEConfig | dict | None = None,
+        model_config: dict | None = None,
+        small_config: dict | None = None,
+        max_steps: int = 1000,
+        lr: float = 1e-4,
+        llrd: float = 0.8,
+        poly_power: float = 0.9,
+        warmup_steps: Sequence[int] | None = None,
+        seed: int | None = None,
+        recipe: str | None = None,
+        outlier_loss_enabled: bool | None = None,
+        outlier_weight: float | None = None,
+        outlier_loss_target: str | None = None,
+        score_norm: str | None = None,
+        outlier_loss_func: str | None = None,
+        inlier_upper_threshold: float | None = None,
+        outlier_lower_threshold: float | None = None,
+        margin: float | None = None,
+        trainable: str | None = None,
+        weight_decay: float | None = None,
+        attn_mask_annealing_enabled: bool | None = None,
+        attn_mask_annealing_start_steps: Sequence[int] | None = None,
+        attn_mask_annealing_end_steps: Sequence[int] | None = None,
+        **kwargs,
+    ):
+        given = {k: v for k, v in locals().items() if k in _MODULE_SETTINGS and v is not None}
+        flat = OEConfig.recipe(recipe or "rba", **given)
+        cfg = flat if oe is None else as_oe_config(oe)
+        if oe is not None:
+            # Settings given both ways (Lightning's CLI hands a checkpoint's stored record back
+            # beside the YAML's settings when resuming) must agree.
+            named = set(given) | set(OE_RECIPES[recipe or "rba"])
+            clash = sorted(k for k in named if getattr(flat, k) != getattr(cfg, k))
+            if clash:
+                mine = ", ".join(f"{k}={getattr(flat, k)!r}" for k in clash)
+                theirs = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in clash)
                 raise ValueError(
-                    f"EomtOEModule: {name}= is set by the OEConfig ({setting or 'attn_mask_annealing_start_steps / _end_steps'}); "
-                    "set it in the OEConfig only (one place for every Outlier Exposure setting)."
+                    f"EomtOEModule: {mine} given beside oe= (which has {theirs}); set it in the "
+                    "OEConfig only (one place for every Outlier Exposure setting). When resuming a "
+                    "checkpoint, its stored settings are the run's."
                 )
-        max_steps = int(kwargs.get("max_steps", 1000))
-        if model is None and kwargs.get("model_config") is not None:
-            num_blocks = int(kwargs["model_config"]["num_blocks"])
-        else:
-            num_blocks = int((model.config if hasattr(model, "config") else model).num_blocks)
-        steps = oe_annealing_steps(cfg, num_blocks, max_steps)
-        super().__init__(model, trainable=cfg.trainable, weight_decay=cfg.weight_decay,
-                         attn_mask_annealing=cfg.attn_mask_annealing_enabled, annealing_steps=steps, **kwargs)  # fmt: skip
-        self.hparams["oe"] = cfg.to_dict()  # plain values: checkpoints are read with weights_only=True
+        model = eomt_to_train(model, model_config, small_config)
+        steps = oe_annealing_steps(cfg, int(model.config.num_blocks), int(max_steps))
+        implied = {
+            "attn_mask_annealing": ("attn_mask_annealing_enabled", cfg.attn_mask_annealing_enabled),
+            "annealing_steps": ("the annealing steps", steps),
+        }
+        # a checkpoint's stored values come back (resume); they must agree with the config
+        for name, (setting, value) in implied.items():
+            stored = kwargs.pop(name, None)
+            if stored is not None and value is not None and _plain(stored) != _plain(value):
+                raise ValueError(
+                    f"EomtOEModule: {name}={stored!r} is set by the OEConfig ({setting}, "
+                    f"here {value!r}); set it in the OEConfig only (one place for every "
+                    "Outlier Exposure setting)."
+                )
+        super().__init__(
+            model,
+            trainable=cfg.trainable,
+            weight_decay=cfg.weight_decay,
+            max_steps=max_steps,
+            lr=lr,
+            llrd=llrd,
+            poly_power=poly_power,
+            warmup_steps=warmup_steps,
+            seed=seed,
+            attn_mask_annealing=cfg.attn_mask_annealing_enabled,
+            annealing_steps=steps,
+            **kwargs,
+        )
+        # Lightning collected this __init__'s arguments too (None for settings not given): the
+        # settings live once, in hparams["oe"] (plain values: checkpoints load with weights_only).
+        for name in _MODULE_SETTINGS + ("recipe",):
+            self.hparams.pop(name, None)
+        self.hparams.update(
+            trainable=cfg.trainable, weight_decay=cfg.weight_decay, oe=cfg.to_dict()
+        )
         self.oe_config = cfg
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        data_side = getattr(getattr(self.trainer, "datamodule", None), "oe_settings", None)
+        if data_side is not None:
+            self.oe_config = self.oe_config.replace(**data_side)
+            self.hparams["oe"] = self.oe_config.to_dict()
+
+    def export_weights(self, ckpt: str | Path, out_dir: str | Path) -> Path:
+        """``EomtModule.export_weights`` plus ``oe_config.json`` (the run's settings) in it."""
+        folder = super().export_weights(ckpt, out_dir)
+        obj = torch.load(ckpt, map_location="cpu", weights_only=True)
+        hp = obj["hyper_parameters"]
+        record = {
+            "oe": hp["oe"],
+            "max_steps": int(hp["max_steps"]),
+            "lr": hp["lr"],
+            "seed": hp["seed"],
+            "global_step": int(obj["global_step"]),
+        }
+        (folder / OE_CONFIG_FILE).write_text(json.dumps(record, indent=1))
+        return folder
 
     def compute_loss(self, batch: dict, outputs) -> dict[str, torch.Tensor]:
         """``EomtModule``'s terms plus ``loss_outlier`` = ``outlier_weight * outlier_loss(L, outlier_mask)``
@@ -200,6 +314,67 @@ def oe_sample_transform(config: OEConfig | dict | None, coco_root: str | Path | 
     return paste_outliers(coco_root, object_scale, cfg.coco_split, **{**cfg.mix_ood_kwargs(), **overrides})
 
 
+class EomtOEDataModule(EomtDataModule):
+    """``EomtDataModule`` whose training items get COCO objects pasted (``oe_sample_transform``)
+    and an ``outlier_mask``: the data of Outlier Exposure and of the anomaly head.
+
+    Args (``data.init_args`` of a YAML config, seed 000's names):
+        root: Cityscapes-layout folder; image_size: the EoMT's input size S (S x S crops, jitter
+            relative to the frame at evaluation scale); coco_root: the folder prepared by
+            ``anomalyseg prepare-coco`` (None only with ``oe_enabled: false``).
+        oe_enabled, ood_prob, oe_road_only, oe_perspective_scale, coco_split: the data side of
+            ``OEConfig`` (``oe_settings`` hands them to ``EomtOEModule``'s stored record).
+        object_scale: resize of the COCO objects; None scales them with the frames
+            (``eval_scale``): 1 for EoMT at 1024 on Cityscapes, where objects keep their COCO size
+            as in seed 000 and RbA.
+        with_val: validate on the ``val`` split when there is one (the head has no validation).
+        base_size: the frame size ``(H, W)`` scale jitter is relative to; None: ``eval_scale``.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int,
+        coco_root: str | Path | None = None,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        seed: int = 0,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        oe_enabled: bool = True,
+        ood_prob: float = 0.2,
+        oe_road_only: bool = False,
+        oe_perspective_scale: bool = False,
+        coco_split: str = "train",
+        object_scale: float | None = None,
+        with_val: bool = True,
+        base_size: tuple[int, int] | None = None,
+    ):
+        root = Path(root)
+        cfg = OEConfig(
+            oe_enabled=oe_enabled,
+            ood_prob=ood_prob,
+            oe_road_only=oe_road_only,
+            oe_perspective_scale=oe_perspective_scale,
+            coco_split=coco_split,
+        )
+        self.oe_settings = {name: getattr(cfg, name) for name in DATA_SETTINGS}
+        base_size, frames_scale = eval_scale(root, int(image_size), base_size)
+        has_val = with_val and (root / "leftImg8bit" / "val").is_dir()
+        scale = frames_scale if object_scale is None else object_scale
+        super().__init__(
+            root,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            scale_range=scale_range,
+            base_size=base_size,
+            val_batch_size=1,
+            val_split="val" if has_val else None,
+            image_size=image_size,
+            seed=seed,
+            sample_transform=oe_sample_transform(cfg, coco_root, scale),
+        )
+
+
 def oe_datamodule(
     data_root: str | Path,
     coco_root: str | Path | None,
@@ -222,17 +397,22 @@ def oe_datamodule(
     relative to the street scene whatever the model's input resolution: 1 for EoMT at 1024 on
     Cityscapes, where objects are pasted at their COCO size as seed 000 and RbA do.
     """
-    data_root = Path(data_root)
-    base_size, frames_scale = eval_scale(data_root, image_size)
-    if object_scale is None:
-        object_scale = frames_scale
-    has_val = with_val and (data_root / "leftImg8bit" / "val").is_dir()
-    return EomtDataModule(
-        data_root, crop_size=(image_size, image_size), batch_size=batch_size, num_workers=num_workers,
-        scale_range=scale_range, base_size=base_size, val_batch_size=1,
-        sample_transform=oe_sample_transform(config, coco_root, object_scale, **paste_overrides),
-        val_split="val" if has_val else None, seed=seed,
-    )  # fmt: skip
+    cfg = as_oe_config(config)
+    renamed = {"road_only": "oe_road_only", "perspective_scale": "oe_perspective_scale"}
+    settings = {name: getattr(cfg, name) for name in DATA_SETTINGS}
+    settings.update({renamed.get(k, k): v for k, v in paste_overrides.items()})
+    return EomtOEDataModule(
+        data_root,
+        image_size,
+        coco_root,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        seed=seed,
+        scale_range=scale_range,
+        object_scale=object_scale,
+        with_val=with_val,
+        **settings,
+    )
 
 
 def pasted_samples(
