@@ -47,7 +47,7 @@ from ..models.eomt import (
     per_pixel_logits,
     zero_attn_mask_probs,
 )
-from .eomt import EomtDataModule, WarmupPoly, eval_scale
+from .eomt import WarmupPoly, eomt_datamodule, eval_scale
 from .settings import RECIPE_DEFAULTS, HeadConfig, TrainSettings, fit_and_export
 
 HEAD_FILE = "head.safetensors"
@@ -312,7 +312,7 @@ def train_anomaly_head(
     last = out_dir / "last.ckpt"
     if train.resume and last.is_file():
         _check_resumable(last, int(model.config.hidden_size), eomt_checkpoint, config)
-    base_size, frames_scale = eval_scale(data_root, size, train.base_size)
+    frames_scale = eval_scale(data_root, size, train.base_size)[1]
     object_scale = frames_scale if config.object_scale is None else config.object_scale
     paste = paste_outliers(
         coco_root,
@@ -321,17 +321,7 @@ def train_anomaly_head(
         road_only=config.road_only,
         perspective_scale=config.perspective_scale,
     )
-    data = EomtDataModule(
-        data_root,
-        crop_size=(size, size),
-        batch_size=train.batch_size,
-        num_workers=train.num_workers,
-        scale_range=train.scale_range,
-        base_size=base_size,
-        sample_transform=paste,
-        val_split=None,
-        seed=train.seed,
-    )
+    data = eomt_datamodule(data_root, size, train, paste, with_val=False)
     module = AnomalyHeadModule(
         model,
         config.variant,

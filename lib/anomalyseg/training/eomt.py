@@ -394,6 +394,35 @@ def eval_scale(
     return base_size, base_size[0] / frame_size[0]
 
 
+def eomt_datamodule(
+    data_root: str | Path,
+    image_size: int,
+    train: TrainSettings,
+    sample_transform=None,
+    with_val: bool = True,
+) -> EomtDataModule:
+    """The data of an EoMT-based run (EoMT, Outlier Exposure, anomaly head): ``EomtDataModule``'s
+    resumable step-indexed stream of ``image_size`` square crops, with ``train``'s batch size,
+    workers, seed and scale jitter relative to the frame at evaluation scale (``eval_scale``, or
+    ``train.base_size``), ``sample_transform`` after the transforms, and whole ``val`` frames
+    (batch 1) for validation when ``with_val`` and the folder has them."""
+    data_root = Path(data_root)
+    base_size, _ = eval_scale(data_root, image_size, train.base_size)
+    has_val = with_val and (data_root / "leftImg8bit" / "val").is_dir()
+    return EomtDataModule(
+        data_root,
+        crop_size=(image_size, image_size),
+        batch_size=train.batch_size,
+        num_workers=train.num_workers,
+        scale_range=train.scale_range,
+        base_size=base_size,
+        val_batch_size=1,
+        sample_transform=sample_transform,
+        val_split="val" if has_val else None,
+        seed=train.seed,
+    )
+
+
 def _as_model(eomt) -> EomtForUniversalSegmentation:
     if eomt is None:
         return EomtForUniversalSegmentation(small_eomt_config())
@@ -450,19 +479,8 @@ def train_eomt(
     size = model.config.image_size
     train.square_crop(size, "train_eomt")
     out_dir.mkdir(parents=True, exist_ok=True)
-    base_size, _ = eval_scale(data_root, size, train.base_size)
-    has_val = (data_root / "leftImg8bit" / "val").is_dir()
-    data = EomtDataModule(
-        data_root,
-        crop_size=(size, size),
-        batch_size=train.batch_size,
-        num_workers=train.num_workers,
-        scale_range=train.scale_range,
-        base_size=base_size,
-        val_batch_size=1,
-        val_split="val" if has_val else None,
-        seed=train.seed,
-    )
+    data = eomt_datamodule(data_root, size, train)
+    has_val = data.val_split is not None
     module = EomtModule(
         model, max_steps=train.max_steps, lr=train.lr, trainable=config.trainable, seed=train.seed
     )

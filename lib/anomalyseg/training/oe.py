@@ -38,7 +38,14 @@ from ..data.leakage import guard_training_data
 from ..data.mix_ood import PasteOutliers, ScaledObjects, paste_outliers  # noqa: F401  (re-exported)
 from ..losses import outlier_loss
 from ..models.eomt import EomtSegmenter, build_eomt, per_pixel_logits
-from .eomt import EomtDataModule, EomtModule, annealing_schedule, eval_scale, export_eomt
+from .eomt import (
+    EomtDataModule,
+    EomtModule,
+    annealing_schedule,
+    eomt_datamodule,
+    eval_scale,
+    export_eomt,
+)
 from .oe_config import OEConfig
 from .settings import RECIPE_DEFAULTS, TrainSettings, fit_and_export
 
@@ -288,23 +295,17 @@ def oe_datamodule(
     for EoMT at 1024 on Cityscapes, where objects are pasted at their COCO size as seed 000 and RbA
     do.
     """
-    data_root = Path(data_root)
-    base_size, frames_scale = eval_scale(data_root, image_size, base_size)
     if object_scale is None:
-        object_scale = frames_scale
-    has_val = with_val and (data_root / "leftImg8bit" / "val").is_dir()
-    return EomtDataModule(
-        data_root,
-        crop_size=(image_size, image_size),
+        object_scale = eval_scale(data_root, image_size, base_size)[1]
+    train = TrainSettings(
         batch_size=batch_size,
+        seed=seed,
         num_workers=num_workers,
         scale_range=scale_range,
         base_size=base_size,
-        val_batch_size=1,
-        sample_transform=oe_sample_transform(config, coco_root, object_scale, **paste_overrides),
-        val_split="val" if has_val else None,
-        seed=seed,
     )
+    paste = oe_sample_transform(config, coco_root, object_scale, **paste_overrides)
+    return eomt_datamodule(data_root, image_size, train, paste, with_val)
 
 
 def pasted_samples(
