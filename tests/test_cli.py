@@ -326,11 +326,12 @@ def test_run_all_end_to_end_and_its_refusals(tiny_data, tmp_path, capsys):
 def test_eomt_training_past_the_asked_steps_is_refused_before_any_work(trained, tiny_data):
     from anomalyseg.models.checkpoints import CheckpointError
     from anomalyseg.training.eomt import train_eomt
+    from anomalyseg.training.settings import TrainSettings
 
     exported = trained["eomt"] / "model" / "model.safetensors"
     before = exported.read_bytes()
     with pytest.raises(CheckpointError, match="at step 2, more than the 1 steps asked"):
-        train_eomt(tiny_data / "cityscapes", trained["eomt"], max_steps=1, progress=False)
+        train_eomt(None, tiny_data / "cityscapes", trained["eomt"], TrainSettings(max_steps=1, progress=False))
     assert exported.read_bytes() == before
 
 

@@ -133,15 +133,17 @@ def test_train_eomt_names_a_bad_dinov2_start(tmp_path):
     """train_eomt's start-from hook: an unknown timm name, a missing weight file and a bare prefix
     are one message naming the setting, before any data is read."""
     from anomalyseg.training.eomt import train_eomt
+    from anomalyseg.training.settings import TrainSettings
 
+    one_step = TrainSettings(max_steps=1)
     with pytest.raises(ValueError, match="timm has no model 'vit_nonexistent'"):
-        train_eomt(tmp_path / "cityscapes", tmp_path / "out", "dinov2:vit_nonexistent", max_steps=1)
+        train_eomt("dinov2:vit_nonexistent", tmp_path / "cityscapes", tmp_path / "out", one_step)
     with pytest.raises(CheckpointError, match="missing.safetensors"):
         train_eomt(
+            f"dinov2:vit_small_patch14_dinov2@{tmp_path / 'missing.safetensors'}",
             tmp_path / "cityscapes",
             tmp_path / "out",
-            f"dinov2:vit_small_patch14_dinov2@{tmp_path / 'missing.safetensors'}",
-            max_steps=1,
+            one_step,
         )
     with pytest.raises(ValueError, match="expected 'dinov2:<timm model name>'"):
         parse_dinov2_spec("dinov2:")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -16,6 +17,7 @@ from anomalyseg.data.coco import OODObjects
 from anomalyseg.data.mix_ood import ScaledObjects
 from anomalyseg.labels import OOD_OBJECT_VALUE
 from anomalyseg.models.eomt import build_eomt
+from anomalyseg.results import training_log
 from anomalyseg.training.eomt import BACKBONE_PREFIXES, HEAD_PREFIXES, EomtModule
 from anomalyseg.training.oe import (
     EomtOEModule,
@@ -26,7 +28,9 @@ from anomalyseg.training.oe import (
     pasted_samples,
 )
 from anomalyseg.training.oe_config import OEConfig
-from helpers import Crash, tiny_eomt_config as tiny_config
+from anomalyseg.training.settings import TrainSettings
+from helpers import Crash
+from helpers import tiny_eomt_config as tiny_config
 
 # Tiny crops need small objects: the tiny COCO objects are 40-136 px, the crops 32 px.
 SMALL_OBJECTS = 0.25
@@ -38,9 +42,7 @@ def tiny_model(seed: int = 0) -> EomtForUniversalSegmentation:
 
 
 def _metrics(out_dir) -> pd.DataFrame:
-    frames = [pd.read_csv(p) for p in sorted((out_dir / "logs").glob("version_*/metrics.csv"))]
-    df = pd.concat(frames)
-    return df[df["train_loss"].notna()].drop_duplicates("step", keep="last").set_index("step")
+    return training_log(out_dir).dropna(subset=["train_loss"]).set_index("step")
 
 
 # ----------------------------------------------------------------------------- the loss term
@@ -53,7 +55,9 @@ def _reference_outlier_loss(outputs, outlier_mask, t_in, t_out):
     s = -torch.tanh(fused).sum(1, keepdim=True)
     s = F.interpolate(s, size=outlier_mask.shape[-2:], mode="bilinear", align_corners=True)[:, 0]
     inl, out = outlier_mask == 0, outlier_mask == 1
-    return 0.5 * ((s - t_in).clamp(min=0)[inl].pow(2).mean() + (t_out - s).clamp(min=0)[out].pow(2).mean())
+    return 0.5 * (
+        (s - t_in).clamp(min=0)[inl].pow(2).mean() + (t_out - s).clamp(min=0)[out].pow(2).mean()
+    )
 
 
 def _batch(seed=0):
@@ -106,8 +110,12 @@ def test_trainable_comes_from_the_config():
     assert heads.hparams.trainable == "heads" and heads.hparams.oe["trainable"] == "heads"
     frozen = [n for n, p in heads.model.named_parameters() if not p.requires_grad]
     assert frozen and all(n.startswith(BACKBONE_PREFIXES) for n in frozen)
-    assert all(p.requires_grad for n, p in heads.model.named_parameters() if n.startswith(HEAD_PREFIXES))
-    assert heads.hparams.attn_mask_annealing is False  # the model to fine-tune already runs without it
+    assert all(
+        p.requires_grad for n, p in heads.model.named_parameters() if n.startswith(HEAD_PREFIXES)
+    )
+    assert (
+        heads.hparams.attn_mask_annealing is False
+    )  # the model to fine-tune already runs without it
     whole = EomtOEModule(tiny_config(), oe=OEConfig(trainable="all"), max_steps=10)
     assert all(p.requires_grad for p in whole.model.parameters())
     with pytest.raises(ValueError, match="set it in the OEConfig"):
@@ -116,17 +124,25 @@ def test_trainable_comes_from_the_config():
 
 def test_annealing_steps_of_seed_000s_recipe():
     seed = OEConfig.recipe("seed000")
-    assert oe_annealing_steps(OEConfig(), 3, 7000) is None  # RbA's recipe: masked attention stays off
+    assert (
+        oe_annealing_steps(OEConfig(), 3, 7000) is None
+    )  # RbA's recipe: masked attention stays off
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert oe_annealing_steps(seed, 3, 7000) == ([1401, 3501, 5602], [2801, 4902, 7000])
         assert oe_annealing_steps(seed, 3, 9000) == ([1401, 3501, 5602], [2801, 4902, 7000])
         # without explicit steps: upstream's fractions (0.10 + 0.15 i, 0.20 + 0.15 i) of the run
-        assert oe_annealing_steps(OEConfig(attn_mask_annealing_enabled=True), 2, 100) == ([10, 25], [20, 35])
+        assert oe_annealing_steps(OEConfig(attn_mask_annealing_enabled=True), 2, 100) == (
+            [10, 25],
+            [20, 35],
+        )
     # 4 blocks: the 3 windows resampled at block positions 0, 2/3, 4/3, 2, e.g. the second start
     # 1401 / 3 + 3501 * 2 / 3 = 2801, the third end 4902 * 2 / 3 + 7000 / 3 = 5601.3
     with pytest.warns(UserWarning, match=r"for 3 query blocks and a run of at least 7000 steps"):
-        assert oe_annealing_steps(seed, 4, 7000) == ([1401, 2801, 4201, 5602], [2801, 4202, 5601, 7000])
+        assert oe_annealing_steps(seed, 4, 7000) == (
+            [1401, 2801, 4201, 5602],
+            [2801, 4202, 5601, 7000],
+        )
     # a shorter run: the same fractions of it (2 blocks take the first and the last window)
     with pytest.warns(UserWarning, match=r"scaled to \[14, 56\] -> \[28, 70\]"):
         assert oe_annealing_steps(seed, 2, 70) == ([14, 56], [28, 70])
@@ -149,7 +165,15 @@ def test_every_item_has_an_outlier_mask_that_marks_exactly_the_pasted_pixels(tin
     root = tiny_data / "cityscapes"
     pasted = 0
     for cfg in (OEConfig(ood_prob=1.0), OEConfig(oe_enabled=False)):
-        data = oe_datamodule(root, tiny_data / "coco", cfg, 32, batch_size=4, object_scale=SMALL_OBJECTS, with_val=False)
+        data = oe_datamodule(
+            root,
+            tiny_data / "coco",
+            cfg,
+            32,
+            batch_size=4,
+            object_scale=SMALL_OBJECTS,
+            with_val=False,
+        )
         data.setup("fit")
         for i in range(len(data.train_set)):
             torch.manual_seed(i)
@@ -169,8 +193,14 @@ def test_every_item_has_an_outlier_mask_that_marks_exactly_the_pasted_pixels(tin
 
 
 def test_pasted_samples_all_hold_an_object(tiny_data):
-    items = pasted_samples(tiny_data / "cityscapes", tiny_data / "coco", OEConfig(oe_road_only=True), 32, n=3,
-                           object_scale=SMALL_OBJECTS)
+    items = pasted_samples(
+        tiny_data / "cityscapes",
+        tiny_data / "coco",
+        OEConfig(oe_road_only=True),
+        32,
+        n=3,
+        object_scale=SMALL_OBJECTS,
+    )
     assert len(items) == 3
     for item in items:
         under = item["outlier_mask"] == 1
@@ -181,9 +211,12 @@ def test_scaled_objects_keep_their_shape(tiny_data):
     objects = OODObjects(tiny_data / "coco")
     half = ScaledObjects(objects, 0.5)
     for i in range(len(objects)):
-        (img, mask), (small_img, small_mask) = objects[i], half[i]
+        (_, mask), (small_img, small_mask) = objects[i], half[i]
         h, w = mask.shape
-        assert small_mask.shape == (round(h / 2), round(w / 2)) and small_img.shape == (3, *small_mask.shape)
+        assert small_mask.shape == (round(h / 2), round(w / 2)) and small_img.shape == (
+            3,
+            *small_mask.shape,
+        )
         assert small_img.dtype == torch.uint8 and small_mask.dtype == torch.bool
         assert small_mask.sum().item() == pytest.approx(mask.sum().item() / 4, rel=0.15)
     assert ScaledObjects(objects, 1.0)[0][1].shape == objects[0][1].shape
@@ -193,39 +226,69 @@ def test_scaled_objects_keep_their_shape(tiny_data):
 
 # ----------------------------------------------------------------------------- fine-tuning runs
 @pytest.mark.slow
-def test_heads_only_fine_tuning_freezes_the_backbone_and_lowers_the_outlier_loss(tiny_data, tmp_path):
+def test_heads_only_fine_tuning_freezes_the_backbone_and_lowers_the_outlier_loss(
+    tiny_data, tmp_path
+):
     base = tiny_model()
     before = {k: v.clone() for k, v in base.state_dict().items()}
-    folder = finetune_oe(base, tiny_data / "cityscapes", tiny_data / "coco", tmp_path / "run", OEConfig(ood_prob=1.0),
-                         max_steps=30, batch_size=4, progress=False, lr=3e-3, object_scale=SMALL_OBJECTS)  # fmt: skip
+    folder = finetune_oe(
+        base,
+        tiny_data / "cityscapes",
+        tiny_data / "coco",
+        tmp_path / "run",
+        TrainSettings(max_steps=30, batch_size=4, progress=False, lr=3e-3),
+        OEConfig(ood_prob=1.0),
+        object_scale=SMALL_OBJECTS,
+    )
     for k, v in base.state_dict().items():  # the caller's model is not touched
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
     after = build_eomt(folder).state_dict()
     changed = {k for k in before if k != "attn_mask_probs" and not torch.equal(before[k], after[k])}
     frozen = {k for k in before if k.startswith(BACKBONE_PREFIXES)}
-    assert frozen and not (changed & frozen), f"frozen parameters changed: {sorted(changed & frozen)[:5]}"
-    assert any(k.startswith("class_predictor.") for k in changed) and any(k.startswith("mask_head.") for k in changed)
+    assert frozen and not (changed & frozen), (
+        f"frozen parameters changed: {sorted(changed & frozen)[:5]}"
+    )
+    assert any(k.startswith("class_predictor.") for k in changed) and any(
+        k.startswith("mask_head.") for k in changed
+    )
     assert (folder / "oe_config.json").is_file()
 
     log = _metrics(tmp_path / "run")
-    assert {"train_loss_outlier", "train_loss_cross_entropy", "train_loss_mask", "train_loss_dice"} <= set(log.columns)
+    assert {
+        "train_loss_outlier",
+        "train_loss_cross_entropy",
+        "train_loss_mask",
+        "train_loss_dice",
+    } <= set(log.columns)
     term = log["train_loss_outlier"]
     assert list(term.index) == list(range(30)) and term.notna().all()
     first, last = term.iloc[:5].mean(), term.iloc[-5:].mean()
-    assert first > 0.1 and last < 0.5 * first, f"outlier loss did not fall: {first:.3f} -> {last:.3f}"
+    assert first > 0.1 and last < 0.5 * first, (
+        f"outlier loss did not fall: {first:.3f} -> {last:.3f}"
+    )
 
 
 @pytest.mark.slow
 def test_resume_reaches_the_state_of_an_uninterrupted_run(tiny_data, tmp_path):
     cfg = OEConfig(ood_prob=0.7, oe_road_only=True)
-    kw = dict(config=cfg, max_steps=8, batch_size=3, progress=False, seed=5, lr=1e-3, checkpoint_every_n_steps=3,
-              object_scale=SMALL_OBJECTS, num_workers=1)
+    train = TrainSettings(
+        max_steps=8,
+        batch_size=3,
+        progress=False,
+        seed=5,
+        lr=1e-3,
+        checkpoint_every_n_steps=3,
+        num_workers=1,
+    )
+    kw = dict(config=cfg, object_scale=SMALL_OBJECTS)
     args = (tiny_data / "cityscapes", tiny_data / "coco")
-    whole = finetune_oe(tiny_model(), *args, tmp_path / "whole", **kw)
+    whole = finetune_oe(tiny_model(), *args, tmp_path / "whole", train, **kw)
     with pytest.raises(RuntimeError, match="kernel died"):
-        finetune_oe(tiny_model(), *args, tmp_path / "split", callbacks=[Crash(5)], **kw)
+        finetune_oe(
+            tiny_model(), *args, tmp_path / "split", replace(train, callbacks=[Crash(5)]), **kw
+        )
     assert torch.load(tmp_path / "split" / "last.ckpt", weights_only=True)["global_step"] == 3
-    split = finetune_oe(tiny_model(), *args, tmp_path / "split", **kw)
+    split = finetune_oe(tiny_model(), *args, tmp_path / "split", train, **kw)
     for run in ("whole", "split"):
         assert torch.load(tmp_path / run / "last.ckpt", weights_only=True)["global_step"] == 8
     a, b = _metrics(tmp_path / "whole"), _metrics(tmp_path / "split")
@@ -239,25 +302,39 @@ def test_resume_reaches_the_state_of_an_uninterrupted_run(tiny_data, tmp_path):
 
     # resuming that folder with other settings would mix two experiments
     with pytest.raises(ValueError, match="ood_prob"):
-        finetune_oe(tiny_model(), *args, tmp_path / "split", **{**kw, "config": OEConfig(ood_prob=0.2, oe_road_only=True)})
+        finetune_oe(
+            tiny_model(),
+            *args,
+            tmp_path / "split",
+            train,
+            **{**kw, "config": OEConfig(ood_prob=0.2, oe_road_only=True)},
+        )
 
 
 def test_errors_name_the_fix(tiny_data, tmp_path, monkeypatch):
     args = (tiny_model(), tiny_data / "cityscapes", tiny_data / "coco")
     monkeypatch.setitem(sys.modules, "wandb", None)  # as on a machine without it: import fails
     with pytest.raises(ImportError, match="pip install wandb"):
-        finetune_oe(*args, tmp_path / "w", max_steps=1, progress=False, logger="wandb")
+        finetune_oe(
+            *args, tmp_path / "w", TrainSettings(max_steps=1, progress=False, logger="wandb")
+        )
     with pytest.raises(ValueError, match="32x32"):
-        finetune_oe(*args, tmp_path / "c", max_steps=1, crop_size=64, progress=False)
+        finetune_oe(*args, tmp_path / "c", TrainSettings(max_steps=1, crop_size=64, progress=False))
     with pytest.raises(ValueError, match="coco_root"):
-        finetune_oe(args[0], args[1], None, tmp_path / "n", max_steps=1, progress=False)
-    with pytest.raises(TypeError, match="base_model_or_folder"):
-        finetune_oe(42, args[1], args[2], tmp_path / "t", max_steps=1, progress=False)
+        finetune_oe(
+            args[0], args[1], None, tmp_path / "n", TrainSettings(max_steps=1, progress=False)
+        )
+    with pytest.raises(TypeError, match="eomt must be"):
+        finetune_oe(
+            42, args[1], args[2], tmp_path / "t", TrainSettings(max_steps=1, progress=False)
+        )
 
 
 def test_one_run_folder_per_setting(tmp_path):
     a = oe_run_dir(tmp_path, OEConfig(), base="m", steps=10)
-    assert a == oe_run_dir(tmp_path, OEConfig().to_dict(), base="m", steps=10) and a.parent == tmp_path
+    assert (
+        a == oe_run_dir(tmp_path, OEConfig().to_dict(), base="m", steps=10) and a.parent == tmp_path
+    )
     assert a != oe_run_dir(tmp_path, OEConfig(ood_prob=0.1), base="m", steps=10)
     assert a != oe_run_dir(tmp_path, OEConfig(), base="m", steps=11)
 
@@ -279,7 +356,9 @@ def test_training_runs_in_training_mode(module_class):
     batch = _batch()
     module._layer_losses.clear()
     module(batch["image"], batch["target"])
-    assert len(module._layer_losses) == 1 + module.model.config.num_blocks  # final + one per query block
+    assert (
+        len(module._layer_losses) == 1 + module.model.config.num_blocks
+    )  # final + one per query block
 
 
 def test_ood_objects_prepared_once(tiny_data, tmp_path):
@@ -287,11 +366,14 @@ def test_ood_objects_prepared_once(tiny_data, tmp_path):
 
     from anomalyseg.training.oe import ensure_ood_objects
 
-    coco = shutil.copytree(tiny_data / "coco", tmp_path / "coco")  # the session's data stays as it is
+    coco = shutil.copytree(
+        tiny_data / "coco", tmp_path / "coco"
+    )  # the session's data stays as it is
     manifest = coco / "annotations" / "ood_seg_train2017.json"
     stamp = manifest.stat().st_mtime_ns
     kept = len(OODObjects(coco))
-    # every candidate is already kept: a larger max_images selects the same objects, nothing is rewritten
+    # every candidate is already kept: a larger max_images selects the same objects, nothing is
+    # rewritten
     assert ensure_ood_objects(coco, max_images=400, progress=False)["kept"] == kept
     assert manifest.stat().st_mtime_ns == stamp
     # a smaller selection is prepared again, and OODObjects reads exactly it

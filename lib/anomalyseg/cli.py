@@ -161,17 +161,22 @@ def _compare_conventions(a):
 
 
 def _train(a):
-    workers = {} if a.workers is None else {"num_workers": a.workers}
+    from .training.settings import ErfnetConfig, TrainSettings
+
+    crop = tuple(a.crop_size) if a.crop_size else None
+    if a.model == "erfnet":
+        crop = crop or (256, 512)  # the help's ERFNet default
+    train = TrainSettings(
+        max_steps=a.steps, batch_size=a.batch_size, crop_size=crop, num_workers=a.workers
+    )
     if a.model == "erfnet":
         from .training.erfnet import train_erfnet
 
-        ckpt = train_erfnet(a.cityscapes_root, a.out, max_steps=a.steps, batch_size=a.batch_size,
-                            crop_size=tuple(a.crop_size), input_size=tuple(a.crop_size), **workers)
+        ckpt = train_erfnet(a.cityscapes_root, a.out, train, ErfnetConfig(input_size=crop))
     else:
         from .training.eomt import train_eomt
 
-        ckpt = train_eomt(a.cityscapes_root, a.out, max_steps=a.steps, batch_size=a.batch_size,
-                          crop_size=tuple(a.crop_size) if a.crop_size else None, **workers)
+        ckpt = train_eomt(None, a.cityscapes_root, a.out, train)
     print(f"checkpoint: {ckpt}")
 
 

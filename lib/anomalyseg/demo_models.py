@@ -108,8 +108,14 @@ def install(model: str, settings: dict, cityscapes_root: str | Path, target: Pat
     ``cityscapes_root``; fp16 weights are stored back as float32. Returns False when nothing
     matches (the zoo then trains), True once installed. Raises ``DemoWeightsError`` when the
     matching entry's files fail their checksum."""
+    from .training.settings import weight_settings
+
     entry = read_manifest(folder).get(model)
-    if entry is None or entry["settings"] != settings or entry["data"] != data_identity(cityscapes_root):
+    # Compared as weight settings: the manifest may name settings of an earlier version that do
+    # not decide the weights (workers, logger, hook arguments that are gone).
+    if entry is None or entry["data"] != data_identity(cityscapes_root):
+        return False
+    if weight_settings(entry["settings"]) != settings:
         return False
     verify(model, folder)
     _copy_in(Path(folder or WEIGHTS_DIR) / model, entry["files"], target)

@@ -25,17 +25,21 @@ def _torch_device(device: str | torch.device) -> torch.device:
         return torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise DeviceError(
-            f"device={device!r} is not a device name ({e}); expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
+            f"device={device!r} is not a device name ({e}); expected 'auto', 'cpu', 'cuda', "
+            "'cuda:N' or 'mps'."
         ) from None
 
 
 def _check_available(d: torch.device, name) -> None:
     if d.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(
-            f"device={str(name)!r}: torch {torch.__version__} sees no CUDA device on this machine; use 'cpu' or 'auto'."
+            f"device={str(name)!r}: torch {torch.__version__} sees no CUDA device on this machine; "
+            "use 'cpu' or 'auto'."
         )
     if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
-        raise DeviceError(f"device={str(name)!r}: this machine has {torch.cuda.device_count()} CUDA device(s).")
+        raise DeviceError(
+            f"device={str(name)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)."
+        )
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -49,8 +53,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return d
 
 
-def lightning_device(device: str | torch.device | None = "auto",
-                     devices: int | str | list[int] = 1) -> tuple[str, int | str | list[int]]:
+def lightning_device(
+    device: str | torch.device | None = "auto", devices: int | str | list[int] = 1
+) -> tuple[str, int | str | list[int]]:
     """Lightning's ``(accelerator, devices)`` for a training on ``device``.
 
     Lightning's names pass through with ``devices`` (``"gpu"``, ``"cpu"``, ``"auto"``; None is

@@ -313,6 +313,7 @@ def _train_on_eomt(model: str, ws, params: dict, train_settings: dict, coco_max_
     from .results import training_log
     from .training.anomaly_head import train_anomaly_head
     from .training.oe import ensure_ood_objects, finetune_oe
+    from .training.settings import HeadConfig, TrainSettings, records_from_flat
 
     if "eomt" not in dm.read_manifest(out):
         raise ValueError(f"demo-weights --model {model} trains on the shipped EoMT, but "
@@ -329,13 +330,14 @@ def _train_on_eomt(model: str, ws, params: dict, train_settings: dict, coco_max_
     run_dir = work_dir / model
     if model == "eomt_oe":
         settings = {**train_settings, "oe": config.to_dict(), "coco_max_images": coco_max_images}
-        result = finetune_oe(base, ws.cityscapes, ws.coco, run_dir, config,
-                             num_workers=params["num_workers"], device="cpu",
-                             benchmarks_root=ws.benchmarks, **train_settings)
+        train = TrainSettings(**train_settings, num_workers=params["num_workers"], accelerator="cpu")
+        result = finetune_oe(base, ws.cityscapes, ws.coco, run_dir, train, config,
+                             benchmarks_root=ws.benchmarks)
     else:
         settings = {**train_settings, "variant": model.removeprefix("head_")}
-        result = train_anomaly_head(base, ws.cityscapes, ws.coco, run_dir,
-                                    benchmarks_root=ws.benchmarks, **settings)
+        train, head = records_from_flat(settings, HeadConfig, f"demo-weights --model {model}")
+        result = train_anomaly_head(base, ws.cityscapes, ws.coco, run_dir, train, head,
+                                    benchmarks_root=ws.benchmarks)
     settings = dm._jsonable({**settings, "base_weights": weights_fingerprint(base)})
 
     def metrics(dst: Path) -> dict:

@@ -13,7 +13,7 @@ exactly what ``models.eomt.UPSTREAM_KEY_MAP`` already maps into transformers'
   file for machines without internet).
 - ``eomt_from_dinov2("dinov2:<timm model name>[@<weight file>]")``: both, with upstream's
   Cityscapes semantic recipe (1024 windows, patch 16, 200 queries, 4 query blocks, 19 classes).
-  This is what ``training.eomt.train_eomt(model_or_config="dinov2:...")`` starts from.
+  This is what ``training.eomt.train_eomt("dinov2:...", ...)`` starts from.
 
 The hub checkpoint (``models.eomt.DEFAULT_CHECKPOINT``) stays the default for evaluation and
 Outlier Exposure; this is only the start of a training from scratch on real Cityscapes.

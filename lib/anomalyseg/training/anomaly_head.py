@@ -4,9 +4,9 @@ Only the head learns. EoMT runs in eval mode under ``torch.no_grad`` with masked
 exactly as at evaluation, and its weights are checked to be unchanged at the end of training. The
 training frames are Cityscapes-layout *train* frames with one COCO object pasted by
 ``data.mix_ood.paste_outliers``, the wrapper Outlier Exposure uses, so that both trainings paste
-objects of the same size for the same settings (never a benchmark's frames); the loss is ``losses.anomaly_head_loss``:
-BCE-with-logits against the outlier mask with ``pos_weight`` 10, void pixels masked out (seed
-001 trained on them; here they carry no label and no gradient).
+objects of the same size for the same settings (never a benchmark's frames); the loss is
+``losses.anomaly_head_loss``: BCE-with-logits against the outlier mask with ``pos_weight`` 10, void
+pixels masked out (seed 001 trained on them; here they carry no label and no gradient).
 
 Per step, on crops ``[B, 3, S, S]`` (``S`` = EoMT's window size, the only input size its position
 embeddings take): EoMT's mask logits ``[B, Q, S/4, S/4]`` are upsampled to ``S`` and fused into
@@ -15,26 +15,26 @@ kept for a hybrid head, and both are rounded to float16 first, as ``EomtSegmente
 so that the head sees in training exactly what windowed evaluation feeds it. The head returns
 ``[B, 1, S, S]`` logits.
 
-``train_anomaly_head`` shows a progress bar, writes ``last.ckpt`` (head and optimiser only; the
-frozen EoMT stays out of it), CSV logs and the head as ``head.safetensors``, and resumes exactly:
+``train_anomaly_head(eomt, data_root, coco_root, out_dir, TrainSettings, HeadConfig)`` runs through
+the one trainer build (``training.settings.fit_and_export``): it writes ``last.ckpt`` (head and
+optimiser only; the frozen EoMT stays out of it), logs and the head as ``head.safetensors``, and
+resumes exactly (a checkpoint of other ``HeadConfig`` settings, pastes included, is refused):
 the data come from EoMT training's step-indexed stream (``EomtDataModule``) and dropout is seeded
 by the step, so an interrupted and resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import warnings
+from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from transformers import EomtForUniversalSegmentation
 
-from ..data.leakage import CACHE_FILE as LEAKAGE_CACHE, guard_training_data
+from ..data.leakage import CACHE_FILE as LEAKAGE_CACHE
+from ..data.leakage import guard_training_data
 from ..losses import anomaly_head_loss
 from ..models.anomaly_head import VARIANT_SCORES, build_anomaly_head, save_anomaly_head
 from ..models.checkpoints import CheckpointError, fit_state_dict
@@ -46,11 +46,13 @@ from ..models.eomt import (
     per_pixel_logits,
     zero_attn_mask_probs,
 )
-from .callbacks import console_callbacks
 from .eomt import WarmupPoly
 from .oe import EomtOEDataModule
+from .settings import RECIPE_DEFAULTS, HeadConfig, TrainSettings, fit_and_export
 
 HEAD_FILE = "head.safetensors"
+# The HeadConfig of a run, among its checkpoint's hyper-parameters (the resume check reads it).
+HEAD_CONFIG_KEY = "head_config"
 
 
 class AnomalyHeadModule(L.LightningModule):
@@ -94,11 +96,19 @@ class AnomalyHeadModule(L.LightningModule):
             eomt, _, source = _as_eomt(eomt)
             eomt_checkpoint = eomt_checkpoint or source
         if not isinstance(eomt, EomtForUniversalSegmentation):
-            raise TypeError(f"AnomalyHeadModule needs a transformers EomtForUniversalSegmentation, got {type(eomt).__name__}.")
+            raise TypeError(
+                "AnomalyHeadModule needs a transformers EomtForUniversalSegmentation, got "
+                f"{type(eomt).__name__}."
+            )
         if int(max_steps) < 1:
-            raise ValueError(f"AnomalyHeadModule: max_steps sets the poly schedule's length and must be >= 1, got {max_steps}.")
+            raise ValueError(
+                "AnomalyHeadModule: max_steps sets the poly schedule's length and must be >= 1, "
+                f"got {max_steps}."
+            )
         if float(pos_weight) <= 0:
-            raise ValueError(f"AnomalyHeadModule: pos_weight must be > 0 (seed 001: 10), got {pos_weight}.")
+            raise ValueError(
+                f"AnomalyHeadModule: pos_weight must be > 0 (seed 001: 10), got {pos_weight}."
+            )
         if feature_dim is not None and int(feature_dim) != int(eomt.config.hidden_size):
             raise ValueError(
                 f"AnomalyHeadModule: feature_dim={feature_dim} (stored with a head trained on "
@@ -123,7 +133,9 @@ class AnomalyHeadModule(L.LightningModule):
         the patch features ``[B, D, g, g]`` (both float32 of float16-rounded values), no grad."""
         self.eomt.eval()
         out = self.eomt(pixel_values=normalize(images))
-        masks = F.interpolate(out.masks_queries_logits.half().float(), size=images.shape[-2:], mode="bilinear")
+        masks = F.interpolate(
+            out.masks_queries_logits.half().float(), size=images.shape[-2:], mode="bilinear"
+        )
         class_map = per_pixel_logits(masks, out.class_queries_logits.float())
         features = None
         if self.head.needs_features:
@@ -131,7 +143,8 @@ class AnomalyHeadModule(L.LightningModule):
         return class_map, features
 
     def frozen_checksum(self) -> torch.Tensor:
-        """Per-parameter sums of EoMT's weights (float64 ``[P]``): equal before and after training."""
+        """Per-parameter sums of EoMT's weights (float64 ``[P]``): equal before and after
+        training."""
         return torch.stack([p.detach().double().sum() for p in self.eomt.parameters()]).cpu()
 
     def on_train_start(self) -> None:
@@ -140,10 +153,13 @@ class AnomalyHeadModule(L.LightningModule):
         self._frozen_checksum = self.frozen_checksum()
 
     def on_train_end(self) -> None:
-        if self._frozen_checksum is not None and not torch.equal(self.frozen_checksum(), self._frozen_checksum):
+        if self._frozen_checksum is not None and not torch.equal(
+            self.frozen_checksum(), self._frozen_checksum
+        ):
             raise RuntimeError(
-                "The frozen EoMT's weights changed while the anomaly head trained; only the head may learn. "
-                "Something outside AnomalyHeadModule updated the model passed to it (a shared optimiser?)."
+                "The frozen EoMT's weights changed while the anomaly head trained; only the head "
+                "may learn. Something outside AnomalyHeadModule updated the model passed to it (a "
+                "shared optimiser?)."
             )
 
     def teardown(self, stage: str) -> None:
@@ -165,8 +181,10 @@ class AnomalyHeadModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if "outlier_mask" not in batch:
             raise KeyError(
-                "AnomalyHeadModule: the batch has no 'outlier_mask'; train on Outlier Exposure frames "
-                "(CityscapesDataModule with sample_transform=data.mix_ood.paste_outliers(...), as train_anomaly_head builds them)."
+                "AnomalyHeadModule: the batch has no 'outlier_mask'; train on Outlier Exposure "
+                "frames (CityscapesDataModule with "
+                "sample_transform=data.mix_ood.paste_outliers(...), as train_anomaly_head builds "
+                "them)."
             )
         logits = self(batch["image"])
         loss = anomaly_head_loss(logits, batch["outlier_mask"], pos_weight=self.hparams.pos_weight)
@@ -178,9 +196,16 @@ class AnomalyHeadModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.AdamW(self.head.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupPoly(0, 0, hp.max_steps, hp.poly_power))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        optimizer = torch.optim.AdamW(
+            self.head.parameters(), lr=hp.lr, weight_decay=hp.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, WarmupPoly(0, 0, hp.max_steps, hp.poly_power)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -193,161 +218,181 @@ def _as_eomt(source) -> tuple[EomtForUniversalSegmentation, torch.device | None,
     if isinstance(source, (str, Path)):
         return build_eomt(source, for_eval=True), None, str(source)
     raise TypeError(
-        f"train_anomaly_head needs the frozen EoMT as an EomtSegmenter, an EomtForUniversalSegmentation or a "
-        f"build_eomt source (folder, checkpoint file, hub id); got {type(source).__name__}."
+        "train_anomaly_head needs the frozen EoMT as an EomtSegmenter, an "
+        "EomtForUniversalSegmentation or a build_eomt source (folder, checkpoint file, hub id); "
+        f"got {type(source).__name__}."
     )
 
 
-def _check_resumable(last: Path, variant: str, feature_dim: int, eomt_checkpoint: str | None) -> None:
+def _check_resumable(
+    last: Path, feature_dim: int, eomt_checkpoint: str | None, config: HeadConfig
+) -> None:
+    """Refuse to resume a ``last.ckpt`` of another head: other variant or EoMT width, another
+    EoMT, or other ``HeadConfig`` settings (loss or pastes: resuming would mix two experiments)."""
     hp = torch.load(last, map_location="cpu", weights_only=True).get("hyper_parameters", {})
     saved = {k: hp.get(k) for k in ("variant", "feature_dim")}
-    if saved != {"variant": variant, "feature_dim": feature_dim}:
+    if saved != {"variant": config.variant, "feature_dim": feature_dim}:
         raise CheckpointError(
-            f"{last} belongs to an anomaly head with {saved}, not variant={variant!r} on a {feature_dim}-wide EoMT, "
-            "so it cannot be resumed. Give each variant its own out_dir, or pass resume=False to start over."
+            f"{last} belongs to an anomaly head with {saved}, not variant={config.variant!r} on a "
+            f"{feature_dim}-wide EoMT, so it cannot be resumed. Give each variant its own out_dir, "
+            "or pass resume=False to start over."
         )
     saved_eomt = hp.get("eomt_checkpoint")
     if saved_eomt and eomt_checkpoint and saved_eomt != eomt_checkpoint:
         raise CheckpointError(
-            f"{last} is a head trained on the EoMT {saved_eomt!r}, but the EoMT given now is {eomt_checkpoint!r}: a head "
-            "reads one model's class maps and does not transfer. Use another out_dir, or resume=False to start over."
+            f"{last} is a head trained on the EoMT {saved_eomt!r}, but the EoMT given now is "
+            f"{eomt_checkpoint!r}: a head reads one model's class maps and does not transfer. Use "
+            "another out_dir, or resume=False to start over."
+        )
+    stored = hp.get(HEAD_CONFIG_KEY)
+    if (
+        stored is None
+    ):  # written before the settings were recorded: only the loss settings can be compared
+        stored = {k: hp[k] for k in ("pos_weight", "weight_decay") if k in hp}
+    now = asdict(config)
+    diff = {k: (stored[k], now[k]) for k in stored if k in now and stored[k] != now[k]}
+    if diff:
+        raise CheckpointError(
+            f"{last} is a head trained with other settings (checkpoint vs now: {diff}); resuming "
+            "would mix two experiments. Use another out_dir for these settings, or resume=False "
+            "to start this folder over."
         )
 
 
 def train_anomaly_head(
-    eomt_segmenter_or_model,
+    eomt: EomtSegmenter | EomtForUniversalSegmentation | str | Path,
     data_root: str | Path,
     coco_root: str | Path,
     out_dir: str | Path,
-    variant: str = "stats",
-    max_steps: int = 1000,
-    batch_size: int = 8,
-    crop_size: int | tuple[int, int] | None = None,
-    ood_prob: float = 0.5,
-    resume: bool = True,
-    progress: bool = True,
-    seed: int = 0,
+    train: TrainSettings | None = None,
+    config: HeadConfig | None = None,
     *,
-    pos_weight: float = 10.0,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    road_only: bool = False,
-    perspective_scale: bool = False,
-    scale_range: tuple[float, float] = (0.5, 2.0),
-    base_size: tuple[int, int] | None = None,
-    object_scale: float | None = None,
-    num_workers: int = 0,
-    checkpoint_every_n_steps: int | None = None,
-    callbacks: Sequence[Callback] = (),
-    accelerator: str | None = None,
     benchmarks_root: str | Path | None = None,
 ) -> Path:
     """Train an anomaly head on the frozen EoMT with Outlier Exposure frames; returns the
     ``head.safetensors`` path (``load_anomaly_head`` reads it).
 
     Args:
-        eomt_segmenter_or_model: the frozen EoMT: an ``EomtSegmenter`` (its device is used), a
-            model, or a ``build_eomt`` source. It is never updated.
+        eomt: the frozen EoMT: an ``EomtSegmenter`` (``train.accelerator`` None trains on its
+            device), a model, or a ``build_eomt`` source. It is never updated.
         data_root: Cityscapes-layout folder; its ``train`` split is used (never a benchmark).
         coco_root: COCO folder with the objects prepared by ``prepare_coco_ood`` (``OODObjects``).
         out_dir: ``last.ckpt``, ``logs/`` and ``head.safetensors`` go here; one folder per variant.
-        variant: ``"stats"`` (4 statistics of the class map) or ``"hybrid"`` (+ patch features).
-        crop_size: training crops are squares of EoMT's window size (``config.image_size``; its
-            position embeddings take no other); ``crop_size`` may only restate it. Scale jitter
-            ``scale_range`` is relative to ``base_size``, by default a frame at evaluation scale.
-        ood_prob: probability that a training frame gets a pasted object. Higher than Outlier
-            Exposure fine-tuning's 0.1-0.2 on purpose: pasted pixels are the head's only positive
-            examples, so at 0.2 most batches would teach it nothing about anomalies, while OE keeps
-            the rate low to protect the segmentation, which cannot suffer here since EoMT is frozen.
-            Below 1, frames without an object still teach the in-distribution side (rare classes,
-            object borders) without an anomaly nearby to explain them. Default 0.5.
-        road_only, perspective_scale: ``MixOOD``'s placement options (seed 000's OE variants).
-        object_scale: resize of the COCO objects; None scales them with the frames
-            (``training.eomt.eval_scale``), exactly as Outlier Exposure does: both trainings
-            paste with ``data.mix_ood.paste_outliers``.
-        resume: continue ``out_dir/last.ckpt`` up to ``max_steps`` (a finished run is not retrained);
-            the data stream and dropout are functions of the step, so the result equals an
-            uninterrupted run's.
-        accelerator: Lightning's; None follows the segmenter's device (``"auto"`` for a bare model).
+        train: the shared settings (``TrainSettings``; fields left at None take the head's recipe,
+            ``RECIPE_DEFAULTS["anomaly_head"]``: 1000 steps, batch 8, lr 1e-3). Crops are squares of
+            EoMT's window size (``config.image_size``; its position embeddings take no other), so
+            ``crop_size`` may only restate it; scale jitter is relative to ``base_size``, by default
+            a frame at evaluation scale. ``resume`` continues ``out_dir/last.ckpt`` up to
+            ``max_steps`` (a finished run is not retrained); the data stream and dropout are
+            functions of the step, so the result equals an uninterrupted run's. A checkpoint of
+            another ``HeadConfig`` (variant, loss or paste settings) or EoMT is refused.
+        config: the head's own settings (``HeadConfig``: variant, ``pos_weight``, the paste
+            settings ``ood_prob``, ``road_only``, ``perspective_scale``, ``object_scale``).
+            Objects are pasted with ``data.mix_ood.paste_outliers``, as Outlier Exposure pastes.
         benchmarks_root: the benchmarks the head will be evaluated on: training refuses to start
             (``LeakageError`` naming the files) when the training frames or COCO images hold one
             of their frames (``data.leakage``; hashes cached in ``out_dir/leakage_check.json``).
             None skips the check.
     """
-    if variant not in VARIANT_SCORES:
-        raise ValueError(f"train_anomaly_head: unknown variant {variant!r}; expected one of {list(VARIANT_SCORES)}.")
+    config = config or HeadConfig()
+    if config.variant not in VARIANT_SCORES:
+        raise ValueError(
+            f"train_anomaly_head: unknown variant {config.variant!r}; expected one of "
+            f"{list(VARIANT_SCORES)}."
+        )
     data_root, out_dir = Path(data_root), Path(out_dir)
     if not (data_root / "leftImg8bit" / "train").is_dir():
         raise FileNotFoundError(
-            f"train_anomaly_head trains on the train split of a Cityscapes-layout folder, but {data_root / 'leftImg8bit' / 'train'} "
-            "does not exist. Pass the folder holding leftImg8bit/ and gtFine/ (workspace.cityscapes), never a benchmark's "
-            "frames: the head must not see the data it is evaluated on."
+            "train_anomaly_head trains on the train split of a Cityscapes-layout folder, but "
+            f"{data_root / 'leftImg8bit' / 'train'} does not exist. Pass the folder holding "
+            "leftImg8bit/ and gtFine/ (workspace.cityscapes), never a benchmark's frames: the "
+            "head must not see the data it is evaluated on."
         )
-    L.seed_everything(seed, workers=True, verbose=False)  # before building: the head's initial weights depend on it
-    eomt, seg_device, eomt_checkpoint = _as_eomt(eomt_segmenter_or_model)
-    size = eomt.config.image_size
-    if crop_size is not None and tuple(crop_size if isinstance(crop_size, (tuple, list)) else (crop_size, crop_size)) != (size, size):
-        raise ValueError(
-            f"train_anomaly_head crop_size={crop_size!r}: this EoMT takes only {size}x{size} windows (config.image_size; "
-            f"its position embeddings are fixed), and the head trains on what it sees in one window. Leave crop_size "
-            f"unset or pass {size}."
-        )
-    if accelerator is None:
-        accelerator = "auto" if seg_device is None else ("gpu" if seg_device.type == "cuda" else seg_device.type)
+    train = (
+        (train or TrainSettings())
+        .with_defaults(RECIPE_DEFAULTS["anomaly_head"])
+        .checked("train_anomaly_head")
+    )
+    L.seed_everything(
+        train.seed, workers=True, verbose=False
+    )  # before building: the head's initial weights depend on it
+    model, seg_device, eomt_checkpoint = _as_eomt(eomt)
+    size = model.config.image_size
+    train.square_crop(size, "train_anomaly_head")
     out_dir.mkdir(parents=True, exist_ok=True)
-    guard_training_data(data_root, coco_root, benchmarks_root, "train_anomaly_head's training data",
-                        out_dir / LEAKAGE_CACHE)  # fmt: skip
+    guard_training_data(
+        data_root,
+        coco_root,
+        benchmarks_root,
+        "train_anomaly_head's training data",
+        out_dir / LEAKAGE_CACHE,
+    )
     last = out_dir / "last.ckpt"
-    if resume and last.is_file():
-        _check_resumable(last, variant, int(eomt.config.hidden_size), eomt_checkpoint)
+    if train.resume and last.is_file():
+        _check_resumable(last, int(model.config.hidden_size), eomt_checkpoint, config)
     # the data module a config names (configs/anomaly_head_*.yaml): OE's pasting, no validation
     data = EomtOEDataModule(
         data_root,
         size,
         coco_root,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        seed=seed,
-        scale_range=scale_range,
-        ood_prob=ood_prob,
-        oe_road_only=road_only,
-        oe_perspective_scale=perspective_scale,
-        object_scale=object_scale,
+        batch_size=train.batch_size,
+        num_workers=train.num_workers,
+        seed=train.seed,
+        scale_range=train.scale_range,
+        ood_prob=config.ood_prob,
+        oe_road_only=config.road_only,
+        oe_perspective_scale=config.perspective_scale,
+        object_scale=config.object_scale,
         with_val=False,
-        base_size=base_size,
+        base_size=train.base_size,
     )
-    module = AnomalyHeadModule(eomt, variant, max_steps=max_steps, lr=lr, weight_decay=weight_decay,
-                               pos_weight=pos_weight, seed=seed, eomt_checkpoint=eomt_checkpoint)  # fmt: skip
-    checkpoint = ModelCheckpoint(dirpath=out_dir, save_last=True, save_top_k=0, every_n_train_steps=checkpoint_every_n_steps)
-    trainer = L.Trainer(
-        max_steps=max_steps, max_epochs=-1, accelerator=accelerator, devices=1, default_root_dir=out_dir,
-        logger=CSVLogger(out_dir, name="logs"), callbacks=[checkpoint, *callbacks, *console_callbacks()], enable_progress_bar=progress,
-        enable_model_summary=progress, log_every_n_steps=max(1, min(50, max_steps // 20)), limit_val_batches=0,
-        num_sanity_val_steps=0,
-    )  # fmt: skip
-    with warnings.catch_warnings():
-        # a resumed run writes into its own non-empty folder, on purpose; there is no validation
-        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-        warnings.filterwarnings("ignore", message=r"You passed in a `val_dataloader` but have no `validation_step`")
-        trainer.fit(module, datamodule=data, ckpt_path=last if resume and last.is_file() else None, weights_only=True)
-    if not last.is_file() or torch.load(last, map_location="cpu", weights_only=True)["global_step"] != trainer.global_step:
-        trainer.save_checkpoint(last, weights_only=False)  # the full state (optimizer too), so that it can be resumed
-    return export_anomaly_head(last, out_dir / HEAD_FILE)
+    module = AnomalyHeadModule(
+        model,
+        config.variant,
+        max_steps=train.max_steps,
+        lr=train.lr,
+        weight_decay=config.weight_decay,
+        pos_weight=config.pos_weight,
+        seed=train.seed,
+        eomt_checkpoint=eomt_checkpoint,
+    )
+    module.hparams[HEAD_CONFIG_KEY] = asdict(
+        config
+    )  # plain values: checkpoints are read with weights_only=True
+    _, exported = fit_and_export(
+        module,
+        data,
+        out_dir,
+        train,
+        export_anomaly_head,
+        out_dir / HEAD_FILE,
+        name="anomaly_head",
+        has_val=False,
+        follow_device=seg_device,
+        run_config={"anomaly_head": asdict(config)},
+    )
+    return exported
 
 
 def export_anomaly_head(ckpt: str | Path, path: str | Path) -> Path:
-    """Write the head of a ``train_anomaly_head`` checkpoint as safetensors (``save_anomaly_head``)."""
+    """Write the head of a ``train_anomaly_head`` checkpoint as safetensors
+    (``save_anomaly_head``)."""
     ckpt = Path(ckpt)
     if not ckpt.is_file():
-        raise CheckpointError(f"checkpoint {str(ckpt)!r} does not exist; expected the last.ckpt written by train_anomaly_head.")
+        raise CheckpointError(
+            f"checkpoint {str(ckpt)!r} does not exist; expected the last.ckpt written by "
+            "train_anomaly_head."
+        )
     obj = torch.load(ckpt, map_location="cpu", weights_only=True)
     hp = obj.get("hyper_parameters", {}) if isinstance(obj, dict) else {}
     if "variant" not in hp or "feature_dim" not in hp:
         raise CheckpointError(
-            f"checkpoint {str(ckpt)!r} has no anomaly-head hyper-parameters (variant, feature_dim); expected a "
-            "last.ckpt written by train_anomaly_head / AnomalyHeadModule."
+            f"checkpoint {str(ckpt)!r} has no anomaly-head hyper-parameters (variant, "
+            "feature_dim); expected a last.ckpt written by train_anomaly_head / AnomalyHeadModule."
         )
     head = build_anomaly_head(hp["variant"], hp["feature_dim"], hp.get("dropout", 0.1))
-    state = {k.removeprefix("head."): v for k, v in obj["state_dict"].items() if k.startswith("head.")}
+    state = {
+        k.removeprefix("head."): v for k, v in obj["state_dict"].items() if k.startswith("head.")
+    }
     fit_state_dict(head, state, source=ckpt)
     return save_anomaly_head(head, path)

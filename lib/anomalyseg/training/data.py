@@ -36,8 +36,9 @@ class _WithSampleTransform(Dataset):
         item = self.sample_transform(self.dataset[i])
         if not isinstance(item, dict) or "image" not in item or "target" not in item:
             raise TypeError(
-                f"sample_transform {self.sample_transform!r} returned {type(item).__name__}; expected the item "
-                "dict it was given ({'image', 'target', 'stem'}), possibly with added tensors such as 'outlier_mask'."
+                f"sample_transform {self.sample_transform!r} returned {type(item).__name__}; "
+                "expected the item dict it was given ({'image', 'target', 'stem'}), possibly with "
+                "added tensors such as 'outlier_mask'."
             )
         return item
 
@@ -61,7 +62,8 @@ class CityscapesDataModule(L.LightningDataModule):
         root: folder holding ``leftImg8bit/`` and ``gtFine/`` (with ``*_gtFine_labelTrainIds.png``).
         crop_size: training crop ``(H, W)``.
         scale_range: scale jitter factors; relative to ``base_size`` when given, else to the frame.
-        val_size: validation frames (and labels, nearest) are resized to it; None keeps them as stored.
+        val_size: validation frames (and labels, nearest) are resized to it; None keeps them
+            as stored.
         sample_transform: ``item dict -> item dict`` run on every training item after the
             transforms, e.g. to paste outlier objects and add ``outlier_mask``.
     """
@@ -86,7 +88,8 @@ class CityscapesDataModule(L.LightningDataModule):
         super().__init__()
         if int(batch_size) < 1 or int(num_workers) < 0:
             raise ValueError(
-                f"CityscapesDataModule: batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}."
+                "CityscapesDataModule: batch_size must be >= 1 and num_workers >= 0, got "
+                f"{batch_size} and {num_workers}."
             )
         self.root = Path(root)
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
@@ -94,17 +97,27 @@ class CityscapesDataModule(L.LightningDataModule):
         self.val_batch_size = int(val_batch_size or batch_size)
         self.train_split, self.val_split = train_split, val_split
         self.sample_transform = sample_transform
-        self.train_transforms = train_transforms(crop_size, scale_range, hflip, color_jitter, ignore_index, base_size)
+        self.train_transforms = train_transforms(
+            crop_size, scale_range, hflip, color_jitter, ignore_index, base_size
+        )
         self.val_transforms = eval_transforms(val_size)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None and stage in (None, "fit"):
-            train = CityscapesSegmentation(self.root, self.train_split, transforms=self.train_transforms)
-            self.train_set = _WithSampleTransform(train, self.sample_transform) if self.sample_transform else train
+            train = CityscapesSegmentation(
+                self.root, self.train_split, transforms=self.train_transforms
+            )
+            self.train_set = (
+                _WithSampleTransform(train, self.sample_transform)
+                if self.sample_transform
+                else train
+            )
         if self.val_set is None and self.val_split and stage in (None, "fit", "validate"):
-            self.val_set = CityscapesSegmentation(self.root, self.val_split, transforms=self.val_transforms)
+            self.val_set = CityscapesSegmentation(
+                self.root, self.val_split, transforms=self.val_transforms
+            )
 
     def _loader(
         self, dataset: Dataset, batch_size: int, shuffle: bool, sampler: Sampler | None = None
@@ -162,26 +175,35 @@ def resume_from(out_dir: str | Path, max_steps: int, resume: bool = True) -> Pat
     if not resume or not last.is_file():
         return None
     try:  # mmap: reads the step without loading the weights and optimizer state
-        step = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+        step = int(
+            torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        )
     except Exception as e:
         others = sorted(p.name for p in last.parent.glob("*.ckpt") if p != last)
-        hint = (f"Resume from another checkpoint of the folder ({', '.join(others)}) by copying it over last.ckpt, "
-                if others else "There is no other checkpoint in the folder to resume from; ")
+        hint = (
+            f"Resume from another checkpoint of the folder ({', '.join(others)}) by copying it "
+            "over last.ckpt, "
+            if others
+            else "There is no other checkpoint in the folder to resume from; "
+        )
         raise CheckpointError(
-            f"The training checkpoint {last} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            f"it is truncated or damaged. {hint}or delete it to train from the start."
+            f"The training checkpoint {last} cannot be read ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); it is truncated or damaged. {hint}or "
+            "delete it to train from the start."
         ) from None
     if step > int(max_steps):
         raise CheckpointError(
-            f"{out_dir} holds a training run at step {step}, more than the {max_steps} steps asked: resuming would return "
-            f"the {step}-step model. Ask for at least {step} steps to continue it, use a new output folder to train "
-            f"{max_steps} steps from the start, or pass resume=False to overwrite it."
+            f"{out_dir} holds a training run at step {step}, more than the {max_steps} steps "
+            f"asked: resuming would return the {step}-step model. Ask for at least {step} steps to "
+            f"continue it, use a new output folder to train {max_steps} steps from the start, or "
+            "pass resume=False to overwrite it."
         )
     return last
 
 
 def check_counts(**counts) -> None:
-    """Each of ``counts`` (``max_steps=...``, ``batch_size=...``) an integer >= 1, else ValueError naming it."""
+    """Each of ``counts`` (``max_steps=...``, ``batch_size=...``) an integer >= 1, else
+    ValueError naming it."""
     for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name}={value!r}: expected an integer >= 1.")

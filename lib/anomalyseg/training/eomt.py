@@ -10,20 +10,21 @@ poly schedule (power 0.9); masked attention annealed block by block from 1 to 0 
 Targets: each semantic map ``[H, W]`` becomes one binary mask per class present. Void (255) and
 pasted outliers (254) belong to no mask, so every query learns to leave them uncovered.
 
-``train_eomt`` resumes from ``<out_dir>/last.ckpt`` and exports a ``save_pretrained`` folder that
+``train_eomt(eomt, data_root, out_dir, TrainSettings, EomtTrainConfig)`` resumes from
+``<out_dir>/last.ckpt`` (``training.settings.fit_and_export``, the one trainer build) and exports a
+``save_pretrained`` folder that
 ``build_eomt`` / ``load_eomt`` read. Subclasses add loss terms by extending ``compute_loss``.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from transformers import EomtConfig, EomtForUniversalSegmentation
 
@@ -34,8 +35,8 @@ from ..metrics import ConfusionMatrix
 from ..models.checkpoints import CheckpointError, fit_state_dict
 from ..models.dinov2 import DINOV2_PREFIX, eomt_from_dinov2
 from ..models.eomt import EomtSegmenter, build_eomt, normalize, scaled_size, small_eomt_config
-from .callbacks import console_callbacks
-from .data import CityscapesDataModule, check_counts, collate, resume_from
+from .data import CityscapesDataModule, collate, resume_from
+from .settings import RECIPE_DEFAULTS, EomtTrainConfig, TrainSettings, fit_and_export
 
 # Only these train under trainable="heads" (Outlier Exposure fine-tuning): the class head, the
 # mask head, the upscaling of patch features for the masks, and the learned queries.
@@ -44,7 +45,9 @@ HEAD_PREFIXES = ("class_predictor.", "mask_head.", "upscale_block.", "query.")
 BACKBONE_PREFIXES = ("embeddings.", "layers.", "layernorm.")
 
 
-def semantic_to_mask_labels(target: torch.Tensor, num_classes: int = NUM_CLASSES) -> tuple[torch.Tensor, torch.Tensor]:
+def semantic_to_mask_labels(
+    target: torch.Tensor, num_classes: int = NUM_CLASSES
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One binary mask per class present in a semantic map.
 
     ``target`` int ``[H, W]`` (train ids, 255 void, 254 pasted outlier) -> ``mask_labels`` float
@@ -84,7 +87,12 @@ class WarmupPoly:
     A callable object, so that its settings travel in the scheduler's state dict."""
 
     def __init__(self, delay: int, warmup: int, total: int, power: float):
-        self.delay, self.warmup, self.total, self.power = int(delay), int(warmup), int(total), float(power)
+        self.delay, self.warmup, self.total, self.power = (
+            int(delay),
+            int(warmup),
+            int(total),
+            float(power),
+        )
 
     def __call__(self, step: int) -> float:
         if step < self.delay:
@@ -113,7 +121,8 @@ class EomtModule(L.LightningModule):
         trainable: ``"all"``, or ``"heads"`` (class head, mask head, upscaling, queries).
         warmup_steps: (heads, backbone) warm-up; None scales upstream's (500, 1000) to short runs.
         attn_mask_annealing: anneal masked attention from 1 to 0 over ``annealing_steps`` (None:
-            ``annealing_schedule``); off keeps it at 0. Default: on for ``"all"``, off for ``"heads"``.
+            ``annealing_schedule``); off keeps it at 0. Default: on for ``"all"``, off for
+            ``"heads"``.
     """
 
     def __init__(
@@ -136,10 +145,16 @@ class EomtModule(L.LightningModule):
     ):
         super().__init__()
         if trainable not in ("all", "heads"):
-            raise ValueError(f"EomtModule: trainable={trainable!r}; expected 'all' (whole network) or 'heads' "
-                             f"(only {', '.join(p.rstrip('.') for p in HEAD_PREFIXES)}, for Outlier Exposure fine-tuning).")
+            raise ValueError(
+                f"EomtModule: trainable={trainable!r}; expected 'all' (whole network) or 'heads' "
+                f"(only {', '.join(p.rstrip('.') for p in HEAD_PREFIXES)}, for Outlier Exposure "
+                "fine-tuning)."
+            )
         if int(max_steps) < 1:
-            raise ValueError(f"EomtModule: max_steps sets the schedules' length and must be >= 1, got {max_steps}.")
+            raise ValueError(
+                "EomtModule: max_steps sets the schedules' length and must be >= 1, got "
+                f"{max_steps}."
+            )
         model = eomt_to_train(model, model_config, small_config)
         self.model = model
         blocks = model.config.num_blocks
@@ -149,16 +164,21 @@ class EomtModule(L.LightningModule):
             annealing_steps = annealing_schedule(blocks, int(max_steps))
         starts, ends = ([int(s) for s in seq] for seq in annealing_steps)
         if len(starts) != blocks or len(ends) != blocks or any(e < s for s, e in zip(starts, ends)):
-            raise ValueError(f"EomtModule: annealing_steps={annealing_steps!r}; expected (starts, ends) with "
-                             f"{blocks} steps each (one per query block, config.num_blocks) and every end >= its start.")
+            raise ValueError(
+                f"EomtModule: annealing_steps={annealing_steps!r}; expected (starts, ends) with "
+                f"{blocks} steps each (one per query block, config.num_blocks) and every end >= "
+                "its start."
+            )
         if warmup_steps is None:
             warmup_steps = (min(500, int(max_steps) // 20), min(1000, int(max_steps) // 10))
         # Plain values only: checkpoints are read back with weights_only=True.
         self.save_hyperparameters(ignore=["model", "model_config", "small_config"])
         self.hparams.update(
-            model_config=model.config.to_dict(), attn_mask_annealing=bool(attn_mask_annealing),
-            annealing_steps=(starts, ends), warmup_steps=[int(w) for w in warmup_steps],
-        )  # fmt: skip
+            model_config=model.config.to_dict(),
+            attn_mask_annealing=bool(attn_mask_annealing),
+            annealing_steps=(starts, ends),
+            warmup_steps=[int(w) for w in warmup_steps],
+        )
         if trainable == "heads":
             for name, p in model.named_parameters():
                 p.requires_grad_(name.startswith(HEAD_PREFIXES))
@@ -183,8 +203,11 @@ class EomtModule(L.LightningModule):
         if targets is None:
             return self.model(pixel_values=normalize(images))
         labels = [semantic_to_mask_labels(t, self.model.config.num_labels) for t in targets]
-        return self.model(pixel_values=normalize(images), mask_labels=[m for m, _ in labels],
-                          class_labels=[c for _, c in labels])  # fmt: skip
+        return self.model(
+            pixel_values=normalize(images),
+            mask_labels=[m for m, _ in labels],
+            class_labels=[c for _, c in labels],
+        )
 
     def compute_loss(self, batch: dict, outputs) -> dict[str, torch.Tensor]:
         """Named, weighted loss terms whose sum is the training loss.
@@ -227,7 +250,8 @@ class EomtModule(L.LightningModule):
         # transformers' EoMT skips the intermediate predictions and so their loss terms;
         # Lightning keeps the mode it finds.
         self.model.train()
-        self._anneal()  # a resumed or fine-tuned model starts from the schedule, not from its buffer
+        # a resumed or fine-tuned model starts from the schedule, not from its buffer
+        self._anneal()
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         self._anneal()
@@ -236,17 +260,23 @@ class EomtModule(L.LightningModule):
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
-        self._val_cm = ConfusionMatrix(num_classes=self.model.config.num_labels, ignore_index=self.hparams.ignore_index)
+        self._val_cm = ConfusionMatrix(
+            num_classes=self.model.config.num_labels, ignore_index=self.hparams.ignore_index
+        )
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # Masked attention stays as the schedule has it: upstream validates the same way.
-        seg = EomtSegmenter(self.model, checkpoint="training", device=self.device, masked_attention=True)
+        seg = EomtSegmenter(
+            self.model, checkpoint="training", device=self.device, masked_attention=True
+        )
         for image, target in zip(batch["image"], batch["target"]):
             self._val_cm.update(seg.predict(image).argmax(0), target)
 
     def on_validation_epoch_end(self) -> None:
         counts = torch.as_tensor(self._val_cm._counts, device=self.device)
-        self._val_cm._counts[:] = self.trainer.strategy.reduce(counts, reduce_op="sum").cpu().numpy()
+        self._val_cm._counts[:] = (
+            self.trainer.strategy.reduce(counts, reduce_op="sum").cpu().numpy()
+        )
         self.log("val_miou", float(self._val_cm.miou()), prog_bar=True)
 
     # ------------------------------------------------------------------ optimiser
@@ -264,20 +294,34 @@ class EomtModule(L.LightningModule):
                 depth = n_layers - 1 - int(name.split(".")[1])
             elif name.startswith("embeddings."):
                 depth = n_layers - 1
-            groups.append({"params": [p], "lr": hp.lr * hp.llrd**depth, "name": name,
-                           "backbone": name.startswith(BACKBONE_PREFIXES)})  # fmt: skip
+            groups.append(
+                {
+                    "params": [p],
+                    "lr": hp.lr * hp.llrd**depth,
+                    "name": name,
+                    "backbone": name.startswith(BACKBONE_PREFIXES),
+                }
+            )
         return groups
 
     def configure_optimizers(self):
         hp = self.hparams
         groups = self.param_groups()
-        optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "backbone"} for g in groups],
-                                      lr=hp.lr, weight_decay=hp.weight_decay)  # fmt: skip
+        optimizer = torch.optim.AdamW(
+            [{k: v for k, v in g.items() if k != "backbone"} for g in groups],
+            lr=hp.lr,
+            weight_decay=hp.weight_decay,
+        )
         heads_warmup, backbone_warmup = hp.warmup_steps
         heads = WarmupPoly(0, heads_warmup, hp.max_steps, hp.poly_power)
         backbone = WarmupPoly(heads_warmup, backbone_warmup, hp.max_steps, hp.poly_power)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [backbone if g["backbone"] else heads for g in groups])
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, [backbone if g["backbone"] else heads for g in groups]
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
 
 # ----------------------------------------------------------------------------- resumable data stream
@@ -296,9 +340,7 @@ class StepSampler(DistributedSampler):
     read the endless stream to its end); it has no length, so a training epoch never ends."""
 
     def __init__(self, n: int, seed: int, start=lambda: 0, rank: int = 0, world_size: int = 1):
-        super().__init__(
-            range(int(n)), num_replicas=int(world_size), rank=int(rank), shuffle=False
-        )
+        super().__init__(range(int(n)), num_replicas=int(world_size), rank=int(rank), shuffle=False)
         self.n, self.seed, self.start = int(n), int(seed), start
 
     def __len__(self) -> int:
@@ -308,7 +350,9 @@ class StepSampler(DistributedSampler):
         pos = int(self.start()) + self.rank
         while True:
             epoch, index_in_epoch = divmod(pos, self.n)
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+            order = torch.randperm(
+                self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            )
             yield pos, int(order[index_in_epoch])
             pos += self.num_replicas
 
@@ -377,7 +421,9 @@ def check_window(image_size: int, crop_size, who: str) -> None:
 
 
 # ----------------------------------------------------------------------------- entry points
-def eval_scale(data_root: str | Path, image_size: int, base_size: tuple[int, int] | None = None) -> tuple[tuple[int, int], float]:
+def eval_scale(
+    data_root: str | Path, image_size: int, base_size: tuple[int, int] | None = None
+) -> tuple[tuple[int, int], float]:
     """``(base_size, scale)``: the size ``(H, W)`` at which a model with ``image_size`` windows sees
     the ``train`` frames of ``data_root`` at evaluation scale (``scaled_size`` of the first
     frame, or ``base_size`` when given), and ``scale = H / frame height``. Training scale jitter is
@@ -388,8 +434,9 @@ def eval_scale(data_root: str | Path, image_size: int, base_size: tuple[int, int
     return base_size, base_size[0] / frame_size[0]
 
 
-def eomt_to_train(model=None, model_config: dict | None = None, small_config: dict | None = None
-                  ) -> EomtForUniversalSegmentation:
+def eomt_to_train(
+    model=None, model_config: dict | None = None, small_config: dict | None = None
+) -> EomtForUniversalSegmentation:
     """The EoMT an ``EomtModule`` trains, from the first of: ``model_config`` (a complete config
     dict: the architecture stored in a checkpoint, which Lightning's CLI hands back beside the
     YAML's ``model`` when resuming with ``--ckpt_path``; the checkpoint then supplies the weights),
@@ -415,126 +462,109 @@ def eomt_to_train(model=None, model_config: dict | None = None, small_config: di
     return _as_model(model)
 
 
-def _as_model(model_or_config) -> EomtForUniversalSegmentation:
-    if model_or_config is None:
+
+def eomt_datamodule(
+    data_root: str | Path,
+    image_size: int,
+    train: TrainSettings,
+    sample_transform=None,
+    with_val: bool = True,
+) -> EomtDataModule:
+    """The data of an EoMT-based run (EoMT, Outlier Exposure, anomaly head): ``EomtDataModule``'s
+    resumable step-indexed stream of ``image_size`` square crops, with ``train``'s batch size,
+    workers, seed and scale jitter relative to the frame at evaluation scale (``eval_scale``, or
+    ``train.base_size``), ``sample_transform`` after the transforms, and whole ``val`` frames
+    (batch 1) for validation when ``with_val`` and the folder has them."""
+    data_root = Path(data_root)
+    base_size, _ = eval_scale(data_root, image_size, train.base_size)
+    has_val = with_val and (data_root / "leftImg8bit" / "val").is_dir()
+    return EomtDataModule(
+        data_root,
+        crop_size=(image_size, image_size),
+        batch_size=train.batch_size,
+        num_workers=train.num_workers,
+        scale_range=train.scale_range,
+        base_size=base_size,
+        val_batch_size=1,
+        sample_transform=sample_transform,
+        val_split="val" if has_val else None,
+        seed=train.seed,
+    )
+
+
+def _as_model(eomt) -> EomtForUniversalSegmentation:
+    if eomt is None:
         return EomtForUniversalSegmentation(small_eomt_config())
-    if isinstance(model_or_config, EomtForUniversalSegmentation):
-        return model_or_config
-    if isinstance(model_or_config, EomtConfig):
-        return EomtForUniversalSegmentation(model_or_config)
-    if isinstance(model_or_config, str) and model_or_config.startswith(DINOV2_PREFIX):
-        return eomt_from_dinov2(model_or_config)  # upstream's start: DINOv2 through timm
-    return build_eomt(model_or_config, for_eval=False)  # a folder, checkpoint file or hub id to fine-tune
+    if isinstance(eomt, EomtForUniversalSegmentation):
+        return eomt
+    if isinstance(eomt, EomtConfig):
+        return EomtForUniversalSegmentation(eomt)
+    if isinstance(eomt, str) and eomt.startswith(DINOV2_PREFIX):
+        return eomt_from_dinov2(eomt)  # upstream's start: DINOv2 through timm
+    return build_eomt(eomt, for_eval=False)  # a folder, checkpoint file or hub id to fine-tune
 
 
 def train_eomt(
+    eomt: EomtForUniversalSegmentation | EomtConfig | str | Path | None,
     data_root: str | Path,
     out_dir: str | Path,
-    model_or_config: EomtForUniversalSegmentation | EomtConfig | str | Path | None = None,
-    max_steps: int = 2000,
-    batch_size: int = 4,
-    crop_size: int | tuple[int, int] | None = None,
-    resume: bool = True,
-    progress: bool = True,
-    seed: int = 0,
-    *,
-    lr: float = 1e-4,
-    trainable: str = "all",
-    num_workers: int = 0,
-    scale_range: tuple[float, float] = (0.5, 2.0),
-    base_size: tuple[int, int] | None = None,
-    val_every_n_steps: int | None = None,
-    limit_val_batches: int | float | None = None,
-    checkpoint_every_n_steps: int | None = None,
-    sample_transform=None,
-    module_cls: type[EomtModule] = EomtModule,
-    module_kwargs: dict | None = None,
-    callbacks: Sequence[Callback] = (),
-    accelerator: str = "auto",
-    precision: str = "32-true",
-    logger="csv",
+    train: TrainSettings | None = None,
+    config: EomtTrainConfig | None = None,
 ) -> Path:
     """Train (or fine-tune) EoMT on the Cityscapes-layout folder ``data_root``.
 
-    ``model_or_config``: a model, an ``EomtConfig`` (None: ``small_eomt_config()``), a
-    ``build_eomt`` source (folder, checkpoint file, hub id) to fine-tune, or
-    ``"dinov2:<timm model name>[@<weight file>]"`` to start as upstream does from DINOv2 weights
-    through timm (``models.dinov2.eomt_from_dinov2``: 1024 windows, patch 16, 200 queries).
-    Crops are squares of the model's ``image_size`` (its position embeddings are fixed);
-    ``crop_size`` may only restate it. Scale jitter is ``scale_range`` relative to ``base_size``,
-    by default the frame at evaluation scale (short side = ``image_size``), so training sees
-    objects at the sizes windowed inference shows them.
+    ``eomt``: the EoMT to start from: a model (trained in place), an ``EomtConfig`` (None:
+    ``small_eomt_config()``), a ``build_eomt`` source (folder, checkpoint file, hub id) to
+    fine-tune, or ``"dinov2:<timm model name>[@<weight file>]"`` to start as upstream does from
+    DINOv2 weights through timm (``models.dinov2.eomt_from_dinov2``: 1024 windows, patch 16, 200
+    queries). ``train``: the shared settings (``TrainSettings``; fields left at None take
+    EoMT's recipe, ``RECIPE_DEFAULTS["eomt"]``: 2000 steps, batch 4, lr 1e-4, no workers);
+    ``config``: EoMT's own (``EomtTrainConfig``: which parameters train).
 
-    ``lr`` defaults to upstream's 1e-4, meant for a pretrained backbone; the small config trained
-    from scratch learns the embedded scenes faster at 1e-3.
+    Crops are squares of the model's ``image_size`` (its position embeddings are fixed);
+    ``train.crop_size`` may only restate it. Scale jitter is ``train.scale_range`` relative to
+    ``train.base_size``, by default the frame at evaluation scale (short side = ``image_size``),
+    so training sees objects at the sizes windowed inference shows them. The recipe's lr 1e-4 is
+    upstream's, meant for a pretrained backbone; the small config trained from scratch learns
+    the embedded scenes faster at 1e-3.
 
     Writes into ``out_dir``: ``last.ckpt`` (every ``checkpoint_every_n_steps`` steps, by default
     every 5% of ``max_steps``, and at the end; ``resume`` continues it up to ``max_steps``,
-    exactly as an uninterrupted run would have gone on), logs (``logger="csv"``: CSV under
-    ``logs/``; or any Lightning logger; None: none), and ``model/``, a ``save_pretrained`` folder of the final weights, which is
-    returned (``load_eomt(path)`` evaluates it). Validation (mIoU of windowed inference on the
-    ``val`` split) runs every ``val_every_n_steps`` steps and at the end.
-    ``sample_transform`` / ``module_cls`` / ``module_kwargs``: hooks for Outlier Exposure.
+    exactly as an uninterrupted run would have gone on), logs, and ``model/``, a
+    ``save_pretrained`` folder of the final weights, which is returned (``load_eomt(path)``
+    evaluates it). Validation (mIoU of windowed inference on the ``val`` split) runs every
+    ``val_every_n_steps`` steps and at the end.
     """
     data_root, out_dir = Path(data_root), Path(out_dir)
-    check_counts(max_steps=max_steps, batch_size=batch_size)
-    resume_from(out_dir, max_steps, resume)  # refuses a damaged last.ckpt or one past max_steps, before any work
-    L.seed_everything(seed, workers=True, verbose=False)  # before building: the initial weights depend on it
-    model = _as_model(model_or_config)
+    train = (train or TrainSettings()).with_defaults(RECIPE_DEFAULTS["eomt"]).checked("train_eomt")
+    config = config or EomtTrainConfig()
+    resume_from(
+        out_dir, train.max_steps, train.resume
+    )  # refuses a damaged last.ckpt or one past max_steps, before any work
+    L.seed_everything(
+        train.seed, workers=True, verbose=False
+    )  # before building: the initial weights depend on it
+    model = _as_model(eomt)
     size = model.config.image_size
-    if crop_size is not None and tuple(crop_size if isinstance(crop_size, (tuple, list)) else (crop_size, crop_size)) != (size, size):
-        raise ValueError(
-            f"train_eomt crop_size={crop_size!r}: transformers' EoMT takes only {size}x{size} inputs (its "
-            f"config.image_size; the position embeddings are fixed), so training crops must be {size}x{size}. "
-            "Leave crop_size unset, or build the model with another image_size (small_eomt_config(image_size=...))."
-        )
+    train.square_crop(size, "train_eomt")
     out_dir.mkdir(parents=True, exist_ok=True)
-    if base_size is None:
-        base_size, _ = eval_scale(data_root, size)
-    has_val = (data_root / "leftImg8bit" / "val").is_dir()
-    data = EomtDataModule(
-        data_root, crop_size=(size, size), batch_size=batch_size, num_workers=num_workers, scale_range=scale_range,
-        base_size=base_size, val_batch_size=1, sample_transform=sample_transform, val_split="val" if has_val else None,
-        seed=seed,
-    )  # fmt: skip
-    module = module_cls(model, max_steps=max_steps, lr=lr, trainable=trainable, seed=seed, **(module_kwargs or {}))
-    last = out_dir / "last.ckpt"
-    trainer, exported = fit_and_export(
-        module, data, out_dir, max_steps, resume=resume and last.is_file(), progress=progress,
-        logger=CSVLogger(out_dir, name="logs") if logger == "csv" else logger, callbacks=callbacks,
-        accelerator=accelerator, devices=1, precision=precision, has_val=has_val, val_every_n_steps=val_every_n_steps,
-        limit_val_batches=limit_val_batches, checkpoint_every_n_steps=checkpoint_every_n_steps,
-    )  # fmt: skip
+    data = eomt_datamodule(data_root, size, train)
+    has_val = data.val_split is not None
+    module = EomtModule(
+        model, max_steps=train.max_steps, lr=train.lr, trainable=config.trainable, seed=train.seed
+    )
+    _, exported = fit_and_export(
+        module,
+        data,
+        out_dir,
+        train,
+        export_eomt,
+        out_dir / "model",
+        name="eomt",
+        has_val=has_val,
+        run_config={"eomt": asdict(config)},
+    )
     return exported
-
-
-def fit_and_export(
-    module: EomtModule, data: L.LightningDataModule, out_dir: Path, max_steps: int, *, resume: bool, progress: bool,
-    logger, callbacks: Sequence[Callback], accelerator: str, devices, precision: str, has_val: bool,
-    val_every_n_steps: int | None, limit_val_batches, checkpoint_every_n_steps: int | None,
-) -> tuple[L.Trainer, Path]:
-    """The Lightning run shared by ``train_eomt`` and ``finetune_oe``: ``last.ckpt`` every
-    ``checkpoint_every_n_steps`` (default 5% of ``max_steps``) and at the end, resumed when
-    ``resume``, validation every ``val_every_n_steps``, and the final weights exported to
-    ``out_dir/model`` (a ``save_pretrained`` folder)."""
-    every = checkpoint_every_n_steps or max(1, int(max_steps) // 20)
-    checkpoint = ModelCheckpoint(dirpath=out_dir, save_last=True, save_top_k=0, every_n_train_steps=every)
-    trainer = L.Trainer(
-        max_steps=max_steps, max_epochs=-1, accelerator=accelerator, devices=devices, precision=precision,
-        default_root_dir=out_dir, logger=logger, callbacks=[checkpoint, *callbacks, *console_callbacks()], enable_progress_bar=progress,
-        enable_model_summary=progress, log_every_n_steps=max(1, min(50, max_steps // 20)), num_sanity_val_steps=0,
-        limit_val_batches=limit_val_batches if has_val else 0,
-        val_check_interval=min(val_every_n_steps or max_steps, max_steps), check_val_every_n_epoch=None,
-    )  # fmt: skip
-    last = out_dir / "last.ckpt"
-    trainer.fit(module, datamodule=data, ckpt_path=resume_from(out_dir, max_steps, resume), weights_only=True)
-    exported = out_dir / "model"
-    if trainer.is_global_zero:
-        if not last.is_file() or torch.load(last, map_location="cpu", weights_only=True)["global_step"] != trainer.global_step:
-            trainer.save_checkpoint(last)  # the full state (optimizer too), so that it can be resumed
-        export_eomt(last, exported)
-    trainer.strategy.barrier()
-    return trainer, exported
 
 
 def export_eomt(ckpt: str | Path, folder: str | Path) -> Path:
@@ -542,13 +572,17 @@ def export_eomt(ckpt: str | Path, folder: str | Path) -> Path:
     model.safetensors) that ``build_eomt(folder)`` and ``load_eomt(folder)`` read."""
     ckpt = Path(ckpt)
     if not ckpt.is_file():
-        raise CheckpointError(f"checkpoint {str(ckpt)!r} does not exist; expected the last.ckpt written by train_eomt.")
+        raise CheckpointError(
+            f"checkpoint {str(ckpt)!r} does not exist; expected the last.ckpt written by "
+            "train_eomt."
+        )
     obj = torch.load(ckpt, map_location="cpu", weights_only=True)
     config = obj.get("hyper_parameters", {}).get("model_config") if isinstance(obj, dict) else None
     if config is None:
         raise CheckpointError(
-            f"checkpoint {str(ckpt)!r} has no hyper_parameters['model_config']; expected a checkpoint written by "
-            "train_eomt / EomtModule. For an upstream tue-mps/eomt checkpoint use build_eomt(path) instead."
+            f"checkpoint {str(ckpt)!r} has no hyper_parameters['model_config']; expected a "
+            "checkpoint written by train_eomt / EomtModule. For an upstream tue-mps/eomt "
+            "checkpoint use build_eomt(path) instead."
         )
     model = EomtForUniversalSegmentation(EomtConfig.from_dict(config))
     fit_state_dict(model, obj["state_dict"], source=ckpt)

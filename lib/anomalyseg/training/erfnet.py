@@ -6,8 +6,10 @@ weight decay 1e-4) and a poly learning-rate schedule (power 0.9), stepped per it
 instead of per epoch so that short runs still anneal. Void (255) and pasted outliers (254) are
 ignored. Validation reports the course mIoU: argmax over all 20 channels, IoU over the 19 classes.
 
-``train_erfnet`` resumes from ``<out_dir>/last.ckpt`` when present. Lightning checkpoints are
-read back with ``weights_only=True``, so they hold only tensors and plain Python values.
+``train_erfnet(data_root, out_dir, TrainSettings, ErfnetConfig)`` resumes from
+``<out_dir>/last.ckpt`` when present (``training.settings.fit_and_export``, the one trainer build).
+Lightning checkpoints are read back with ``weights_only=True``, so they hold only tensors and plain
+Python values.
 """
 
 from __future__ import annotations
@@ -15,16 +17,15 @@ from __future__ import annotations
 import json
 import os
 import random
-import warnings
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 
 from ..data.cityscapes import CityscapesSegmentation
 from ..data.io import read_mask
@@ -34,14 +35,16 @@ from ..metrics import ConfusionMatrix
 from ..models.checkpoints import fit_state_dict, load_state_dict_file
 from ..models.erfnet import ERFNet
 from ..progress import tqdm
-from .callbacks import console_callbacks
-from .data import CityscapesDataModule, check_counts, resume_from
+from .data import CityscapesDataModule, resume_from
+from .settings import RECIPE_DEFAULTS, ErfnetConfig, TrainSettings, fit_and_export
 
 # ENet's constant: weights 1 / ln(c + p) lie in [1 / ln(c + 1), 1 / ln(c)], i.e. about 1.35..10.5.
 ENET_C = 1.10
 
 
-def enet_class_weights(histogram: Sequence[float] | torch.Tensor, c: float = ENET_C) -> torch.Tensor:
+def enet_class_weights(
+    histogram: Sequence[float] | torch.Tensor, c: float = ENET_C
+) -> torch.Tensor:
     """ENet class weights ``w_c = 1 / ln(c + p_c)`` with ``p_c`` the pixel frequency of class c.
 
     ``histogram``: pixel counts ``[C]``. Returns float32 ``[C]``. Rare classes get up to
@@ -50,15 +53,18 @@ def enet_class_weights(histogram: Sequence[float] | torch.Tensor, c: float = ENE
     hist = torch.as_tensor(histogram, dtype=torch.float64)
     if hist.ndim != 1 or (hist < 0).any() or hist.sum() <= 0:
         raise ValueError(
-            f"enet_class_weights needs a histogram of non-negative pixel counts [C] with a positive total, "
-            f"got shape {tuple(hist.shape)} and total {float(hist.sum()) if hist.numel() else 0}."
+            "enet_class_weights needs a histogram of non-negative pixel counts [C] with a "
+            f"positive total, got shape {tuple(hist.shape)} and total "
+            f"{float(hist.sum()) if hist.numel() else 0}."
         )
     if c <= 1:
         raise ValueError(f"enet_class_weights: c must be > 1 so that ln(c + p) > 0, got {c}.")
     return (1.0 / torch.log(c + hist / hist.sum())).float()
 
 
-def label_histogram(root: str | Path, split: str = "train", num_classes: int = NUM_CLASSES, progress: bool = True) -> torch.Tensor:
+def label_histogram(
+    root: str | Path, split: str = "train", num_classes: int = NUM_CLASSES, progress: bool = True
+) -> torch.Tensor:
     """Pixel counts ``[num_classes]`` (int64) of the train-id labels of a Cityscapes split."""
     pairs = CityscapesSegmentation(root, split).pairs
     hist = np.zeros(num_classes, dtype=np.int64)
@@ -101,21 +107,27 @@ class ErfnetModule(L.LightningModule):
             class_weights = [float(w) for w in torch.as_tensor(class_weights).flatten()]
         init_weights = None if init_weights is None else str(init_weights)
         if int(max_steps) < 1:
-            raise ValueError(f"ErfnetModule: max_steps sets the poly schedule's length and must be >= 1, got {max_steps}.")
+            raise ValueError(
+                "ErfnetModule: max_steps sets the poly schedule's length and must be >= 1, got "
+                f"{max_steps}."
+            )
         self.save_hyperparameters()
         self.model = ERFNet(num_classes)
-        # Used only when the encoder is pre-trained alone; frozen so that DDP does not wait for its gradients.
+        # Used only when the encoder is pre-trained alone; frozen so that DDP does not wait for its
+        # gradients.
         self.model.encoder.output_conv.requires_grad_(False)
         weights = torch.ones(num_classes)
         if class_weights is not None and not isinstance(class_weights, str):
             if len(class_weights) not in (NUM_CLASSES, num_classes):
                 raise ValueError(
-                    f"ErfnetModule: class_weights has {len(class_weights)} values; expected {NUM_CLASSES} "
-                    f"(one per Cityscapes class) or {num_classes} (one per output channel)."
+                    f"ErfnetModule: class_weights has {len(class_weights)} values; expected "
+                    f"{NUM_CLASSES} (one per Cityscapes class) or {num_classes} (one per output "
+                    "channel)."
                 )
             weights[: len(class_weights)] = torch.tensor(class_weights)
         weights[NUM_CLASSES:] = 0.0  # the void channel is never a target, as in the course
-        # Not persistent: the state dict stays a pure ERFNet one (prefixed "model."), loadable by load_erfnet.
+        # Not persistent: the state dict stays a pure ERFNet one (prefixed "model."), loadable by
+        # load_erfnet.
         self.register_buffer("class_weights", weights, persistent=False)
         if init_weights is not None:
             fit_state_dict(self.model, load_state_dict_file(init_weights), source=init_weights)
@@ -143,7 +155,8 @@ class ErfnetModule(L.LightningModule):
         return export_erfnet_weights(ckpt, Path(out_dir) / "erfnet.safetensors")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[B, 3, H, W]`` -> logits ``[B, num_classes, H, W]`` (course input: /255, no mean/std)."""
+        """uint8 ``[B, 3, H, W]`` -> logits ``[B, num_classes, H, W]`` (course input: /255, no
+        mean/std)."""
         return self.model(images.float() / 255.0)
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -162,11 +175,18 @@ class ErfnetModule(L.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._val_cm = ConfusionMatrix(num_classes=NUM_CLASSES, ignore_index=self.hparams.ignore_index)
+        self._val_cm = ConfusionMatrix(
+            num_classes=NUM_CLASSES, ignore_index=self.hparams.ignore_index
+        )
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch["image"])
-        self.log("val_loss", self._loss(logits, batch["target"]), sync_dist=True, batch_size=logits.shape[0])
+        self.log(
+            "val_loss",
+            self._loss(logits, batch["target"]),
+            sync_dist=True,
+            batch_size=logits.shape[0],
+        )
         self._val_cm.update(logits.argmax(1), batch["target"])
 
     def on_validation_epoch_end(self) -> None:
@@ -178,11 +198,16 @@ class ErfnetModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=hp.weight_decay)
+        optimizer = torch.optim.Adam(
+            self.parameters(), lr=hp.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=hp.weight_decay
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: max(0.0, 1.0 - step / hp.max_steps) ** hp.poly_power
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
 
 class EpochSeed(Callback):
@@ -209,97 +234,109 @@ def _class_weights(spec, data_root: Path, out_dir: Path, progress: bool) -> list
     if spec is None or not isinstance(spec, str):
         return None if spec is None else [float(w) for w in spec]
     if spec != "enet":
-        raise ValueError(f"class_weights={spec!r}: expected 'enet', None, or a sequence of {NUM_CLASSES} weights.")
+        raise ValueError(
+            f"class_weights={spec!r}: expected 'enet', None, or a sequence of {NUM_CLASSES} "
+            "weights."
+        )
     cache = out_dir / "class_weights.json"
     if cache.is_file():
         return json.loads(cache.read_text())["weights"]
     hist = label_histogram(data_root, "train", progress=progress)
     weights = enet_class_weights(hist).tolist()
-    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
-        cache.write_text(json.dumps({"method": f"1/ln({ENET_C}+p)", "histogram": hist.tolist(), "weights": weights}, indent=1))
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        cache.write_text(
+            json.dumps(
+                {"method": f"1/ln({ENET_C}+p)", "histogram": hist.tolist(), "weights": weights},
+                indent=1,
+            )
+        )
     return weights
 
 
 def train_erfnet(
     data_root: str | Path,
     out_dir: str | Path,
-    max_steps: int = 2000,
-    batch_size: int = 8,
-    crop_size: tuple[int, int] = (512, 1024),
-    input_size: tuple[int, int] | None = (512, 1024),
-    resume: bool = True,
-    accelerator: str = "auto",
-    devices: int | str = 1,
-    strategy: str = "auto",
-    progress: bool = True,
-    seed: int = 0,
-    *,
-    num_workers: int = 2,
-    scale_range: tuple[float, float] = (0.5, 2.0),
-    base_size: tuple[int, int] | None = None,
-    class_weights: str | Sequence[float] | None = "enet",
-    lr: float = 5e-4,
-    init_weights: str | Path | None = None,
-    val_every_n_steps: int | None = None,
-    limit_val_batches: int | float | None = None,
-    sample_transform=None,
-    callbacks: Sequence[Callback] = (),
-    precision: str = "32-true",
+    train: TrainSettings | None = None,
+    config: ErfnetConfig | None = None,
 ) -> Path:
     """Train ERFNet on the Cityscapes-layout folder ``data_root``; return the exported weights.
 
-    Writes into ``out_dir``: Lightning checkpoints (``last.ckpt`` and the best by ``val_miou``,
-    saved at each validation, by default each epoch), CSV logs under ``logs/``, the class weights,
-    and ``erfnet.safetensors`` (the last weights, loadable by ``load_erfnet``), whose path is
-    returned. With ``resume`` an existing ``last.ckpt`` is continued up to ``max_steps``.
+    ``train``: the shared settings (``TrainSettings``; fields left at None take ERFNet's recipe,
+    ``RECIPE_DEFAULTS["erfnet"]``: 2000 steps, batch 8, 512x1024 crops, lr 5e-4, 2 workers);
+    ``config``: ERFNet's own (``ErfnetConfig``: class weights, validation size, initial weights).
 
-    ``input_size``: validation frames are resized to it (labels nearest), as the course evaluates.
-    ``init_weights``: start from these ERFNet weights (e.g. the course's ``erfnet_pretrained.pth``).
-    ``sample_transform``: per-item hook after the train transforms (Outlier Exposure pasting).
+    Writes into ``out_dir``: Lightning checkpoints (``last.ckpt`` and the best by ``val_miou``,
+    saved at each validation, by default each epoch, and ``last.ckpt`` at the end), logs under
+    ``logs/``, the class weights, and ``erfnet.safetensors`` (the last weights, loadable by
+    ``load_erfnet``), whose path is returned. With ``train.resume`` an existing ``last.ckpt`` is
+    continued up to ``max_steps``.
     """
     data_root, out_dir = Path(data_root), Path(out_dir)
-    for setting, size in (("crop_size", crop_size), ("input_size", input_size)):
-        if size is not None and (int(size[0]) <= 0 or int(size[1]) <= 0 or int(size[0]) % 8 or int(size[1]) % 8):
-            raise ValueError(f"train_erfnet {setting}={tuple(size)}: ERFNet needs a height and width > 0 and divisible by 8.")
-    check_counts(max_steps=max_steps, batch_size=batch_size)
-    resume_ckpt = resume_from(out_dir, max_steps, resume)  # before any work: a run past max_steps is refused
+    train = (
+        (train or TrainSettings()).with_defaults(RECIPE_DEFAULTS["erfnet"]).checked("train_erfnet")
+    )
+    config = config or ErfnetConfig()
+    crop = (
+        train.crop_size
+        if isinstance(train.crop_size, (tuple, list))
+        else (train.crop_size, train.crop_size)
+    )
+    for setting, size in (
+        ("TrainSettings.crop_size", crop),
+        ("ErfnetConfig.input_size", config.input_size),
+    ):
+        if size is not None and (
+            int(size[0]) <= 0 or int(size[1]) <= 0 or int(size[0]) % 8 or int(size[1]) % 8
+        ):
+            raise ValueError(
+                f"train_erfnet {setting}={tuple(size)}: ERFNet needs a height and width > 0 and "
+                "divisible by 8."
+            )
+    resume_from(
+        out_dir, train.max_steps, train.resume
+    )  # before any work: a run past max_steps is refused
     out_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(seed, workers=True, verbose=False)
-    weights = _class_weights(class_weights, data_root, out_dir, progress)
-    module = ErfnetModule(lr=lr, max_steps=max_steps, class_weights=weights)
-    if init_weights is not None:
-        fit_state_dict(module.model, load_state_dict_file(init_weights), source=init_weights)
+    L.seed_everything(train.seed, workers=True, verbose=False)
+    weights = _class_weights(config.class_weights, data_root, out_dir, train.progress)
+    module = ErfnetModule(lr=train.lr, max_steps=train.max_steps, class_weights=weights)
+    if config.init_weights is not None:
+        fit_state_dict(
+            module.model, load_state_dict_file(config.init_weights), source=config.init_weights
+        )
     data = CityscapesDataModule(
-        data_root, crop_size=crop_size, batch_size=batch_size, num_workers=num_workers, scale_range=scale_range,
-        base_size=base_size, val_size=input_size, sample_transform=sample_transform,
+        data_root,
+        crop_size=tuple(crop),
+        batch_size=train.batch_size,
+        num_workers=train.num_workers,
+        scale_range=train.scale_range,
+        base_size=train.base_size,
+        val_size=config.input_size,
         val_split="val" if (data_root / "leftImg8bit" / "val").is_dir() else None,
-    )  # fmt: skip
+    )
     has_val = data.val_split is not None
     checkpoint = ModelCheckpoint(
-        dirpath=out_dir, filename="erfnet-{step}" + ("-{val_miou:.4f}" if has_val else ""),
-        monitor="val_miou" if has_val else None, mode="max", save_top_k=1, save_last=True,
-    )  # fmt: skip
-    trainer = L.Trainer(
-        max_steps=max_steps, max_epochs=-1, accelerator=accelerator, devices=devices, strategy=strategy,
-        precision=precision, default_root_dir=out_dir, logger=CSVLogger(out_dir, name="logs"),
-        callbacks=[checkpoint, EpochSeed(seed), *callbacks, *console_callbacks()], enable_progress_bar=progress,
-        enable_model_summary=progress, log_every_n_steps=max(1, min(50, max_steps // 20)),
-        num_sanity_val_steps=0, limit_val_batches=limit_val_batches if has_val else 0,
-        val_check_interval=val_every_n_steps, check_val_every_n_epoch=None if val_every_n_steps else 1,
-    )  # fmt: skip
-    last = out_dir / "last.ckpt"
-    with warnings.catch_warnings():
-        # Expected here: out_dir holds earlier checkpoints when resuming, and a resumed epoch end
-        # may pass through ModelCheckpoint before validation has logged val_miou again.
-        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-        warnings.filterwarnings("ignore", message=r".*could not find the monitored key")
-        trainer.fit(module, datamodule=data, ckpt_path=resume_ckpt, weights_only=True)
-    exported = out_dir / "erfnet.safetensors"
-    if trainer.is_global_zero:
-        if not last.is_file():  # stopped before the first checkpoint: keep what was trained
-            trainer.save_checkpoint(last, weights_only=True)
-        export_erfnet_weights(last, exported)
-    trainer.strategy.barrier()
+        dirpath=out_dir,
+        filename="erfnet-{step}" + ("-{val_miou:.4f}" if has_val else ""),
+        monitor="val_miou" if has_val else None,
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+        every_n_train_steps=train.checkpoint_every_n_steps,
+    )
+    _, exported = fit_and_export(
+        module,
+        data,
+        out_dir,
+        train,
+        export_erfnet_weights,
+        out_dir / "erfnet.safetensors",
+        name="erfnet",
+        has_val=has_val,
+        checkpoint=checkpoint,
+        callbacks=[EpochSeed(train.seed)],
+        validate_each_epoch=True,
+        run_config={"erfnet": asdict(config)},
+    )
     return exported
 
 
@@ -314,12 +351,19 @@ def export_erfnet_weights(ckpt: str | Path, path: str | Path) -> Path:
     state = load_state_dict_file(ckpt)
     head = next((v for k, v in state.items() if k.endswith("decoder.output_conv.weight")), None)
     if head is None:
-        raise ValueError(f"{ckpt}: no decoder.output_conv.weight in the checkpoint; expected an ERFNet training checkpoint.")
+        raise ValueError(
+            f"{ckpt}: no decoder.output_conv.weight in the checkpoint; expected an ERFNet training "
+            "checkpoint."
+        )
     model = ERFNet(num_classes=head.shape[1])
     fit_state_dict(model, state, source=ckpt)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata={"source": str(ckpt)})
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(tmp),
+        metadata={"source": str(ckpt)},
+    )
     os.replace(tmp, path)  # a reader never sees a half-written file
     return path

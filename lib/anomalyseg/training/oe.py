@@ -13,7 +13,8 @@ Every setting has seed 000's name and lives in one ``OEConfig``:
 - ``EomtOEModule``: ``EomtModule`` plus ``outlier_weight * outlier_loss(...)`` as ``loss_outlier``.
 - ``oe_sample_transform`` / ``oe_datamodule``: the data side, the project's one pasting wrapper
   (``data.mix_ood.paste_outliers``, which the anomaly head uses too) with the config's settings,
-  after the train transforms of ``EomtDataModule`` (whose step-indexed stream makes a resumed run draw the same crops and pastes); every item carries an
+  after the train transforms of ``EomtDataModule`` (whose step-indexed stream makes a resumed run
+  draw the same crops and pastes); every item carries an
   ``outlier_mask`` (0 / 255 without a paste). Objects keep their size relative to the scene when
   the model sees the frames smaller than they are stored (``object_scale``).
 - ``ensure_ood_objects``: ``prepare_coco_ood`` once; ``pasted_samples``: crops to look at.
@@ -27,16 +28,15 @@ import copy
 import dataclasses
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import CSVLogger, Logger
 from transformers import EomtForUniversalSegmentation
 
-from ..data.leakage import CACHE_FILE as LEAKAGE_CACHE, guard_training_data
+from ..data.leakage import CACHE_FILE as LEAKAGE_CACHE
+from ..data.leakage import guard_training_data
 from ..data.mix_ood import PasteOutliers, ScaledObjects, paste_outliers  # noqa: F401  (re-exported)
 from ..losses import outlier_loss
 from ..models.eomt import EomtSegmenter, build_eomt, per_pixel_logits
@@ -46,9 +46,10 @@ from .eomt import (
     annealing_schedule,
     eomt_to_train,
     eval_scale,
-    fit_and_export,
+    export_eomt,
 )
 from .oe_config import OE_RECIPES, OEConfig
+from .settings import RECIPE_DEFAULTS, TrainSettings, fit_and_export
 
 # The OEConfig settings each side of a YAML config holds, under seed 000's names: the data module
 # (data.init_args) pastes, the module (model.init_args) trains.
@@ -58,10 +59,11 @@ _MODULE_SETTINGS = tuple(
 )
 
 OE_CONFIG_FILE = "oe_config.json"
-LOGGERS = ("csv", "wandb")
 
 
-def oe_annealing_steps(config: OEConfig, num_blocks: int, max_steps: int) -> tuple[list[int], list[int]] | None:
+def oe_annealing_steps(
+    config: OEConfig, num_blocks: int, max_steps: int
+) -> tuple[list[int], list[int]] | None:
     """Per-block (starts, ends) of the masked-attention annealing of an Outlier Exposure run, or
     None when ``attn_mask_annealing_enabled`` is off (masked attention then stays off).
 
@@ -76,7 +78,10 @@ def oe_annealing_steps(config: OEConfig, num_blocks: int, max_steps: int) -> tup
         return None
     if config.attn_mask_annealing_start_steps is None:
         return annealing_schedule(num_blocks, max_steps)
-    starts, ends = list(config.attn_mask_annealing_start_steps), list(config.attn_mask_annealing_end_steps)
+    starts, ends = (
+        list(config.attn_mask_annealing_start_steps),
+        list(config.attn_mask_annealing_end_steps),
+    )
     if len(starts) == num_blocks and max(ends) <= max_steps:
         return starts, ends
     total = max(ends)
@@ -93,11 +98,14 @@ def oe_annealing_steps(config: OEConfig, num_blocks: int, max_steps: int) -> tup
 
     new_starts, new_ends = resample(starts), resample(ends)
     warnings.warn(
-        f"Outlier Exposure: the masked-attention annealing steps {starts} -> {ends} are for {len(starts)} query blocks and "
-        f"a run of at least {total} steps; this run has {num_blocks} blocks and max_steps={max_steps}, so they are "
-        f"scaled to {new_starts} -> {new_ends} (same fractions of the run). Set attn_mask_annealing_start_steps / "
-        "_end_steps in the OEConfig to choose them yourself.", UserWarning, stacklevel=2,
-    )  # fmt: skip
+        f"Outlier Exposure: the masked-attention annealing steps {starts} -> {ends} are for "
+        f"{len(starts)} query blocks and a run of at least {total} steps; this run has "
+        f"{num_blocks} blocks and max_steps={max_steps}, so they are scaled to {new_starts} -> "
+        f"{new_ends} (same fractions of the run). Set attn_mask_annealing_start_steps / _end_steps "
+        "in the OEConfig to choose them yourself.",
+        UserWarning,
+        stacklevel=2,
+    )
     return new_starts, new_ends
 
 
@@ -107,14 +115,18 @@ def _plain(value):
 
 
 def as_oe_config(config: OEConfig | dict | None) -> OEConfig:
-    """An ``OEConfig`` from itself, a plain dict of settings (``OEConfig.from_dict``) or None (defaults)."""
+    """An ``OEConfig`` from itself, a plain dict of settings (``OEConfig.from_dict``) or None
+    (defaults)."""
     if config is None:
         return OEConfig()
     if isinstance(config, OEConfig):
         return config
     if isinstance(config, dict):
         return OEConfig.from_dict(config)
-    raise TypeError(f"Outlier Exposure settings must be an OEConfig or a dict of its fields, got {type(config).__name__}.")
+    raise TypeError(
+        "Outlier Exposure settings must be an OEConfig or a dict of its fields, got "
+        f"{type(config).__name__}."
+    )
 
 
 # ----------------------------------------------------------------------------- loss
@@ -250,18 +262,20 @@ class EomtOEModule(EomtModule):
         return folder
 
     def compute_loss(self, batch: dict, outputs) -> dict[str, torch.Tensor]:
-        """``EomtModule``'s terms plus ``loss_outlier`` = ``outlier_weight * outlier_loss(L, outlier_mask)``
-        when ``outlier_loss_enabled``, with ``L`` the per-pixel class map of the final prediction at
-        mask resolution (S/4); ``outlier_loss`` upsamples its score to the mask's size."""
+        """``EomtModule``'s terms plus ``loss_outlier`` =
+        ``outlier_weight * outlier_loss(L, outlier_mask)`` when ``outlier_loss_enabled``, with
+        ``L`` the per-pixel class map of the final prediction at mask resolution (S/4);
+        ``outlier_loss`` upsamples its score to the mask's size."""
         losses = super().compute_loss(batch, outputs)
         cfg = self.oe_config
         if not cfg.outlier_loss_enabled:
             return losses
         if "outlier_mask" not in batch:
             raise KeyError(
-                "EomtOEModule: outlier_loss_enabled is set but the batch has no 'outlier_mask'. Build the training "
-                "data with oe_sample_transform(config, coco_root) as CityscapesDataModule's sample_transform (finetune_oe "
-                "does), which adds one to every item, 0 / 255 where nothing was pasted."
+                "EomtOEModule: outlier_loss_enabled is set but the batch has no 'outlier_mask'. "
+                "Build the training data with oe_sample_transform(config, coco_root) as "
+                "CityscapesDataModule's sample_transform (finetune_oe does), which adds one to "
+                "every item, 0 / 255 where nothing was pasted."
             )
         pixel_logits = per_pixel_logits(outputs.masks_queries_logits, outputs.class_queries_logits)
         term = outlier_loss(pixel_logits, batch["outlier_mask"], **cfg.outlier_loss_kwargs())
@@ -270,48 +284,86 @@ class EomtOEModule(EomtModule):
 
 
 # ----------------------------------------------------------------------------- data
-def ensure_ood_objects(coco_root: str | Path, max_images: int | None = 400, seed: int = 0, progress: bool = True,
-                       split: str = "train", **prepare_kwargs) -> dict:
+def ensure_ood_objects(
+    coco_root: str | Path,
+    max_images: int | None = 400,
+    seed: int = 0,
+    progress: bool = True,
+    split: str = "train",
+    **prepare_kwargs,
+) -> dict:
     """The COCO objects for pasting, prepared once: ``prepare_coco_ood(coco_root, split=split,
-    max_images=..., seed=...)`` (``split``: ``OEConfig.coco_split``, 2017) unless its manifest shows a complete preparation that already holds exactly that
-    selection (same settings, or every candidate kept and ``max_images`` not below their number),
-    in which case the full COCO json is not read again. Returns the summary (``kept``...)."""
+    max_images=..., seed=...)`` (``split``: ``OEConfig.coco_split``, 2017) unless its manifest
+    shows a complete preparation that already holds exactly that selection (same settings, or every
+    candidate kept and ``max_images`` not below their number), in which case the full COCO json is
+    not read again. Returns the summary (``kept``...)."""
     from ..data.coco import prepare_coco_ood
 
     manifest_path = Path(coco_root) / "annotations" / f"ood_seg_{split}2017.json"
     if manifest_path.is_file() and not prepare_kwargs:
         try:
             manifest = json.loads(manifest_path.read_text())
-            done, settings, summary = manifest.get("complete"), manifest["settings"], manifest["summary"]
+            done, settings, summary = (
+                manifest.get("complete"),
+                manifest["settings"],
+                manifest["summary"],
+            )
         except (ValueError, KeyError, TypeError):
             done = False
-        if done and settings.get("seed") == seed and settings.get("min_area") == 1000 and settings.get("max_area_fraction") == 0.4:
+        if (
+            done
+            and settings.get("seed") == seed
+            and settings.get("min_area") == 1000
+            and settings.get("max_area_fraction") == 0.4
+        ):
             same = settings.get("max_images") == max_images
-            all_kept = summary.get("unused") == 0 and (max_images is None or max_images >= summary.get("kept", 0))
+            all_kept = summary.get("unused") == 0 and (
+                max_images is None or max_images >= summary.get("kept", 0)
+            )
             if same or all_kept:
                 if progress:
-                    print(f"COCO OOD objects: reusing the {summary['kept']} prepared in {manifest_path.parent}")
-                return {**summary, "masks": str(manifest_path.with_suffix("")),
-                        "images": str(Path(coco_root) / f"{split}2017_ood_subset")}
-    return prepare_coco_ood(coco_root, split=split, max_images=max_images, seed=seed, progress=progress, **prepare_kwargs)
+                    print(
+                        f"COCO OOD objects: reusing the {summary['kept']} prepared in "
+                        f"{manifest_path.parent}"
+                    )
+                return {
+                    **summary,
+                    "masks": str(manifest_path.with_suffix("")),
+                    "images": str(Path(coco_root) / f"{split}2017_ood_subset"),
+                }
+    return prepare_coco_ood(
+        coco_root,
+        split=split,
+        max_images=max_images,
+        seed=seed,
+        progress=progress,
+        **prepare_kwargs,
+    )
 
 
-def oe_sample_transform(config: OEConfig | dict | None, coco_root: str | Path | None, object_scale: float = 1.0,
-                        **overrides) -> PasteOutliers:
+def oe_sample_transform(
+    config: OEConfig | dict | None,
+    coco_root: str | Path | None,
+    object_scale: float = 1.0,
+    **overrides,
+) -> PasteOutliers:
     """The data side of Outlier Exposure: with ``oe_enabled``, paste objects of
-    ``OODObjects(coco_root, config.coco_split)`` (resized by ``object_scale``) with ``config.mix_ood_kwargs()``
-    (``overrides`` replace some, e.g. ``ood_prob=1.0`` to show pastes); without, nothing is pasted
-    but every item still gets its ``outlier_mask`` (0, 255 on void), so the inlier side of the
-    outlier loss keeps training."""
+    ``OODObjects(coco_root, config.coco_split)`` (resized by ``object_scale``) with
+    ``config.mix_ood_kwargs()`` (``overrides`` replace some, e.g. ``ood_prob=1.0`` to show pastes);
+    without, nothing is pasted but every item still gets its ``outlier_mask`` (0, 255 on void), so
+    the inlier side of the outlier loss keeps training."""
     cfg = as_oe_config(config)
     if not cfg.oe_enabled:
         return paste_outliers(None)
     if coco_root is None:
         raise ValueError(
-            "Outlier Exposure with oe_enabled=True pastes COCO objects, so it needs coco_root: the folder prepared by "
-            "prepare_coco_ood (`anomalyseg prepare-coco`). Pass it, or set oe_enabled=False to train without pasting."
+            "Outlier Exposure with oe_enabled=True pastes COCO objects, so it needs coco_root: "
+            "the folder prepared by prepare_coco_ood (`anomalyseg prepare-coco`). Pass it, or set "
+            "oe_enabled=False to train without pasting."
         )
-    return paste_outliers(coco_root, object_scale, cfg.coco_split, **{**cfg.mix_ood_kwargs(), **overrides})
+    return paste_outliers(
+        coco_root, object_scale, cfg.coco_split, **{**cfg.mix_ood_kwargs(), **overrides}
+    )
 
 
 class EomtOEDataModule(EomtDataModule):
@@ -386,16 +438,18 @@ def oe_datamodule(
     scale_range: tuple[float, float] = (0.5, 2.0),
     object_scale: float | None = None,
     with_val: bool = True,
+    base_size: tuple[int, int] | None = None,
     **paste_overrides,
 ) -> EomtDataModule:
     """``EomtDataModule`` (resumable step-indexed stream) with ``image_size`` square crops and the
     Outlier Exposure ``sample_transform``.
 
     As in ``train_eomt``, scale jitter (``scale_range``) is relative to the frame at evaluation
-    scale, short side = ``image_size``. ``object_scale`` resizes the COCO objects; None scales
-    them with the frames (``image_size / frame short side``), so that an object keeps its size
-    relative to the street scene whatever the model's input resolution: 1 for EoMT at 1024 on
-    Cityscapes, where objects are pasted at their COCO size as seed 000 and RbA do.
+    scale, short side = ``image_size`` (or to ``base_size`` when given). ``object_scale`` resizes
+    the COCO objects; None scales them with the frames (``image_size / frame short side``), so that
+    an object keeps its size relative to the street scene whatever the model's input resolution: 1
+    for EoMT at 1024 on Cityscapes, where objects are pasted at their COCO size as seed 000 and RbA
+    do.
     """
     cfg = as_oe_config(config)
     renamed = {"road_only": "oe_road_only", "perspective_scale": "oe_perspective_scale"}
@@ -411,6 +465,7 @@ def oe_datamodule(
         scale_range=scale_range,
         object_scale=object_scale,
         with_val=with_val,
+        base_size=base_size,
         **settings,
     )
 
@@ -427,18 +482,29 @@ def pasted_samples(
 ) -> list[dict]:
     """``n`` training items as fine-tuning sees them, each with a pasted object: the config's
     placement rules (road only, perspective) with ``ood_prob`` forced to 1 so that every frame
-    tries. Items: ``image`` uint8 [3, S, S], ``target`` (254 = pasted), ``outlier_mask``, ``stem``."""
+    tries. Items: ``image`` uint8 [3, S, S], ``target`` (254 = pasted), ``outlier_mask``,
+    ``stem``."""
     cfg = as_oe_config(config)
     if not cfg.oe_enabled:
         return []
-    data = oe_datamodule(data_root, coco_root, cfg, image_size, seed=seed, object_scale=object_scale, with_val=False,
-                         ood_prob=1.0)  # fmt: skip
+    data = oe_datamodule(
+        data_root,
+        coco_root,
+        cfg,
+        image_size,
+        seed=seed,
+        object_scale=object_scale,
+        with_val=False,
+        ood_prob=1.0,
+    )
     data.setup("fit")
     g = torch.Generator().manual_seed(seed)
     found = []
     for _ in range(max_draws):
         index = int(torch.randint(len(data.train_set), (1,), generator=g))
-        torch.manual_seed(int(torch.randint(2**62, (1,), generator=g)))  # augmentations draw from the global RNG
+        torch.manual_seed(
+            int(torch.randint(2**62, (1,), generator=g))
+        )  # augmentations draw from the global RNG
         item = data.train_set[index]
         if (item["outlier_mask"] == 1).any():
             found.append(item)
@@ -448,45 +514,6 @@ def pasted_samples(
 
 
 # ----------------------------------------------------------------------------- entry point
-def _make_logger(logger: str | Logger | None, out_dir: Path, config: OEConfig) -> Logger | bool:
-    if logger is None or logger is False:
-        return False
-    if isinstance(logger, Logger):
-        return logger
-    if logger == "csv":
-        return CSVLogger(out_dir, name="logs")
-    if logger == "wandb":
-        try:
-            import wandb  # noqa: F401  (optional: only this logger needs it)
-        except ImportError:
-            raise ImportError(
-                "finetune_oe(logger='wandb') logs to Weights & Biases, but the wandb package is not installed. "
-                "Install it with `pip install wandb` (then `wandb login`), or use logger='csv' (the default), "
-                f"which writes {out_dir / 'logs'}/version_*/metrics.csv."
-            ) from None
-        from lightning.pytorch.loggers import WandbLogger
-
-        # One W&B run per output folder, so that a resumed fine-tuning continues its curves.
-        id_file = out_dir / "wandb_run_id.txt"
-        run_id = id_file.read_text().strip() if id_file.is_file() else None
-        wb = WandbLogger(project="anomalyseg", name=f"eomt_oe-{out_dir.name}", save_dir=str(out_dir), id=run_id,
-                         resume="allow", config={"oe": config.to_dict()})  # fmt: skip
-        if run_id is None:
-            id_file.write_text(str(wb.version))
-        return wb
-    raise ValueError(f"finetune_oe: logger={logger!r}; expected one of {list(LOGGERS)}, a Lightning Logger, or None.")
-
-
-def _lightning_device(device) -> tuple[str, int | list[int]]:
-    """``"auto"`` / ``"cpu"`` / ``"cuda"`` / ``"cuda:N"`` as Lightning's (accelerator, devices)."""
-    if str(device) in ("auto", "cpu"):
-        return str(device), 1
-    d = torch.device(device)
-    if d.type != "cuda":
-        raise ValueError(f"finetune_oe: device={device!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'.")
-    return "gpu", [d.index or 0]
-
-
 def _base_model(source) -> EomtForUniversalSegmentation:
     """A private copy of the model to fine-tune (the caller's model, e.g. the 'before' segmenter
     of a notebook, must not change under it)."""
@@ -495,11 +522,13 @@ def _base_model(source) -> EomtForUniversalSegmentation:
     if isinstance(source, EomtForUniversalSegmentation):
         return copy.deepcopy(source).train()
     if isinstance(source, (str, Path)):
-        return build_eomt(source, for_eval=False).train()  # from_pretrained hands models over in eval mode
+        return build_eomt(
+            source, for_eval=False
+        ).train()  # from_pretrained hands models over in eval mode
     raise TypeError(
-        f"finetune_oe: base_model_or_folder must be an EomtForUniversalSegmentation, an EomtSegmenter, or a folder / "
-        f"checkpoint file / hub id that build_eomt reads (notebook 02 exports <checkpoints>/eomt/model); got "
-        f"{type(source).__name__}."
+        "finetune_oe: eomt must be an EomtForUniversalSegmentation, an EomtSegmenter, or a folder "
+        "/ checkpoint file / hub id that build_eomt reads (notebook 02 exports "
+        f"<checkpoints>/eomt/model); got {type(source).__name__}."
     )
 
 
@@ -508,16 +537,19 @@ def _check_resumable(last: Path, config: OEConfig) -> None:
     stored = obj.get("hyper_parameters", {}).get("oe")
     if stored is None:
         raise ValueError(
-            f"{last} was not written by finetune_oe (its hyper-parameters hold no Outlier Exposure settings). Use an "
-            "empty out_dir for Outlier Exposure fine-tuning, or resume=False to overwrite it."
+            f"{last} was not written by finetune_oe (its hyper-parameters hold no Outlier Exposure "
+            "settings). Use an empty out_dir for Outlier Exposure fine-tuning, or resume=False to "
+            "overwrite it."
         )
-    stored = OEConfig.from_dict(stored).to_dict()  # a checkpoint of an earlier version may use older names
+    stored = OEConfig.from_dict(
+        stored
+    ).to_dict()  # a checkpoint of an earlier version may use older names
     if stored != config.to_dict():
         diff = {k: (stored.get(k), v) for k, v in config.to_dict().items() if stored.get(k) != v}
         raise ValueError(
-            f"{last} was fine-tuned with other Outlier Exposure settings (checkpoint vs now: {diff}); resuming would "
-            "mix two experiments. Use another out_dir for these settings (oe_run_dir gives one per setting), or "
-            "resume=False to start this folder over."
+            f"{last} was fine-tuned with other Outlier Exposure settings (checkpoint vs now: "
+            f"{diff}); resuming would mix two experiments. Use another out_dir for these settings "
+            "(oe_run_dir gives one per setting), or resume=False to start this folder over."
         )
 
 
@@ -527,53 +559,46 @@ def oe_run_dir(root: str | Path, config: OEConfig | dict | None, **settings) -> 
     overwrites another experiment, and re-running the same one resumes it."""
     import hashlib
 
-    key = json.dumps({"oe": as_oe_config(config).to_dict(), **{k: str(v) for k, v in settings.items()}}, sort_keys=True)
+    key = json.dumps(
+        {"oe": as_oe_config(config).to_dict(), **{k: str(v) for k, v in settings.items()}},
+        sort_keys=True,
+    )
     return Path(root) / hashlib.sha1(key.encode()).hexdigest()[:8]
 
 
 def finetune_oe(
-    base_model_or_folder: EomtForUniversalSegmentation | EomtSegmenter | str | Path,
+    eomt: EomtForUniversalSegmentation | EomtSegmenter | str | Path,
     data_root: str | Path,
     coco_root: str | Path | None,
     out_dir: str | Path,
+    train: TrainSettings | None = None,
     config: OEConfig | dict | None = None,
-    max_steps: int = 2000,
-    batch_size: int = 16,
-    crop_size: int | tuple[int, int] | None = None,
-    resume: bool = True,
-    progress: bool = True,
-    seed: int = 0,
-    logger: str | Logger | None = "csv",
     *,
-    lr: float = 1e-4,
-    num_workers: int = 0,
-    scale_range: tuple[float, float] = (0.5, 2.0),
     object_scale: float | None = None,
-    val_every_n_steps: int | None = None,
-    limit_val_batches: int | float | None = None,
-    checkpoint_every_n_steps: int | None = None,
-    callbacks: Sequence[Callback] = (),
-    device: str | torch.device = "auto",
-    precision: str = "32-true",
     benchmarks_root: str | Path | None = None,
 ) -> Path:
-    """Fine-tune a trained EoMT with Outlier Exposure; returns the exported ``save_pretrained`` folder.
+    """Fine-tune a trained EoMT with Outlier Exposure; returns the exported ``save_pretrained``
+    folder.
 
-    RbA's recipe by default: AdamW ``lr`` 1e-4 with a poly schedule, ``max_steps`` 2000 at
-    ``batch_size`` 16, only the heads training (``config.trainable``), one COCO object pasted
-    with probability ``config.ood_prob``. ``crop_size`` may only restate the model's
+    ``eomt``: the EoMT to start from (a model or ``EomtSegmenter``, copied so that the caller's
+    stays as it is, or a ``build_eomt`` source). ``train``: the shared settings
+    (``TrainSettings``; fields left at None take RbA's recipe, ``RECIPE_DEFAULTS["oe"]``: AdamW
+    lr 1e-4 with a poly schedule, 2000 steps at batch 16); ``config``: every Outlier Exposure
+    setting (``OEConfig``: by default only the heads train, one COCO object pasted with
+    probability ``config.ood_prob``). ``train.crop_size`` may only restate the model's
     ``image_size`` (transformers' EoMT has fixed position embeddings). Objects are resized by
-    ``object_scale`` (None: with the frames, see ``oe_datamodule``).
+    ``object_scale`` (None: with the frames, see ``oe_datamodule``). ``train.accelerator`` None
+    trains on the device of a given ``EomtSegmenter`` (else ``"auto"``).
 
     Writes into ``out_dir``: ``last.ckpt`` (every ``checkpoint_every_n_steps`` steps, by default
-    every 5% of ``max_steps``, and at the end; with ``resume`` a later call continues it up to ``max_steps``, drawing exactly the
-    batches, pastes and loss points an uninterrupted run would), logs (``logger="csv"``:
+    every 5% of ``max_steps``, and at the end; with ``resume`` a later call continues it up to
+    ``max_steps``, drawing exactly the batches, pastes and loss points an uninterrupted run would;
+    refused when it was fine-tuned with another ``OEConfig``), logs (``"csv"``:
     ``logs/version_*/metrics.csv`` with ``train_loss_outlier`` beside the mask-classification
-    terms; ``"wandb"``: Weights & Biases, ``pip install wandb``), and ``model/``, the final
-    weights with ``oe_config.json``, which is returned (``load_eomt(path)`` evaluates it).
-    Validation (Cityscapes-val mIoU of windowed inference) runs every ``val_every_n_steps``
-    steps and at the end when set; None skips it (evaluate the exported model instead).
-    ``device``: ``"auto"`` (the GPU when there is one), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    terms; ``"wandb"``: Weights & Biases), and ``model/``, the final weights with
+    ``oe_config.json``, which is returned (``load_eomt(path)`` evaluates it). Validation
+    (Cityscapes-val mIoU of windowed inference) runs every ``val_every_n_steps`` steps and at the
+    end when set; None skips it (evaluate the exported model instead).
     ``benchmarks_root``: the benchmarks the model will be evaluated on; training refuses to start
     (``LeakageError`` naming the files) when the Cityscapes train frames or the COCO images hold
     one of their frames (``data.leakage``; hashes cached in ``out_dir/leakage_check.json``).
@@ -581,40 +606,62 @@ def finetune_oe(
     """
     cfg = as_oe_config(config)
     data_root, out_dir = Path(data_root), Path(out_dir)
-    if int(max_steps) < 1 or int(batch_size) < 1:
-        raise ValueError(f"finetune_oe: max_steps and batch_size must be >= 1, got {max_steps} and {batch_size}.")
-    L.seed_everything(seed, workers=True, verbose=False)
-    model = _base_model(base_model_or_folder)
+    train = (train or TrainSettings()).with_defaults(RECIPE_DEFAULTS["oe"]).checked("finetune_oe")
+    L.seed_everything(train.seed, workers=True, verbose=False)
+    model = _base_model(eomt)
     size = model.config.image_size
-    crop = None if crop_size is None else tuple(crop_size if isinstance(crop_size, (tuple, list)) else (crop_size, crop_size))
-    if crop is not None and crop != (size, size):
-        raise ValueError(
-            f"finetune_oe crop_size={crop_size!r}: the EoMT being fine-tuned takes only {size}x{size} inputs (its "
-            f"config.image_size; the position embeddings are fixed), so crops must be {size}x{size}. Leave crop_size "
-            "unset (None) to use the model's size."
-        )
+    train.square_crop(size, "finetune_oe")
     out_dir.mkdir(parents=True, exist_ok=True)
-    guard_training_data(data_root, coco_root if cfg.oe_enabled else None, benchmarks_root,
-                        "finetune_oe's training data", out_dir / LEAKAGE_CACHE, cfg.coco_split)  # fmt: skip
+    guard_training_data(
+        data_root,
+        coco_root if cfg.oe_enabled else None,
+        benchmarks_root,
+        "finetune_oe's training data",
+        out_dir / LEAKAGE_CACHE,
+        cfg.coco_split,
+    )
     last = out_dir / "last.ckpt"
-    resuming = resume and last.is_file()
-    if resuming:
+    if train.resume and last.is_file():
         _check_resumable(last, cfg)
-    run_logger = _make_logger(logger, out_dir, cfg)
-    data = oe_datamodule(data_root, coco_root, cfg, size, batch_size=batch_size, seed=seed, num_workers=num_workers,
-                         scale_range=scale_range, object_scale=object_scale,
-                         with_val=val_every_n_steps is not None)  # fmt: skip
-    module = EomtOEModule(model, oe=cfg, max_steps=max_steps, lr=lr, seed=seed)
-    accelerator, devices = _lightning_device(device)
+    data = oe_datamodule(
+        data_root,
+        coco_root,
+        cfg,
+        size,
+        batch_size=train.batch_size,
+        seed=train.seed,
+        num_workers=train.num_workers,
+        scale_range=train.scale_range,
+        object_scale=object_scale,
+        with_val=train.val_every_n_steps is not None,
+        base_size=train.base_size,
+    )
+    module = EomtOEModule(model, oe=cfg, max_steps=train.max_steps, lr=train.lr, seed=train.seed)
     trainer, exported = fit_and_export(
-        module, data, out_dir, max_steps, resume=resuming, progress=progress, logger=run_logger, callbacks=callbacks,
-        accelerator=accelerator, devices=devices, precision=precision, has_val=data.val_split is not None,
-        val_every_n_steps=val_every_n_steps, limit_val_batches=limit_val_batches,
-        checkpoint_every_n_steps=checkpoint_every_n_steps,
-    )  # fmt: skip
+        module,
+        data,
+        out_dir,
+        train,
+        export_eomt,
+        out_dir / "model",
+        name="eomt_oe",
+        has_val=data.val_split is not None,
+        follow_device=eomt.device if isinstance(eomt, EomtSegmenter) else None,
+        run_config={"oe": cfg.to_dict()},
+    )
     if trainer.is_global_zero:
-        (exported / OE_CONFIG_FILE).write_text(json.dumps(
-            {"oe": cfg.to_dict(), "max_steps": int(max_steps), "batch_size": int(batch_size), "lr": lr, "seed": seed,
-             "global_step": int(trainer.global_step)}, indent=1))  # fmt: skip
+        (exported / OE_CONFIG_FILE).write_text(
+            json.dumps(
+                {
+                    "oe": cfg.to_dict(),
+                    "max_steps": train.max_steps,
+                    "batch_size": train.batch_size,
+                    "lr": train.lr,
+                    "seed": train.seed,
+                    "global_step": int(trainer.global_step),
+                },
+                indent=1,
+            )
+        )
     trainer.strategy.barrier()
     return exported
