@@ -65,15 +65,19 @@ def device_name(device: torch.device | str) -> str:
 
 
 def machine_line(device: torch.device | str) -> str:
-    """``machine: <CPU>, <n> cores, load average <x>; torch <v>, transformers <v>; device: <name>``."""
+    """``machine: <CPU>, <n> cores, load average <x>; torch <v>, transformers <v>; device:
+    <name>``."""
     try:
         import transformers
 
         tf = f", transformers {transformers.__version__}"
     except ImportError:  # pragma: no cover - transformers is a dependency
         tf = ""
-    return (f"machine: {cpu_model()}, {os.cpu_count()} cores, load average {load_average():.2f}; "
-            f"torch {torch.__version__}{tf}, Python {platform.python_version()}; device: {device_name(device)}")
+    return (
+        f"machine: {cpu_model()}, {os.cpu_count()} cores, load average {load_average():.2f}; torch "
+        f"{torch.__version__}{tf}, Python {platform.python_version()}; device: "
+        f"{device_name(device)}"
+    )
 
 
 def script_device(name: str) -> torch.device:
@@ -155,7 +159,9 @@ class Timing:
     seconds (compilation included) and the peak memory of the last warm-up call."""
 
     seconds: list[float] = field(default_factory=list)
-    cpu_seconds: list[float] = field(default_factory=list)  # process CPU time (all threads) of each timed run
+    cpu_seconds: list[float] = field(
+        default_factory=list
+    )  # process CPU time (all threads) of each timed run
     first_call_s: float = float("nan")
     peak_mib: float = float("nan")
     memory_method: str = ""
@@ -228,6 +234,7 @@ def parse_markdown_table(text: str) -> list[dict[str, str]]:
             break  # the first table ended
     if len(lines) < 2:
         return []
+
     def cells(line: str) -> list[str]:
         return [c.strip() for c in line.strip("|").split("|")]
 

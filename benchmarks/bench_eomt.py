@@ -43,10 +43,14 @@ def crops(args, size: int):
         base = scaled_size(tuple(ds[0]["image"].shape[-2:]), size)
         ds.transforms = train_transforms((size, size), base_size=base)
         items = [ds[i] for i in range(args.batch_size)]
-        return torch.stack([it["image"] for it in items]), torch.stack([it["target"] for it in items])
+        return torch.stack([it["image"] for it in items]), torch.stack(
+            [it["target"] for it in items]
+        )
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.batch_size, 3, size, size), dtype=torch.uint8, generator=g)
-    blocks = torch.randint(0, 8, (args.batch_size, 4, 4), generator=g)  # about 8 classes per crop, like road scenes
+    blocks = torch.randint(
+        0, 8, (args.batch_size, 4, 4), generator=g
+    )  # about 8 classes per crop, like road scenes
     return images, blocks.repeat_interleave(size // 4, 1).repeat_interleave(size // 4, 2)
 
 
@@ -69,7 +73,11 @@ def main() -> None:
 
     def train_step():
         module._layer_losses.clear()
-        loss = sum(module.compute_loss({"image": images, "target": targets}, module(images, targets)).values())
+        loss = sum(
+            module.compute_loss(
+                {"image": images, "target": targets}, module(images, targets)
+            ).values()
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -79,12 +87,20 @@ def main() -> None:
     frame = torch.randint(0, 256, (3, *args.frame), dtype=torch.uint8)
     forward = median_rate(lambda: seg.raw_outputs(frame), args.repeat)
     full = median_rate(lambda: seg.class_map(seg.raw_outputs(frame)), args.repeat)
-    print(f"small EoMT ({count_parameters(module.model) / 1e6:.2f} M parameters, {size}x{size} windows, "
-          f"patch {config.patch_size}, {config.num_hidden_layers} layers, {config.num_queries} queries), "
-          f"{args.threads} thread(s), {'real' if args.data else 'synthetic'} crops")
-    print(f"  train: {train:.2f} steps/s at batch {args.batch_size} ({train * args.batch_size:.1f} crops/s)")
-    print(f"  windowed inference on {args.frame[0]}x{args.frame[1]}: {forward:.1f} frames/s forward, "
-          f"{full:.1f} frames/s with the class map")
+    print(
+        f"small EoMT ({count_parameters(module.model) / 1e6:.2f} M parameters, {size}x{size} "
+        f"windows, patch {config.patch_size}, {config.num_hidden_layers} layers, "
+        f"{config.num_queries} queries), {args.threads} thread(s), "
+        f"{'real' if args.data else 'synthetic'} crops"
+    )
+    print(
+        f"  train: {train:.2f} steps/s at batch {args.batch_size} ({train * args.batch_size:.1f} "
+        "crops/s)"
+    )
+    print(
+        f"  windowed inference on {args.frame[0]}x{args.frame[1]}: {forward:.1f} frames/s forward, "
+        f"{full:.1f} frames/s with the class map"
+    )
 
 
 if __name__ == "__main__":

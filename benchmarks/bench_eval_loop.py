@@ -47,8 +47,17 @@ from anomalyseg.labels import NUM_CLASSES
 from anomalyseg.metrics import AnomalyAccumulator
 from anomalyseg.scores import get_score
 
-STAGES = ("loader start", "data loading", "labels to eval size", "preprocess", "network", "copy to host (fp16)",
-          "class map + scores", "metric update", "metric compute")
+STAGES = (
+    "loader start",
+    "data loading",
+    "labels to eval size",
+    "preprocess",
+    "network",
+    "copy to host (fp16)",
+    "class map + scores",
+    "metric update",
+    "metric compute",
+)
 
 
 def load_data(args) -> dict:
@@ -58,7 +67,9 @@ def load_data(args) -> dict:
     root = ensure_data(args.data, preset=args.preset, progress=False)
     benchmarks = load_benchmarks(Path(root) / "Validation_Dataset")
     if args.max_frames:
-        benchmarks = {k: _Named(v, range(min(len(v), args.max_frames))) for k, v in benchmarks.items()}
+        benchmarks = {
+            k: _Named(v, range(min(len(v), args.max_frames))) for k, v in benchmarks.items()
+        }
     return benchmarks
 
 
@@ -78,15 +89,23 @@ def make_segmenter(args, device):
     return ErfnetSegmenter(model, input_size=tuple(args.input_size), device=device)
 
 
-def timed_pass(segmenter, benchmarks: dict, scores: Sequence[str], workers: int, device) -> tuple[dict, int, float]:
+def timed_pass(
+    segmenter, benchmarks: dict, scores: Sequence[str], workers: int, device
+) -> tuple[dict, int, float]:
     """One evaluation with every step timed: ``({stage: seconds}, frames, wall seconds)``."""
     t = defaultdict(float)
     clock = time.perf_counter
     n_frames = 0
     start = clock()
     for dataset in benchmarks.values():
-        loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                            persistent_workers=False, pin_memory=device.type == "cuda")
+        loader = DataLoader(
+            dataset,
+            batch_size=None,
+            shuffle=False,
+            num_workers=workers,
+            persistent_workers=False,
+            pin_memory=device.type == "cuda",
+        )
         frames = []
         t0 = clock()
         for i, item in enumerate(loader):
@@ -129,28 +148,61 @@ def timed_pass(segmenter, benchmarks: dict, scores: Sequence[str], workers: int,
 
 
 def end_to_end(segmenter, benchmarks, scores, workers) -> float:
-    """Seconds of ``evaluate_anomaly`` with its defaults (results, curves and maps to a temporary folder)."""
+    """Seconds of ``evaluate_anomaly`` with its defaults (results, curves and maps to a temporary
+    folder)."""
     with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:
         t = time.perf_counter()
-        evaluate_anomaly(segmenter, benchmarks, scores=scores, results_path=Path(tmp) / "results.csv",
-                         num_workers=workers, progress=False)
+        evaluate_anomaly(
+            segmenter,
+            benchmarks,
+            scores=scores,
+            results_path=Path(tmp) / "results.csv",
+            num_workers=workers,
+            progress=False,
+        )
         return time.perf_counter() - t
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="/tmp/bench_data/demo", help="embedded data root (generated when absent)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--data", default="/tmp/bench_data/demo", help="embedded data root (generated when absent)"
+    )
     ap.add_argument("--preset", default="demo", choices=("demo", "tiny"))
-    ap.add_argument("--weights", default=None, help="ERFNet weights (default: random; timing needs none)")
-    ap.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=(256, 512),
-                    help="ERFNet input and evaluation size (256 512, or the course's 512 1024)")
-    ap.add_argument("--workers", type=int, nargs="+", default=(0, 2), help="DataLoader num_workers settings to compare")
+    ap.add_argument(
+        "--weights", default=None, help="ERFNet weights (default: random; timing needs none)"
+    )
+    ap.add_argument(
+        "--input-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=(256, 512),
+        help="ERFNet input and evaluation size (256 512, or the course's 512 1024)",
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=(0, 2),
+        help="DataLoader num_workers settings to compare",
+    )
     ap.add_argument("--scores", nargs="+", default=("msp", "max_logit", "max_entropy", "energy"))
-    ap.add_argument("--max-frames", type=int, default=None, help="at most this many frames per data set")
+    ap.add_argument(
+        "--max-frames", type=int, default=None, help="at most this many frames per data set"
+    )
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads in the main process")
-    ap.add_argument("--no-end-to-end", dest="end_to_end", action="store_false",
-                    help="skip the end-to-end evaluate_anomaly run")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads in the main process"
+    )
+    ap.add_argument(
+        "--no-end-to-end",
+        dest="end_to_end",
+        action="store_false",
+        help="skip the end-to-end evaluate_anomaly run",
+    )
     return ap.parse_args(argv)
 
 
@@ -163,10 +215,14 @@ def main(argv: Sequence[str] | None = None) -> str:
     benchmarks = load_data(args)
     segmenter = make_segmenter(args, device)
     n_total = sum(len(d) for d in benchmarks.values())
-    header = [machine_line(device),
-              f"ERFNet ({'weights ' + args.weights if args.weights else 'random weights'}) at "
-              f"{args.input_size[0]}x{args.input_size[1]}, {n_total} frames of {len(benchmarks)} data sets "
-              f"({args.data}), scores {', '.join(args.scores)}; ms per frame (share of the steps' sum)", ""]
+    header = [
+        machine_line(device),
+        f"ERFNet ({'weights ' + args.weights if args.weights else 'random weights'}) at "
+        f"{args.input_size[0]}x{args.input_size[1]}, {n_total} frames of {len(benchmarks)} data "
+        f"sets ({args.data}), scores {', '.join(args.scores)}; ms per frame (share of the steps' "
+        "sum)",
+        "",
+    ]
     print("\n".join(header), flush=True)
     with torch.inference_mode():
         # warm-up: one frame through every step (lazy initialisation, first-call allocations)
@@ -176,7 +232,11 @@ def main(argv: Sequence[str] | None = None) -> str:
         for w in args.workers:
             load = f"{load_average():.1f}"
             stages, n, wall = timed_pass(segmenter, benchmarks, args.scores, w, device)
-            e2e = end_to_end(segmenter, benchmarks, args.scores, w) if args.end_to_end else float("nan")
+            e2e = (
+                end_to_end(segmenter, benchmarks, args.scores, w)
+                if args.end_to_end
+                else float("nan")
+            )
             results[w] = (stages, n, wall, e2e, load)
     headers = ["step"] + [f"workers={w} ms/frame" for w in args.workers]
     rows = []
@@ -184,11 +244,22 @@ def main(argv: Sequence[str] | None = None) -> str:
         row = [stage]
         for w, (stages, n, *_rest) in results.items():
             total = sum(stages.values())
-            row.append(f"{stages.get(stage, 0.0) / n * 1e3:.2f} ({stages.get(stage, 0.0) / total * 100:.0f}%)")
+            row.append(
+                f"{stages.get(stage, 0.0) / n * 1e3:.2f} "
+                f"({stages.get(stage, 0.0) / total * 100:.0f}%)"
+            )
         rows.append(row)
-    rows.append(["**sum of the steps**"] + [f"{sum(s.values()) / n * 1e3:.2f}" for s, n, *_ in results.values()])
-    rows.append(["**frames/s, timed loop**"] + [f"{n / wall:.2f}" for _, n, wall, *_ in results.values()])
-    rows.append(["**frames/s, evaluate_anomaly**"] + [f"{n / e2e:.2f}" for _, n, _, e2e, _ in results.values()])
+    rows.append(
+        ["**sum of the steps**"]
+        + [f"{sum(s.values()) / n * 1e3:.2f}" for s, n, *_ in results.values()]
+    )
+    rows.append(
+        ["**frames/s, timed loop**"] + [f"{n / wall:.2f}" for _, n, wall, *_ in results.values()]
+    )
+    rows.append(
+        ["**frames/s, evaluate_anomaly**"]
+        + [f"{n / e2e:.2f}" for _, n, _, e2e, _ in results.values()]
+    )
     rows.append(["load average at start"] + [r[4] for r in results.values()])
     table = markdown_table(headers, rows)
     print(table, flush=True)

@@ -1,4 +1,5 @@
-"""Pooled anomaly metrics: anomalyseg.metrics.anomaly_metrics against sklearn, as the course runs it.
+"""Pooled anomaly metrics: anomalyseg.metrics.anomaly_metrics against sklearn, as the course runs
+it.
 
 The course filters valid pixels, then calls ``average_precision_score``, ``roc_curve`` (for
 ood-metrics' FPR95) and ``roc_auc_score``; we call ``anomaly_metrics`` on the raw pooled arrays
@@ -78,7 +79,9 @@ def _sklearn(scores, labels):
 
 
 def _status_kib(field: str) -> int:
-    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
+    return next(
+        int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":")
+    )
 
 
 def child(method: str, prefix: str, repeat: int) -> None:
@@ -97,18 +100,35 @@ def child(method: str, prefix: str, repeat: int) -> None:
 
 
 def run_child(method: str, prefix: str, repeat: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", method, prefix, str(repeat)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", method, prefix, str(repeat)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pixels", type=float, nargs="+", default=[1e6, 10e6, 50e6],
-                    help="pooled pixels per run, void included")
-    ap.add_argument("--repeat", type=int, default=1, help="timed runs per subprocess (best is reported)")
-    ap.add_argument("--sklearn-max", type=float, default=50e6, help="skip sklearn above this many pixels")
-    ap.add_argument("--child", nargs=3, metavar=("METHOD", "PREFIX", "REPEAT"), help=argparse.SUPPRESS)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--pixels",
+        type=float,
+        nargs="+",
+        default=[1e6, 10e6, 50e6],
+        help="pooled pixels per run, void included",
+    )
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="timed runs per subprocess (best is reported)"
+    )
+    ap.add_argument(
+        "--sklearn-max", type=float, default=50e6, help="skip sklearn above this many pixels"
+    )
+    ap.add_argument(
+        "--child", nargs=3, metavar=("METHOD", "PREFIX", "REPEAT"), help=argparse.SUPPRESS
+    )
     args = ap.parse_args()
     if args.child:
         return child(args.child[0], args.child[1], int(args.child[2]))
@@ -117,13 +137,27 @@ def main() -> None:
 
     cpu = platform.processor()
     if Path("/proc/cpuinfo").exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                    if line.startswith("model name")), cpu)
-    print(f"machine: {cpu}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
-          f"numpy {np.__version__}, scikit-learn {sklearn.__version__}, Python {platform.python_version()}")
-    print("time: best of --repeat; memory: peak RSS (VmHWM) rise over the loaded data; fresh subprocess each\n")
-    print("| pixels | valid | ours (s) | sklearn (s) | speed-up | ours peak (MiB) | sklearn peak (MiB) "
-          "| memory ratio | max abs diff | binned 2^24 (s) | binned peak (MiB) | binned - ours (max, points) |")
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in open("/proc/cpuinfo")
+                if line.startswith("model name")
+            ),
+            cpu,
+        )
+    print(
+        f"machine: {cpu}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; numpy "
+        f"{np.__version__}, scikit-learn {sklearn.__version__}, Python {platform.python_version()}"
+    )
+    print(
+        "time: best of --repeat; memory: peak RSS (VmHWM) rise over the loaded data; fresh "
+        "subprocess each\n"
+    )
+    print(
+        "| pixels | valid | ours (s) | sklearn (s) | speed-up | ours peak (MiB) | sklearn peak "
+        "(MiB) | memory ratio | max abs diff | binned 2^24 (s) | binned peak (MiB) | binned - "
+        "ours (max, points) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="bench_metrics_") as tmp:
         for n in map(int, args.pixels):
@@ -138,8 +172,14 @@ def main() -> None:
             if n <= args.sklearn_max:
                 sk = run_child("sklearn", prefix, args.repeat)
                 diff = max(abs(a - b) for a, b in zip(ours["values"], sk["values"]))
-                row += [f"{sk['time']:.2f}", f"{sk['time'] / ours['time']:.1f}x", f"{ours['peak_mib']:.0f}",
-                        f"{sk['peak_mib']:.0f}", f"{ours['peak_mib'] / sk['peak_mib']:.2f}", f"{diff:.1e}"]
+                row += [
+                    f"{sk['time']:.2f}",
+                    f"{sk['time'] / ours['time']:.1f}x",
+                    f"{ours['peak_mib']:.0f}",
+                    f"{sk['peak_mib']:.0f}",
+                    f"{ours['peak_mib'] / sk['peak_mib']:.2f}",
+                    f"{diff:.1e}",
+                ]
             else:
                 row += ["-", "-", f"{ours['peak_mib']:.0f}", "-", "-", "-"]
             binned = run_child("binned", prefix, args.repeat)

@@ -37,7 +37,8 @@ the scores add <= 5% to the bare forward.
     python benchmarks/bench_models.py --device cuda --dtype bf16 --compile --model all --batch 1 8
     python benchmarks/bench_models.py --model erfnet --batch 1 8 --frames 16          # CPU
     python benchmarks/bench_models.py --model eomt --small --frames 8                  # CPU
-    python benchmarks/bench_models.py --model eomt --frames 1 --warmup 1               # CPU, EoMT-L: minutes
+    python benchmarks/bench_models.py --model eomt --frames 1 --warmup 1               # CPU,
+    EoMT-L: minutes
 """
 
 from __future__ import annotations
@@ -54,18 +55,43 @@ from anomalyseg.labels import NUM_CLASSES
 from anomalyseg.scores import get_score
 
 SCORES = ("msp", "max_logit", "max_entropy", "energy", "rba")
-HEADERS = ("model", "config", "frame", "windows/frame", "batch", "dtype", "compile", "mode", "frames/s",
-           "ms/frame", "CPU ms/frame", "vs bare", "vs bare (CPU time)", "first call (s)", "weights (MiB)",
-           "peak extra (MiB)")
+HEADERS = (
+    "model",
+    "config",
+    "frame",
+    "windows/frame",
+    "batch",
+    "dtype",
+    "compile",
+    "mode",
+    "frames/s",
+    "ms/frame",
+    "CPU ms/frame",
+    "vs bare",
+    "vs bare (CPU time)",
+    "first call (s)",
+    "weights (MiB)",
+    "peak extra (MiB)",
+)
 
 
 def eomt_large_config():
     """The released Cityscapes EoMT-L at 1024 (tue-mps/cityscapes_semantic_eomt_large_1024)."""
     from transformers import EomtConfig
 
-    return EomtConfig(num_labels=NUM_CLASSES, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                      patch_size=16, image_size=1024, num_blocks=4, num_queries=200, num_register_tokens=4,
-                      num_upscale_blocks=2, mlp_ratio=4)
+    return EomtConfig(
+        num_labels=NUM_CLASSES,
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        patch_size=16,
+        image_size=1024,
+        num_blocks=4,
+        num_queries=200,
+        num_register_tokens=4,
+        num_upscale_blocks=2,
+        mlp_ratio=4,
+    )
 
 
 def five_scores(x: torch.Tensor) -> list[torch.Tensor]:
@@ -85,7 +111,10 @@ def bench_erfnet(args, device: torch.device, batch: int) -> list[list]:
     model = ERFNet().to(device).eval()
     x = torch.rand(batch, 3, h, w, device=device)
     if args.channels_last:
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        model, x = (
+            model.to(memory_format=torch.channels_last),
+            x.contiguous(memory_format=torch.channels_last),
+        )
     net = _compile(model, args) if args.compile else model
 
     def bare():
@@ -98,7 +127,9 @@ def bench_erfnet(args, device: torch.device, batch: int) -> list[list]:
         return five_scores(logits[:, :NUM_CLASSES])
 
     config = "ERFNet 20 cls" + (", channels_last" if args.channels_last else "")
-    return _rows(args, device, "erfnet", config, f"{h}x{w}", 1, batch, {"bare": bare, "full": full}, model)
+    return _rows(
+        args, device, "erfnet", config, f"{h}x{w}", 1, batch, {"bare": bare, "full": full}, model
+    )
 
 
 # ----------------------------------------------------------------------------- EoMT
@@ -130,17 +161,25 @@ def bench_eomt(args, device: torch.device, batch: int) -> list[list]:
             out = segmenter.forward_windows(torch.cat([c[0] for c in split]))
         maps = []
         for b, (_, offsets, resized) in enumerate(split):
-            raw = {"mask_logits": out["mask_logits"][b * n : (b + 1) * n],
-                   "class_logits": out["class_logits"][b * n : (b + 1) * n],
-                   "offsets": offsets, "resized_size": torch.tensor(resized), "frame_size": torch.tensor((h, w))}
+            raw = {
+                "mask_logits": out["mask_logits"][b * n : (b + 1) * n],
+                "class_logits": out["class_logits"][b * n : (b + 1) * n],
+                "offsets": offsets,
+                "resized_size": torch.tensor(resized),
+                "frame_size": torch.tensor((h, w)),
+            }
             maps.append(five_scores(segmenter.class_map(raw, (h, w))))
         return maps
 
     c = model.config
     name = "small (embedded)" if args.small else "EoMT-L"
-    desc = (f"{name}: D{c.hidden_size} L{c.num_hidden_layers} H{c.num_attention_heads} p{c.patch_size} "
-            f"{c.num_blocks}x{c.num_queries}q S{c.image_size}, attn {c._attn_implementation}")
-    return _rows(args, device, "eomt", desc, f"{h}x{w}", n, batch, {"bare": bare, "full": full}, model)
+    desc = (
+        f"{name}: D{c.hidden_size} L{c.num_hidden_layers} H{c.num_attention_heads} p{c.patch_size} "
+        f"{c.num_blocks}x{c.num_queries}q S{c.image_size}, attn {c._attn_implementation}"
+    )
+    return _rows(
+        args, device, "eomt", desc, f"{h}x{w}", n, batch, {"bare": bare, "full": full}, model
+    )
 
 
 # ----------------------------------------------------------------------------- table
@@ -153,32 +192,89 @@ def _rows(args, device, model, config, frame, windows, batch, fns, net) -> list[
     rows = []
     for mode, t in timings.items():
         overhead = "-" if mode == "bare" else f"{(t.total_s / bare.total_s - 1) * 100:+.1f}%"
-        cpu_overhead = "-" if mode == "bare" else f"{(t.total_cpu_s / bare.total_cpu_s - 1) * 100:+.1f}%"
-        rows.append([model, config, frame, windows, batch, args.dtype, args.compile_mode if args.compile else "no",
-                     mode, f"{batch * iters / t.total_s:.3g}", f"{t.median_s / batch * 1e3:.3g}",
-                     f"{t.total_cpu_s / (batch * iters) * 1e3:.3g}", overhead, cpu_overhead,
-                     f"{t.first_call_s:.3g}", f"{weights:.0f}", f"{t.peak_mib:.0f}"])
+        cpu_overhead = (
+            "-" if mode == "bare" else f"{(t.total_cpu_s / bare.total_cpu_s - 1) * 100:+.1f}%"
+        )
+        rows.append(
+            [
+                model,
+                config,
+                frame,
+                windows,
+                batch,
+                args.dtype,
+                args.compile_mode if args.compile else "no",
+                mode,
+                f"{batch * iters / t.total_s:.3g}",
+                f"{t.median_s / batch * 1e3:.3g}",
+                f"{t.total_cpu_s / (batch * iters) * 1e3:.3g}",
+                overhead,
+                cpu_overhead,
+                f"{t.first_call_s:.3g}",
+                f"{weights:.0f}",
+                f"{t.peak_mib:.0f}",
+            ]
+        )
     return rows
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", choices=("erfnet", "eomt", "all"), default="all")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
-    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: torch.autocast around the network")
+    ap.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: torch.autocast around the network",
+    )
     ap.add_argument("--compile", action="store_true", help="torch.compile the network")
-    ap.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"))
-    ap.add_argument("--channels-last", action="store_true", help="ERFNet in channels_last memory format")
-    ap.add_argument("--frames", type=int, default=None,
-                    help="timed frames per configuration (default: 64 on cuda, 8 on cpu, 1 for EoMT-L on cpu)")
-    ap.add_argument("--batch", type=int, nargs="+", default=None,
-                    help="frames per forward (default: ERFNet 1 8, EoMT 1)")
-    ap.add_argument("--warmup", type=int, default=None, help="warm-up calls, excluded (default: 5 on cuda, 1 on cpu)")
-    ap.add_argument("--small", action="store_true", help="small embedded EoMT and 256x512 frames (for CPUs)")
-    ap.add_argument("--erfnet-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                    help="ERFNet input (default 512 1024; 256 512 with --small)")
-    ap.add_argument("--eomt-frame", type=int, nargs=2, metavar=("H", "W"), default=None,
-                    help="EoMT frame (default 1024 2048; 256 512 with --small)")
+    ap.add_argument(
+        "--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune")
+    )
+    ap.add_argument(
+        "--channels-last", action="store_true", help="ERFNet in channels_last memory format"
+    )
+    ap.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        help="timed frames per configuration (default: 64 on cuda, 8 on cpu, 1 for EoMT-L on cpu)",
+    )
+    ap.add_argument(
+        "--batch",
+        type=int,
+        nargs="+",
+        default=None,
+        help="frames per forward (default: ERFNet 1 8, EoMT 1)",
+    )
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="warm-up calls, excluded (default: 5 on cuda, 1 on cpu)",
+    )
+    ap.add_argument(
+        "--small", action="store_true", help="small embedded EoMT and 256x512 frames (for CPUs)"
+    )
+    ap.add_argument(
+        "--erfnet-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="ERFNet input (default 512 1024; 256 512 with --small)",
+    )
+    ap.add_argument(
+        "--eomt-frame",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="EoMT frame (default 1024 2048; 256 512 with --small)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     args = ap.parse_args(argv)
     args.erfnet_size = args.erfnet_size or ((256, 512) if args.small else (512, 1024))
@@ -198,13 +294,19 @@ def main(argv: Sequence[str] | None = None) -> str:
         torch.backends.cudnn.benchmark = True
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 2 if args.compile else 1)
     args.warmup = warmup
-    header = [machine_line(device),
-              f"warm-up calls: {warmup} per mode (excluded; 'first call' is the first of them, compilation included); "
-              "'peak extra': memory beyond the weights and inputs over the last warm-up call, "
-              + ("torch.cuda.max_memory_allocated minus memory_allocated before it" if cuda else
-                 "rise of the peak resident set (VmHWM, reset via /proc/self/clear_refs) over the resident set "
-                 "before it"),
-              ""]
+    header = [
+        machine_line(device),
+        f"warm-up calls: {warmup} per mode (excluded; 'first call' is the first of them, "
+        "compilation included); 'peak extra': memory beyond the weights and inputs over the last "
+        "warm-up call, "
+        + (
+            "torch.cuda.max_memory_allocated minus memory_allocated before it"
+            if cuda
+            else "rise of the peak resident set (VmHWM, reset via /proc/self/clear_refs) over the "
+            "resident set before it"
+        ),
+        "",
+    ]
     print("\n".join(header), flush=True)
     rows = []
     models = ("erfnet", "eomt") if args.model == "all" else (args.model,)

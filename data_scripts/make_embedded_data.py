@@ -1,6 +1,7 @@
-"""Write the embedded procedural road data set (a thin entry to ``anomalyseg.data.synthetic.make_data``).
+"""Write the embedded procedural road data set (a thin entry to
+``anomalyseg.data.synthetic.make_data``).
 
-    python data_scripts/make_embedded_data.py --preset demo --out data/embedded --seed 0
+python data_scripts/make_embedded_data.py --preset demo --out data/embedded --seed 0
 """
 
 from __future__ import annotations
@@ -13,8 +14,18 @@ from anomalyseg.data.synthetic import PRESETS, make_data
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="frame size and counts (see PRESETS)")
-    parser.add_argument("--out", type=Path, required=True, help="folder to create (replaced if it holds embedded data)")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="demo",
+        help="frame size and counts (see PRESETS)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder to create (replaced if it holds embedded data)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)

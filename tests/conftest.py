@@ -30,7 +30,10 @@ def tiny_data(tmp_path_factory) -> Path:
 def realdata() -> Path:
     """The two real road photos of ../shared/realdata (never copied into the repository)."""
     if not (REALDATA / "images").is_dir():
-        pytest.skip(f"real road photos not found at {REALDATA} (they live beside the checkout, in ../shared)")
+        pytest.skip(
+            f"real road photos not found at {REALDATA} (they live beside the checkout, in "
+            "../shared)"
+        )
     return REALDATA
 
 

@@ -6,8 +6,16 @@ from anomalyseg.models.eomt import small_eomt_config
 
 # small_eomt_config settings of an EoMT of a few thousand parameters: 32 px windows of 2x2
 # patches, 6 queries in 2 blocks.
-TINY_EOMT = dict(image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=3,
-                 num_attention_heads=2, num_blocks=2, num_queries=6, num_register_tokens=1)
+TINY_EOMT = dict(
+    image_size=32,
+    patch_size=16,
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    num_blocks=2,
+    num_queries=6,
+    num_register_tokens=1,
+)
 
 
 def tiny_eomt_config(**kw):

@@ -3,7 +3,6 @@ suffixes, half-copied Cityscapes, killed generators, damaged COCO annotations.""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -46,7 +45,9 @@ def test_16_bit_grayscale_frame_is_scaled_not_clipped(tmp_path):
     np.testing.assert_array_equal(rgb[..., 0], gray8)  # v * 257 / 257
     assert (rgb[..., 0] == rgb[..., 2]).all()
     item = AnomalyBenchmark(tmp_path / "fs_static")[0]
-    np.testing.assert_array_equal(item["image"].numpy(), np.broadcast_to(gray8, (3, 8, 12)))  # mean was ~254
+    np.testing.assert_array_equal(
+        item["image"].numpy(), np.broadcast_to(gray8, (3, 8, 12))
+    )  # mean was ~254
 
 
 def test_smiyc_spelling_is_read_and_unknown_folders_are_named(tiny_data, tmp_path):
@@ -78,7 +79,9 @@ def _cityscapes_images(root: Path, cities=("aachen", "bremen")):
     for city in cities:
         d = root / "leftImg8bit" / "val" / city
         d.mkdir(parents=True)
-        Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(d / f"{city}_000000_000019_leftImg8bit.png")
+        Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(
+            d / f"{city}_000000_000019_leftImg8bit.png"
+        )
 
 
 def test_cityscapes_hints_say_what_is_there(tmp_path):
@@ -94,13 +97,18 @@ def test_cityscapes_hints_say_what_is_there(tmp_path):
     assert "['bremen']" in str(info.value) and "has *_gtFine_labelIds.png" not in str(info.value)
 
     (tmp_path / "gtFine" / "val" / "bremen").mkdir()
-    with pytest.raises(DatasetError) as info:  # cities there, no labels of any kind: no claim about labelIds
+    with pytest.raises(
+        DatasetError
+    ) as info:  # cities there, no labels of any kind: no claim about labelIds
         CityscapesSegmentation(tmp_path, "val")
-    assert "has *_gtFine_labelIds.png" not in str(info.value) and "csCreateTrainIdLabelImgs" in str(info.value)
+    assert "has *_gtFine_labelIds.png" not in str(info.value) and "csCreateTrainIdLabelImgs" in str(
+        info.value
+    )
 
     for city in ("aachen", "bremen"):
         Image.fromarray(np.zeros((8, 16), np.uint8)).save(
-            tmp_path / "gtFine" / "val" / city / f"{city}_000000_000019_gtFine_labelIds.png")
+            tmp_path / "gtFine" / "val" / city / f"{city}_000000_000019_gtFine_labelIds.png"
+        )
     with pytest.raises(DatasetError, match=r"has \*_gtFine_labelIds.png but no"):
         CityscapesSegmentation(tmp_path, "val")
 
@@ -110,7 +118,9 @@ def test_stale_partial_folders_of_make_data_are_removed(tmp_path):
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f".tiny.partial-{dead.pid}-abcd1234"  # left by a make-data killed with SIGKILL
+    stale = (
+        tmp_path / f".tiny.partial-{dead.pid}-abcd1234"
+    )  # left by a make-data killed with SIGKILL
     older = tmp_path / ".tiny.partial-x7k2m9q1"  # the former naming, without a pid
     alive = tmp_path / f".tiny.partial-{os.getpid()}-efgh5678"  # a run still going on
     for d in (stale, older, alive):
@@ -122,10 +132,28 @@ def test_stale_partial_folders_of_make_data_are_removed(tmp_path):
 
 def test_make_data_stopped_by_sigterm_leaves_nothing(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "lib")}
-    proc = subprocess.Popen([sys.executable, "-m", "anomalyseg.cli", "make-data", "--preset", "demo", "--out",
-                             str(tmp_path / "demo")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "anomalyseg.cli",
+            "make-data",
+            "--preset",
+            "demo",
+            "--out",
+            str(tmp_path / "demo"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 600  # generous: a loaded CI machine takes long to import
-    while not list(tmp_path.glob(".demo.partial-*")) and time.time() < deadline and proc.poll() is None:
+    while (
+        not list(tmp_path.glob(".demo.partial-*"))
+        and time.time() < deadline
+        and proc.poll() is None
+    ):
         time.sleep(0.2)
     assert list(tmp_path.glob(".demo.partial-*")), "make-data never started writing"
     proc.send_signal(signal.SIGTERM)

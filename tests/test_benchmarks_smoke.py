@@ -34,8 +34,27 @@ def _number(cell: str) -> float:
 
 def test_bench_models_smoke(capsys):
     bench = _load("bench_models")
-    out = bench.main(["--model", "all", "--small", "--erfnet-size", "32", "64", "--eomt-frame", "64", "128",
-                      "--frames", "1", "--batch", "1", "--warmup", "1", "--threads", "1"])
+    out = bench.main(
+        [
+            "--model",
+            "all",
+            "--small",
+            "--erfnet-size",
+            "32",
+            "64",
+            "--eomt-frame",
+            "64",
+            "128",
+            "--frames",
+            "1",
+            "--batch",
+            "1",
+            "--warmup",
+            "1",
+            "--threads",
+            "1",
+        ]
+    )
     assert out.strip() in capsys.readouterr().out
     assert out.startswith("machine: ") and "torch " in out and "device: CPU" in out
     rows = parse_markdown_table(out)
@@ -43,13 +62,22 @@ def test_bench_models_smoke(capsys):
     expected = [("erfnet", "bare"), ("erfnet", "full"), ("eomt", "bare"), ("eomt", "full")]
     assert [(r["model"], r["mode"]) for r in rows] == expected
     for r in rows:
-        assert _number(r["frames/s"]) > 0 and _number(r["ms/frame"]) > 0 and _number(r["first call (s)"]) > 0
+        assert (
+            _number(r["frames/s"]) > 0
+            and _number(r["ms/frame"]) > 0
+            and _number(r["first call (s)"]) > 0
+        )
         assert _number(r["CPU ms/frame"]) >= 0  # process_time ticks coarsely on some systems
         assert _number(r["weights (MiB)"]) > 0
         assert _number(r["peak extra (MiB)"]) >= 0  # a reused allocation may add nothing
         for col in ("vs bare", "vs bare (CPU time)"):
             assert r[col] == "-" if r["mode"] == "bare" else r[col].endswith("%")
-    assert [r["windows/frame"] for r in rows] == ["1", "1", "2", "2"]  # EoMT: two windows per 1:2 frame
+    assert [r["windows/frame"] for r in rows] == [
+        "1",
+        "1",
+        "2",
+        "2",
+    ]  # EoMT: two windows per 1:2 frame
 
 
 def test_bench_models_refuses_cuda_without_gpu():
@@ -63,8 +91,24 @@ def test_bench_models_refuses_cuda_without_gpu():
 
 def test_bench_eval_loop_smoke(tiny_data, capsys):
     bench = _load("bench_eval_loop")
-    out = bench.main(["--data", str(tiny_data), "--preset", "tiny", "--input-size", "32", "64", "--max-frames", "1",
-                      "--workers", "0", "1", "--threads", "1"])
+    out = bench.main(
+        [
+            "--data",
+            str(tiny_data),
+            "--preset",
+            "tiny",
+            "--input-size",
+            "32",
+            "64",
+            "--max-frames",
+            "1",
+            "--workers",
+            "0",
+            "1",
+            "--threads",
+            "1",
+        ]
+    )
     assert out.strip() in capsys.readouterr().out
     assert out.startswith("machine: ")
     rows = {r["step"]: r for r in parse_markdown_table(out)}
@@ -73,27 +117,63 @@ def test_bench_eval_loop_smoke(tiny_data, capsys):
     assert set(bench.STAGES) <= set(rows)
     for stage in ("network", "class map + scores", "metric update"):
         assert all(_number(rows[stage][c]) > 0 for c in cols)
-    for key in ("**sum of the steps**", "**frames/s, timed loop**", "**frames/s, evaluate_anomaly**"):
+    for key in (
+        "**sum of the steps**",
+        "**frames/s, timed loop**",
+        "**frames/s, evaluate_anomaly**",
+    ):
         assert all(_number(rows[key][c]) > 0 for c in cols)
 
 
 def test_bench_sweep_smoke(tiny_data, tmp_path, capsys):
     bench = _load("bench_sweep")
-    out = bench.main(["--data-root", str(tiny_data.parent), "--preset", "tiny", "--output-dir", str(tmp_path),
-                      "--train-steps", "2", "--temperatures", "0.5", "1.0", "--threads", "1"])
+    out = bench.main(
+        [
+            "--data-root",
+            str(tiny_data.parent),
+            "--preset",
+            "tiny",
+            "--output-dir",
+            str(tmp_path),
+            "--train-steps",
+            "2",
+            "--temperatures",
+            "0.5",
+            "1.0",
+            "--threads",
+            "1",
+        ]
+    )
     assert out.strip() in capsys.readouterr().out
     rows = {r["model"]: r for r in parse_markdown_table(out)}
     assert set(rows) == {"eomt", "erfnet"} and list(rows["eomt"]) == list(bench.HEADERS)
-    assert rows["eomt"]["points"] == "4" and rows["erfnet"]["points"] == "2"  # EoMT: pixel and class T
+    assert (
+        rows["eomt"]["points"] == "4" and rows["erfnet"]["points"] == "2"
+    )  # EoMT: pixel and class T
     for r in rows.values():
-        assert _number(r["pass (s)"]) > 0 and _number(r["sweep exact (s)"]) > 0 and _number(r["sweep binned (s)"]) > 0
+        assert (
+            _number(r["pass (s)"]) > 0
+            and _number(r["sweep exact (s)"]) > 0
+            and _number(r["sweep binned (s)"]) > 0
+        )
         assert _number(r["binned - exact AuPRC (max, points)"]) >= 0
 
 
 def test_bench_frame_stats_smoke(tiny_data, capsys):
     bench = _load("bench_frame_stats")
-    out = bench.main(["--data", str(tiny_data / "Validation_Dataset"), "--input-size", "32", "64", "--max-frames", "2",
-                      "--n-boot", "20"])
+    out = bench.main(
+        [
+            "--data",
+            str(tiny_data / "Validation_Dataset"),
+            "--input-size",
+            "32",
+            "64",
+            "--max-frames",
+            "2",
+            "--n-boot",
+            "20",
+        ]
+    )
     assert out.strip() in capsys.readouterr().out
     assert out.startswith("machine: ")
     rows = parse_markdown_table(out)
@@ -101,5 +181,7 @@ def test_bench_frame_stats_smoke(tiny_data, capsys):
     assert [r["benchmark"] for r in rows][-1] == "**all**" and len(rows) == 6
     for r in rows[:-1]:
         assert _number(r["with frame stats (s)"]) > 0 and int(r["bins (max)"]) > 0
-        assert 0 <= _number(r["binned - exact AuPRC (max, points)"]) < 0.5  # tiny frames: bins are the scores
+        assert (
+            0 <= _number(r["binned - exact AuPRC (max, points)"]) < 0.5
+        )  # tiny frames: bins are the scores
     assert "notebook 06's tables (intervals" in out

@@ -26,7 +26,9 @@ def _frames(rng, F=6, n=150, shift=1.0, decimals=None):
         y = (rng.random(n) < rng.uniform(0.05, 0.3)).astype(np.uint8)
         y[0], y[1] = 1, 0
         y[rng.random(n) < 0.1] = 255
-        s = rng.normal(size=n) + shift * (y == 1) + rng.normal() * 0.5  # frames differ: the interval is wide
+        s = (
+            rng.normal(size=n) + shift * (y == 1) + rng.normal() * 0.5
+        )  # frames differ: the interval is wide
         out.append(((s if decimals is None else s.round(decimals)).astype(np.float32), y))
     return out
 
@@ -86,7 +88,8 @@ def test_quantile_bins_when_scores_are_many():
     exact = anomaly_metrics(s, y)
     ones = np.ones((1, len(frames)), np.int64)
     binned = {k: v[0] for k, v in B.pixel_metrics(st, ones).items()}
-    # 256 quantile bins per class: within a bin the pixels tie; measured here 0.0016 AuPRC, 0.0008 FPR95
+    # 256 quantile bins per class: within a bin the pixels tie; measured here 0.0016 AuPRC, 0.0008
+    # FPR95
     assert binned["auprc"] == pytest.approx(exact["auprc"], abs=0.005)
     assert binned["fpr_at_95_tpr"] == pytest.approx(exact["fpr_at_95_tpr"], abs=0.005)
     # the histograms hold every valid pixel of every frame
@@ -108,11 +111,16 @@ def test_paired_test_tells_noise_from_a_real_difference():
     real = B.paired_bootstrap(good, bad, "auprc", n_boot=300)
     s, y = map(np.concatenate, zip(*frames))
     assert real["significant"] == 1.0 and real["lo"] > 0 and real["p_value"] < 0.01
-    assert real["diff"] == pytest.approx(anomaly_metrics(s, y)["auprc"] - B.pixel_metrics(bad, np.ones((1, 10)))["auprc"][0])
+    assert real["diff"] == pytest.approx(
+        anomaly_metrics(s, y)["auprc"] - B.pixel_metrics(bad, np.ones((1, 10)))["auprc"][0]
+    )
     noise = B.paired_bootstrap(_stats(a), _stats(b), "auprc", n_boot=300)
     assert noise["significant"] == 0.0 and noise["lo"] < 0 < noise["hi"] and noise["p_value"] > 0.05
     # the p-value is the two-sided tail share of the resampled differences at 0
-    d = B.pixel_metrics(_stats(a), B.multiplicities(10, 300))["auprc"] - B.pixel_metrics(_stats(b), B.multiplicities(10, 300))["auprc"]
+    d = (
+        B.pixel_metrics(_stats(a), B.multiplicities(10, 300))["auprc"]
+        - B.pixel_metrics(_stats(b), B.multiplicities(10, 300))["auprc"]
+    )
     assert noise["p_value"] == pytest.approx(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean())))
     # frames are matched by stem, whatever their order
     shuffled = {k: (v[::-1] if np.ndim(v) and len(v) == 10 else v) for k, v in bad.items()}
@@ -136,8 +144,16 @@ class BlobData(ListData):
                 lab[r : r + rng.integers(2, 4), c : c + rng.integers(2, 5)] = 1
             lab[11, :] = 255
             img = rng.integers(60, 120, (3, 12, 20))
-            img[:, lab == 1] = rng.integers(95, 150, (3, int((lab == 1).sum())))  # mid-grey: flat logits
-            self.items.append({"image": torch.as_tensor(img, dtype=torch.uint8), "label": torch.as_tensor(lab), "stem": str(i)})
+            img[:, lab == 1] = rng.integers(
+                95, 150, (3, int((lab == 1).sum()))
+            )  # mid-grey: flat logits
+            self.items.append(
+                {
+                    "image": torch.as_tensor(img, dtype=torch.uint8),
+                    "label": torch.as_tensor(lab),
+                    "stem": str(i),
+                }
+            )
 
 
 def test_evaluation_stores_frame_stats_and_component_metrics(tmp_path, monkeypatch):
@@ -152,16 +168,25 @@ def test_evaluation_stores_frame_stats_and_component_metrics(tmp_path, monkeypat
 
     seg, data = ToySegmenter(), BlobData(4)
     path = tmp_path / "results.csv"
-    evaluate_anomaly(seg, {"RoadAnomaly21": data, "fs_static": ListData(3, seed=2)}, scores=("msp", "max_logit"),
-                     results_path=path, progress=False)
+    evaluate_anomaly(
+        seg,
+        {"RoadAnomaly21": data, "fs_static": ListData(3, seed=2)},
+        scores=("msp", "max_logit"),
+        results_path=path,
+        progress=False,
+    )
     assert seg.forwards == 7
     stored = read_results(path)
     ra = stored[(stored.dataset == "RoadAnomaly21") & (stored.score == "max_logit")].iloc[0]
     st = load_frame_stats(path, ra)
     assert list(st["stems"]) == ["0", "1", "2", "3"]
     # Independent check of the component metrics: score maps from the scores module, the best-F1
-    # threshold from sklearn's PR curve, SMIYC's anomaly-track filters (the toy frames are at native size).
-    maps = [S.max_logit(seg.class_map(seg.raw_outputs(it["image"]), (12, 20))).numpy() for it in data.items]
+    # threshold from sklearn's PR curve, SMIYC's anomaly-track filters (the toy frames are at
+    # native size).
+    maps = [
+        S.max_logit(seg.class_map(seg.raw_outputs(it["image"]), (12, 20))).numpy()
+        for it in data.items
+    ]
     labels = [it["label"].numpy() for it in data.items]
     keep = np.concatenate([lab.ravel() for lab in labels]) < 2
     y = np.concatenate([lab.ravel() for lab in labels])[keep]
@@ -172,7 +197,9 @@ def test_evaluation_stores_frame_stats_and_component_metrics(tmp_path, monkeypat
     assert float(st["best_f1_threshold"]) == pytest.approx(t)
     want = C.component_metrics(maps, labels, t, track)
     assert want["components_gt"] > 2 and want["components_pred"] > 2 and 0 < want["f1_mean"] < 1
-    assert (ra.siou_gt, ra.ppv, ra.f1_mean) == pytest.approx((want["siou_gt"], want["ppv"], want["f1_mean"]), rel=1e-12)
+    assert (ra.siou_gt, ra.ppv, ra.f1_mean) == pytest.approx(
+        (want["siou_gt"], want["ppv"], want["f1_mean"]), rel=1e-12
+    )
     assert int(st["n_gt"].sum()) == want["components_gt"]
     # fs_static is not a SMIYC track: no component metrics, but histograms and size recall
     fs = stored[(stored.dataset == "fs_static") & (stored.score == "msp")].iloc[0]
@@ -182,8 +209,14 @@ def test_evaluation_stores_frame_stats_and_component_metrics(tmp_path, monkeypat
     # the detected share of anomaly pixels at the 95%-TPR threshold is the pooled TPR (>= 0.95)
     assert 0.95 <= st["size_detected"].sum() / st["size_pixels"].sum() < 1.0
     # temperature sweeps store no frame statistics
-    df2 = evaluate_anomaly(seg, {"fs_static": ListData(3, seed=2)}, scores=("msp",), results_path=path,
-                           progress=False, frame_stats=False)
+    df2 = evaluate_anomaly(
+        seg,
+        {"fs_static": ListData(3, seed=2)},
+        scores=("msp",),
+        results_path=path,
+        progress=False,
+        frame_stats=False,
+    )
     assert df2.frame_stats.isna().all() or (df2.frame_stats.fillna("") == "").all()
 
 
@@ -196,7 +229,9 @@ def test_interval_table_marks_ties_with_the_best(tmp_path):
     frames = _frames(rng, F=10, n=300, shift=1.5, decimals=1)
     methods = {
         "good": frames,
-        "twin": [((s + rng.normal(size=s.shape) * 0.3).round(1).astype(np.float32), y) for s, y in frames],
+        "twin": [
+            ((s + rng.normal(size=s.shape) * 0.3).round(1).astype(np.float32), y) for s, y in frames
+        ],
         "bad": [(rng.normal(size=s.shape).round(1).astype(np.float32), y) for s, y in frames],
     }
     arrays, rows = {}, []
@@ -205,28 +240,69 @@ def test_interval_table_marks_ties_with_the_best(tmp_path):
         arrays.update({f"{name}|{k}": v for k, v in st.items()})
         s, y = map(np.concatenate, zip(*fr))
         m = anomaly_metrics(s, y)
-        rows.append(dict(model=name, score="msp", dataset="RoadAnomaly21", auprc=m["auprc"], fpr_at_95_tpr=m["fpr_at_95_tpr"],
-                         frame_stats=f"frame_stats/r/RoadAnomaly21.npz#{name}"))
-    rows.append(dict(model="old", score="msp", dataset="RoadAnomaly21", auprc=0.5, fpr_at_95_tpr=0.5, frame_stats=""))
+        rows.append(
+            dict(
+                model=name,
+                score="msp",
+                dataset="RoadAnomaly21",
+                auprc=m["auprc"],
+                fpr_at_95_tpr=m["fpr_at_95_tpr"],
+                frame_stats=f"frame_stats/r/RoadAnomaly21.npz#{name}",
+            )
+        )
+    rows.append(
+        dict(
+            model="old",
+            score="msp",
+            dataset="RoadAnomaly21",
+            auprc=0.5,
+            fpr_at_95_tpr=0.5,
+            frame_stats="",
+        )
+    )
     save_frame_stats(tmp_path / "results.csv", "r", "RoadAnomaly21", arrays)
     table = B.interval_table(pd.DataFrame(rows), tmp_path / "results.csv", n_boot=300)
     cell = table.loc[("good", "msp"), "SMIYC RA-21 AuPRC"]
     lo, hi = B.bootstrap_ci(arrays_of(arrays, "good"), ("auprc",), n_boot=300)["auprc"]
     assert cell == f"{100 * rows[0]['auprc']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] (best)"
-    twin = B.paired_bootstrap(arrays_of(arrays, "good"), arrays_of(arrays, "twin"), "auprc", n_boot=300)
-    assert table.loc[("twin", "msp"), "SMIYC RA-21 AuPRC"].endswith(" (~)") == (twin["significant"] == 0.0)
-    assert not table.loc[("bad", "msp"), "SMIYC RA-21 AuPRC"].endswith(")")  # significantly worse: no mark
-    assert table.loc[("old", "msp"), "SMIYC RA-21 AuPRC"] == "50.0"  # no stored statistics: the value alone
+    twin = B.paired_bootstrap(
+        arrays_of(arrays, "good"), arrays_of(arrays, "twin"), "auprc", n_boot=300
+    )
+    assert table.loc[("twin", "msp"), "SMIYC RA-21 AuPRC"].endswith(" (~)") == (
+        twin["significant"] == 0.0
+    )
+    assert not table.loc[("bad", "msp"), "SMIYC RA-21 AuPRC"].endswith(
+        ")"
+    )  # significantly worse: no mark
+    assert (
+        table.loc[("old", "msp"), "SMIYC RA-21 AuPRC"] == "50.0"
+    )  # no stored statistics: the value alone
     # a later row with the same figures but no statistics (a temperature sweep's T = 1 row) borrows
     # those of its twin when the store is given
     df = pd.DataFrame(rows + [dict(rows[0], frame_stats="")])
     shown = df.drop_duplicates(subset=["model", "score", "dataset"], keep="last")
-    assert B.interval_table(shown, tmp_path / "results.csv", n_boot=300).loc[("good", "msp"), "SMIYC RA-21 AuPRC"] \
+    assert (
+        B.interval_table(shown, tmp_path / "results.csv", n_boot=300).loc[
+            ("good", "msp"), "SMIYC RA-21 AuPRC"
+        ]
         == f"{100 * rows[0]['auprc']:.1f}"
-    assert B.interval_table(shown, tmp_path / "results.csv", n_boot=300, store=df).loc[("good", "msp"), "SMIYC RA-21 AuPRC"] == cell
+    )
+    assert (
+        B.interval_table(shown, tmp_path / "results.csv", n_boot=300, store=df).loc[
+            ("good", "msp"), "SMIYC RA-21 AuPRC"
+        ]
+        == cell
+    )
     changed = pd.DataFrame(rows + [dict(rows[0], frame_stats="", auprc=rows[0]["auprc"] + 0.01)])
-    assert "[" not in B.interval_table(changed.drop_duplicates(subset=["model", "score", "dataset"], keep="last"),
-                                       tmp_path / "results.csv", n_boot=300, store=changed).loc[("good", "msp"), "SMIYC RA-21 AuPRC"]
+    assert (
+        "["
+        not in B.interval_table(
+            changed.drop_duplicates(subset=["model", "score", "dataset"], keep="last"),
+            tmp_path / "results.csv",
+            n_boot=300,
+            store=changed,
+        ).loc[("good", "msp"), "SMIYC RA-21 AuPRC"]
+    )
     # FPR95: lower is better
     fprs = {r["model"]: r["fpr_at_95_tpr"] for r in rows[:3]}
     best = min(fprs, key=fprs.get)

@@ -131,7 +131,9 @@ def test_non_strict_loads_matching_part_and_reports(erfnet_state):
     assert report.missing == ["decoder.output_conv.bias"]
     assert report.unexpected == ["extra.head.weight"]
     assert len(report.loaded) == len(erfnet_state) - 2
-    assert torch.equal(model.encoder.initial_block.conv.weight, erfnet_state["encoder.initial_block.conv.weight"])
+    assert torch.equal(
+        model.encoder.initial_block.conv.weight, erfnet_state["encoder.initial_block.conv.weight"]
+    )
     text = str(report)
     assert text.startswith(f"loaded {len(erfnet_state) - 2} tensors")
     assert "missing from checkpoint: 1 (decoder.output_conv.bias)" in text
@@ -140,7 +142,11 @@ def test_non_strict_loads_matching_part_and_reports(erfnet_state):
 
 def test_key_map_renames_and_drops():
     model = nn.Linear(2, 3)
-    state = {"net.fc.weight": torch.ones(3, 2), "net.fc.bias": torch.full((3,), 2.0), "net.aux": torch.zeros(1)}
+    state = {
+        "net.fc.weight": torch.ones(3, 2),
+        "net.fc.bias": torch.full((3,), 2.0),
+        "net.aux": torch.zeros(1),
+    }
 
     def key_map(k: str) -> str | None:
         return None if k == "aux" else k.replace("fc.", "")
@@ -178,7 +184,10 @@ def test_missing_and_unreadable_files(tmp_path):
         load_state_dict_file(tmp_path / "nowhere.pth")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"<html>404 Not Found</html>")  # a failed download saved as the checkpoint
-    with pytest.raises(CheckpointError, match=r"junk\.pth.*is not a file written by torch\.save \(it starts with b'<htm'") as err:
+    with pytest.raises(
+        CheckpointError,
+        match=r"junk\.pth.*is not a file written by torch\.save \(it starts with b'<htm'",
+    ) as err:
         load_state_dict_file(junk)
     assert "pickled" not in str(err.value)
     truncated = tmp_path / "truncated.pth"

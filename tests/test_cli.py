@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -39,10 +38,24 @@ def trained(tiny_data, tmp_path_factory):
     """``anomalyseg train`` of both models on the tiny Cityscapes: {model: (out folder, stdout)}."""
     out = {}
     root = tmp_path_factory.mktemp("trained")
-    for model, extra in (("erfnet", ["--crop-size", 32, 64, "--batch-size", 2]), ("eomt", ["--batch-size", 1])):
+    for model, extra in (
+        ("erfnet", ["--crop-size", 32, 64, "--batch-size", 2]),
+        ("eomt", ["--batch-size", 1]),
+    ):
         folder = root / model
-        argv = ["train", model, "--cityscapes-root", tiny_data / "cityscapes", "--out", folder, "--steps", 2,
-                "--workers", 0, *extra]
+        argv = [
+            "train",
+            model,
+            "--cityscapes-root",
+            tiny_data / "cityscapes",
+            "--out",
+            folder,
+            "--steps",
+            2,
+            "--workers",
+            0,
+            *extra,
+        ]
         cli.main([str(a) for a in argv])
         out[model] = folder
     return out
@@ -57,15 +70,42 @@ def test_train_then_eval_end_to_end(model, trained, tiny_data, tmp_path, capsys)
     ckpt = trained[model] / ("erfnet.safetensors" if model == "erfnet" else "model")
     assert ckpt.exists()
     results = tmp_path / "results" / "results.csv"
-    size = ["--input-size", 64, 128] if model == "erfnet" else []  # EoMT: the window defaults to the model's own
-    code, out, err = run(["eval", "--model", model, "--checkpoint", ckpt, "--benchmarks-root",
-                          tiny_data / "Validation_Dataset", "--cityscapes-root", tiny_data / "cityscapes",
-                          "--results", results, "--workers", 0, "--scores", "msp", "max_logit", *size], capsys)
+    size = (
+        ["--input-size", 64, 128] if model == "erfnet" else []
+    )  # EoMT: the window defaults to the model's own
+    code, out, err = run(
+        [
+            "eval",
+            "--model",
+            model,
+            "--checkpoint",
+            ckpt,
+            "--benchmarks-root",
+            tiny_data / "Validation_Dataset",
+            "--cityscapes-root",
+            tiny_data / "cityscapes",
+            "--results",
+            results,
+            "--workers",
+            0,
+            "--scores",
+            "msp",
+            "max_logit",
+            *size,
+        ],
+        capsys,
+    )
     assert code == 0, err
     df = read_results(results)
     anomaly = df[df.score != "miou"]
-    assert sorted(anomaly.dataset.unique()) == sorted(load_benchmarks(tiny_data / "Validation_Dataset"))
-    assert len(anomaly) == 5 * 2 and (anomaly.checkpoint == str(ckpt)).all() and df.run_id.nunique() == 1
+    assert sorted(anomaly.dataset.unique()) == sorted(
+        load_benchmarks(tiny_data / "Validation_Dataset")
+    )
+    assert (
+        len(anomaly) == 5 * 2
+        and (anomaly.checkpoint == str(ckpt)).all()
+        and df.run_id.nunique() == 1
+    )
     assert len(df[df.score == "miou"]) == 1
     for title in TITLES:
         assert title in out
@@ -75,25 +115,60 @@ def test_train_then_eval_end_to_end(model, trained, tiny_data, tmp_path, capsys)
 
 
 def test_train_refuses_fewer_steps_than_the_folder_holds(trained, tiny_data, capsys):
-    """A folder holding a 2-step run asked for 1 step: refused, instead of returning the 2-step model
+    """A folder holding a 2-step run asked for 1 step: refused, instead of returning the 2-step
+    model
     while Lightning reports `max_steps=1 reached`."""
     folder = trained["erfnet"]
     before = (folder / "erfnet.safetensors").read_bytes()
-    code, _, err = run(["train", "erfnet", "--cityscapes-root", tiny_data / "cityscapes", "--out", folder,
-                        "--steps", 1, "--crop-size", 32, 64, "--workers", 0], capsys)
+    code, _, err = run(
+        [
+            "train",
+            "erfnet",
+            "--cityscapes-root",
+            tiny_data / "cityscapes",
+            "--out",
+            folder,
+            "--steps",
+            1,
+            "--crop-size",
+            32,
+            64,
+            "--workers",
+            0,
+        ],
+        capsys,
+    )
     assert code == 1
     assert_one_paragraph(err, "step 2", "1 steps", str(folder))
     assert (folder / "erfnet.safetensors").read_bytes() == before
 
 
-def test_truncated_last_ckpt_is_named_with_the_other_checkpoints(trained, tiny_data, tmp_path, capsys):
+def test_truncated_last_ckpt_is_named_with_the_other_checkpoints(
+    trained, tiny_data, tmp_path, capsys
+):
     folder = tmp_path / "run"
     shutil.copytree(trained["erfnet"], folder)
     others = sorted(p.name for p in folder.glob("*.ckpt") if p.name != "last.ckpt")
     data = (folder / "last.ckpt").read_bytes()
     (folder / "last.ckpt").write_bytes(data[: len(data) // 2])
-    code, _, err = run(["train", "erfnet", "--cityscapes-root", tiny_data / "cityscapes", "--out", folder,
-                        "--steps", 4, "--crop-size", 32, 64, "--workers", 0], capsys)
+    code, _, err = run(
+        [
+            "train",
+            "erfnet",
+            "--cityscapes-root",
+            tiny_data / "cityscapes",
+            "--out",
+            folder,
+            "--steps",
+            4,
+            "--crop-size",
+            32,
+            64,
+            "--workers",
+            0,
+        ],
+        capsys,
+    )
     assert code == 1
     assert_one_paragraph(err, str(folder / "last.ckpt"), "truncated", *others)
 
@@ -105,10 +180,25 @@ def test_table_after_eval_shows_only_this_run(erfnet_file, tiny_data, tmp_path, 
     other = tmp_path / "other.safetensors"
     torch.manual_seed(1)
     save_file(ERFNet().state_dict(), str(other))
-    common = ["--benchmarks-root", tiny_data / "Validation_Dataset", "--results", results, "--workers", 0,
-              "--input-size", 32, 64, "--scores", "msp", "--model", "erfnet"]
+    common = [
+        "--benchmarks-root",
+        tiny_data / "Validation_Dataset",
+        "--results",
+        results,
+        "--workers",
+        0,
+        "--input-size",
+        32,
+        64,
+        "--scores",
+        "msp",
+        "--model",
+        "erfnet",
+    ]
     assert run(["eval", "--checkpoint", erfnet_file, *common], capsys)[0] == 0
-    code, out, err = run(["eval", "--checkpoint", other, "--benchmarks", "RoadAnomaly", *common], capsys)
+    code, out, err = run(
+        ["eval", "--checkpoint", other, "--benchmarks", "RoadAnomaly", *common], capsys
+    )
     assert code == 0, err
     assert "Road Anomaly" in out and "SMIYC RA-21" not in out and "FS L&F" not in out
     df = read_results(results)
@@ -118,7 +208,9 @@ def test_table_after_eval_shows_only_this_run(erfnet_file, tiny_data, tmp_path, 
 
 
 def test_make_data_and_prepare_coco_end_to_end(tiny_data, tmp_path, capsys):
-    code, out, err = run(["make-data", "--preset", "tiny", "--out", tmp_path / "d", "--seed", 3], capsys)
+    code, out, err = run(
+        ["make-data", "--preset", "tiny", "--out", tmp_path / "d", "--seed", 3], capsys
+    )
     assert code == 0, err
     assert (tmp_path / "d" / "EMBEDDED_DATA.json").is_file()
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
@@ -126,26 +218,55 @@ def test_make_data_and_prepare_coco_end_to_end(tiny_data, tmp_path, capsys):
     shutil.copytree(tiny_data / "coco", coco)
     for prepared in coco.rglob("*ood*"):
         shutil.rmtree(prepared) if prepared.is_dir() else prepared.unlink()
-    code, out, err = run(["prepare-coco", "--coco-root", coco, "--max-images", 3, "--min-area", 50], capsys)
+    code, out, err = run(
+        ["prepare-coco", "--coco-root", coco, "--max-images", 3, "--min-area", 50], capsys
+    )
     assert code == 0, err
     assert list((coco / "annotations").rglob("*.png"))
 
 
 # ----------------------------------------------------------------------------- the error boundary
 def test_eval_without_data_is_refused(erfnet_file, tmp_path, capsys):
-    code, _, err = run(["eval", "--model", "erfnet", "--checkpoint", erfnet_file, "--results", tmp_path / "r.csv"], capsys)
+    code, _, err = run(
+        ["eval", "--model", "erfnet", "--checkpoint", erfnet_file, "--results", tmp_path / "r.csv"],
+        capsys,
+    )
     assert code == 1
     assert_one_paragraph(err, "--benchmarks-root", "--cityscapes-root")
     assert not (tmp_path / "r.csv").exists()
 
 
 def test_missing_checkpoint_and_folder_are_one_paragraph(erfnet_file, tiny_data, tmp_path, capsys):
-    code, _, err = run(["eval", "--model", "eomt", "--checkpoint", tmp_path / "nope", "--benchmarks-root",
-                        tiny_data / "Validation_Dataset", "--results", tmp_path / "r.csv"], capsys)
+    code, _, err = run(
+        [
+            "eval",
+            "--model",
+            "eomt",
+            "--checkpoint",
+            tmp_path / "nope",
+            "--benchmarks-root",
+            tiny_data / "Validation_Dataset",
+            "--results",
+            tmp_path / "r.csv",
+        ],
+        capsys,
+    )
     assert code == 1
     assert_one_paragraph(err, str(tmp_path / "nope"))
-    code, _, err = run(["eval", "--model", "erfnet", "--checkpoint", erfnet_file, "--benchmarks-root",
-                        tmp_path / "no_such_root", "--results", tmp_path / "r.csv"], capsys)
+    code, _, err = run(
+        [
+            "eval",
+            "--model",
+            "erfnet",
+            "--checkpoint",
+            erfnet_file,
+            "--benchmarks-root",
+            tmp_path / "no_such_root",
+            "--results",
+            tmp_path / "r.csv",
+        ],
+        capsys,
+    )
     assert code == 1
     assert_one_paragraph(err, str(tmp_path / "no_such_root"))
 
@@ -156,14 +277,39 @@ def test_worker_errors_are_unwrapped(erfnet_file, tiny_data, tmp_path, capsys):
     shutil.copytree(tiny_data / "Validation_Dataset" / "RoadAnomaly", root / "RoadAnomaly")
     image = load_benchmarks(root)["RoadAnomaly"].frames[0][1]
     image.write_bytes(image.read_bytes()[:40])
-    code, _, err = run(["eval", "--model", "erfnet", "--checkpoint", erfnet_file, "--benchmarks-root", root,
-                        "--results", tmp_path / "r.csv", "--workers", 1, "--input-size", 32, 64], capsys)
+    code, _, err = run(
+        [
+            "eval",
+            "--model",
+            "erfnet",
+            "--checkpoint",
+            erfnet_file,
+            "--benchmarks-root",
+            root,
+            "--results",
+            tmp_path / "r.csv",
+            "--workers",
+            1,
+            "--input-size",
+            32,
+            64,
+        ],
+        capsys,
+    )
     assert code == 1
     assert_one_paragraph(err, f"Could not read the image {image}")
 
 
 def test_debug_switch_keeps_the_traceback(erfnet_file, tmp_path, monkeypatch):
-    argv = ["eval", "--model", "erfnet", "--checkpoint", str(erfnet_file), "--benchmarks-root", str(tmp_path / "x")]
+    argv = [
+        "eval",
+        "--model",
+        "erfnet",
+        "--checkpoint",
+        str(erfnet_file),
+        "--benchmarks-root",
+        str(tmp_path / "x"),
+    ]
     with pytest.raises(FileNotFoundError, match="No benchmark root"):
         cli.main([*argv, "--debug"])
     with pytest.raises(FileNotFoundError):
@@ -195,26 +341,36 @@ def test_original_message_of_a_worker_error():
     with pytest.raises(DatasetError) as info:
         wrapped.reraise()
     assert str(info.value).startswith("Caught DatasetError")  # what torch gives
-    assert cli.original_message(info.value) == "The mask /d/0.png holds values [7]; expected only [0, 1, 255]."
+    assert (
+        cli.original_message(info.value)
+        == "The mask /d/0.png holds values [7]; expected only [0, 1, 255]."
+    )
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--temperatures", "-1"], "must be a finite number > 0"),
-    (["--temperatures", "0"], "must be a finite number > 0"),
-    (["--temperatures", "nan"], "must be a finite number > 0"),
-    (["--input-size", "0", "0"], "must be an integer > 0"),
-    (["--window-size", "-4"], "must be an integer > 0"),
-    (["--workers", "-1"], "must be an integer >= 0"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--temperatures", "-1"], "must be a finite number > 0"),
+        (["--temperatures", "0"], "must be a finite number > 0"),
+        (["--temperatures", "nan"], "must be a finite number > 0"),
+        (["--input-size", "0", "0"], "must be an integer > 0"),
+        (["--window-size", "-4"], "must be an integer > 0"),
+        (["--workers", "-1"], "must be an integer >= 0"),
+    ],
+)
 def test_numeric_settings_are_checked_where_they_enter(argv, needle, capsys):
-    code, _, err = run(["eval", "--model", "erfnet", "--checkpoint", "x", "--benchmarks-root", "y", *argv], capsys)
+    code, _, err = run(
+        ["eval", "--model", "erfnet", "--checkpoint", "x", "--benchmarks-root", "y", *argv], capsys
+    )
     assert code == 2 and needle in err and "Traceback" not in err
 
 
 def test_device_and_window_size_defaults(monkeypatch):
     from anomalyseg.zoo import resolve_device
 
-    a = cli.build_parser().parse_args(["eval", "--model", "eomt", "--checkpoint", "c", "--benchmarks-root", "b"])
+    a = cli.build_parser().parse_args(
+        ["eval", "--model", "eomt", "--checkpoint", "c", "--benchmarks-root", "b"]
+    )
     assert a.device == "auto" and a.window_size is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device(a.device).type == "cuda"
@@ -223,18 +379,31 @@ def test_device_and_window_size_defaults(monkeypatch):
 
 
 def test_a_real_process_exits_non_zero_without_traceback(tmp_path):
-    """The console command as a user runs it: exit code 1 and one line (``--debug`` and the environment
+    """The console command as a user runs it: exit code 1 and one line (``--debug`` and the
+    environment
     switch are tested in process, above)."""
-    argv = [sys.executable, "-m", "anomalyseg.cli", "eval", "--model", "erfnet", "--checkpoint",
-            str(tmp_path / "missing.pth"), "--benchmarks-root", str(tmp_path)]
+    argv = [
+        sys.executable,
+        "-m",
+        "anomalyseg.cli",
+        "eval",
+        "--model",
+        "erfnet",
+        "--checkpoint",
+        str(tmp_path / "missing.pth"),
+        "--benchmarks-root",
+        str(tmp_path),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO / "lib")}
     env.pop(cli.DEBUG_ENV, None)
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)  # importing torch under load
+    done = subprocess.run(
+        argv, capture_output=True, text=True, env=env, timeout=600
+    )  # importing torch under load
     assert done.returncode == 1
     assert_one_paragraph(done.stderr, "anomalyseg eval:", str(tmp_path))
 
 
-# ----------------------------------------------------------------------------- models under bad input
+# --------------------------------------------------------------------------- models under bad input
 def _tiny_eomt_folder(folder: Path, **config) -> Path:
     from transformers import EomtForUniversalSegmentation
 
@@ -253,12 +422,18 @@ def test_eomt_from_pretrained_is_evaluated_without_masked_attention(tmp_path):
     from anomalyseg.models.eomt import EomtSegmenter, load_eomt
 
     folder = _tiny_eomt_folder(tmp_path / "eomt")
-    image = torch.randint(0, 256, (3, 40, 72), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    image = torch.randint(
+        0, 256, (3, 40, 72), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     reference = load_eomt(folder).class_map(load_eomt(folder).raw_outputs(image))
     model = EomtForUniversalSegmentation.from_pretrained(folder)
     assert (model.attn_mask_probs > 0).all()  # as transformers hands it over
-    masked = EomtSegmenter(EomtForUniversalSegmentation.from_pretrained(folder), "f", masked_attention=True)
-    assert not torch.allclose(masked.class_map(masked.raw_outputs(image)), reference)  # the difference is real
+    masked = EomtSegmenter(
+        EomtForUniversalSegmentation.from_pretrained(folder), "f", masked_attention=True
+    )
+    assert not torch.allclose(
+        masked.class_map(masked.raw_outputs(image)), reference
+    )  # the difference is real
     seg = EomtSegmenter(model, checkpoint=str(folder))
     assert (model.attn_mask_probs == 0).all()
     torch.testing.assert_close(seg.class_map(seg.raw_outputs(image)), reference)
@@ -274,13 +449,23 @@ def test_models_of_another_class_count_are_refused(tiny_data, tmp_path, capsys):
     with pytest.raises(ValueError, match="150 classes"):
         EomtSegmenter(EomtForUniversalSegmentation(tiny_eomt_config(num_labels=150)), "ade")
     folder = _tiny_eomt_folder(tmp_path / "ade", num_labels=150)
-    common = ["--benchmarks-root", tiny_data / "Validation_Dataset", "--results", tmp_path / "r.csv", "--workers", 0]
+    common = [
+        "--benchmarks-root",
+        tiny_data / "Validation_Dataset",
+        "--results",
+        tmp_path / "r.csv",
+        "--workers",
+        0,
+    ]
     code, _, err = run(["eval", "--model", "eomt", "--checkpoint", folder, *common], capsys)
     assert code == 1
     assert_one_paragraph(err, "150 classes", "19 Cityscapes")
     erfnet = tmp_path / "erfnet151.safetensors"
     save_file(ERFNet(num_classes=151).state_dict(), str(erfnet))
-    code, _, err = run(["eval", "--model", "erfnet", "--checkpoint", erfnet, "--input-size", 32, 64, *common], capsys)
+    code, _, err = run(
+        ["eval", "--model", "erfnet", "--checkpoint", erfnet, "--input-size", 32, 64, *common],
+        capsys,
+    )
     assert code == 1
     assert_one_paragraph(err, str(erfnet), "shape mismatch")
     assert not (tmp_path / "r.csv").exists()
@@ -288,8 +473,17 @@ def test_models_of_another_class_count_are_refused(tiny_data, tmp_path, capsys):
 
 def test_truncated_eomt_weights_and_wrong_window_name_the_folder(tiny_data, tmp_path, capsys):
     folder = _tiny_eomt_folder(tmp_path / "eomt")
-    common = ["--benchmarks-root", tiny_data / "Validation_Dataset", "--results", tmp_path / "r.csv", "--workers", 0]
-    code, _, err = run(["eval", "--model", "eomt", "--checkpoint", folder, "--window-size", 64, *common], capsys)
+    common = [
+        "--benchmarks-root",
+        tiny_data / "Validation_Dataset",
+        "--results",
+        tmp_path / "r.csv",
+        "--workers",
+        0,
+    ]
+    code, _, err = run(
+        ["eval", "--model", "eomt", "--checkpoint", folder, "--window-size", 64, *common], capsys
+    )
     assert code == 1
     assert_one_paragraph(err, "window_size=64", "image_size=32")
     weights = folder / "model.safetensors"
@@ -302,8 +496,17 @@ def test_truncated_eomt_weights_and_wrong_window_name_the_folder(tiny_data, tmp_
 @pytest.mark.slow
 def test_run_all_end_to_end_and_its_refusals(tiny_data, tmp_path, capsys):
     """run-all on the tiny data (the first notebook; tests/test_notebooks.py runs all of them)."""
-    common = ["run-all", "--preset", "tiny", "--data-root", tiny_data.parent, "--output-dir", tmp_path / "out",
-              "--runs-dir", tmp_path / "runs"]
+    common = [
+        "run-all",
+        "--preset",
+        "tiny",
+        "--data-root",
+        tiny_data.parent,
+        "--output-dir",
+        tmp_path / "out",
+        "--runs-dir",
+        tmp_path / "runs",
+    ]
     code, out, err = run([*common, "--from", "00", "--to", "00"], capsys)
     assert code == 0, err
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -331,7 +534,12 @@ def test_eomt_training_past_the_asked_steps_is_refused_before_any_work(trained, 
     exported = trained["eomt"] / "model" / "model.safetensors"
     before = exported.read_bytes()
     with pytest.raises(CheckpointError, match="at step 2, more than the 1 steps asked"):
-        train_eomt(None, tiny_data / "cityscapes", trained["eomt"], TrainSettings(max_steps=1, progress=False))
+        train_eomt(
+            None,
+            tiny_data / "cityscapes",
+            trained["eomt"],
+            TrainSettings(max_steps=1, progress=False),
+        )
     assert exported.read_bytes() == before
 
 
@@ -342,14 +550,32 @@ def test_input_size_is_checked_in_the_api():
         ErfnetSegmenter(ERFNet(), input_size=(0, 0))
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
-def test_read_only_results_folder_is_refused_before_the_forward_passes(erfnet_file, tiny_data, tmp_path, capsys):
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders"
+)
+def test_read_only_results_folder_is_refused_before_the_forward_passes(
+    erfnet_file, tiny_data, tmp_path, capsys
+):
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o555)
     try:
-        code, _, err = run(["eval", "--model", "erfnet", "--checkpoint", erfnet_file, "--benchmarks-root",
-                            tiny_data / "Validation_Dataset", "--results", folder / "results.csv", "--workers", 0], capsys)
+        code, _, err = run(
+            [
+                "eval",
+                "--model",
+                "erfnet",
+                "--checkpoint",
+                erfnet_file,
+                "--benchmarks-root",
+                tiny_data / "Validation_Dataset",
+                "--results",
+                folder / "results.csv",
+                "--workers",
+                0,
+            ],
+            capsys,
+        )
     finally:
         folder.chmod(0o755)
     assert code == 1
@@ -357,9 +583,25 @@ def test_read_only_results_folder_is_refused_before_the_forward_passes(erfnet_fi
     assert "%|" not in err  # refused before the first forward pass
 
 
-def test_results_that_is_a_folder_is_refused_before_the_forward_passes(erfnet_file, tiny_data, tmp_path, capsys):
-    code, _, err = run(["eval", "--model", "erfnet", "--checkpoint", erfnet_file, "--benchmarks-root",
-                        tiny_data / "Validation_Dataset", "--results", tmp_path, "--workers", 0], capsys)
+def test_results_that_is_a_folder_is_refused_before_the_forward_passes(
+    erfnet_file, tiny_data, tmp_path, capsys
+):
+    code, _, err = run(
+        [
+            "eval",
+            "--model",
+            "erfnet",
+            "--checkpoint",
+            erfnet_file,
+            "--benchmarks-root",
+            tiny_data / "Validation_Dataset",
+            "--results",
+            tmp_path,
+            "--workers",
+            0,
+        ],
+        capsys,
+    )
     assert code == 1
     assert_one_paragraph(err, str(tmp_path), "is a folder")
     assert "%|" not in err

@@ -54,11 +54,22 @@ def make_coco(root: Path) -> dict:
     expect = {}
 
     def ann(image_id, cat, seg, crowd=0):
-        anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cat, "segmentation": seg,
-                     "iscrowd": crowd, "area": 0.0, "bbox": [0, 0, 1, 1]})
+        anns.append(
+            {
+                "id": len(anns) + 1,
+                "image_id": image_id,
+                "category_id": cat,
+                "segmentation": seg,
+                "iscrowd": crowd,
+                "area": 0.0,
+                "bbox": [0, 0, 1, 1],
+            }
+        )
         return len(anns)
 
-    for i, name in enumerate(["a.png", "b.jpg", "c.png", "d.png", "e.png", "f.png", "g.png"], start=1):
+    for i, name in enumerate(
+        ["a.png", "b.jpg", "c.png", "d.png", "e.png", "f.png", "g.png"], start=1
+    ):
         images.append({"id": i, "file_name": name, "height": H, "width": W})
     ann(1, 18, _box_polygon(2, 2, 20, 20))  # dog, but a person is in the frame -> dropped
     ann(1, 1, _box_polygon(25, 5, 30, 30))
@@ -74,8 +85,17 @@ def make_coco(root: Path) -> dict:
     data = {
         "images": images,
         "annotations": anns,
-        "categories": [{"id": c, "name": n, "supercategory": "x"} for c, n in
-                       [(1, "person"), (3, "car"), (18, "dog"), (44, "bottle"), (62, "chair"), (88, "teddy bear")]],
+        "categories": [
+            {"id": c, "name": n, "supercategory": "x"}
+            for c, n in [
+                (1, "person"),
+                (3, "car"),
+                (18, "dog"),
+                (44, "bottle"),
+                (62, "chair"),
+                (88, "teddy bear"),
+            ]
+        ],
     }
     (root / "annotations").mkdir(parents=True)
     (root / "train2017").mkdir()
@@ -118,22 +138,29 @@ def expected(coco_data):
     return coco_data[1]
 
 
-def test_prepare_keeps_largest_fitting_object_of_non_overlapping_images(coco_root, expected, capsys):
+def test_prepare_keeps_largest_fitting_object_of_non_overlapping_images(
+    coco_root, expected, capsys
+):
     summary = prepare_coco_ood(coco_root, max_images=None, **SETTINGS)
     expect = expected
-    assert {k: summary[k] for k in ("kept", "dropped_overlap", "dropped_size", "unused", "total")} == {
-        "kept": len(expect), "dropped_overlap": 2, "dropped_size": 1, "unused": 0, "total": 7}
+    assert {
+        k: summary[k] for k in ("kept", "dropped_overlap", "dropped_size", "unused", "total")
+    } == {"kept": len(expect), "dropped_overlap": 2, "dropped_size": 1, "unused": 0, "total": 7}
     assert "kept 4 of 7 images" in capsys.readouterr().out
 
     coco = _coco(coco_root)
     masks = sorted((coco_root / "annotations" / "ood_seg_train2017").iterdir())
     assert [m.name for m in masks] == [f"{i}.png" for i in sorted(expect)]
     for image_id, ann_id in expect.items():
-        written = np.asarray(Image.open(coco_root / "annotations" / "ood_seg_train2017" / f"{image_id}.png"))
+        written = np.asarray(
+            Image.open(coco_root / "annotations" / "ood_seg_train2017" / f"{image_id}.png")
+        )
         reference = coco.annToMask(coco.loadAnns(ann_id)[0])
         np.testing.assert_array_equal(written, reference.astype(np.uint8) * 254)
         name = coco.imgs[image_id]["file_name"]
-        assert (coco_root / "train2017_ood_subset" / name).read_bytes() == (coco_root / "train2017" / name).read_bytes()
+        assert (coco_root / "train2017_ood_subset" / name).read_bytes() == (
+            coco_root / "train2017" / name
+        ).read_bytes()
 
 
 def test_subset_is_a_seeded_shuffle(coco_root, expected):
@@ -142,11 +169,16 @@ def test_subset_is_a_seeded_shuffle(coco_root, expected):
         prepare_coco_ood(coco_root, max_images=2, seed=seed, **SETTINGS)
         files = sorted(p.name for p in (coco_root / "annotations" / "ood_seg_train2017").iterdir())
         assert len(files) == 2 and {int(f[:-4]) for f in files} <= set(expected)
-        assert len(list((coco_root / "train2017_ood_subset").iterdir())) == 2  # no leftovers of other seeds
+        assert (
+            len(list((coco_root / "train2017_ood_subset").iterdir())) == 2
+        )  # no leftovers of other seeds
         chosen.append(tuple(files))
     assert len(set(chosen)) > 1
     prepare_coco_ood(coco_root, max_images=2, seed=3, **SETTINGS)
-    assert tuple(sorted(p.name for p in (coco_root / "annotations" / "ood_seg_train2017").iterdir())) == chosen[3]
+    assert (
+        tuple(sorted(p.name for p in (coco_root / "annotations" / "ood_seg_train2017").iterdir()))
+        == chosen[3]
+    )
 
 
 def test_rerun_is_idempotent_and_finishes_an_interrupted_run(coco_root):
@@ -155,8 +187,12 @@ def test_rerun_is_idempotent_and_finishes_an_interrupted_run(coco_root):
     assert prepare_coco_ood(coco_root, max_images=None, **SETTINGS)["written"] == 0
     assert _outputs(coco_root) == complete
 
-    # An interruption: some outputs never written, a half-written temp file, manifest still in progress.
-    masks, subset = coco_root / "annotations" / "ood_seg_train2017", coco_root / "train2017_ood_subset"
+    # An interruption: some outputs never written, a half-written temp file, manifest still in
+    # progress.
+    masks, subset = (
+        coco_root / "annotations" / "ood_seg_train2017",
+        coco_root / "train2017_ood_subset",
+    )
     (masks / "4.png").unlink()
     (subset / "g.png").unlink()
     (masks / ".6.png.partial").write_bytes(b"\x89PNG trunc")
@@ -178,7 +214,9 @@ def test_prepare_errors_name_the_expected_layout(tmp_path, coco_root):
         (coco_root / "annotations" / "instances_val2017.json").write_text("{}")
         prepare_coco_ood(coco_root, split="val", progress=False)
     (coco_root / "train2017" / "f.png").unlink()
-    with pytest.raises(DatasetError, match=r"1 images referenced by instances_train2017\.json are missing.*f\.png"):
+    with pytest.raises(
+        DatasetError, match=r"1 images referenced by instances_train2017\.json are missing.*f\.png"
+    ):
         prepare_coco_ood(coco_root, **SETTINGS)
     with pytest.raises(ValueError, match="max_area_fraction"):
         prepare_coco_ood(coco_root, max_area_fraction=1.5, progress=False)
@@ -233,8 +271,19 @@ def test_ood_objects_without_manifest_pair_by_numeric_stem(tmp_path):
 
 
 def test_script_entry_calls_prepare(coco_root, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["prepare_coco_ood.py", str(coco_root), "--max-images", "2",
-                                      "--min-area", "60", "--no-progress"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "prepare_coco_ood.py",
+            str(coco_root),
+            "--max-images",
+            "2",
+            "--min-area",
+            "60",
+            "--no-progress",
+        ],
+    )
     runpy.run_path(str(REPO / "data_scripts" / "prepare_coco_ood.py"), run_name="__main__")
     assert "kept 2 of 7 images" in capsys.readouterr().out
     assert len(list((coco_root / "annotations" / "ood_seg_train2017").iterdir())) == 2

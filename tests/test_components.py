@@ -1,5 +1,6 @@
 """SMIYC component metrics and recall by size: hand-derived cases, and a transcription of the
-benchmark's own loops (road-anomaly-benchmark, metrics/instance_segmentation.py) on random frames."""
+benchmark's own loops (road-anomaly-benchmark, metrics/instance_segmentation.py) on random
+frames."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def _frames():
     """Two 6x8 frames. Frame 1: ground-truth components A (rows 1-2, cols 1-2) and B (rows 1-2,
     cols 5-6); predicted P1 (rows 1-2, cols 1-3) over A, P2 (rows 1-2, cols 6-7) half on B, a void
     row 4 predicted everywhere (switched off), P4 (row 5, cols 0-1) on the road.
-    Frame 2: the same A and B, one predicted component P3 over rows 1-2, cols 1-6 (both and the road between)."""
+    Frame 2: the same A and B, one predicted component P3 over rows 1-2, cols 1-6 (both and the
+    road between)."""
     lab = np.zeros((6, 8), np.uint8)
     lab[1:3, 1:3] = 1
     lab[1:3, 5:7] = 1
@@ -37,12 +39,14 @@ def _frames():
 def test_hand_built_frames():
     (p1, l1), (p2, l2) = _frames()
     m1 = C.segment_metrics(*C.frame_components(p1, l1))
-    # A: 4 of its 4 pixels found, P1 adds 2 road pixels -> 4 / 6; B: 2 found, P2 adds 2 road -> 2 / 6
+    # A: 4 of its 4 pixels found, P1 adds 2 road pixels -> 4 / 6; B: 2 found, P2 adds 2 road -> 2
+    # / 6
     np.testing.assert_allclose(m1["siou_gt"], [4 / 6, 2 / 6])
     # P1: 4 of 6 pixels on A; P2: 2 of 4 on B; P4: 0 of 2 (the void row is not predicted)
     np.testing.assert_allclose(m1["ppv"], [4 / 6, 2 / 4, 0.0])
     m2 = C.segment_metrics(*C.frame_components(p2, l2))
-    # P3 (12 px) meets A and B: for A its pixels on B are left out of the union: 4 / (4 + 4 road) = 1/2
+    # P3 (12 px) meets A and B: for A its pixels on B are left out of the union: 4 / (4 + 4 road)
+    # = 1/2
     np.testing.assert_allclose(m2["siou_gt"], [0.5, 0.5])
     np.testing.assert_allclose(m2["ppv"], [8 / 12])
     # P3's own sIoU: 8 anomaly pixels / (12 + no unfound anomaly pixel)
@@ -64,7 +68,8 @@ def test_hand_built_frames():
 
 def test_size_filters():
     (p1, l1), _ = _frames()
-    # Components of 4 pixels fall under min_gt_size 5 and become void; P4 (2 px) under min_pred_size 3
+    # Components of 4 pixels fall under min_gt_size 5 and become void; P4 (2 px) under
+    # min_pred_size 3
     # is dropped. What is left of P1 and P2 is their road pixels: PPV 0 each, no ground truth.
     m = C.segment_metrics(*C.frame_components(p1, l1, min_pred_size=3, min_gt_size=5))
     assert m["siou_gt"].size == 0
@@ -114,22 +119,46 @@ def _smiyc_instancer(anomaly_p, label_pixel_gt, thresh_p, thresh_segsize, thresh
     return anomaly_instances[mask_roi], anomaly_seg_pred[mask_roi]
 
 
-def _smiyc_segment_metrics(anomaly_instances, anomaly_seg_pred, iou_thresholds=np.linspace(0.25, 0.75, 11, endpoint=True)):
+def _smiyc_segment_metrics(
+    anomaly_instances, anomaly_seg_pred, iou_thresholds=np.linspace(0.25, 0.75, 11, endpoint=True)
+):
     """road_anomaly_benchmark.metrics.instance_segmentation.segment_metrics, line by line."""
     sIoU_gt, prec_pred, sIoU_pred = [], [], []
     for i in np.unique(anomaly_instances[anomaly_instances > 0]):
         tp_loc = anomaly_seg_pred[anomaly_instances == i]
         seg_ind = np.unique(tp_loc[tp_loc != 0])
         intersection = len(tp_loc[np.isin(tp_loc, seg_ind)])
-        adjustment = len(anomaly_seg_pred[np.logical_and(~np.isin(anomaly_instances, [0, i]), np.isin(anomaly_seg_pred, seg_ind))])
-        adjusted_union = np.sum(np.isin(anomaly_seg_pred, seg_ind)) + np.sum(anomaly_instances == i) - intersection - adjustment
+        adjustment = len(
+            anomaly_seg_pred[
+                np.logical_and(
+                    ~np.isin(anomaly_instances, [0, i]), np.isin(anomaly_seg_pred, seg_ind)
+                )
+            ]
+        )
+        adjusted_union = (
+            np.sum(np.isin(anomaly_seg_pred, seg_ind))
+            + np.sum(anomaly_instances == i)
+            - intersection
+            - adjustment
+        )
         sIoU_gt.append(intersection / adjusted_union)
     for i in np.unique(anomaly_seg_pred[anomaly_seg_pred > 0]):
         tp_loc = anomaly_instances[anomaly_seg_pred == i]
         seg_ind = np.unique(tp_loc[tp_loc != 0])
         intersection = len(tp_loc[np.isin(tp_loc, seg_ind)])
-        adjustment = len(anomaly_instances[np.logical_and(~np.isin(anomaly_seg_pred, [0, i]), np.isin(anomaly_instances, seg_ind))])
-        adjusted_union = np.sum(np.isin(anomaly_instances, seg_ind)) + np.sum(anomaly_seg_pred == i) - intersection - adjustment
+        adjustment = len(
+            anomaly_instances[
+                np.logical_and(
+                    ~np.isin(anomaly_seg_pred, [0, i]), np.isin(anomaly_instances, seg_ind)
+                )
+            ]
+        )
+        adjusted_union = (
+            np.sum(np.isin(anomaly_instances, seg_ind))
+            + np.sum(anomaly_seg_pred == i)
+            - intersection
+            - adjustment
+        )
         sIoU_pred.append(intersection / adjusted_union)
         prec_pred.append(intersection / np.sum(anomaly_seg_pred == i))
     sIoU_gt, prec_pred = np.array(sIoU_gt), np.array(prec_pred)
@@ -143,8 +172,12 @@ def _smiyc_segment_metrics(anomaly_instances, anomaly_seg_pred, iou_thresholds=n
 
 def _smiyc_aggregate(frame_results, thresh_sIoU=np.linspace(0.25, 0.75, 11, endpoint=True)):
     """MetricSegment.aggregate: sIoU gt, PPV and mean F1."""
-    siou = sum(np.sum(r["sIoU_gt"]) for r in frame_results) / sum(len(r["sIoU_gt"]) for r in frame_results)
-    prec = sum(np.sum(r["prec_pred"]) for r in frame_results) / sum(len(r["prec_pred"]) for r in frame_results)
+    siou = sum(np.sum(r["sIoU_gt"]) for r in frame_results) / sum(
+        len(r["sIoU_gt"]) for r in frame_results
+    )
+    prec = sum(np.sum(r["prec_pred"]) for r in frame_results) / sum(
+        len(r["prec_pred"]) for r in frame_results
+    )
     f1_mean = 0.0
     for t in thresh_sIoU:
         tp = sum(r["tp_" + str(int(t * 100))] for r in frame_results)
@@ -160,11 +193,17 @@ def _random_frame(rng, H=48, W=64, sigma=3.0):
     lab[rng.random((H, W)) < 0.02] = 1  # some single-pixel anomalies, under the size filters
     lab[:, :6] = V  # a void band
     lab[gaussian_filter(rng.normal(size=(H, W)), 4) > 0.25] = V
-    score = gaussian_filter(rng.normal(size=(H, W)), sigma) * sigma + 0.6 * (lab == 1) + 0.05 * rng.normal(size=(H, W))
+    score = (
+        gaussian_filter(rng.normal(size=(H, W)), sigma) * sigma
+        + 0.6 * (lab == 1)
+        + 0.05 * rng.normal(size=(H, W))
+    )
     return score.astype(np.float32), lab
 
 
-@pytest.mark.parametrize("track", [C.ANOMALY_TRACK, C.OBSTACLE_TRACK, C.Track("none", 0, 0), C.Track("mid", 20, 8)])
+@pytest.mark.parametrize(
+    "track", [C.ANOMALY_TRACK, C.OBSTACLE_TRACK, C.Track("none", 0, 0), C.Track("mid", 20, 8)]
+)
 def test_equals_the_benchmark_code_on_random_frames(track):
     rng = np.random.default_rng(3)
     big = track.min_pred_size > 100  # the anomaly track's 500 px filter needs larger blobs
@@ -174,8 +213,12 @@ def test_equals_the_benchmark_code_on_random_frames(track):
     assert not np.any(scores == np.float32(t))
     ours, theirs = [], []
     for s, lab in frames:
-        mine = C.segment_metrics(*C.frame_components(s >= np.float32(t), lab, track.min_pred_size, track.min_gt_size))
-        ref = _smiyc_segment_metrics(*_smiyc_instancer(s, lab, np.float32(t), track.min_pred_size, track.min_gt_size))
+        mine = C.segment_metrics(
+            *C.frame_components(s >= np.float32(t), lab, track.min_pred_size, track.min_gt_size)
+        )
+        ref = _smiyc_segment_metrics(
+            *_smiyc_instancer(s, lab, np.float32(t), track.min_pred_size, track.min_gt_size)
+        )
         np.testing.assert_allclose(mine["siou_gt"], ref["sIoU_gt"], rtol=1e-12)
         np.testing.assert_allclose(mine["siou_pred"], ref["sIoU_pred"], rtol=1e-12)
         np.testing.assert_allclose(mine["ppv"], ref["prec_pred"], rtol=1e-12)
@@ -183,7 +226,9 @@ def test_equals_the_benchmark_code_on_random_frames(track):
         theirs.append(ref)
     agg = C.aggregate({k: np.stack([o[k] for o in ours]) for k in ours[0]})
     siou, prec, f1 = _smiyc_aggregate(theirs)
-    assert (agg["siou_gt"], agg["ppv"], agg["f1_mean"]) == pytest.approx((siou, prec, f1), rel=1e-12)
+    assert (agg["siou_gt"], agg["ppv"], agg["f1_mean"]) == pytest.approx(
+        (siou, prec, f1), rel=1e-12
+    )
     assert agg["components_gt"] > 3 and agg["components_pred"] > 3  # the case is not empty
 
 
@@ -197,14 +242,18 @@ def test_best_f1_threshold_matches_a_brute_force_pr_curve():
     prec, rec, thr = precision_recall_curve(y, s)
     f1 = 2 * prec[:-1] * rec[:-1] / np.maximum(prec[:-1] + rec[:-1], 1e-300)
     best = np.flatnonzero(f1 == f1.max())
-    assert ops["best_f1_threshold"] == thr[best[-1]] and ops["best_f1"] == pytest.approx(f1.max(), rel=1e-12)
+    assert ops["best_f1_threshold"] == thr[best[-1]] and ops["best_f1"] == pytest.approx(
+        f1.max(), rel=1e-12
+    )
     # the 95%-TPR threshold: the highest with recall >= 0.95
     ok = [t for t in np.unique(s) if (s[y] >= t).mean() >= 0.95]
     assert ops["tpr95_threshold"] == max(ok)
     # hand case: anomaly 0.9, 0.5; road 0.7, 0.1 -> F1 2/3 at 0.9, 4/5 at 0.5
     acc = AnomalyAccumulator()
     acc.update(np.array([0.9, 0.5, 0.7, 0.1]), np.array([1, 1, 0, 0]))
-    assert acc.operating_points() == pytest.approx(dict(best_f1_threshold=0.5, best_f1=0.8, tpr95_threshold=0.5))
+    assert acc.operating_points() == pytest.approx(
+        dict(best_f1_threshold=0.5, best_f1=0.8, tpr95_threshold=0.5)
+    )
 
 
 def test_recall_by_component_size():

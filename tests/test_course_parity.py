@@ -47,7 +47,7 @@ SCORES = ("msp", "max_logit")
 TOL = 1e-6
 
 
-# ----------------------------------------------------------------------------- the course, re-implemented
+# ----------------------------------------------------------------------- the course, re-implemented
 def ood_metrics_fpr_at_95_tpr(preds, labels) -> float:
     """``ood_metrics.fpr_at_95_tpr`` as the package defines it."""
     fpr, tpr, _ = roc_curve(labels, preds)
@@ -65,14 +65,16 @@ def smiyc_fpr_at_95_tpr(preds, labels) -> float:
 
 
 def course_scores(logits: torch.Tensor) -> dict[str, np.ndarray]:
-    """The course's scores from ERFNet's logits ``[20, H, W]`` (the 19 classes), in float32 torch."""
+    """The course's scores from ERFNet's logits ``[20, H, W]`` (the 19 classes), in float32
+    torch."""
     z = logits[:19]
     p = torch.softmax(z, dim=0)
     return {"msp": (1.0 - p.max(0).values).numpy(), "max_logit": (-z.max(0).values).numpy()}
 
 
 def course_forward(model, path: str, size=SIZE) -> torch.Tensor:
-    """evalAnomaly.py's input: PIL open -> RGB -> Resize(size, BILINEAR) on the PIL image -> ToTensor."""
+    """evalAnomaly.py's input: PIL open -> RGB -> Resize(size, BILINEAR) on the PIL image ->
+    ToTensor."""
     img = Image.open(path).convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
     x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div(255)[None]
     with torch.no_grad():
@@ -91,7 +93,9 @@ def course_mask(path: str, size=SIZE) -> np.ndarray | None:
     return ood
 
 
-def course_eval_anomaly(model, folder, variant: str = "course", logits_cache: dict | None = None) -> dict[str, dict]:
+def course_eval_anomaly(
+    model, folder, variant: str = "course", logits_cache: dict | None = None
+) -> dict[str, dict]:
     """evalAnomaly.py on one benchmark folder, for each score: ``{score: {auprc, fpr, frames}}``.
 
     ``variant`` adds the documented alternatives: ``smiyc`` (FPR95), ``blocks2x2`` (mean score /
@@ -112,9 +116,13 @@ def course_eval_anomaly(model, folder, variant: str = "course", logits_cache: di
             logits_cache[path] = course_forward(model, path)
         logits = logits_cache[path]
         if full:
-            logits = F.interpolate(logits[None], size=ood.shape, mode="bilinear", align_corners=False)[0]
+            logits = F.interpolate(
+                logits[None], size=ood.shape, mode="bilinear", align_corners=False
+            )[0]
         for s, m in course_scores(logits).items():
-            if variant == "blocks2x2":  # the mean of the block's 4 float32 scores, summed row by row
+            if (
+                variant == "blocks2x2"
+            ):  # the mean of the block's 4 float32 scores, summed row by row
                 m = (m[0::2, 0::2] + m[0::2, 1::2] + m[1::2, 0::2] + m[1::2, 1::2]) / np.float32(4)
             kept[s].append(m)
         labels.append(ood)
@@ -122,8 +130,11 @@ def course_eval_anomaly(model, folder, variant: str = "course", logits_cache: di
     for s in SCORES:
         if variant == "per_image":
             per = [_pooled(m[None], g[None], "course") for m, g in zip(kept[s], labels)]
-            out[s] = dict(auprc=np.mean([p["auprc"] for p in per]), fpr=np.mean([p["fpr"] for p in per]),
-                          frames=len(per))
+            out[s] = dict(
+                auprc=np.mean([p["auprc"] for p in per]),
+                fpr=np.mean([p["fpr"] for p in per]),
+                frames=len(per),
+            )
         else:
             gts = np.concatenate([g.ravel() for g in labels])
             scores = np.concatenate([m.ravel() for m in kept[s]])
@@ -136,8 +147,11 @@ def _pooled(scores, gts, variant):
     val_out = np.concatenate((ind_out, ood_out))
     val_label = np.concatenate((np.zeros(len(ind_out)), np.ones(len(ood_out))))
     fpr = smiyc_fpr_at_95_tpr if variant == "smiyc" else ood_metrics_fpr_at_95_tpr
-    return dict(auprc=average_precision_score(val_label, val_out), fpr=fpr(val_out, val_label),
-                auroc=roc_auc_score(val_label, val_out))
+    return dict(
+        auprc=average_precision_score(val_label, val_out),
+        fpr=fpr(val_out, val_label),
+        auroc=roc_auc_score(val_label, val_out),
+    )
 
 
 class IouEval:
@@ -166,14 +180,25 @@ def course_eval_iou(model, root) -> float:
     """eval_iou.py: Resize(512) bilinear / nearest (short side to 512; here to ``SIZE[0]``),
     Relabel(255, 19), the argmax of the 20 channels, iouEval."""
     ev = IouEval()
-    for img_path in sorted(glob.glob(os.path.join(str(root), "leftImg8bit", "val", "*", "*_leftImg8bit.png"))):
-        lab_path = img_path.replace("leftImg8bit", "gtFine", 1).replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
+    for img_path in sorted(
+        glob.glob(os.path.join(str(root), "leftImg8bit", "val", "*", "*_leftImg8bit.png"))
+    ):
+        lab_path = img_path.replace("leftImg8bit", "gtFine", 1).replace(
+            "_leftImg8bit.png", "_gtFine_labelTrainIds.png"
+        )
         img = Image.open(img_path).convert("RGB")
         w, h = img.size
         short = SIZE[0]
         new = (int(short * w / h), short) if w >= h else (short, int(short * h / w))
-        x = torch.from_numpy(np.array(img.resize(new, Image.BILINEAR))).permute(2, 0, 1).float().div(255)[None]
-        label = torch.from_numpy(np.array(Image.open(lab_path).convert("P").resize(new, Image.NEAREST))).long()
+        x = (
+            torch.from_numpy(np.array(img.resize(new, Image.BILINEAR)))
+            .permute(2, 0, 1)
+            .float()
+            .div(255)[None]
+        )
+        label = torch.from_numpy(
+            np.array(Image.open(lab_path).convert("P").resize(new, Image.NEAREST))
+        ).long()
         label[label == 255] = 19
         with torch.no_grad():
             out = model(x)
@@ -181,7 +206,7 @@ def course_eval_iou(model, root) -> float:
     return ev.get_iou()[0]
 
 
-# ----------------------------------------------------------------------------- generated data in the real formats
+# --------------------------------------------------------------- generated data in the real formats
 def _image(rng, h, w) -> np.ndarray:
     """A smooth random RGB frame (noise upsampled, plus fine noise), uint8 [h, w, 3]."""
     coarse = rng.integers(0, 256, (h // 32 + 2, w // 32 + 2, 3)).astype(np.uint8)
@@ -200,9 +225,9 @@ def _write(folder, stem, image, mask, ext):
 def _mask(h, w, anomaly, rects=(), void=(), base=0):
     m = np.full((h, w), base, np.uint8)
     for y0, y1, x0, x1 in void:
-        m[int(y0 * h):int(y1 * h), int(x0 * w):int(x1 * w)] = 255
+        m[int(y0 * h) : int(y1 * h), int(x0 * w) : int(x1 * w)] = 255
     for y0, y1, x0, x1 in rects:
-        m[int(y0 * h):int(y1 * h), int(x0 * w):int(x1 * w)] = anomaly
+        m[int(y0 * h) : int(y1 * h), int(x0 * w) : int(x1 * w)] = anomaly
     return m
 
 
@@ -216,22 +241,44 @@ def make_benchmarks(root, seed=0):
     ra = R / "RoadAnomaly"
     _write(ra, "0", _image(rng, 270, 480), _mask(270, 480, 2, [(0.5, 0.7, 0.4, 0.55)]), "jpg")
     vanish = np.zeros((512, 1024), np.uint8)
-    vanish[300, 500] = 2  # PIL's nearest samples rows and columns 4k + 2 of a 512x1024 frame at 128x256
+    vanish[300, 500] = (
+        2  # PIL's nearest samples rows and columns 4k + 2 of a 512x1024 frame at 128x256
+    )
     _write(ra, "1", _image(rng, 512, 1024), vanish, "jpg")
     _write(ra, "2", _image(rng, 300, 400), np.zeros((300, 400), np.uint8), "jpg")  # no anomaly
-    _write(ra, "3", _image(rng, 1024, 2048), _mask(1024, 2048, 2, [(0.55, 0.62, 0.3, 0.34), (0.6, 0.8, 0.7, 0.72)]), "jpg")
-    for name, ext, sizes in (("RoadAnomaly21", "png", [(270, 480), (180, 320)]),
-                             ("RoadObsticle21", "webp", [(270, 480), (180, 320)]),
-                             ("FS_LostFound_full", "png", [(1024, 2048)]),
-                             ("fs_static", "jpg", [(512, 1024), (1024, 2048)])):
+    _write(
+        ra,
+        "3",
+        _image(rng, 1024, 2048),
+        _mask(1024, 2048, 2, [(0.55, 0.62, 0.3, 0.34), (0.6, 0.8, 0.7, 0.72)]),
+        "jpg",
+    )
+    for name, ext, sizes in (
+        ("RoadAnomaly21", "png", [(270, 480), (180, 320)]),
+        ("RoadObsticle21", "webp", [(270, 480), (180, 320)]),
+        ("FS_LostFound_full", "png", [(1024, 2048)]),
+        ("fs_static", "jpg", [(512, 1024), (1024, 2048)]),
+    ):
         for i, (h, w) in enumerate(sizes):
-            if name == "RoadObsticle21":  # road 0 in the lower half, off-road void, a small obstacle
+            if (
+                name == "RoadObsticle21"
+            ):  # road 0 in the lower half, off-road void, a small obstacle
                 m = _mask(h, w, 1, [(0.7, 0.74, 0.45, 0.48)], void=[(0.0, 0.55, 0.0, 1.0)])
             else:
-                m = _mask(h, w, 1, [(0.45 + 0.1 * i, 0.6 + 0.1 * i, 0.2, 0.3 + 0.05 * i)], void=[(0.9, 1.0, 0.0, 1.0)])
-            if name == "fs_static" and i == 1:  # 2 anomaly pixels at 128x256 whose 2x2 block touches void
+                m = _mask(
+                    h,
+                    w,
+                    1,
+                    [(0.45 + 0.1 * i, 0.6 + 0.1 * i, 0.2, 0.3 + 0.05 * i)],
+                    void=[(0.9, 1.0, 0.0, 1.0)],
+                )
+            if (
+                name == "fs_static" and i == 1
+            ):  # 2 anomaly pixels at 128x256 whose 2x2 block touches void
                 m = np.zeros((h, w), np.uint8)
-                m[484, [804, 812]] = 1  # rows / columns 8k + 4 survive the resize: (60, 100), (60, 101)
+                m[484, [804, 812]] = (
+                    1  # rows / columns 8k + 4 survive the resize: (60, 100), (60, 101)
+                )
                 m[492, [804, 812]] = 255  # (61, 100), (61, 101)
                 m[300:340, 600:660] = 1
             _write(R / name, str(i), _image(rng, h, w), m, ext)
@@ -244,8 +291,14 @@ def make_cityscapes(root, seed=1):
         img_dir, lab_dir = root / "leftImg8bit" / "val" / "city", root / "gtFine" / "val" / "city"
         img_dir.mkdir(parents=True, exist_ok=True)
         lab_dir.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(_image(rng, 256, 512)).save(img_dir / f"city_{i:06d}_000019_leftImg8bit.png")
-        lab = np.array(Image.fromarray(rng.integers(0, 19, (16, 32)).astype(np.uint8)).resize((512, 256), Image.NEAREST))
+        Image.fromarray(_image(rng, 256, 512)).save(
+            img_dir / f"city_{i:06d}_000019_leftImg8bit.png"
+        )
+        lab = np.array(
+            Image.fromarray(rng.integers(0, 19, (16, 32)).astype(np.uint8)).resize(
+                (512, 256), Image.NEAREST
+            )
+        )
         lab[:25] = 255
         Image.fromarray(lab).save(lab_dir / f"city_{i:06d}_000019_gtFine_labelTrainIds.png")
     return root
@@ -260,26 +313,57 @@ def course_setup(tmp_path_factory):
     with torch.no_grad():  # a void channel that wins a share of pixels, as a trained model's may
         model.decoder.output_conv.bias[19] += 0.35
     ckpt = root / "erfnet_pretrained.pth"
-    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, ckpt)  # DataParallel format
+    torch.save(
+        {f"module.{k}": v for k, v in model.state_dict().items()}, ckpt
+    )  # DataParallel format
     bench_root = make_benchmarks(root)
     city = make_cityscapes(root / "cityscapes")
     seg = ErfnetSegmenter(load_erfnet(ckpt), checkpoint=str(ckpt), input_size=SIZE)
-    return dict(root=root, model=model, ckpt=ckpt, bench_root=bench_root, city=city, seg=seg,
-                cache=OutputCache(), ref_logits={})
+    return dict(
+        root=root,
+        model=model,
+        ckpt=ckpt,
+        bench_root=bench_root,
+        city=city,
+        seg=seg,
+        cache=OutputCache(),
+        ref_logits={},
+    )
 
 
-ALTERNATIVES = ("RoadAnomaly", "RoadObsticle21", "fs_static")  # jpg 0/2, webp with void off-road, blocks with void
-EVALUATED = {"course": None, "smiyc": ALTERNATIVES, "blocks2x2": ALTERNATIVES, "per_image": ALTERNATIVES,
-             "full_resolution": ("RoadObsticle21",), "legacy": ("RoadAnomaly",)}  # None: all five
+ALTERNATIVES = (
+    "RoadAnomaly",
+    "RoadObsticle21",
+    "fs_static",
+)  # jpg 0/2, webp with void off-road, blocks with void
+EVALUATED = {
+    "course": None,
+    "smiyc": ALTERNATIVES,
+    "blocks2x2": ALTERNATIVES,
+    "per_image": ALTERNATIVES,
+    "full_resolution": ("RoadObsticle21",),
+    "legacy": ("RoadAnomaly",),
+}  # None: all five
 
 
 @pytest.fixture(scope="module")
 def product_rows(course_setup):
-    """The package's rows under each protocol (one output cache: course-like protocols share forwards)."""
+    """The package's rows under each protocol (one output cache: course-like protocols share
+    forwards)."""
     s = course_setup
-    return {name: evaluate_anomaly(s["seg"], load_benchmarks(s["bench_root"], names), scores=SCORES, results_path=None,
-                                   cache=s["cache"], progress=False, protocol=name, maps_frames=0)
-            for name, names in EVALUATED.items()}
+    return {
+        name: evaluate_anomaly(
+            s["seg"],
+            load_benchmarks(s["bench_root"], names),
+            scores=SCORES,
+            results_path=None,
+            cache=s["cache"],
+            progress=False,
+            protocol=name,
+            maps_frames=0,
+        )
+        for name, names in EVALUATED.items()
+    }
 
 
 def _check(rows, ref, dataset, with_fpr=True):
@@ -330,21 +414,29 @@ def test_named_alternatives_equal_their_reference(course_setup, product_rows, va
     if variant == "blocks2x2":  # fs_static frame 1's 2-pixel anomaly shares its blocks with void
         assert rows.query("dataset == 'fs_static'").eval_size.iloc[0] == "64x128"
         label = course_mask(str(s["bench_root"] / "fs_static" / "images" / "1.jpg"))
-        assert label[60, 100] == label[60, 101] == 1 and label[61, 100] == 255  # fs_static 1 is 1024x2048
+        assert (
+            label[60, 100] == label[60, 101] == 1 and label[61, 100] == 255
+        )  # fs_static 1 is 1024x2048
         assert block_labels(torch.from_numpy(label))[30, 50] == 255
 
 
 def test_block_scoring_by_hand():
     """2x2 blocks: mean score, max label (0 < 1 < 255): a block touching void is void."""
-    scores = torch.tensor([[0.0, 1.0, 2.0, 2.0, 9.0],
-                           [2.0, 1.0, 2.0, 2.0, 9.0],
-                           [4.0, 4.0, 0.5, 0.5, 9.0],
-                           [4.0, 0.0, 0.5, 0.5, 9.0]])
-    labels = torch.tensor([[0, 0, 1, 0, 1],
-                           [0, 1, 0, 255, 1],
-                           [0, 0, 0, 0, 1],
-                           [0, 0, 0, 0, 1]], dtype=torch.uint8)
-    assert block_scores(scores).tolist() == [[1.0, 2.0], [3.0, 0.5]]  # the odd last column is dropped
+    scores = torch.tensor(
+        [
+            [0.0, 1.0, 2.0, 2.0, 9.0],
+            [2.0, 1.0, 2.0, 2.0, 9.0],
+            [4.0, 4.0, 0.5, 0.5, 9.0],
+            [4.0, 0.0, 0.5, 0.5, 9.0],
+        ]
+    )
+    labels = torch.tensor(
+        [[0, 0, 1, 0, 1], [0, 1, 0, 255, 1], [0, 0, 0, 0, 1], [0, 0, 0, 0, 1]], dtype=torch.uint8
+    )
+    assert block_scores(scores).tolist() == [
+        [1.0, 2.0],
+        [3.0, 0.5],
+    ]  # the odd last column is dropped
     assert block_labels(labels).tolist() == [[1, 255], [0, 0]]
 
 
@@ -353,7 +445,9 @@ def test_miou_course_equals_iouEval_with_a_winning_void_channel(course_setup):
     val = CityscapesSegmentation(s["city"], "val")
     ref = course_eval_iou(s["model"], s["city"])
     course, _ = evaluate_miou(s["seg"], val, results_path=None, cache=s["cache"], progress=False)
-    legacy, _ = evaluate_miou(s["seg"], val, results_path=None, cache=s["cache"], progress=False, protocol="legacy")
+    legacy, _ = evaluate_miou(
+        s["seg"], val, results_path=None, cache=s["cache"], progress=False, protocol="legacy"
+    )
     assert course.miou.iloc[0] == pytest.approx(ref, abs=TOL)
     assert course.protocol.iloc[0] == "course" and legacy.protocol.iloc[0] == "legacy"
     # the void channel wins a real share of pixels, so the 19-channel argmax reads more hits
@@ -367,10 +461,22 @@ def test_miou_course_equals_iouEval_with_a_winning_void_channel(course_setup):
 
 def test_protocol_registry_names_every_convention():
     assert get_protocol(None).name == "course"
-    assert set(PROTOCOLS) >= {"course", "smiyc", "blocks2x2", "full_resolution", "per_image", "legacy"}
+    assert set(PROTOCOLS) >= {
+        "course",
+        "smiyc",
+        "blocks2x2",
+        "full_resolution",
+        "per_image",
+        "legacy",
+    }
     course, legacy = PROTOCOLS["course"], PROTOCOLS["legacy"]
-    assert set(course.differences(legacy)) == {"input_resize", "skip_after_resize", "miou_void_channel", "logits_dtype",
-                                               "msp_form"}
+    assert set(course.differences(legacy)) == {
+        "input_resize",
+        "skip_after_resize",
+        "miou_void_channel",
+        "logits_dtype",
+        "msp_form",
+    }
     with pytest.raises(ValueError, match="named ones"):
         get_protocol("courses")
 
@@ -383,13 +489,19 @@ def test_per_image_means_by_hand():
 
     acc = PerImageAccumulator()
     acc.update(torch.tensor([[0.9, 0.1]]), torch.tensor([[1, 0]], dtype=torch.uint8))
-    acc.update(torch.tensor([[0.2, 0.8, 0.1, 5.0]]), torch.tensor([[1, 0, 0, 255]], dtype=torch.uint8))
+    acc.update(
+        torch.tensor([[0.2, 0.8, 0.1, 5.0]]), torch.tensor([[1, 0, 0, 255]], dtype=torch.uint8)
+    )
     m = acc.compute()
     assert (m["auprc"], m["fpr_at_95_tpr"], acc.num_frames) == (0.75, 0.25, 2)
-    assert acc.compute("smiyc")["fpr_at_95_tpr"] == 0.25  # B's first threshold reaching TPR 1: FPR 1/2
+    assert (
+        acc.compute("smiyc")["fpr_at_95_tpr"] == 0.25
+    )  # B's first threshold reaching TPR 1: FPR 1/2
 
 
-def test_cli_eval_and_compare_conventions_give_the_evaluation_rows(course_setup, product_rows, tmp_path, capsys):
+def test_cli_eval_and_compare_conventions_give_the_evaluation_rows(
+    course_setup, product_rows, tmp_path, capsys
+):
     """``anomalyseg eval`` on the course checkpoint file gives the rows of ``evaluate_anomaly`` (the
     notebooks' call) to the last digit, under the default (course) and a named protocol, and
     ``compare-conventions`` sets them side by side."""
@@ -398,47 +510,107 @@ def test_cli_eval_and_compare_conventions_give_the_evaluation_rows(course_setup,
     from anomalyseg.results import read_results
 
     s = course_setup
-    common = ["--model", "erfnet", "--checkpoint", str(s["ckpt"]), "--benchmarks-root", str(s["bench_root"]),
-              "--benchmarks", "RoadAnomaly", "--input-size", *map(str, SIZE), "--scores", *SCORES, "--workers", "0"]
+    common = [
+        "--model",
+        "erfnet",
+        "--checkpoint",
+        str(s["ckpt"]),
+        "--benchmarks-root",
+        str(s["bench_root"]),
+        "--benchmarks",
+        "RoadAnomaly",
+        "--input-size",
+        *map(str, SIZE),
+        "--scores",
+        *SCORES,
+        "--workers",
+        "0",
+    ]
     cli.main(["eval", *common, "--results", str(tmp_path / "eval.csv")])
     out = capsys.readouterr().out
     assert "protocol `course`" in out
-    cli.main(["compare-conventions", *common, "--protocols", "course", "legacy", "--results", str(tmp_path / "cmp.csv")])
+    cli.main(
+        [
+            "compare-conventions",
+            *common,
+            "--protocols",
+            "course",
+            "legacy",
+            "--results",
+            str(tmp_path / "cmp.csv"),
+        ]
+    )
     out = capsys.readouterr().out
-    assert "| course | legacy |" in out and "| input_resize | pil | tensor |" in out  # both tables printed
+    assert (
+        "| course | legacy |" in out and "| input_resize | pil | tensor |" in out
+    )  # both tables printed
     ev, cmp = read_results(tmp_path / "eval.csv"), read_results(tmp_path / "cmp.csv")
-    for protocol, rows in (("course", ev), ("course", cmp[cmp.protocol == "course"]), ("legacy", cmp[cmp.protocol == "legacy"])):
+    for protocol, rows in (
+        ("course", ev),
+        ("course", cmp[cmp.protocol == "course"]),
+        ("legacy", cmp[cmp.protocol == "legacy"]),
+    ):
         ref = product_rows[protocol].query("dataset == 'RoadAnomaly'")
         assert len(rows) == len(ref) == len(SCORES) and (rows.protocol == protocol).all()
         for score in SCORES:
             got, want = rows[rows.score == score].iloc[0], ref[ref.score == score].iloc[0]
-            assert (got.auprc, got.fpr_at_95_tpr, got.frames_used) == (want.auprc, want.fpr_at_95_tpr, want.frames_used)
+            assert (got.auprc, got.fpr_at_95_tpr, got.frames_used) == (
+                want.auprc,
+                want.fpr_at_95_tpr,
+                want.frames_used,
+            )
     table = conventions_table(cmp, "erfnet")
     assert list(table.columns) == ["course", "legacy"]
     msp = cmp[(cmp.score == "msp")].set_index("protocol")
-    assert table.loc[("Road Anomaly", "MSP"), "legacy"] == f"{100 * msp.auprc['legacy']:.2f} / {100 * msp.fpr_at_95_tpr['legacy']:.2f}"
+    assert (
+        table.loc[("Road Anomaly", "MSP"), "legacy"]
+        == f"{100 * msp.auprc['legacy']:.2f} / {100 * msp.fpr_at_95_tpr['legacy']:.2f}"
+    )
 
 
 def test_compare_conventions_cli_with_an_eomt_folder(course_setup, tmp_path, capsys):
-    """``compare-conventions --model eomt`` on a ``save_pretrained`` folder: rows under each protocol
-    asked for, the same frames used where only the resize differs (EoMT scores at the frame size)."""
-    from helpers import tiny_eomt_config
-
+    """``compare-conventions --model eomt`` on a ``save_pretrained`` folder: rows under each
+    protocol
+    asked for, the same frames used where only the resize differs (EoMT scores at the frame
+    size)."""
     from anomalyseg import cli
     from anomalyseg.models.eomt import build_eomt
     from anomalyseg.results import read_results
+    from helpers import tiny_eomt_config
 
     torch.manual_seed(0)
     folder = tmp_path / "eomt"
     build_eomt(tiny_eomt_config()).save_pretrained(folder)
     window = tiny_eomt_config().image_size
-    cli.main(["compare-conventions", "--model", "eomt", "--checkpoint", str(folder), "--window-size", str(window),
-              "--benchmarks-root", str(course_setup["bench_root"]), "--benchmarks", "RoadAnomaly21",
-              "--protocols", "course", "smiyc", "legacy", "--results", str(tmp_path / "r.csv")])
+    cli.main(
+        [
+            "compare-conventions",
+            "--model",
+            "eomt",
+            "--checkpoint",
+            str(folder),
+            "--window-size",
+            str(window),
+            "--benchmarks-root",
+            str(course_setup["bench_root"]),
+            "--benchmarks",
+            "RoadAnomaly21",
+            "--protocols",
+            "course",
+            "smiyc",
+            "legacy",
+            "--results",
+            str(tmp_path / "r.csv"),
+        ]
+    )
     out = capsys.readouterr().out
     assert "| course | smiyc | legacy |" in out
     rows = read_results(tmp_path / "r.csv")
-    assert sorted(set(rows.protocol)) == ["course", "legacy", "smiyc"] and set(rows.model) == {"eomt"}
+    assert sorted(set(rows.protocol)) == ["course", "legacy", "smiyc"] and set(rows.model) == {
+        "eomt"
+    }
     by = rows[rows.score == "msp"].set_index("protocol")
-    assert by.auprc["course"] == by.auprc["smiyc"]  # the same scores; only the FPR95 reading differs
+    assert (
+        by.auprc["course"] == by.auprc["smiyc"]
+    )  # the same scores; only the FPR95 reading differs
     assert by.eval_size["course"] == by.eval_size["legacy"] == "270x480"

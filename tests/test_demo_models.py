@@ -30,8 +30,11 @@ def test_shipped_files_match_their_manifest():
             assert entry["final_train_loss"] > 0
         for rel in entry["files"]:
             if rel.endswith(".safetensors"):
-                assert {t.dtype for t in load_file(demo_models.WEIGHTS_DIR / model / rel).values()
-                        if t.is_floating_point()} == {torch.float16}
+                assert {
+                    t.dtype
+                    for t in load_file(demo_models.WEIGHTS_DIR / model / rel).values()
+                    if t.is_floating_point()
+                } == {torch.float16}
 
 
 @pytest.fixture(scope="module")
@@ -41,24 +44,48 @@ def shipped_tiny(tmp_path_factory):
     train on it)."""
     root = tmp_path_factory.mktemp("demo_weights")
     for model in demo_models.MODELS:
-        main(["demo-weights", "--model", model, "--steps", "2", "--preset", "tiny", "--data-root", str(root / "data"),
-              "--work-dir", str(root / "work"), "--out", str(root / "out")])
+        main(
+            [
+                "demo-weights",
+                "--model",
+                model,
+                "--steps",
+                "2",
+                "--preset",
+                "tiny",
+                "--data-root",
+                str(root / "data"),
+                "--work-dir",
+                str(root / "work"),
+                "--out",
+                str(root / "out"),
+            ]
+        )
     return root
 
 
 @pytest.mark.parametrize("model", ["erfnet", "eomt"])
-def test_zoo_installs_matching_weights_instead_of_training(shipped_tiny, monkeypatch, tmp_path, model, capsys):
+def test_zoo_installs_matching_weights_instead_of_training(
+    shipped_tiny, monkeypatch, tmp_path, model, capsys
+):
     root = shipped_tiny
     monkeypatch.setattr(demo_models, "WEIGHTS_DIR", root / "out")
     entry = demo_models.read_manifest()[model]
-    assert entry["command"] == f"anomalyseg demo-weights --model {model} --steps 2 --seed 0 --preset tiny"
+    assert (
+        entry["command"]
+        == f"anomalyseg demo-weights --model {model} --steps 2 --seed 0 --preset tiny"
+    )
     ws = open_workspace(data_root=root / "data", preset="tiny", output_dir=tmp_path)
     from anomalyseg.pipeline import notebook_parameters
 
-    params = notebook_parameters("tiny", "01_erfnet_baseline" if model == "erfnet" else "02_eomt_eval")
+    params = notebook_parameters(
+        "tiny", "01_erfnet_baseline" if model == "erfnet" else "02_eomt_eval"
+    )
     train = demo_models.demo_train_settings(model, {**params, "train_steps": 2})
     if model == "erfnet":
-        seg = zoo.erfnet_segmenter(ws, train=train, input_size=tuple(params["input_size"]), device="cpu")
+        seg = zoo.erfnet_segmenter(
+            ws, train=train, input_size=tuple(params["input_size"]), device="cpu"
+        )
         shipped = root / "out" / "erfnet" / "erfnet.safetensors"
         installed = zoo.default_checkpoint(ws, "erfnet")
     else:
@@ -86,10 +113,20 @@ def test_other_settings_or_from_scratch_train_instead(shipped_tiny, monkeypatch,
 
     params = notebook_parameters("tiny", "01_erfnet_baseline")
     train = demo_models.demo_train_settings("erfnet", {**params, "train_steps": 2})
-    zoo.erfnet_segmenter(ws, train={**train, "lr": 1e-3}, input_size=tuple(params["input_size"]), device="cpu")
-    assert (zoo.default_checkpoint(ws, "erfnet").parent / "last.ckpt").is_file()  # trained: lr differs
+    zoo.erfnet_segmenter(
+        ws, train={**train, "lr": 1e-3}, input_size=tuple(params["input_size"]), device="cpu"
+    )
+    assert (
+        zoo.default_checkpoint(ws, "erfnet").parent / "last.ckpt"
+    ).is_file()  # trained: lr differs
     ws = open_workspace(data_root=root / "data", preset="tiny", output_dir=tmp_path / "b")
-    zoo.erfnet_segmenter(ws, train=train, input_size=tuple(params["input_size"]), device="cpu", train_from_scratch=True)
+    zoo.erfnet_segmenter(
+        ws,
+        train=train,
+        input_size=tuple(params["input_size"]),
+        device="cpu",
+        train_from_scratch=True,
+    )
     assert (zoo.default_checkpoint(ws, "erfnet").parent / "last.ckpt").is_file()
 
 
@@ -102,15 +139,18 @@ def test_a_damaged_weight_file_is_named(shipped_tiny, tmp_path):
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(demo_models.DemoWeightsError, match=r"erfnet\.safetensors does not match .*manifest\.json"):
+    with pytest.raises(
+        demo_models.DemoWeightsError, match=r"erfnet\.safetensors does not match .*manifest\.json"
+    ):
         demo_models.verify("erfnet", out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert demo_models.verify("eomt", out) == manifest["eomt"]
 
 
 @pytest.mark.parametrize("model", ["eomt_oe", "head_stats", "head_hybrid"])
-def test_models_on_the_shipped_eomt_install_only_on_it(shipped_tiny, monkeypatch, tmp_path, model,
-                                                        capsys):
+def test_models_on_the_shipped_eomt_install_only_on_it(
+    shipped_tiny, monkeypatch, tmp_path, model, capsys
+):
     """Notebooks 04 and 05 get the shipped fine-tuned EoMT and heads for their own settings on top
     of the shipped EoMT; other settings, or another base EoMT, get None (they train)."""
     from anomalyseg.models.anomaly_head import load_anomaly_head
@@ -127,13 +167,17 @@ def test_models_on_the_shipped_eomt_install_only_on_it(shipped_tiny, monkeypatch
     assert entry["command"] == command
     if model == "eomt_oe":
         params = {**notebook_parameters("tiny", "04_outlier_exposure"), "finetune_steps": 2}
-        settings = {**demo_models.demo_train_settings(model, params),
-                    "oe": demo_models.oe_config(params).to_dict(),
-                    "coco_max_images": params["coco_max_images"]}
+        settings = {
+            **demo_models.demo_train_settings(model, params),
+            "oe": demo_models.oe_config(params).to_dict(),
+            "coco_max_images": params["coco_max_images"],
+        }
     else:
         params = {**notebook_parameters("tiny", "05_anomaly_head"), "train_steps": 2}
-        settings = {**demo_models.demo_train_settings(model, params),
-                    "variant": model.removeprefix("head_")}
+        settings = {
+            **demo_models.demo_train_settings(model, params),
+            "variant": model.removeprefix("head_"),
+        }
     capsys.readouterr()
     got = demo_models.install_trained(model, tmp_path / model, ws, base, settings)
     assert "shipped demo weights" in capsys.readouterr().out
@@ -166,5 +210,6 @@ def test_models_on_the_eomt_need_the_shipped_eomt_first(tmp_path):
     from anomalyseg.pipeline import train_demo_weights
 
     with pytest.raises(ValueError, match="has no `eomt` entry yet"):
-        train_demo_weights("head_stats", 2, tmp_path / "data", tmp_path / "work", tmp_path / "out",
-                           preset="tiny")
+        train_demo_weights(
+            "head_stats", 2, tmp_path / "data", tmp_path / "work", tmp_path / "out", preset="tiny"
+        )

@@ -45,13 +45,18 @@ def tiny_model() -> EomtForUniversalSegmentation:
 
 def hf_pipeline(model, image: torch.Tensor, window: int) -> torch.Tensor:
     """transformers' own windowed semantic inference: processor split -> model -> post-process."""
-    proc = EomtImageProcessor(do_split_image=True, size={"shortest_edge": window, "longest_edge": None})
+    proc = EomtImageProcessor(
+        do_split_image=True, size={"shortest_edge": window, "longest_edge": None}
+    )
     inputs = proc(images=[image], return_tensors="pt")
     with torch.no_grad():
         out = model(pixel_values=inputs["pixel_values"], patch_offsets=inputs["patch_offsets"])
     res = proc.post_process_semantic_segmentation(
-        out, target_sizes=[tuple(image.shape[-2:])], size={"shortest_edge": window, "longest_edge": None},
-        return_segmentation_scores=True)
+        out,
+        target_sizes=[tuple(image.shape[-2:])],
+        size={"shortest_edge": window, "longest_edge": None},
+        return_segmentation_scores=True,
+    )
     return res[0].segmentation_scores
 
 
@@ -76,9 +81,13 @@ def test_per_pixel_logits_matches_transformers_post_processing(tiny_model):
     with torch.no_grad():
         out = tiny_model(pixel_values=pixels)
     proc = EomtImageProcessor(size={"shortest_edge": 64, "longest_edge": 64})
-    ref = proc.post_process_semantic_segmentation(out, target_sizes=[(64, 64)] * 2, return_segmentation_scores=True)
-    ours = per_pixel_logits(F.interpolate(out.masks_queries_logits, size=(64, 64), mode="bilinear"),
-                            out.class_queries_logits)
+    ref = proc.post_process_semantic_segmentation(
+        out, target_sizes=[(64, 64)] * 2, return_segmentation_scores=True
+    )
+    ours = per_pixel_logits(
+        F.interpolate(out.masks_queries_logits, size=(64, 64), mode="bilinear"),
+        out.class_queries_logits,
+    )
     for i in range(2):
         assert torch.equal(ours[i].argmax(0), ref[i].segmentation)
         torch.testing.assert_close(ours[i], ref[i].segmentation_scores)
@@ -98,7 +107,11 @@ def test_scaled_size_rounds_like_upstream():
     assert scaled_size((1024, 2048), 1024) == (1024, 2048)  # Cityscapes at 1024: no resize
     assert window_offsets((1024, 2048), 1024) == [(0, 1024), (1024, 2048)]
     assert window_offsets((128, 228), 128) == [(0, 128), (100, 228)]
-    assert window_offsets((300, 100), 100) == [(0, 100), (100, 200), (200, 300)]  # portrait: along height
+    assert window_offsets((300, 100), 100) == [
+        (0, 100),
+        (100, 200),
+        (200, 300),
+    ]  # portrait: along height
 
 
 @pytest.mark.parametrize("crop,window", [((720, 1280), 144), ((333, 517), 64)])
@@ -109,9 +122,13 @@ def test_windows_match_transformers_processor(realdata, crop, window):
     image = torch.from_numpy(read_rgb(realdata / "images" / "tractor.png")).permute(2, 0, 1)
     image = image[:, : crop[0], : crop[1]].contiguous()
     windows, offsets, resized = split_windows(image, window, input_resize="tensor")
-    proc = EomtImageProcessor(do_split_image=True, size={"shortest_edge": window, "longest_edge": None})
+    proc = EomtImageProcessor(
+        do_split_image=True, size={"shortest_edge": window, "longest_edge": None}
+    )
     ref = proc(images=[image], return_tensors="pt")
-    assert [tuple(o.tolist()[1:]) for o in ref["patch_offsets"]] == [tuple(o) for o in offsets.tolist()]
+    assert [tuple(o.tolist()[1:]) for o in ref["patch_offsets"]] == [
+        tuple(o) for o in offsets.tolist()
+    ]
     assert len(offsets) == math.ceil(max(resized) / window) >= 2
     torch.testing.assert_close(normalize(windows), ref["pixel_values"], atol=1e-5, rtol=0)
 
@@ -128,7 +145,9 @@ def test_default_windows_are_upstreams_pil_resize(realdata, crop, window):
     h, w = crop
     factor = max(window / h, window / w)
     new_h, new_w = round(h * factor), round(w * factor)
-    ref = np.array(Image.fromarray(image.permute(1, 2, 0).numpy()).resize((new_w, new_h), Image.BILINEAR))
+    ref = np.array(
+        Image.fromarray(image.permute(1, 2, 0).numpy()).resize((new_w, new_h), Image.BILINEAR)
+    )
     ref = torch.from_numpy(ref).permute(2, 0, 1)
     windows, offsets, resized = split_windows(image, window)
     assert resized == (new_h, new_w)
@@ -148,11 +167,17 @@ def test_stitching_matches_transformers_merge(realdata):
     maps = torch.randn(len(offsets), 4, window, window)
     ours = stitch_windows(maps, offsets, resized, frame)
     proc = EomtImageProcessor()
-    ref = proc.merge_image_patches(maps, [(0, s, e) for s, e in offsets.tolist()], [frame],
-                                   {"shortest_edge": window, "longest_edge": None})[0]
+    ref = proc.merge_image_patches(
+        maps,
+        [(0, s, e) for s, e in offsets.tolist()],
+        [frame],
+        {"shortest_edge": window, "longest_edge": None},
+    )[0]
     torch.testing.assert_close(ours, ref)
     # overlap is averaged, not summed: constant windows stitch to the same constant
-    flat = stitch_windows(torch.full((len(offsets), 1, window, window), 3.0), offsets, resized, resized)
+    flat = stitch_windows(
+        torch.full((len(offsets), 1, window, window), 3.0), offsets, resized, resized
+    )
     torch.testing.assert_close(flat, torch.full((1, *resized), 3.0))
 
 
@@ -204,7 +229,9 @@ def test_class_maps_share_the_masks_and_equal_class_map(tiny_model):
 
 
 def test_features_and_head_hook(tiny_model):
-    class MassHead(nn.Module):  # anomaly logit = -total class mass; linear, so stitching commutes with it
+    class MassHead(
+        nn.Module
+    ):  # anomaly logit = -total class mass; linear, so stitching commutes with it
         def forward(self, out):
             maps = per_pixel_logits(out["mask_logits"], out["class_logits"])
             assert out["features"].shape[1:] == (32, 4, 4)
@@ -216,7 +243,9 @@ def test_features_and_head_hook(tiny_model):
     assert raw["features"].shape == (len(raw["offsets"]), 32, 4, 4)
     score = seg.extra_scores(raw, (40, 100))["anomaly_head"]
     # the head map is stitched exactly like the class map it was computed from
-    torch.testing.assert_close(score, -seg.class_map(raw, (40, 100)).sum(0), atol=1e-2, rtol=0)  # head saw float32
+    torch.testing.assert_close(
+        score, -seg.class_map(raw, (40, 100)).sum(0), atol=1e-2, rtol=0
+    )  # head saw float32
 
 
 def test_window_size_must_match_model(tiny_model):
@@ -251,11 +280,15 @@ def test_masked_attention_is_off_after_loading(tmp_path):
 def test_local_folder_round_trip(tmp_path, tiny_model):
     tiny_model.save_pretrained(tmp_path / "m")
     seg = load_eomt(tmp_path / "m", name="eomt_tiny")
-    assert seg.checkpoint == str(tmp_path / "m") and seg.name == "eomt_tiny" and seg.window_size == 64
+    assert (
+        seg.checkpoint == str(tmp_path / "m") and seg.name == "eomt_tiny" and seg.window_size == 64
+    )
     pixels = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(seg.model(pixel_values=pixels).masks_queries_logits,
-                                   tiny_model(pixel_values=pixels).masks_queries_logits)
+        torch.testing.assert_close(
+            seg.model(pixel_values=pixels).masks_queries_logits,
+            tiny_model(pixel_values=pixels).masks_queries_logits,
+        )
 
 
 def test_unreachable_hub_and_bad_folder_errors(tmp_path):
@@ -280,9 +313,11 @@ def to_upstream(model: EomtForUniversalSegmentation) -> dict[str, torch.Tensor]:
         f"{bb}.pos_embed": sd["embeddings.position_embeddings.weight"][None],
         f"{bb}.patch_embed.proj.weight": sd["embeddings.patch_embeddings.projection.weight"],
         f"{bb}.patch_embed.proj.bias": sd["embeddings.patch_embeddings.projection.bias"],
-        f"{bb}.norm.weight": sd["layernorm.weight"], f"{bb}.norm.bias": sd["layernorm.bias"],
+        f"{bb}.norm.weight": sd["layernorm.weight"],
+        f"{bb}.norm.bias": sd["layernorm.bias"],
         "network.q.weight": sd["query.weight"],
-        "network.class_head.weight": sd["class_predictor.weight"], "network.class_head.bias": sd["class_predictor.bias"],
+        "network.class_head.weight": sd["class_predictor.weight"],
+        "network.class_head.bias": sd["class_predictor.bias"],
         "network.attn_mask_probs": torch.ones(cfg.num_blocks),
         "network.encoder.pixel_mean": torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
         "network.encoder.pixel_std": torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
@@ -291,38 +326,64 @@ def to_upstream(model: EomtForUniversalSegmentation) -> dict[str, torch.Tensor]:
     for i in range(cfg.num_hidden_layers):
         hf, ub = f"layers.{i}", f"{bb}.blocks.{i}"
         for p in ("weight", "bias"):
-            up[f"{ub}.norm1.{p}"], up[f"{ub}.norm2.{p}"] = sd[f"{hf}.norm1.{p}"], sd[f"{hf}.norm2.{p}"]
-            up[f"{ub}.attn.qkv.{p}"] = torch.cat([sd[f"{hf}.attention.{n}_proj.{p}"] for n in "qkv"])
+            up[f"{ub}.norm1.{p}"], up[f"{ub}.norm2.{p}"] = (
+                sd[f"{hf}.norm1.{p}"],
+                sd[f"{hf}.norm2.{p}"],
+            )
+            up[f"{ub}.attn.qkv.{p}"] = torch.cat(
+                [sd[f"{hf}.attention.{n}_proj.{p}"] for n in "qkv"]
+            )
             up[f"{ub}.attn.proj.{p}"] = sd[f"{hf}.attention.out_proj.{p}"]
-            up[f"{ub}.mlp.fc1.{p}"], up[f"{ub}.mlp.fc2.{p}"] = sd[f"{hf}.mlp.fc1.{p}"], sd[f"{hf}.mlp.fc2.{p}"]
-        up[f"{ub}.ls1.gamma"], up[f"{ub}.ls2.gamma"] = sd[f"{hf}.layer_scale1.lambda1"], sd[f"{hf}.layer_scale2.lambda1"]
+            up[f"{ub}.mlp.fc1.{p}"], up[f"{ub}.mlp.fc2.{p}"] = (
+                sd[f"{hf}.mlp.fc1.{p}"],
+                sd[f"{hf}.mlp.fc2.{p}"],
+            )
+        up[f"{ub}.ls1.gamma"], up[f"{ub}.ls2.gamma"] = (
+            sd[f"{hf}.layer_scale1.lambda1"],
+            sd[f"{hf}.layer_scale2.lambda1"],
+        )
     for j, k in enumerate((0, 2, 4)):
         for p in ("weight", "bias"):
             up[f"network.mask_head.{k}.{p}"] = sd[f"mask_head.fc{j + 1}.{p}"]
     for i in range(cfg.num_upscale_blocks):
         hf = f"upscale_block.block.{i}"
-        up[f"network.upscale.{i}.conv1.weight"], up[f"network.upscale.{i}.conv1.bias"] = sd[f"{hf}.conv1.weight"], sd[f"{hf}.conv1.bias"]
+        up[f"network.upscale.{i}.conv1.weight"], up[f"network.upscale.{i}.conv1.bias"] = (
+            sd[f"{hf}.conv1.weight"],
+            sd[f"{hf}.conv1.bias"],
+        )
         up[f"network.upscale.{i}.conv2.weight"] = sd[f"{hf}.conv2.weight"]
-        up[f"network.upscale.{i}.norm.weight"], up[f"network.upscale.{i}.norm.bias"] = sd[f"{hf}.layernorm2d.weight"], sd[f"{hf}.layernorm2d.bias"]
-    assert len(up) == len(sd) - 3 * cfg.num_hidden_layers * 2 + 2 * cfg.num_hidden_layers + 2  # qkv fused, pixel stats added
+        up[f"network.upscale.{i}.norm.weight"], up[f"network.upscale.{i}.norm.bias"] = (
+            sd[f"{hf}.layernorm2d.weight"],
+            sd[f"{hf}.layernorm2d.bias"],
+        )
+    assert (
+        len(up) == len(sd) - 3 * cfg.num_hidden_layers * 2 + 2 * cfg.num_hidden_layers + 2
+    )  # qkv fused, pixel stats added
     return {k: v.clone() for k, v in up.items()}
 
 
 @pytest.mark.parametrize("patch_size,heads", [(16, 2), (8, 4)])
 def test_upstream_checkpoint_maps_every_key(tmp_path, patch_size, heads):
     torch.manual_seed(4)
-    ref = EomtForUniversalSegmentation(tiny_config(patch_size=patch_size, num_attention_heads=heads)).eval()
+    ref = EomtForUniversalSegmentation(
+        tiny_config(patch_size=patch_size, num_attention_heads=heads)
+    ).eval()
     ref.attn_mask_probs.zero_()
     up = to_upstream(ref)
     torch.save({"state_dict": up, "epoch": 3}, tmp_path / "last.ckpt")  # Lightning layout
     torch.save(up, tmp_path / "pytorch_model.bin")  # hub layout
     pixels = torch.randn(1, 3, 64, 64)
     for name in ("last.ckpt", "pytorch_model.bin"):
-        model = build_eomt(tmp_path / name, num_attention_heads=heads)  # config inferred from shapes
+        model = build_eomt(
+            tmp_path / name, num_attention_heads=heads
+        )  # config inferred from shapes
         assert model.config.patch_size == patch_size and model.config.num_queries == 6
         assert model.config.num_register_tokens == 2 and model.config.num_blocks == 2
         assert model.config.num_upscale_blocks == ref.config.num_upscale_blocks
-        assert model.attn_mask_probs.tolist() == [0.0, 0.0]  # checkpoint said 1: zeroed for evaluation
+        assert model.attn_mask_probs.tolist() == [
+            0.0,
+            0.0,
+        ]  # checkpoint said 1: zeroed for evaluation
         with torch.no_grad():
             a, b = model(pixel_values=pixels), ref(pixel_values=pixels)
         torch.testing.assert_close(a.masks_queries_logits, b.masks_queries_logits)
@@ -332,15 +393,22 @@ def test_upstream_checkpoint_maps_every_key(tmp_path, patch_size, heads):
 def test_upstream_checkpoint_reports_what_did_not_map(tmp_path):
     ref = EomtForUniversalSegmentation(tiny_config())
     up = to_upstream(ref)
-    up["network.encoder.backbone.blocks.0.attn.q_norm.weight"] = torch.ones(16)  # a key with no rule
+    up["network.encoder.backbone.blocks.0.attn.q_norm.weight"] = torch.ones(
+        16
+    )  # a key with no rule
     torch.save(up, tmp_path / "extra.bin")
-    with pytest.raises(CheckpointError, match=r"not in model: 1 \(network\.encoder\.backbone\.blocks\.0\.attn\.q_norm"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"not in model: 1 \(network\.encoder\.backbone\.blocks\.0\.attn\.q_norm",
+    ):
         build_eomt(tmp_path / "extra.bin", num_attention_heads=2)
 
     up = to_upstream(ref)
     del up["network.mask_head.4.weight"]
     torch.save(up, tmp_path / "missing.bin")
-    with pytest.raises(CheckpointError, match=r"missing from checkpoint: 1 \(mask_head\.fc3\.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"missing from checkpoint: 1 \(mask_head\.fc3\.weight"
+    ):
         build_eomt(tmp_path / "missing.bin", num_attention_heads=2)
 
     up = to_upstream(ref)
@@ -351,16 +419,26 @@ def test_upstream_checkpoint_reports_what_did_not_map(tmp_path):
 
 
 def test_transformers_named_weight_file(tmp_path, tiny_model):
-    """A bare model.safetensors (transformers names, no config.json): config read from its shapes."""
+    """A bare model.safetensors (transformers names, no config.json): config read from its
+    shapes."""
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in tiny_model.state_dict().items()}, tmp_path / "model.safetensors")
+    save_file(
+        {k: v.contiguous() for k, v in tiny_model.state_dict().items()},
+        tmp_path / "model.safetensors",
+    )
     model = build_eomt(tmp_path / "model.safetensors", num_attention_heads=2)
-    assert model.config.num_hidden_layers == 3 and model.config.num_blocks == 2 and model.config.image_size == 64
+    assert (
+        model.config.num_hidden_layers == 3
+        and model.config.num_blocks == 2
+        and model.config.image_size == 64
+    )
     pixels = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(model(pixel_values=pixels).class_queries_logits,
-                                   tiny_model(pixel_values=pixels).class_queries_logits)
+        torch.testing.assert_close(
+            model(pixel_values=pixels).class_queries_logits,
+            tiny_model(pixel_values=pixels).class_queries_logits,
+        )
 
 
 def test_predict_equals_cached_class_map(tiny_model):
@@ -368,4 +446,6 @@ def test_predict_equals_cached_class_map(tiny_model):
     seg = EomtSegmenter(tiny_model, checkpoint="random-init")
     direct = seg.predict(image, class_temperature=1.5)
     assert direct.shape == (19, 70, 150)
-    torch.testing.assert_close(direct, seg.class_map(seg.raw_outputs(image), class_temperature=1.5), atol=2e-3, rtol=0)
+    torch.testing.assert_close(
+        direct, seg.class_map(seg.raw_outputs(image), class_temperature=1.5), atol=2e-3, rtol=0
+    )

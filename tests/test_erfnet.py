@@ -1,4 +1,5 @@
-"""ERFNet: architecture fidelity to the original (names, size, blocks) and the course preprocessing."""
+"""ERFNet: architecture fidelity to the original (names, size, blocks) and the course
+preprocessing."""
 
 from __future__ import annotations
 
@@ -84,9 +85,9 @@ def test_non_bottleneck_matches_functional_reference():
         return F.conv2d(t, m.weight, m.bias, padding=pad, dilation=dil)
 
     def bn(t, m):
-        return (t - m.running_mean[:, None, None]) / torch.sqrt(m.running_var[:, None, None] + 1e-3) * m.weight[
-            :, None, None
-        ] + m.bias[:, None, None]
+        return (t - m.running_mean[:, None, None]) / torch.sqrt(
+            m.running_var[:, None, None] + 1e-3
+        ) * m.weight[:, None, None] + m.bias[:, None, None]
 
     y = F.relu(conv(x, block.conv3x1_1, (1, 0), 1))
     y = F.relu(bn(conv(y, block.conv1x3_1, (0, 1), 1), block.bn1))
@@ -116,12 +117,22 @@ def test_segmenter_protocol_and_outputs(model, frame):
     assert seg.name == "erfnet" and seg.num_channels == 19 and not seg.supports_class_temperature
     assert seg.eval_size((96, 200)) == (64, 128)
     raw = seg.raw_outputs(frame)
-    assert set(raw) == {"logits"} and raw["logits"].dtype == torch.float32 and raw["logits"].shape == (20, 64, 128)
-    half = ErfnetSegmenter(model, checkpoint="random-init", input_size=(64, 128), logits_dtype=torch.float16)
-    assert half.raw_outputs(frame)["logits"].dtype == torch.float16 and half.cache_tag != seg.cache_tag
+    assert (
+        set(raw) == {"logits"}
+        and raw["logits"].dtype == torch.float32
+        and raw["logits"].shape == (20, 64, 128)
+    )
+    half = ErfnetSegmenter(
+        model, checkpoint="random-init", input_size=(64, 128), logits_dtype=torch.float16
+    )
+    assert (
+        half.raw_outputs(frame)["logits"].dtype == torch.float16 and half.cache_tag != seg.cache_tag
+    )
     half.cache_tag = f"{half.cache_tag}|weights-abc"  # the zoo appends a weight-file fingerprint
     assert half.cache_tag.endswith("|float16|weights-abc")
-    half.input_resize = "tensor"  # a protocol's setting still changes the tag under the appended part
+    half.input_resize = (
+        "tensor"  # a protocol's setting still changes the tag under the appended part
+    )
     assert half.cache_tag == "64x128|tensor|float16|weights-abc"
     cmap = seg.class_map(raw, (64, 128))
     assert cmap.dtype == torch.float32 and cmap.shape == (19, 64, 128)
@@ -154,11 +165,16 @@ def test_segmenter_from_checkpoint_path(tmp_path, model, frame):
     torch.save({"module." + k: v for k, v in model.state_dict().items()}, path)
     seg = ErfnetSegmenter(path, input_size=(64, 128))
     assert seg.checkpoint == str(path)
-    torch.testing.assert_close(seg.raw_outputs(frame)["logits"], ErfnetSegmenter(model, input_size=(64, 128)).raw_outputs(frame)["logits"])
+    torch.testing.assert_close(
+        seg.raw_outputs(frame)["logits"],
+        ErfnetSegmenter(model, input_size=(64, 128)).raw_outputs(frame)["logits"],
+    )
 
 
 def test_segmenter_bad_settings(model):
-    with pytest.raises(ValueError, match=r"input_size=\(500, 1000\).*divisible by 8.*\(504, 1000\)"):
+    with pytest.raises(
+        ValueError, match=r"input_size=\(500, 1000\).*divisible by 8.*\(504, 1000\)"
+    ):
         ErfnetSegmenter(model, input_size=(500, 1000))
     seg = ErfnetSegmenter(model, input_size=(64, 128))
     with pytest.raises(ValueError, match="uint8 RGB"):

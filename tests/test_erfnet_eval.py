@@ -19,12 +19,11 @@ import torch
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from anomalyseg.report.tables import chance_table
 from anomalyseg.data.benchmarks import AnomalyBenchmark
 from anomalyseg.evaluate import evaluate_anomaly
-from anomalyseg.results import load_maps
 from anomalyseg.models.erfnet import ERFNet, ErfnetSegmenter
-from anomalyseg.results import read_results
+from anomalyseg.report.tables import chance_table
+from anomalyseg.results import load_maps, read_results
 
 SIZE = (512, 1024)  # the course's evaluation size (H, W)
 SCORES = ("msp", "max_logit", "max_entropy", "energy")
@@ -33,7 +32,8 @@ SCORES = ("msp", "max_logit", "max_entropy", "energy")
 @pytest.fixture(scope="module")
 def erfnet_on_photos(realdata):
     """A random ERFNet whose BatchNorm statistics are set on the two photos, so that its logits vary
-    over the frame the way a trained network's do (at init, eval-mode BN leaves them nearly flat)."""
+    over the frame the way a trained network's do (at init, eval-mode BN leaves them nearly
+    flat)."""
     torch.manual_seed(0)
     model = ERFNet(20)
     bench = AnomalyBenchmark(realdata)
@@ -51,11 +51,18 @@ def erfnet_on_photos(realdata):
 
 @pytest.fixture(scope="module")
 def evaluated(erfnet_on_photos, tmp_path_factory):
-    """One ``evaluate_anomaly`` run of the four scores on the photos, stored in a fresh results store."""
+    """One ``evaluate_anomaly`` run of the four scores on the photos, stored in a fresh results
+    store."""
     seg, bench = erfnet_on_photos
     store = tmp_path_factory.mktemp("store") / "results" / "results.csv"
-    rows = evaluate_anomaly(seg, {"road_samples": bench}, scores=SCORES, results_path=store,
-                            run_id="erfnet-photos", progress=False)
+    rows = evaluate_anomaly(
+        seg,
+        {"road_samples": bench},
+        scores=SCORES,
+        results_path=store,
+        run_id="erfnet-photos",
+        progress=False,
+    )
     return rows, store
 
 
@@ -109,7 +116,8 @@ def test_evaluate_anomaly_equals_sklearn_on_the_pooled_msp_pixels(erfnet_on_phot
     # rather than PIL's pixel centres) moves AuPRC by about 1e-4 here, a 100 times this tolerance.
     assert row.auprc == pytest.approx(average_precision_score(y, s), abs=1e-6)
     assert row.auroc == pytest.approx(roc_auc_score(y, s), abs=1e-6)
-    # FPR95 reads one interpolated point of the curve, where float32 (ours) and float64 (here) scores
+    # FPR95 reads one interpolated point of the curve, where float32 (ours) and float64 (here)
+    # scores
     # order a few near-ties differently: a few 1e-6 apart.
     assert row.fpr_at_95_tpr == pytest.approx(_course_fpr95(y, s), abs=5e-5)
 
@@ -120,12 +128,42 @@ def test_chance_table_against_hand_counts(erfnet_on_photos, realdata):
     for _, _, mask_path in bench.frames:
         m = np.asarray(Image.open(mask_path))
         pos, tot = pos + int((m == 1).sum()), tot + int(((m == 0) | (m == 1)).sum())
-    rows = pd.DataFrame([
-        dict(model="erfnet", dataset="road_samples", score="msp", temperature=1.0, temperature_on="pixel", auprc=0.30),
-        dict(model="erfnet", dataset="road_samples", score="max_logit", temperature=1.0, temperature_on="pixel", auprc=0.10),
-        dict(model="erfnet", dataset="road_samples", score="max_logit", temperature=1.0, temperature_on="pixel", auprc=0.40),
-        dict(model="erfnet", dataset="road_samples", score="msp", temperature=2.0, temperature_on="pixel", auprc=0.99),
-    ])  # fmt: skip
+    rows = pd.DataFrame(
+        [
+            dict(
+                model="erfnet",
+                dataset="road_samples",
+                score="msp",
+                temperature=1.0,
+                temperature_on="pixel",
+                auprc=0.30,
+            ),
+            dict(
+                model="erfnet",
+                dataset="road_samples",
+                score="max_logit",
+                temperature=1.0,
+                temperature_on="pixel",
+                auprc=0.10,
+            ),
+            dict(
+                model="erfnet",
+                dataset="road_samples",
+                score="max_logit",
+                temperature=1.0,
+                temperature_on="pixel",
+                auprc=0.40,
+            ),
+            dict(
+                model="erfnet",
+                dataset="road_samples",
+                score="msp",
+                temperature=2.0,
+                temperature_on="pixel",
+                auprc=0.99,
+            ),
+        ]
+    )
     table = chance_table(rows, {"road_samples": bench}, ["msp", "max_logit"])
     r = table.loc["road_samples"]
     assert r["anomaly pixels"] == round(100 * pos / tot, 2)

@@ -45,7 +45,9 @@ class ListData(torch.utils.data.Dataset):
         self.items = []
         for i in range(n):
             img = torch.randint(0, 256, (3, 12, 20), generator=g, dtype=torch.uint8)
-            lab = torch.tensor(values, dtype=torch.uint8)[torch.randint(0, len(values), (12, 20), generator=g)]
+            lab = torch.tensor(values, dtype=torch.uint8)[
+                torch.randint(0, len(values), (12, 20), generator=g)
+            ]
             self.items.append({"image": img, key: lab, "stem": str(i)})
         self.skipped = ["9"]
 
@@ -63,15 +65,22 @@ def _pooled(seg, data, score, t=1.0, class_t=1.0):
         m = S.get_score(score)(seg.class_map(raw, (12, 20), class_t), temperature=t).numpy().ravel()
         lab = item["label"].numpy().ravel()
         keep = lab < 2
-        xs.append(m[keep]); ys.append(lab[keep])
+        xs.append(m[keep])
+        ys.append(lab[keep])
     return np.concatenate(xs), np.concatenate(ys)
 
 
 def test_rows_equal_sklearn_on_pooled_pixels(tmp_path):
     seg, data = ToySegmenter(), ListData()
     path = tmp_path / "results.csv"
-    df = evaluate_anomaly(seg, {"RoadAnomaly21": data}, scores=("msp", "max_logit", "toy_head"),
-                          temperatures=(0.5, 1.0), results_path=path, progress=False)
+    df = evaluate_anomaly(
+        seg,
+        {"RoadAnomaly21": data},
+        scores=("msp", "max_logit", "toy_head"),
+        temperatures=(0.5, 1.0),
+        results_path=path,
+        progress=False,
+    )
     assert seg.forwards == 3  # one forward per frame for every score and temperature
     for score, t in (("msp", 0.5), ("msp", 1.0), ("max_logit", 1.0)):
         x, y = _pooled(ToySegmenter(), data, score, t)
@@ -91,19 +100,37 @@ def test_rows_equal_sklearn_on_pooled_pixels(tmp_path):
 
 def test_class_temperature_changes_the_fusion(tmp_path):
     seg, data = ToySegmenter(), ListData()
-    df = evaluate_anomaly(seg, {"fs_static": data}, scores=("msp",), temperatures=(0.5, 2.0),
-                          temperature_on="class", results_path=None, progress=False)
+    df = evaluate_anomaly(
+        seg,
+        {"fs_static": data},
+        scores=("msp",),
+        temperatures=(0.5, 2.0),
+        temperature_on="class",
+        results_path=None,
+        progress=False,
+    )
     for t in (0.5, 2.0):
         x, y = _pooled(ToySegmenter(), data, "msp", 1.0, class_t=t)
-        assert df[df.temperature == t].iloc[0].auprc == pytest.approx(average_precision_score(y, x), abs=1e-9)
+        assert df[df.temperature == t].iloc[0].auprc == pytest.approx(
+            average_precision_score(y, x), abs=1e-9
+        )
 
 
 def test_disk_cache_skips_the_forward(tmp_path):
     data = ListData()
     cache = OutputCache(tmp_path / "cache")
-    first = evaluate_anomaly(ToySegmenter(), {"fs_static": data}, scores=("msp",), results_path=None, cache=cache, progress=False)
+    first = evaluate_anomaly(
+        ToySegmenter(),
+        {"fs_static": data},
+        scores=("msp",),
+        results_path=None,
+        cache=cache,
+        progress=False,
+    )
     seg = ToySegmenter()
-    second = evaluate_anomaly(seg, {"fs_static": data}, scores=("msp",), results_path=None, cache=cache, progress=False)
+    second = evaluate_anomaly(
+        seg, {"fs_static": data}, scores=("msp",), results_path=None, cache=cache, progress=False
+    )
     assert seg.forwards == 0
     assert first.auprc.tolist() == second.auprc.tolist()
 
@@ -125,7 +152,9 @@ def test_miou_matches_sklearn_jaccard(tmp_path):
     rows, per_class = evaluate_miou(seg, data, results_path=tmp_path / "r.csv", progress=False)
     preds, targets = [], []
     for item in data.items:
-        preds.append(seg.class_map(seg.raw_outputs(item["image"]), (12, 20)).argmax(0).numpy().ravel())
+        preds.append(
+            seg.class_map(seg.raw_outputs(item["image"]), (12, 20)).argmax(0).numpy().ravel()
+        )
         targets.append(item["target"].numpy().ravel())
     p, t = np.concatenate(preds), np.concatenate(targets)
     keep = t != 255
@@ -139,13 +168,25 @@ def test_maps_of_first_frames_are_stored_for_the_report(tmp_path):
 
     seg, data = ToySegmenter(), ListData()
     path = tmp_path / "results.csv"
-    df = evaluate_anomaly(seg, {"fs_static": data}, scores=("msp", "toy_head"), results_path=path, maps_frames=2, progress=False)
+    df = evaluate_anomaly(
+        seg,
+        {"fs_static": data},
+        scores=("msp", "toy_head"),
+        results_path=path,
+        maps_frames=2,
+        progress=False,
+    )
     stored = load_maps(path, df.run_id.iloc[0], "fs_static")
     assert list(stored) == ["0", "1"]
     frame = stored["1"]
     expected = S.msp(seg.class_map(seg.raw_outputs(data.items[1]["image"]), (12, 20)))
-    np.testing.assert_allclose(frame["maps"]["msp"], expected.numpy(), atol=1e-3)  # stored as float16
-    assert frame["image"].shape == (3, 12, 20) and (frame["label"] == data.items[1]["label"].numpy()).all()
+    np.testing.assert_allclose(
+        frame["maps"]["msp"], expected.numpy(), atol=1e-3
+    )  # stored as float16
+    assert (
+        frame["image"].shape == (3, 12, 20)
+        and (frame["label"] == data.items[1]["label"].numpy()).all()
+    )
 
 
 class ModuleToy(ToySegmenter):
@@ -185,25 +226,55 @@ def test_disk_cache_keys_on_the_weights_and_reads_frames_lazily(tmp_path):
 def test_histogram_metrics_for_sweeps(tmp_path):
     seg, data = ToySegmenter(), ListData(n=4)
     path = tmp_path / "results.csv"
-    kw = dict(scores=("msp", "energy", "max_logit"), temperatures=(0.5, 2.0), results_path=path, progress=False, maps_frames=0)
+    kw = dict(
+        scores=("msp", "energy", "max_logit"),
+        temperatures=(0.5, 2.0),
+        results_path=path,
+        progress=False,
+        maps_frames=0,
+    )
     exact = evaluate_anomaly(seg, {"fs_static": data}, **kw)
     binned = evaluate_anomaly(seg, {"fs_static": data}, histogram_bits=20, **kw)
-    assert len(binned) == len(exact) == 6 and set(binned.metric_bins) == {"2^20"} and set(exact.metric_bins) == {""}
+    assert (
+        len(binned) == len(exact) == 6
+        and set(binned.metric_bins) == {"2^20"}
+        and set(exact.metric_bins) == {""}
+    )
     for (_, a), (_, b) in zip(exact.iterrows(), binned.iterrows()):
         assert (a.score, a.temperature) == (b.score, b.temperature)
-        assert b.auprc == pytest.approx(a.auprc, abs=1e-4) and b.auroc == pytest.approx(a.auroc, abs=1e-4)
+        assert b.auprc == pytest.approx(a.auprc, abs=1e-4) and b.auroc == pytest.approx(
+            a.auroc, abs=1e-4
+        )
     assert set(read_results(path).metric_bins.fillna("")) == {"", "2^20"}
 
 
 def test_class_temperatures_in_one_pass_equal_separate_runs(tmp_path):
     data = ListData()
-    together = evaluate_anomaly(ToySegmenter(), {"fs_static": data}, scores=("msp", "rba"), temperatures=(0.5, 1.0, 2.0),
-                                temperature_on="class", results_path=None, progress=False, max_bytes=1)
+    together = evaluate_anomaly(
+        ToySegmenter(),
+        {"fs_static": data},
+        scores=("msp", "rba"),
+        temperatures=(0.5, 1.0, 2.0),
+        temperature_on="class",
+        results_path=None,
+        progress=False,
+        max_bytes=1,
+    )
     for t in (0.5, 2.0):
-        alone = evaluate_anomaly(ToySegmenter(), {"fs_static": data}, scores=("msp", "rba"), temperatures=(t,),
-                                 temperature_on="class", results_path=None, progress=False)
+        alone = evaluate_anomaly(
+            ToySegmenter(),
+            {"fs_static": data},
+            scores=("msp", "rba"),
+            temperatures=(t,),
+            temperature_on="class",
+            results_path=None,
+            progress=False,
+        )
         got = together[together.temperature == t]
-        assert got.auprc.tolist() == alone.auprc.tolist() and got.score.tolist() == alone.score.tolist()
+        assert (
+            got.auprc.tolist() == alone.auprc.tolist()
+            and got.score.tolist() == alone.score.tolist()
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -211,7 +282,9 @@ def test_weights_fingerprint_of_large_tensors(dtype):
     from anomalyseg.evaluate import weights_fingerprint
 
     seg = ModuleToy()
-    seg.model = torch.nn.Linear(1000, 200).to(dtype)  # 200k weights: hashed through a strided sample and the sum
+    seg.model = torch.nn.Linear(1000, 200).to(
+        dtype
+    )  # 200k weights: hashed through a strided sample and the sum
     first = weights_fingerprint(seg)
     assert first == weights_fingerprint(seg) and len(first) == 16
     with torch.no_grad():
@@ -250,8 +323,9 @@ def test_anomaly_rows_are_reused_per_checkpoint_score_and_protocol(tmp_path):
     other.checkpoint = "toy-v2"
     _, how = anomaly_rows_or_evaluate(other, bench, path, ["msp"], progress=False)
     assert other.forwards == 3 and how == "toy: evaluated msp"
-    _, how = anomaly_rows_or_evaluate(ToySegmenter(), bench, path, ["msp"], progress=False,
-                                      protocol="smiyc")
+    _, how = anomaly_rows_or_evaluate(
+        ToySegmenter(), bench, path, ["msp"], progress=False, protocol="smiyc"
+    )
     assert how == "toy: evaluated msp"
 
 
@@ -295,5 +369,8 @@ def test_evaluation_pass_times_the_first_frames_and_scales_to_all(monkeypatch):
     assert seen == [["a", ["0", "1", "2"]], ["b", ["0", "1"]], ["val", ["0", "1", "2"]]]
     seen.clear()
     assert E.evaluation_pass(ToySegmenter(), benches, val) == pytest.approx(6.0)
-    assert seen == [["a", ["0", "1", "2", "3", "4"]], ["b", ["0", "1"]],
-                    ["val", ["0", "1", "2", "3"]]]
+    assert seen == [
+        ["a", ["0", "1", "2", "3", "4"]],
+        ["b", ["0", "1"]],
+        ["val", ["0", "1", "2", "3"]],
+    ]

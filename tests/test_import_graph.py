@@ -41,7 +41,9 @@ def import_graph(root: Path) -> dict[str, set[str]]:
                     base = ".".join(base + ([node.module] if node.module else []))
                 else:
                     base = node.module or ""
-                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
+                targets = [
+                    f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names
+                ]
             else:
                 continue
             deps.update(t for t in targets if t in files and t != name)
@@ -67,15 +69,19 @@ def _write(root: Path, files: dict[str, str]) -> Path:
 def test_the_reader_sees_every_kind_of_import(tmp_path):
     """Hand-made package: a cycle closed by a function-level import and one under TYPE_CHECKING are
     both found; the same package without them orders cleanly."""
-    pkg = _write(tmp_path, {
-        "pkg/__init__.py": "",
-        "pkg/models/__init__.py": "from .base import Base\n",
-        "pkg/models/base.py": "import numpy\n\nfrom ..labels import N\n",
-        "pkg/models/net.py": "from .checkpoints import load\n",
-        "pkg/models/checkpoints.py": "def load():\n    from .net import Net\n",
-        "pkg/labels.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.zoo import x\nN = 1\n",
-        "pkg/zoo.py": "from . import labels\nfrom .models import net\n",
-    })
+    pkg = _write(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/models/__init__.py": "from .base import Base\n",
+            "pkg/models/base.py": "import numpy\n\nfrom ..labels import N\n",
+            "pkg/models/net.py": "from .checkpoints import load\n",
+            "pkg/models/checkpoints.py": "def load():\n    from .net import Net\n",
+            "pkg/labels.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from "
+            "pkg.zoo import x\nN = 1\n",
+            "pkg/zoo.py": "from . import labels\nfrom .models import net\n",
+        },
+    )
     graph = import_graph(pkg)
     assert graph == {
         "pkg": set(),
@@ -97,7 +103,9 @@ def test_the_reader_sees_every_kind_of_import(tmp_path):
 
 def test_the_package_has_no_import_cycle():
     graph = import_graph(PACKAGE)
-    assert {"anomalyseg.models.erfnet", "anomalyseg.models.checkpoints", "anomalyseg.zoo"} <= set(graph)
+    assert {"anomalyseg.models.erfnet", "anomalyseg.models.checkpoints", "anomalyseg.zoo"} <= set(
+        graph
+    )
     assert "anomalyseg.models.checkpoints" in graph["anomalyseg.models.erfnet"]
     found = cycle(graph)
     if found:

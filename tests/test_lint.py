@@ -1,4 +1,5 @@
-"""The code passes the linter and the formatter configured in pyproject.toml (ruff, ``[tool.ruff]``):
+"""The code passes the linter and the formatter configured in pyproject.toml (ruff,
+``[tool.ruff]``):
 the package, the tests, the benchmark and data scripts, and the notebooks' code cells (ruff reads
 ``.ipynb`` files itself). ruff comes with the dev extras, as pytest does."""
 

@@ -64,7 +64,9 @@ def test_unpaired_files_are_listed(tmp_path):
     _write_frame(folder, "1", m, "jpg")
     (folder / "labels_masks" / "1.png").unlink()
     Image.fromarray(m).save(folder / "labels_masks" / "7.png")
-    with pytest.raises(DatasetError, match=r"images without a mask: \['1'\].*masks without an image: \['7'\]"):
+    with pytest.raises(
+        DatasetError, match=r"images without a mask: \['1'\].*masks without an image: \['7'\]"
+    ):
         AnomalyBenchmark(folder)
 
 
@@ -113,7 +115,11 @@ def test_embedded_benchmarks_load_with_their_conventions(tiny_data):
 def test_real_road_photos_through_the_same_loader(realdata):
     ds = AnomalyBenchmark(realdata)
     assert ds.spec.folder == "binary" and len(ds) == 2 and not ds.skipped
-    sums = dict(line.split()[::-1] for line in (realdata / "SHA256SUMS").read_text().splitlines() if line.strip())
+    sums = dict(
+        line.split()[::-1]
+        for line in (realdata / "SHA256SUMS").read_text().splitlines()
+        if line.strip()
+    )
     for stem, image_path, mask_path in ds.frames:
         for p in (image_path, mask_path):
             key = next(k for k in sums if k.endswith(f"{p.parent.name}/{p.name}"))
@@ -131,9 +137,13 @@ def _write_cityscapes(root: Path, split="val", labels=True, value=7):
     stem = "aachen_000000_000019"
     Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(img_dir / f"{stem}_leftImg8bit.png")
     if labels:
-        Image.fromarray(np.full((8, 16), value, np.uint8)).save(lbl_dir / f"{stem}_gtFine_labelTrainIds.png")
+        Image.fromarray(np.full((8, 16), value, np.uint8)).save(
+            lbl_dir / f"{stem}_gtFine_labelTrainIds.png"
+        )
     else:
-        Image.fromarray(np.full((8, 16), 26, np.uint8)).save(lbl_dir / f"{stem}_gtFine_labelIds.png")
+        Image.fromarray(np.full((8, 16), 26, np.uint8)).save(
+            lbl_dir / f"{stem}_gtFine_labelIds.png"
+        )
     return stem
 
 

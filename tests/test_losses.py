@@ -34,7 +34,9 @@ def test_squared_hinge_on_rba_matches_hand_computation():
     loss = outlier_loss(logits_from_tanh(TANH), MASK)
     assert loss.item() == pytest.approx(0.5 * ((0 + 0.5625) / 2 + 0.81 / 1), abs=1e-6)
     # The other thresholds move the hinge: t_in = -0.6, t_out = -0.2 (seed 000's notebook run).
-    loss = outlier_loss(logits_from_tanh(TANH), MASK, inlier_upper_threshold=-0.6, outlier_lower_threshold=-0.2)
+    loss = outlier_loss(
+        logits_from_tanh(TANH), MASK, inlier_upper_threshold=-0.6, outlier_lower_threshold=-0.2
+    )
     assert loss.item() == pytest.approx(0.5 * ((0 + 0.36) / 2 + 0.64), abs=1e-6)
 
 
@@ -53,10 +55,14 @@ def test_binary_cross_entropy_matches_hand_computation():
         return -(y * math.log(p) + (1 - y) * math.log(1 - p))
 
     loss = outlier_loss(logits_from_tanh(TANH), MASK, outlier_loss_func="binary_cross_entropy")
-    assert loss.item() == pytest.approx(0.5 * (bce(-0.75, 0) + bce(0.0, 0) + bce(-1.0, 1)) / 3, abs=1e-6)
+    assert loss.item() == pytest.approx(
+        0.5 * (bce(-0.75, 0) + bce(0.0, 0) + bce(-1.0, 1)) / 3, abs=1e-6
+    )
     # without a pasted pixel it is the same mean over the inliers (seed 000 halves it either way)
     only_inliers = torch.tensor([[[0, 0], [255, 255]]], dtype=torch.uint8)
-    loss = outlier_loss(logits_from_tanh(TANH), only_inliers, outlier_loss_func="binary_cross_entropy")
+    loss = outlier_loss(
+        logits_from_tanh(TANH), only_inliers, outlier_loss_func="binary_cross_entropy"
+    )
     assert loss.item() == pytest.approx(0.5 * (bce(-0.75, 0) + bce(0.0, 0)) / 2, abs=1e-6)
 
 
@@ -66,11 +72,12 @@ def test_max_logit_margin_variant_matches_hand_computation():
     L = torch.tensor([[[[1.0, 0.5], [2.0, 7.0]], [[3.0, 0.0], [0.2, 7.0]]]])
     loss = outlier_loss(L, MASK, outlier_loss_target="max_logit")
     assert loss.item() == pytest.approx(0.5 * ((9 + 0.25) / 2 + 9), abs=1e-6)
-    assert outlier_loss(L, MASK, outlier_loss_target="max_logit", margin=-1.5).item() == pytest.approx(
-        0.5 * ((9 + 0.25) / 2 + 0.25), abs=1e-6)
+    assert outlier_loss(
+        L, MASK, outlier_loss_target="max_logit", margin=-1.5
+    ).item() == pytest.approx(0.5 * ((9 + 0.25) / 2 + 0.25), abs=1e-6)
 
 
-def test_empty_groups_contribute_zero_and_a_batch_without_pasted_pixels_gets_the_inlier_term_alone():
+def test_empty_groups_contribute_zero_and_a_batch_without_pasted_pixels_gets_inlier_term_alone():
     logits = logits_from_tanh(TANH)
     only_inliers = torch.tensor([[[0, 0], [255, 255]]], dtype=torch.uint8)
     assert outlier_loss(logits, only_inliers).item() == pytest.approx(0.5625 / 2, abs=1e-6)
@@ -82,9 +89,18 @@ def test_empty_groups_contribute_zero_and_a_batch_without_pasted_pixels_gets_the
     assert loss.item() == 0 and torch.equal(logits.grad, torch.zeros_like(logits))
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"outlier_loss_func": "binary_cross_entropy"}, {"outlier_loss_target": "max_logit"},
-                                    {"outlier_loss_target": "energy"}, {"outlier_loss_target": "softmax_entropy"},
-                                    {"score_norm": "sigmoid"}, {"score_norm": "none"}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"outlier_loss_func": "binary_cross_entropy"},
+        {"outlier_loss_target": "max_logit"},
+        {"outlier_loss_target": "energy"},
+        {"outlier_loss_target": "softmax_entropy"},
+        {"score_norm": "sigmoid"},
+        {"score_norm": "none"},
+    ],
+)
 def test_gradients_flow_and_void_has_no_effect(kwargs):
     torch.manual_seed(0)
     logits = torch.rand(2, 19, 3, 4, requires_grad=True)
@@ -109,7 +125,8 @@ def test_anomaly_head_loss_matches_hand_computation():
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     assert anomaly_head_loss(logits[:, 0], mask).item() == pytest.approx(expected, rel=1e-6)
     assert anomaly_head_loss(logits, mask, pos_weight=1.0).item() == pytest.approx(
-        (math.log(2) + math.log(1 + math.exp(2))) / 2, rel=1e-6)
+        (math.log(2) + math.log(1 + math.exp(2))) / 2, rel=1e-6
+    )
     loss.backward()
     assert logits.grad[0, 0, 0, 2] == 0 and logits.grad[0, 0, 0, :2].abs().min() > 0
     changed = logits.detach().clone()
@@ -138,7 +155,7 @@ def test_bad_settings_and_masks_give_clear_errors():
         anomaly_head_loss(torch.zeros(1, 2, 2, 2), MASK)
 
 
-# ----------------------------------------------------------------------------- seed 000's other targets
+# ------------------------------------------------------------------------- seed 000's other targets
 # Two classes, three pixels (1x3) with L chosen so that each score has a closed form:
 # p0 L = (0, 0), p1 L = (ln 3, 0), p2 L = (ln 7, 0).
 L3 = torch.tensor([[[[0.0, math.log(3), math.log(7)]], [[0.0, 0.0, 0.0]]]])
@@ -167,16 +184,31 @@ def test_squared_hinge_on_energy_and_softmax_entropy_matches_hand_computation():
     mask = torch.tensor([[[0, 0, 1]]], dtype=torch.uint8)
     # energy: s = (-ln 2, -ln 4, -ln 8); t_in = -1: inliers pay (1 - ln 2)^2 and 0;
     # t_out = -0.5: the outlier pays (ln 8 - 0.5)^2.
-    loss = outlier_loss(L3, mask, outlier_loss_target="energy", inlier_upper_threshold=-1.0, outlier_lower_threshold=-0.5)
-    assert loss.item() == pytest.approx(0.5 * ((1 - math.log(2)) ** 2 / 2 + (math.log(8) - 0.5) ** 2), abs=1e-6)
+    loss = outlier_loss(
+        L3,
+        mask,
+        outlier_loss_target="energy",
+        inlier_upper_threshold=-1.0,
+        outlier_lower_threshold=-0.5,
+    )
+    assert loss.item() == pytest.approx(
+        0.5 * ((1 - math.log(2)) ** 2 / 2 + (math.log(8) - 0.5) ** 2), abs=1e-6
+    )
     # softmax entropy: s = (ln 2, H(3/4, 1/4), H(7/8, 1/8)); t_in = 0.6, t_out = 0.65.
-    loss = outlier_loss(L3, mask, outlier_loss_target="softmax_entropy", inlier_upper_threshold=0.6,
-                        outlier_lower_threshold=0.65)  # fmt: skip
+    loss = outlier_loss(
+        L3,
+        mask,
+        outlier_loss_target="softmax_entropy",
+        inlier_upper_threshold=0.6,
+        outlier_lower_threshold=0.65,
+    )
     h1, h2 = _entropy(0.75, 0.25), _entropy(7 / 8, 1 / 8)
     expected = 0.5 * (((math.log(2) - 0.6) ** 2 + max(h1 - 0.6, 0) ** 2) / 2 + (0.65 - h2) ** 2)
     assert loss.item() == pytest.approx(expected, abs=1e-6)
     # sigmoid-normalised negative sum: s = (-1, -1.25, -1.375); t_in = -1.2, t_out = -1.3.
-    loss = outlier_loss(L3, mask, score_norm="sigmoid", inlier_upper_threshold=-1.2, outlier_lower_threshold=-1.3)
+    loss = outlier_loss(
+        L3, mask, score_norm="sigmoid", inlier_upper_threshold=-1.2, outlier_lower_threshold=-1.3
+    )
     assert loss.item() == pytest.approx(0.5 * (0.2**2 / 2 + 0.075**2), abs=1e-6)
 
 
@@ -199,16 +231,27 @@ def test_score_ranges_and_landmarks():
     assert outlier_score_range("softmax_entropy") == (0.0, math.log(c))
     # landmarks: one class at L = 1, the other 18 at 0, and all at 0
     e = math.e
-    assert outlier_score_landmarks("rba") == pytest.approx({"claimed": -math.tanh(1), "unclaimed": 0.0})
-    assert outlier_score_landmarks("energy") == pytest.approx({"claimed": -math.log(e + 18), "unclaimed": -math.log(19)})
+    assert outlier_score_landmarks("rba") == pytest.approx(
+        {"claimed": -math.tanh(1), "unclaimed": 0.0}
+    )
+    assert outlier_score_landmarks("energy") == pytest.approx(
+        {"claimed": -math.log(e + 18), "unclaimed": -math.log(19)}
+    )
     p, q = e / (e + 18), 1 / (e + 18)
     assert outlier_score_landmarks("softmax_entropy") == pytest.approx(
-        {"claimed": -(p * math.log(p) + 18 * q * math.log(q)), "unclaimed": math.log(19)})
+        {"claimed": -(p * math.log(p) + 18 * q * math.log(q)), "unclaimed": math.log(19)}
+    )
     # every score of a non-negative class map, large values included, stays inside its range
     torch.manual_seed(0)
     L = torch.cat([torch.rand(4, c, 3, 3), 30 * torch.rand(4, c, 3, 3), torch.zeros(1, c, 3, 3)])
-    for target, norm in [("rba", "tanh"), ("rba", "sigmoid"), ("rba", "none"), ("energy", "tanh"),
-                         ("softmax_entropy", "tanh"), ("max_logit", "tanh")]:
+    for target, norm in [
+        ("rba", "tanh"),
+        ("rba", "sigmoid"),
+        ("rba", "none"),
+        ("energy", "tanh"),
+        ("softmax_entropy", "tanh"),
+        ("max_logit", "tanh"),
+    ]:
         lo, hi = outlier_score_range(target, norm)
         s = outlier_score(L, target, norm)
         assert s.min() >= lo - 1e-5 and s.max() <= hi + 1e-5, (target, norm)

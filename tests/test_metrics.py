@@ -1,9 +1,16 @@
-"""Pooled anomaly metrics, mIoU and ECE against sklearn, ood-metrics' formula and hand-computed cases."""
+"""Pooled anomaly metrics, mIoU and ECE against sklearn, ood-metrics' formula and hand-computed
+cases."""
 
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, confusion_matrix, jaccard_score, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    average_precision_score,
+    confusion_matrix,
+    jaccard_score,
+    roc_auc_score,
+    roc_curve,
+)
 
 from anomalyseg.metrics import (
     AnomalyAccumulator,
@@ -47,16 +54,25 @@ def synthetic(seed, n, ties=True, void=0.1, anomaly=0.1):
 
 
 # ----------------------------------------------------------------------------- anomaly metrics
-@pytest.mark.parametrize("seed,n,ties", [(0, 300, True), (1, 300, False), (2, 5000, True), (3, 200_000, True), (4, 50, True)])
+@pytest.mark.parametrize(
+    "seed,n,ties",
+    [(0, 300, True), (1, 300, False), (2, 5000, True), (3, 200_000, True), (4, 50, True)],
+)
 def test_metrics_match_sklearn_with_ties_and_void(seed, n, ties):
     scores, labels = synthetic(seed, n, ties)
     v = (labels == 0) | (labels == 1)
     m = anomaly_metrics(scores, labels)
-    assert m["auprc"] == pytest.approx(average_precision_score(labels[v], scores[v]), rel=0, abs=1e-12)
+    assert m["auprc"] == pytest.approx(
+        average_precision_score(labels[v], scores[v]), rel=0, abs=1e-12
+    )
     assert m["auroc"] == pytest.approx(roc_auc_score(labels[v], scores[v]), rel=0, abs=1e-12)
     assert m["fpr_at_95_tpr"] == ood_metrics_fpr95(scores[v], labels[v])  # bit for bit
-    assert anomaly_metrics(scores, labels, "smiyc")["fpr_at_95_tpr"] == smiyc_fpr95(scores[v], labels[v])
-    assert m["num_pixels"] == v.sum() and m["anomaly_fraction"] == pytest.approx((labels == 1).sum() / v.sum())
+    assert anomaly_metrics(scores, labels, "smiyc")["fpr_at_95_tpr"] == smiyc_fpr95(
+        scores[v], labels[v]
+    )
+    assert m["num_pixels"] == v.sum() and m["anomaly_fraction"] == pytest.approx(
+        (labels == 1).sum() / v.sum()
+    )
     assert auprc(scores, labels) == m["auprc"] and auroc(scores, labels) == m["auroc"]
     assert fpr_at_95_tpr(scores, labels) == m["fpr_at_95_tpr"]
 
@@ -131,16 +147,25 @@ def test_infinite_scores_rank_at_the_ends():
     finite = np.where(np.isposinf(scores), 100.0, np.where(np.isneginf(scores), -100.0, scores))
     assert anomaly_metrics(scores, labels) == anomaly_metrics(finite, labels)
     v = labels <= 1
-    assert auprc(scores, labels) == pytest.approx(average_precision_score(labels[v], finite[v]), abs=1e-12)
+    assert auprc(scores, labels) == pytest.approx(
+        average_precision_score(labels[v], finite[v]), abs=1e-12
+    )
 
 
 def test_torch_inputs_match_numpy():
     scores, labels = synthetic(6, 1000)
     ref = anomaly_metrics(scores, labels)
-    assert anomaly_metrics(torch.from_numpy(scores).reshape(10, 100), torch.from_numpy(labels).reshape(10, 100)) == ref
+    assert (
+        anomaly_metrics(
+            torch.from_numpy(scores).reshape(10, 100), torch.from_numpy(labels).reshape(10, 100)
+        )
+        == ref
+    )
     v = labels <= 1
     s16 = torch.from_numpy(scores[v]).half()  # half precision widens to float32 exactly
-    assert anomaly_metrics(s16, torch.from_numpy(labels[v] == 1)) == anomaly_metrics(scores[v], labels[v] == 1)
+    assert anomaly_metrics(s16, torch.from_numpy(labels[v] == 1)) == anomaly_metrics(
+        scores[v], labels[v] == 1
+    )
 
 
 def test_degenerate_sets():
@@ -164,19 +189,24 @@ def test_bad_input_errors():
         auprc(scores, np.array([0, 1, 0]))
     with pytest.raises(ValueError, match="NaN at 1 valid pixels"):
         auroc(np.float32([0.1, np.nan]), labels)
-    anomaly_metrics(np.float32([0.1, 0.2, np.nan]), np.array([0, 1, 255]))  # NaN on a void pixel is ignored
+    anomaly_metrics(
+        np.float32([0.1, 0.2, np.nan]), np.array([0, 1, 255])
+    )  # NaN on a void pixel is ignored
     with pytest.raises(ValueError, match="n >= 2"):
         curve_points(scores, labels, n=1)
 
 
-# ----------------------------------------------------------------------------- accumulator and curves
+# --------------------------------------------------------------------------- accumulator and curves
 def test_accumulator_equals_one_shot():
     frames = [synthetic(10 + i, 1000) for i in range(4)]
     acc = AnomalyAccumulator()
     acc.update(frames[0][0].reshape(10, 100), frames[0][1].reshape(10, 100))
     acc.update(torch.from_numpy(frames[1][0]), torch.from_numpy(frames[1][1]))
     first = acc.compute()  # sorts the pooled pixels; later updates must still count
-    acc.update(np.stack([f[0].reshape(10, 100) for f in frames[2:]]), np.stack([f[1].reshape(10, 100) for f in frames[2:]]))
+    acc.update(
+        np.stack([f[0].reshape(10, 100) for f in frames[2:]]),
+        np.stack([f[1].reshape(10, 100) for f in frames[2:]]),
+    )
     scores, labels = np.concatenate([f[0] for f in frames]), np.concatenate([f[1] for f in frames])
     valid = int((labels <= 1).sum())
     assert first == anomaly_metrics(scores[:2000], labels[:2000])
@@ -190,21 +220,30 @@ def test_curve_points_lie_on_sklearn_curves():
     v = labels <= 1
     fpr, tpr, _ = roc_curve(labels[v], scores[v], drop_intermediate=False)  # every threshold
     tp, fp = np.round(tpr * (labels == 1).sum()), np.round(fpr * (labels == 0).sum())
-    precision = {(round(a, 12), round(b, 12)): p for a, b, p in zip(fpr[1:], tpr[1:], tp[1:] / (tp[1:] + fp[1:]))}
+    precision = {
+        (round(a, 12), round(b, 12)): p
+        for a, b, p in zip(fpr[1:], tpr[1:], tp[1:] / (tp[1:] + fp[1:]))
+    }
     pts = curve_points(scores, labels, n=64)
     assert set(pts) == {"recall", "precision", "fpr", "tpr"} and 30 < len(pts["fpr"]) <= 65
     assert (pts["fpr"][0], pts["tpr"][0], pts["recall"][0], pts["precision"][0]) == (0, 0, 0, 1)
     np.testing.assert_array_equal(pts["recall"], pts["tpr"])
     for a, b, p in zip(pts["fpr"][1:], pts["tpr"][1:], pts["precision"][1:]):
         assert precision[round(a, 12), round(b, 12)] == pytest.approx(p, abs=1e-12)
-    assert np.all(np.diff(pts["fpr"]) >= 0) and np.all(np.diff(pts["tpr"]) >= 0) and pts["fpr"][-1] == 1.0
+    assert (
+        np.all(np.diff(pts["fpr"]) >= 0)
+        and np.all(np.diff(pts["tpr"]) >= 0)
+        and pts["fpr"][-1] == 1.0
+    )
     acc = AnomalyAccumulator()
     acc.update(scores, labels)
     assert all(np.array_equal(acc.pr_roc_points(64)[k], pts[k]) for k in pts)
 
 
 # ----------------------------------------------------------------------------- mIoU
-@pytest.mark.parametrize("seed,n,bits", [(0, 300, 12), (1, 20_000, 14), (2, 200_000, 20), (3, 50, 10)])
+@pytest.mark.parametrize(
+    "seed,n,bits", [(0, 300, 12), (1, 20_000, 14), (2, 200_000, 20), (3, 50, 10)]
+)
 def test_binned_metrics_are_sklearn_on_the_binned_scores(seed, n, bits):
     scores, labels = synthetic(seed, n, ties=False)
     scores[:5] = -0.0
@@ -222,7 +261,9 @@ def test_binned_metrics_are_sklearn_on_the_binned_scores(seed, n, bits):
     assert m["auprc"] == pytest.approx(average_precision_score(labels[v], q[v]), rel=0, abs=1e-12)
     assert m["auroc"] == pytest.approx(roc_auc_score(labels[v], q[v]), rel=0, abs=1e-12)
     assert m["fpr_at_95_tpr"] == pytest.approx(ood_metrics_fpr95(q[v], labels[v]), rel=0, abs=1e-12)
-    assert acc.compute("smiyc")["fpr_at_95_tpr"] == pytest.approx(smiyc_fpr95(q[v], labels[v]), rel=0, abs=1e-12)
+    assert acc.compute("smiyc")["fpr_at_95_tpr"] == pytest.approx(
+        smiyc_fpr95(q[v], labels[v]), rel=0, abs=1e-12
+    )
     assert m["num_pixels"] == v.sum()
 
 
@@ -259,7 +300,9 @@ def test_confusion_matrix_hand_computed():
     pred = np.array([[0, 1, 1, 1], [0, 2, 2, 3]])
     cm = ConfusionMatrix(num_classes=4)
     cm.update(pred, target)
-    np.testing.assert_array_equal(cm.matrix, [[1, 1, 0, 0], [0, 2, 0, 1], [1, 0, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(
+        cm.matrix, [[1, 1, 0, 0], [0, 2, 0, 1], [1, 0, 0, 0], [0, 0, 0, 0]]
+    )
     cm = ConfusionMatrix(num_classes=3)
     cm.update(pred, target)
     # class 0: tp 1, fp 1 (the 2), fn 1 -> 1/3; class 1: tp 2, fp 1, fn 1 (the miss) -> 1/2;
@@ -278,7 +321,9 @@ def test_confusion_matrix_matches_sklearn():
     target[rng.random(target.shape) < 0.1] = 255
     target[rng.random(target.shape) < 0.05] = 254
     target[target == 7] = 255  # class 7 absent from the ground truth
-    pred = np.where(rng.random(target.shape) < 0.6, target, rng.integers(0, 20, target.shape))  # 19: void channel
+    pred = np.where(
+        rng.random(target.shape) < 0.6, target, rng.integers(0, 20, target.shape)
+    )  # 19: void channel
     pred[pred == 255] = 4
     pred[pred == 254] = 5
     pred[pred == 12] = 3  # class 12 absent from the prediction
@@ -343,8 +388,14 @@ def test_ece_hand_computed():
 
 def test_calibration_accumulator_equals_one_shot():
     rng = np.random.default_rng(0)
-    frames = [(rng.random((30, 40), dtype=np.float32) * 0.9 + 0.1, rng.random((30, 40)) < 0.7, rng.random((30, 40)) < 0.9)
-              for _ in range(3)]
+    frames = [
+        (
+            rng.random((30, 40), dtype=np.float32) * 0.9 + 0.1,
+            rng.random((30, 40)) < 0.7,
+            rng.random((30, 40)) < 0.9,
+        )
+        for _ in range(3)
+    ]
     acc = CalibrationAccumulator()
     for c, k, v in frames:
         acc.update(torch.from_numpy(c), torch.from_numpy(k), torch.from_numpy(v))
@@ -352,7 +403,9 @@ def test_calibration_accumulator_equals_one_shot():
     correct = np.concatenate([k[v] for _, k, v in frames])
     assert acc.ece() == pytest.approx(ece(conf, correct), abs=1e-12)
     assert acc.ece() == pytest.approx(guo_ece(conf.astype(np.float64), correct, 15), abs=1e-12)
-    assert acc.bins()["count"].sum() == conf.size and np.isnan(acc.bins()["accuracy"][0])  # bin (0, 1/15] empty
+    assert acc.bins()["count"].sum() == conf.size and np.isnan(
+        acc.bins()["accuracy"][0]
+    )  # bin (0, 1/15] empty
 
 
 def test_calibration_errors():
@@ -360,9 +413,13 @@ def test_calibration_errors():
         ece(np.array([0.5, 1.2]), np.array([True, False]))
     with pytest.raises(ValueError, match="n_bins must be a positive"):
         CalibrationAccumulator(n_bins=0)
-    with pytest.raises(ValueError, match=r"correct must be a per-pixel mask of the confidences' shape \(2,\)"):
+    with pytest.raises(
+        ValueError, match=r"correct must be a per-pixel mask of the confidences' shape \(2,\)"
+    ):
         ece(np.array([0.5, 0.7]), np.array([True]))
     with pytest.raises(ValueError, match="valid must be a per-pixel mask"):
-        CalibrationAccumulator().update(np.array([0.5, 0.7]), np.array([True, False]), np.array([True]))
+        CalibrationAccumulator().update(
+            np.array([0.5, 0.7]), np.array([True, False]), np.array([True])
+        )
     with pytest.raises(ValueError, match="ECE of no pixel"):
         CalibrationAccumulator().ece()

@@ -56,8 +56,12 @@ def test_pasted_pixels_are_exactly_the_object_mask():
         assert torch.equal(out_image[:, y0:y1, x0:x1][:, obj_mask], obj_image[:, obj_mask])
         assert torch.equal(out_image[:, ~pasted], before[0][:, ~pasted])
         # Pasted pixels leave every inlier class; the rest of the target is untouched.
-        assert (out_target[pasted] == 254).all() and torch.equal(out_target[~pasted], before[1][~pasted])
-        assert torch.equal(image, before[0]) and torch.equal(target, before[1])  # inputs not modified
+        assert (out_target[pasted] == 254).all() and torch.equal(
+            out_target[~pasted], before[1][~pasted]
+        )
+        assert torch.equal(image, before[0]) and torch.equal(
+            target, before[1]
+        )  # inputs not modified
 
 
 def test_void_is_never_pasted_over():
@@ -114,7 +118,10 @@ def test_perspective_scale_follows_the_formula():
 def test_frames_without_a_paste_still_get_an_outlier_mask():
     image, target = frame()
     target[0, :] = 255
-    for mix in (MixOOD([l_object()], ood_prob=0.0), MixOOD([rect_object(50, 50)], ood_prob=1.0, seed=0)):
+    for mix in (
+        MixOOD([l_object()], ood_prob=0.0),
+        MixOOD([rect_object(50, 50)], ood_prob=1.0, seed=0),
+    ):
         out_image, out_target, outlier = mix(image, target)
         expected = torch.zeros_like(target, dtype=torch.uint8)
         expected[0, :] = 255
@@ -128,7 +135,9 @@ def test_inlier_target_makes_pasted_pixels_ignored_by_cross_entropy():
     target[0, 0] = 255
     _, mixed, _ = MixOOD([rect_object(2, 3)], ood_prob=1.0, seed=0)(image, target)
     clean = inlier_target(mixed)
-    assert torch.equal(clean == 255, mixed >= 19) and torch.equal(clean[mixed < 19], mixed[mixed < 19])
+    assert torch.equal(clean == 255, mixed >= 19) and torch.equal(
+        clean[mixed < 19], mixed[mixed < 19]
+    )
     logits = torch.randn(1, 19, 8, 8)
     keep = mixed < 19
     by_hand = -torch.log_softmax(logits, 1)[0, 3][keep].mean()
@@ -147,10 +156,17 @@ def test_determinism_under_a_seed_and_a_generator():
     def same(a, b):
         return all(torch.equal(x, y) for oa, ob in zip(a, b) for x, y in zip(oa, ob))
 
-    assert same(run(MixOOD(objects, ood_prob=0.5, seed=7)), run(MixOOD(objects, ood_prob=0.5, seed=7)))
-    assert not same(run(MixOOD(objects, ood_prob=0.5, seed=7)), run(MixOOD(objects, ood_prob=0.5, seed=8)))
+    assert same(
+        run(MixOOD(objects, ood_prob=0.5, seed=7)), run(MixOOD(objects, ood_prob=0.5, seed=7))
+    )
+    assert not same(
+        run(MixOOD(objects, ood_prob=0.5, seed=7)), run(MixOOD(objects, ood_prob=0.5, seed=8))
+    )
     mix = MixOOD(objects, ood_prob=0.5)
-    assert same(run(mix, generator=torch.Generator().manual_seed(3)), run(mix, generator=torch.Generator().manual_seed(3)))
+    assert same(
+        run(mix, generator=torch.Generator().manual_seed(3)),
+        run(mix, generator=torch.Generator().manual_seed(3)),
+    )
     torch.manual_seed(4)
     first = run(mix)
     torch.manual_seed(4)
@@ -175,11 +191,20 @@ def test_paste_outliers_adds_the_outlier_mask():
     paste = PasteOutliers(MixOOD([l_object()], ood_prob=1.0, seed=0))
     original = {"image": image, "target": target, "stem": "a"}
     item = paste(original)
-    assert item["stem"] == "a" and set(original) == {"image", "target", "stem"}  # the input item is not changed
-    assert torch.equal(item["outlier_mask"] == 1, item["target"] == 254) and (item["outlier_mask"] == 1).any()
+    assert item["stem"] == "a" and set(original) == {
+        "image",
+        "target",
+        "stem",
+    }  # the input item is not changed
+    assert (
+        torch.equal(item["outlier_mask"] == 1, item["target"] == 254)
+        and (item["outlier_mask"] == 1).any()
+    )
     # without COCO objects: nothing pasted, but the mask is there (0, 255 on void)
     item = paste_outliers(None)(original)
-    assert not (item["outlier_mask"] == 1).any() and torch.equal(item["outlier_mask"] == 255, target == 255)
+    assert not (item["outlier_mask"] == 1).any() and torch.equal(
+        item["outlier_mask"] == 255, target == 255
+    )
 
 
 def test_bad_input_gives_clear_errors():

@@ -1,9 +1,9 @@
 """pyproject.toml and environment.yml must install the same things; CI runs the README's command."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,11 +15,16 @@ def _name(req: str) -> str:
 
 def test_environment_matches_pyproject():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    declared = {r.replace(" ", "") for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    declared = {
+        r.replace(" ", "")
+        for r in project["dependencies"] + project["optional-dependencies"]["dev"]
+    }
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     listed = {r.replace(" ", "") for r in pip if not r.startswith("-e")}
-    assert listed == declared, f"only in environment.yml: {listed - declared}; only in pyproject: {declared - listed}"
+    assert listed == declared, (
+        f"only in environment.yml: {listed - declared}; only in pyproject: {declared - listed}"
+    )
     assert "python=3.11" in env["dependencies"]
 
 

@@ -10,8 +10,18 @@ from anomalyseg.report import tables
 
 
 def _row(**kw):
-    base = dict(run_id="r1", model="erfnet", dataset="RoadAnomaly21", score="msp", temperature=1.0,
-                temperature_on="pixel", auprc=0.291, fpr_at_95_tpr=0.62512, auroc=0.9, protocol="course")
+    base = dict(
+        run_id="r1",
+        model="erfnet",
+        dataset="RoadAnomaly21",
+        score="msp",
+        temperature=1.0,
+        temperature_on="pixel",
+        auprc=0.291,
+        fpr_at_95_tpr=0.62512,
+        auroc=0.9,
+        protocol="course",
+    )
     base.update(kw)
     return base
 
@@ -59,8 +69,12 @@ def test_older_schema_keeps_its_rows(tmp_path):
 
 def test_course_table_formats_percent_and_keeps_latest(tmp_path):
     path = tmp_path / "results.csv"
-    results.append_rows([_row(auprc=0.1), _row(dataset="RoadAnomaly", auprc=0.1242, fpr_at_95_tpr=0.8258)], path)
-    results.append_rows([_row(run_id="r2")], path)  # a re-run replaces the first RA21 figure in the table
+    results.append_rows(
+        [_row(auprc=0.1), _row(dataset="RoadAnomaly", auprc=0.1242, fpr_at_95_tpr=0.8258)], path
+    )
+    results.append_rows(
+        [_row(run_id="r2")], path
+    )  # a re-run replaces the first RA21 figure in the table
     table = tables.anomaly_table(results.read_results(path))
     assert list(table.columns) == ["SMIYC RA-21", "Road Anomaly"]
     assert table.loc[("erfnet", "msp"), "SMIYC RA-21"] == "29.10 / 62.51"
@@ -79,10 +93,24 @@ def test_tables_prefer_exact_rows_and_course_score_order(tmp_path):
     from anomalyseg.results import append_rows, latest, read_results
 
     path = tmp_path / "r.csv"
-    base = dict(model="eomt", dataset="fs_static", temperature=1.0, temperature_on="pixel", fpr_at_95_tpr=0.5,
-                protocol="course")
-    append_rows([dict(base, score=s, auprc=a) for s, a in (("rba", 0.3), ("msp", 0.1), ("energy", 0.2), ("max_logit", 0.4))], path)
-    append_rows([dict(base, score="msp", auprc=0.11, metric_bins="2^20")], path)  # a later sweep row
+    base = dict(
+        model="eomt",
+        dataset="fs_static",
+        temperature=1.0,
+        temperature_on="pixel",
+        fpr_at_95_tpr=0.5,
+        protocol="course",
+    )
+    append_rows(
+        [
+            dict(base, score=s, auprc=a)
+            for s, a in (("rba", 0.3), ("msp", 0.1), ("energy", 0.2), ("max_logit", 0.4))
+        ],
+        path,
+    )
+    append_rows(
+        [dict(base, score="msp", auprc=0.11, metric_bins="2^20")], path
+    )  # a later sweep row
     df = read_results(path)
     assert latest(df).set_index("score").auprc["msp"] == 0.1
     table = anomaly_table(df)
@@ -92,7 +120,8 @@ def test_tables_prefer_exact_rows_and_course_score_order(tmp_path):
 
 def test_a_store_older_than_the_protocol_column_still_reads_and_counts_as_legacy(tmp_path):
     """A store written before the ``protocol`` column: it reads, its rows count as the pre-protocol
-    evaluation (``legacy``) in tables, and a new row is appended beside them without rewriting them."""
+    evaluation (``legacy``) in tables, and a new row is appended beside them without rewriting
+    them."""
     path = tmp_path / "results.csv"
     old_columns = [c for c in results.COLUMNS if c != "protocol"]
     old = pd.DataFrame([_row()]).reindex(columns=old_columns)
@@ -100,7 +129,9 @@ def test_a_store_older_than_the_protocol_column_still_reads_and_counts_as_legacy
     before = path.read_text()
     df = results.read_results(path)
     assert "protocol" not in df and len(df) == 1
-    assert len(results.protocol_rows(df, "legacy")) == 1 and results.protocol_rows(df, "course").empty
+    assert (
+        len(results.protocol_rows(df, "legacy")) == 1 and results.protocol_rows(df, "course").empty
+    )
     assert tables.anomaly_table(df).empty and not tables.anomaly_table(df, protocol="legacy").empty
     results.append_rows([_row(run_id="r2", auprc=0.5)], path)  # protocol="course"
     assert path.read_text().startswith(before.splitlines()[0].split(",notes")[0])

@@ -53,7 +53,9 @@ def test_higher_is_more_anomalous():
 
 def test_void_prob_and_errors(x):
     z = torch.randn(20, 3, 3)
-    np.testing.assert_allclose(scores.void_prob(z).numpy(), _np_softmax(z.double().numpy())[19], atol=1e-6)
+    np.testing.assert_allclose(
+        scores.void_prob(z).numpy(), _np_softmax(z.double().numpy())[19], atol=1e-6
+    )
     with pytest.raises(ValueError, match="20 channels"):
         scores.void_prob(x)
     with pytest.raises(ValueError, match="unknown anomaly score 'msq'"):
@@ -69,10 +71,11 @@ def test_one_softmax_serves_all_three(x, t):
     found = scores.softmax_scores(x, ("msp", "max_entropy", "energy"), t)
     np.testing.assert_allclose(found["msp"].numpy(), 1 - p.max(0), atol=1e-6)
     np.testing.assert_allclose(found["max_entropy"].numpy(), -(p * np.log(p)).sum(0), atol=1e-5)
-    np.testing.assert_allclose(found["energy"].numpy(), -t * np.log(np.exp(a / t).sum(0)), rtol=1e-5)
+    np.testing.assert_allclose(
+        found["energy"].numpy(), -t * np.log(np.exp(a / t).sum(0)), rtol=1e-5
+    )
     with pytest.raises(ValueError, match="not \\['rba'\\]"):
         scores.softmax_scores(x, ("msp", "rba"))
-
 
 
 # ----------------------------------------------------------------------------- the score table
@@ -85,7 +88,11 @@ def test_score_table_lists_the_reference_scores_in_the_course_order():
     assert scores.LEARNED_SCORES == tuple(VARIANT_SCORES.values())
     assert scores.SCORE_ORDER == scores.SCORE_ORDER[:6] + scores.LEARNED_SCORES
     assert [scores.SCORE_TABLE[n].function for n in posthoc] == [
-        scores.msp, scores.max_logit, scores.max_entropy, scores.energy, scores.rba,
+        scores.msp,
+        scores.max_logit,
+        scores.max_entropy,
+        scores.energy,
+        scores.rba,
         scores.void_prob,
     ]
     assert scores.score_title("rba") == "RbA" and scores.score_title("max_logit") == "MaxLogit"

@@ -29,8 +29,18 @@ from test_evaluate import ListData, ToySegmenter
 
 
 def _row(**kw):
-    base = dict(run_id="r1", model="erfnet", checkpoint="ck.pth", dataset="RoadAnomaly21", score="msp", temperature=1.0,
-                temperature_on="pixel", auprc=0.291, fpr_at_95_tpr=0.62512, auroc=0.9)
+    base = dict(
+        run_id="r1",
+        model="erfnet",
+        checkpoint="ck.pth",
+        dataset="RoadAnomaly21",
+        score="msp",
+        temperature=1.0,
+        temperature_on="pixel",
+        auprc=0.291,
+        fpr_at_95_tpr=0.62512,
+        auroc=0.9,
+    )
     return {**base, **kw}
 
 
@@ -41,7 +51,9 @@ def _side_files(path):
 # ----------------------------------------------------------------------------- data loss
 def test_spreadsheet_resaved_store_is_read_and_never_rewritten(tmp_path):
     path = tmp_path / "results.csv"
-    append_rows([_row(), _row(run_id="r2", dataset="fs_static", auprc=0.5, fpr_at_95_tpr=0.25)], path)
+    append_rows(
+        [_row(), _row(run_id="r2", dataset="fs_static", auprc=0.5, fpr_at_95_tpr=0.25)], path
+    )
     original = read_results(path)
     # what a spreadsheet in a decimal-comma locale writes back
     original.to_csv(path, sep=";", decimal=",", index=False)
@@ -111,7 +123,9 @@ def test_older_and_newer_schemas_keep_every_row_byte_for_byte(tmp_path):
     append_rows([_row(run_id="new")], old)
     text = old.read_text()
     header, rest = text.split("\n", 1)
-    assert header.startswith("run_id,model,auprc,") and set(results.COLUMNS) <= set(header.split(","))
+    assert header.startswith("run_id,model,auprc,") and set(results.COLUMNS) <= set(
+        header.split(",")
+    )
     assert rest.startswith("old,erfnet,0.1\nolder,eomt,0.2\n")  # earlier rows untouched
     df = read_results(old)
     assert df.run_id.tolist() == ["old", "older", "new"] and df.auprc.tolist() == [0.1, 0.2, 0.291]
@@ -119,12 +133,17 @@ def test_older_and_newer_schemas_keep_every_row_byte_for_byte(tmp_path):
     # a store written by a newer version (one more column, e.g. `protocol`): rows go in its order
     newer = tmp_path / "newer.csv"
     cols = list(results.COLUMNS) + ["protocol"]
-    newer.write_text(",".join(cols) + "\n" + ",".join("x" if c == "protocol" else "" for c in cols) + "\n")
+    newer.write_text(
+        ",".join(cols) + "\n" + ",".join("x" if c == "protocol" else "" for c in cols) + "\n"
+    )
     before = newer.read_bytes()
     append_rows([_row(run_id="n2")], newer)
     assert newer.read_bytes().startswith(before)
     df = read_results(newer)
-    assert df.protocol.fillna("").tolist() == ["x", ""] and df.run_id.fillna("").tolist() == ["", "n2"]
+    assert df.protocol.fillna("").tolist() == ["x", ""] and df.run_id.fillna("").tolist() == [
+        "",
+        "n2",
+    ]
 
 
 def test_store_path_is_checked_before_any_work(tmp_path):
@@ -135,9 +154,13 @@ def test_store_path_is_checked_before_any_work(tmp_path):
         check_store(tmp_path / "f" / "results.csv")
     seg = ToySegmenter()
     with pytest.raises(ResultsStoreError, match="is a folder"):
-        evaluate_anomaly(seg, {"fs_static": ListData()}, scores=("msp",), results_path=tmp_path, progress=False)
+        evaluate_anomaly(
+            seg, {"fs_static": ListData()}, scores=("msp",), results_path=tmp_path, progress=False
+        )
     with pytest.raises(ResultsStoreError, match="is a folder"):
-        evaluate_miou(seg, ListData(key="target", values=(0, 1, 255)), results_path=tmp_path, progress=False)
+        evaluate_miou(
+            seg, ListData(key="target", values=(0, 1, 255)), results_path=tmp_path, progress=False
+        )
     assert seg.forwards == 0  # refused before computing
 
 
@@ -151,8 +174,13 @@ class _BadLastFrame(ListData):
 def test_finished_benchmarks_are_stored_when_a_later_one_fails(tmp_path):
     path = tmp_path / "results.csv"
     with pytest.raises(ValueError, match="could not be read"):
-        evaluate_anomaly(ToySegmenter(), {"fs_static": ListData(), "RoadAnomaly": _BadLastFrame(seed=1)},
-                         scores=("msp", "max_logit"), results_path=path, progress=False)
+        evaluate_anomaly(
+            ToySegmenter(),
+            {"fs_static": ListData(), "RoadAnomaly": _BadLastFrame(seed=1)},
+            scores=("msp", "max_logit"),
+            results_path=path,
+            progress=False,
+        )
     df = read_results(path)
     assert df.dataset.unique().tolist() == ["fs_static"] and len(df) == 2
     curves = path.parent / "curves" / f"{df.run_id.iloc[0]}.npz"
@@ -164,9 +192,16 @@ def test_benchmark_with_every_frame_skipped_keeps_the_others(tmp_path):
     empty = ListData(n=0)
     empty.skipped = ["0", "1", "2", "3"]
     with pytest.warns(UserWarning, match="all 4 frames were skipped"):
-        rows = evaluate_anomaly(ToySegmenter(), {"RoadAnomaly": empty, "fs_static": ListData()}, scores=("msp",),
-                                results_path=path, progress=False)
-    assert rows.dataset.tolist() == ["fs_static"] and read_results(path).dataset.tolist() == ["fs_static"]
+        rows = evaluate_anomaly(
+            ToySegmenter(),
+            {"RoadAnomaly": empty, "fs_static": ListData()},
+            scores=("msp",),
+            results_path=path,
+            progress=False,
+        )
+    assert rows.dataset.tolist() == ["fs_static"] and read_results(path).dataset.tolist() == [
+        "fs_static"
+    ]
 
 
 # ----------------------------------------------------------------------------- settings
@@ -174,18 +209,35 @@ def test_benchmark_with_every_frame_skipped_keeps_the_others(tmp_path):
 def test_temperatures_are_checked_where_they_enter(bad, tmp_path):
     seg = ToySegmenter()
     with pytest.raises(ValueError, match="temperature"):
-        evaluate_anomaly(seg, {"fs_static": ListData()}, temperatures=(1.0, bad), results_path=None, progress=False)
+        evaluate_anomaly(
+            seg,
+            {"fs_static": ListData()},
+            temperatures=(1.0, bad),
+            results_path=None,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="temperature"):
-        evaluate_anomaly(seg, {"fs_static": ListData()}, temperatures=(bad,), temperature_on="class", results_path=None,
-                         progress=False)
+        evaluate_anomaly(
+            seg,
+            {"fs_static": ListData()},
+            temperatures=(bad,),
+            temperature_on="class",
+            results_path=None,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="class temperature"):
-        evaluate_miou(seg, ListData(key="target", values=(0, 1, 255)), class_temperatures=(bad,), results_path=None,
-                      progress=False)
+        evaluate_miou(
+            seg,
+            ListData(key="target", values=(0, 1, 255)),
+            class_temperatures=(bad,),
+            results_path=None,
+            progress=False,
+        )
     assert seg.forwards == 0
     assert check_temperatures([0.5, 2]) == [0.5, 2.0]
 
 
-# ----------------------------------------------------------------------------- files that name themselves
+# ----------------------------------------------------------------------- files that name themselves
 def test_damaged_cache_file_is_evicted_and_recomputed(tmp_path):
     data = ListData()
     cache = OutputCache(tmp_path / "cache")
@@ -213,9 +265,19 @@ def test_full_disk_leaves_no_temporary_file_and_names_the_file(tmp_path, monkeyp
 
     monkeypatch.setattr(np, "savez_compressed", no_space)
     with pytest.raises(OSError) as info:
-        evaluate_anomaly(ToySegmenter(), {"fs_static": ListData()}, scores=("msp",), results_path=path, progress=False)
-    assert info.value.errno == errno.ENOSPC and "maps" in str(info.value) and ".npz" in str(info.value)
-    assert info.value.__context__ is None or info.value.__suppress_context__  # one error, not three chained
+        evaluate_anomaly(
+            ToySegmenter(),
+            {"fs_static": ListData()},
+            scores=("msp",),
+            results_path=path,
+            progress=False,
+        )
+    assert (
+        info.value.errno == errno.ENOSPC and "maps" in str(info.value) and ".npz" in str(info.value)
+    )
+    assert (
+        info.value.__context__ is None or info.value.__suppress_context__
+    )  # one error, not three chained
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
 
     from anomalyseg import cli

@@ -18,19 +18,41 @@ from anomalyseg.data.benchmarks import AnomalyBenchmark
 from anomalyseg.data.cityscapes import CityscapesSegmentation
 from anomalyseg.labels import BENCHMARKS, CLASS_NAMES
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools on numpy 2
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation:DeprecationWarning"
+)  # pycocotools on numpy 2
 TINY = synthetic.PRESETS["tiny"]
-CITYSCAPES_LIKE = {"person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-                   "traffic light", "fire hydrant", "stop sign", "parking meter", "bench"}
+CITYSCAPES_LIKE = {
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+}
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    return synthetic.make_data(tmp_path_factory.mktemp("embedded") / "data", "tiny", seed=0, progress=False)
+    return synthetic.make_data(
+        tmp_path_factory.mktemp("embedded") / "data", "tiny", seed=0, progress=False
+    )
 
 
 def test_same_seed_same_bytes_other_seed_differs(tiny, tmp_path):
@@ -49,8 +71,16 @@ def test_cityscapes_layout_and_train_ids(tiny):
         images = sorted((root / "leftImg8bit" / split).glob("*/*"))
         assert len(images) == n
         for image in images:
-            assert re.fullmatch(rf"{image.parent.name}_\d{{6}}_\d{{6}}_leftImg8bit\.png", image.name)
-            label = root / "gtFine" / split / image.parent.name / image.name.replace("_leftImg8bit", "_gtFine_labelTrainIds")
+            assert re.fullmatch(
+                rf"{image.parent.name}_\d{{6}}_\d{{6}}_leftImg8bit\.png", image.name
+            )
+            label = (
+                root
+                / "gtFine"
+                / split
+                / image.parent.name
+                / image.name.replace("_leftImg8bit", "_gtFine_labelTrainIds")
+            )
             with Image.open(image) as im, Image.open(label) as lab:
                 assert (im.format, im.mode, im.size) == ("PNG", "RGB", (TINY.width, TINY.height))
                 assert (lab.mode, lab.size) == ("L", im.size)
@@ -87,10 +117,17 @@ def test_classes_are_learnable_but_not_trivially():
     frames = [synthetic.cityscapes_frame(np.random.default_rng(i), 64, 128) for i in range(16)]
     X = [features(img) for img, _ in frames]
     y = [labels.ravel() for _, labels in frames]
-    Xtr, ytr, Xte, yte = np.concatenate(X[:12]), np.concatenate(y[:12]), np.concatenate(X[12:]), np.concatenate(y[12:])
+    Xtr, ytr, Xte, yte = (
+        np.concatenate(X[:12]),
+        np.concatenate(y[:12]),
+        np.concatenate(X[12:]),
+        np.concatenate(y[12:]),
+    )
     Xtr, ytr, Xte, yte = Xtr[ytr != 255], ytr[ytr != 255], Xte[yte != 255], yte[yte != 255]
     pick = np.random.default_rng(0).choice(len(ytr), 20000, replace=False)
-    tree = DecisionTreeClassifier(max_depth=12, min_samples_leaf=20, random_state=0).fit(Xtr[pick], ytr[pick])
+    tree = DecisionTreeClassifier(max_depth=12, min_samples_leaf=20, random_state=0).fit(
+        Xtr[pick], ytr[pick]
+    )
     accuracy = (tree.predict(Xte) == yte).mean()
     majority = np.bincount(yte).max() / len(yte)
     assert majority + 0.2 < accuracy < 0.97
@@ -101,12 +138,19 @@ def test_benchmark_layout_and_conventions(tiny, folder):
     spec = BENCHMARKS[folder]
     root = tiny / "Validation_Dataset" / folder
     n = dict(TINY.benchmark_frames)[folder]
-    assert sorted(p.name for p in (root / "images").iterdir()) == [f"{i}.{spec.image_ext}" for i in range(n)]
-    assert sorted(p.name for p in (root / "labels_masks").iterdir()) == [f"{i}.png" for i in range(n)]
+    assert sorted(p.name for p in (root / "images").iterdir()) == [
+        f"{i}.{spec.image_ext}" for i in range(n)
+    ]
+    assert sorted(p.name for p in (root / "labels_masks").iterdir()) == [
+        f"{i}.png" for i in range(n)
+    ]
     fmt = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[spec.image_ext]
     with_anomaly = 0
     for i in range(n):
-        with Image.open(root / "images" / f"{i}.{spec.image_ext}") as im, Image.open(root / "labels_masks" / f"{i}.png") as m:
+        with (
+            Image.open(root / "images" / f"{i}.{spec.image_ext}") as im,
+            Image.open(root / "labels_masks" / f"{i}.png") as m,
+        ):
             assert im.format == fmt and im.mode == "RGB" and m.mode == "L" and im.size == m.size
             assert im.size == TINY.frame_size(folder)[::-1]
             mask = np.asarray(m)
@@ -120,12 +164,16 @@ def test_benchmark_layout_and_conventions(tiny, folder):
     data = AnomalyBenchmark(root)
     assert len(data.skipped) == 1 and len(data) == n - 1
     item = data[0]
-    assert item["image"].shape[1:] == item["label"].shape and set(np.unique(item["label"].numpy())) <= {0, 1, 255}
+    assert item["image"].shape[1:] == item["label"].shape and set(
+        np.unique(item["label"].numpy())
+    ) <= {0, 1, 255}
 
 
 def test_benchmark_frame_without_anomaly_is_clean():
     for folder in BENCHMARKS:
-        _, mask = synthetic.benchmark_frame(np.random.default_rng(3), folder, 64, 128, with_anomaly=False)
+        _, mask = synthetic.benchmark_frame(
+            np.random.default_rng(3), folder, 64, 128, with_anomaly=False
+        )
         assert not (BENCHMARKS[folder].convert(mask) == 1).any()
 
 
@@ -136,7 +184,9 @@ def test_anomalies_are_more_saturated_than_the_scene(tiny):
         root = tiny / "Validation_Dataset" / folder
         for mask_path in (root / "labels_masks").glob("*.png"):
             label = spec.convert(np.asarray(Image.open(mask_path)))
-            rgb = np.asarray(Image.open(root / "images" / f"{mask_path.stem}.{spec.image_ext}").convert("HSV"))
+            rgb = np.asarray(
+                Image.open(root / "images" / f"{mask_path.stem}.{spec.image_ext}").convert("HSV")
+            )
             sat_anomaly.append(rgb[label == 1, 1])
             sat_scene.append(rgb[label == 0, 1])
     assert np.median(np.concatenate(sat_anomaly)) > 1.5 * np.median(np.concatenate(sat_scene))
@@ -151,9 +201,14 @@ def test_coco_layout_reads_in_pycocotools(tiny):
     names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
     assert {1: "person", 3: "car", 6: "bus", 18: "dog", 88: "teddy bear"}.items() <= names.items()
     used = {names[a["category_id"]] for a in coco.anns.values()}
-    assert used & CITYSCAPES_LIKE and used - CITYSCAPES_LIKE  # the preparation's filter has work to do
+    assert (
+        used & CITYSCAPES_LIKE and used - CITYSCAPES_LIKE
+    )  # the preparation's filter has work to do
     for image in coco.imgs.values():
-        assert re.fullmatch(r"\d{12}\.jpg", image["file_name"]) and int(image["file_name"][:12]) == image["id"]
+        assert (
+            re.fullmatch(r"\d{12}\.jpg", image["file_name"])
+            and int(image["file_name"][:12]) == image["id"]
+        )
         with Image.open(coco_root / "train2017" / image["file_name"]) as im:
             assert im.size == (image["width"], image["height"])
     for ann in coco.anns.values():
@@ -161,7 +216,9 @@ def test_coco_layout_reads_in_pycocotools(tiny):
         assert mask.sum() == pytest.approx(ann["area"], abs=1) and mask.sum() > 0
         x, y, w, h = ann["bbox"]
         rows, cols = np.nonzero(mask)
-        assert (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1) == pytest.approx((x, y, x + w, y + h), abs=1)
+        assert (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1) == pytest.approx(
+            (x, y, x + w, y + h), abs=1
+        )
         assert ann["iscrowd"] == 0 and isinstance(ann["segmentation"], list)
 
 
@@ -220,7 +277,11 @@ def test_make_data_replaces_earlier_embedded_data(tiny, tmp_path):
     (out / "stale.txt").write_text("from an earlier run")
     synthetic.make_data(out, "tiny", seed=0, progress=False, prepare_coco=False)
     marker = json.loads((out / synthetic.MARKER).read_text())
-    assert not (out / "stale.txt").exists() and marker["seed"] == 0 and marker["preset"]["name"] == "tiny"
+    assert (
+        not (out / "stale.txt").exists()
+        and marker["seed"] == 0
+        and marker["preset"]["name"] == "tiny"
+    )
     assert _digest(out / "cityscapes") == _digest(tiny / "cityscapes")
 
 
@@ -229,6 +290,8 @@ def test_script_entry(tmp_path):
     spec = importlib.util.spec_from_file_location("make_embedded_data", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    out = module.main(["--preset", "tiny", "--out", str(tmp_path / "d"), "--seed", "2", "--no-progress"])
+    out = module.main(
+        ["--preset", "tiny", "--out", str(tmp_path / "d"), "--seed", "2", "--no-progress"]
+    )
     assert json.loads((out / synthetic.MARKER).read_text())["seed"] == 2
     assert len(list((out / "Validation_Dataset").iterdir())) == 5

@@ -14,7 +14,9 @@ LABELS = torch.tensor([0, 4, 10, 18, 255])
 def _palette(label: torch.Tensor) -> torch.Tensor:
     """A colour per label, far apart so that each decodes unambiguously: ``[H, W] -> [3, H, W]``."""
     idx = torch.bucketize(label, LABELS)
-    colours = torch.tensor([[200, 30, 30], [30, 200, 30], [30, 30, 200], [200, 200, 30], [120, 120, 120]])
+    colours = torch.tensor(
+        [[200, 30, 30], [30, 200, 30], [30, 30, 200], [200, 200, 30], [120, 120, 120]]
+    )
     return colours[idx].permute(2, 0, 1).to(torch.uint8)
 
 
@@ -51,7 +53,8 @@ def test_image_and_mask_stay_aligned(sample, seed):
     assert out_img.dtype == torch.uint8 and out_mask.dtype == torch.int64
     # Nearest neighbour: no value between two labels ever appears.
     assert set(out_mask.unique().tolist()) <= set(LABELS.tolist())
-    # Crop padding (scale < 1) is black in the image and void in the mask; no palette colour is black.
+    # Crop padding (scale < 1) is black in the image and void in the mask; no palette colour is
+    # black.
     padding = (out_img == 0).all(0)
     assert (out_mask[padding] == 255).all()
     inner = _interior(out_mask) & ~padding
@@ -62,7 +65,13 @@ def test_image_and_mask_stay_aligned(sample, seed):
 def test_padding_fills_image_0_and_mask_ignore(sample):
     image, mask = sample
     small_img, small_mask = image[:, :32, :48], mask[:32, :48]
-    t = train_transforms(crop_size=(64, 128), scale_range=(1.0, 1.0), hflip=False, color_jitter=False, ignore_index=250)
+    t = train_transforms(
+        crop_size=(64, 128),
+        scale_range=(1.0, 1.0),
+        hflip=False,
+        color_jitter=False,
+        ignore_index=250,
+    )
     torch.manual_seed(0)
     out_img, out_mask = t(tv_tensors.Image(small_img), tv_tensors.Mask(small_mask))
     assert out_mask.shape == (64, 128)
@@ -70,7 +79,9 @@ def test_padding_fills_image_0_and_mask_ignore(sample):
     assert (out_img[:, padded] == 0).all()
     rows, cols = torch.nonzero(~padded, as_tuple=True)
     top, left = int(rows.min()), int(cols.min())
-    assert (~padded).sum() == 32 * 48 and int(rows.max()) == top + 31 and int(cols.max()) == left + 47
+    assert (
+        (~padded).sum() == 32 * 48 and int(rows.max()) == top + 31 and int(cols.max()) == left + 47
+    )
     assert torch.equal(out_mask[top : top + 32, left : left + 48], small_mask)
     assert torch.equal(out_img[:, top : top + 32, left : left + 48], small_img)
 
@@ -114,7 +125,13 @@ def test_flip_happens_and_flips_both(sample):
 
 
 def test_base_size_scales_relative_to_it(sample):
-    t = train_transforms(crop_size=(32, 64), scale_range=(1.0, 1.0), base_size=(32, 64), hflip=False, color_jitter=False)
+    t = train_transforms(
+        crop_size=(32, 64),
+        scale_range=(1.0, 1.0),
+        base_size=(32, 64),
+        hflip=False,
+        color_jitter=False,
+    )
     out_img, out_mask = t(*sample)
     # Downscaling by exactly 2 with nearest keeps each 16x16 cell as an 8x8 block.
     assert torch.equal(out_mask[::8, ::8], sample[1][::16, ::16])

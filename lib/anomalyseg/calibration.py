@@ -38,19 +38,30 @@ DEFAULT_BOUNDS = (0.01, 100.0)
 
 def _check_mode(segmenter, temperature_on: str) -> None:
     if temperature_on not in ("pixel", "class"):
-        raise ValueError(f"temperature_on must be 'pixel' (divide the per-pixel class map) or 'class' (divide the "
-                         f"class logits, EoMT), got {temperature_on!r}.")  # fmt: skip
+        raise ValueError(
+            "temperature_on must be 'pixel' (divide the per-pixel class map) or 'class' (divide "
+            f"the class logits, EoMT), got {temperature_on!r}."
+        )
     if temperature_on == "class" and not getattr(segmenter, "supports_class_temperature", False):
-        raise ValueError(f"{getattr(segmenter, 'name', 'this segmenter')} has no class logits to scale; use temperature_on='pixel'.")
+        raise ValueError(
+            f"{getattr(segmenter, 'name', 'this segmenter')} has no class logits to scale; use "
+            "temperature_on='pixel'."
+        )
 
 
 def _check_frames(frames) -> None:
     if not len(frames):
-        raise ValueError("no frames: pass the Cityscapes val frames from collect_outputs(..., label_key='target').")
+        raise ValueError(
+            "no frames: pass the Cityscapes val frames from collect_outputs(..., "
+            "label_key='target')."
+        )
     label = frames[0].label
     if label.dtype == torch.uint8 and set(torch.unique(label).tolist()) <= {0, 1, 255}:
-        raise ValueError("these frames carry anomaly masks (0/1/255), not class ids: collect the Cityscapes val frames "
-                         "with collect_outputs(segmenter, val, 'cityscapes_val', cache, label_key='target').")  # fmt: skip
+        raise ValueError(
+            "these frames carry anomaly masks (0/1/255), not class ids: collect the Cityscapes "
+            "val frames with collect_outputs(segmenter, val, 'cityscapes_val', cache, "
+            "label_key='target')."
+        )
 
 
 def _valid(label: torch.Tensor) -> torch.Tensor:
@@ -65,12 +76,18 @@ def sample_pixels(frames, max_pixels: int | None = 500_000, seed: int = 0) -> li
     valid = [torch.nonzero(_valid(f.label).reshape(-1)).squeeze(1) for f in frames]
     total = sum(len(v) for v in valid)
     if total == 0:
-        raise ValueError("no valid pixel (class id 0..18) in the frames' labels: nothing to calibrate on.")
+        raise ValueError(
+            "no valid pixel (class id 0..18) in the frames' labels: nothing to calibrate on."
+        )
     if max_pixels is None or total <= max_pixels:
         return valid
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be a positive pixel count or None, got {max_pixels}.")
-    chosen = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[: int(max_pixels)].sort().values
+    chosen = (
+        torch.randperm(total, generator=torch.Generator().manual_seed(seed))[: int(max_pixels)]
+        .sort()
+        .values
+    )
     picks, start = [], 0
     for v in valid:
         inside = chosen[(chosen >= start) & (chosen < start + len(v))] - start
@@ -79,7 +96,9 @@ def sample_pixels(frames, max_pixels: int | None = 500_000, seed: int = 0) -> li
     return picks
 
 
-def gather_logits(segmenter, frames, picks, class_temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def gather_logits(
+    segmenter, frames, picks, class_temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Class-map values ``[N, 19]`` and true classes ``[N]`` at the picked pixels."""
     xs, ys = [], []
     for f, idx in zip(frames, picks):
@@ -100,12 +119,22 @@ def frame_subset(frames, max_frames: int | None):
         return list(frames)
     if max_frames < 1:
         raise ValueError(f"max_frames must be a positive frame count or None, got {max_frames}.")
-    return [frames[i] for i in sorted(set(np.linspace(0, len(frames) - 1, int(max_frames)).round().astype(int).tolist()))]
+    return [
+        frames[i]
+        for i in sorted(
+            set(np.linspace(0, len(frames) - 1, int(max_frames)).round().astype(int).tolist())
+        )
+    ]
 
 
 def temperature_nll(
-    segmenter, frames, temperatures: Sequence[float], temperature_on: str = "pixel",
-    max_pixels: int | None = 500_000, seed: int = 0, max_frames: int | None = 16,
+    segmenter,
+    frames,
+    temperatures: Sequence[float],
+    temperature_on: str = "pixel",
+    max_pixels: int | None = 500_000,
+    seed: int = 0,
+    max_frames: int | None = 16,
 ) -> np.ndarray:
     """NLL of the true class at each temperature (for a plot of the curve ``fit_temperature``
     minimises), on the same frames and pixel sample."""
@@ -165,8 +194,11 @@ def fit_temperature(
     log_t = float(res.x) if res.fun <= values[best] else float(logs[best])
     t = math.exp(log_t)
     if abs(log_t - math.log(lo)) < 1e-3 or abs(log_t - math.log(hi)) < 1e-3:
-        warnings.warn(f"fit_temperature ({temperature_on}): the NLL is smallest at the bound T = {t:.4g} of {bounds}; "
-                      "widen bounds to look further.", stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"fit_temperature ({temperature_on}): the NLL is smallest at the bound T = {t:.4g} of "
+            f"{bounds}; widen bounds to look further.",
+            stacklevel=2,
+        )
     return t
 
 
@@ -197,29 +229,58 @@ def calibration_curve(
         nll_sum -= float(logp.gather(0, target[None])[0][valid].double().sum())
         n += int(valid.sum())
     if n == 0:
-        raise ValueError("no valid pixel (class id 0..18) in the frames' labels: nothing to calibrate on.")
-    return dict(ece=acc.ece(), nll=nll_sum / n, **acc.bins(), temperature=float(temperature), temperature_on=temperature_on)
+        raise ValueError(
+            "no valid pixel (class id 0..18) in the frames' labels: nothing to calibrate on."
+        )
+    return dict(
+        ece=acc.ece(),
+        nll=nll_sum / n,
+        **acc.bins(),
+        temperature=float(temperature),
+        temperature_on=temperature_on,
+    )
 
 
 def calibrate(
-    segmenter, frames, temperature_on: str = "pixel", max_pixels: int | None = 500_000, n_bins: int = 15,
-    bounds: tuple[float, float] = DEFAULT_BOUNDS, max_frames: int | None = 16,
+    segmenter,
+    frames,
+    temperature_on: str = "pixel",
+    max_pixels: int | None = 500_000,
+    n_bins: int = 15,
+    bounds: tuple[float, float] = DEFAULT_BOUNDS,
+    max_frames: int | None = 16,
 ) -> dict:
     """Fit T (``fit_temperature``) and measure calibration at T = 1 and at the fitted T:
     ``{"model", "temperature_on", "temperature", "before": curve, "after": curve}`` with curves
     from ``calibration_curve`` over every valid pixel of every frame."""
-    t = fit_temperature(segmenter, frames, temperature_on, max_pixels=max_pixels, bounds=bounds, max_frames=max_frames)
-    return dict(model=getattr(segmenter, "name", ""), checkpoint=str(getattr(segmenter, "checkpoint", "")),
-                temperature_on=temperature_on, temperature=t, frames=len(frames),
-                before=calibration_curve(segmenter, frames, 1.0, temperature_on, n_bins),
-                after=calibration_curve(segmenter, frames, t, temperature_on, n_bins))  # fmt: skip
+    t = fit_temperature(
+        segmenter,
+        frames,
+        temperature_on,
+        max_pixels=max_pixels,
+        bounds=bounds,
+        max_frames=max_frames,
+    )
+    return dict(
+        model=getattr(segmenter, "name", ""),
+        checkpoint=str(getattr(segmenter, "checkpoint", "")),
+        temperature_on=temperature_on,
+        temperature=t,
+        frames=len(frames),
+        before=calibration_curve(segmenter, frames, 1.0, temperature_on, n_bins),
+        after=calibration_curve(segmenter, frames, t, temperature_on, n_bins),
+    )
 
 
 FITTED_NOTE = "NLL-fitted temperature"
 
 
-def store_calibration(fits: Sequence[dict], results_path: str | Path, run_id: str | None = None,
-                      dataset: str = "cityscapes_val") -> pd.DataFrame:
+def store_calibration(
+    fits: Sequence[dict],
+    results_path: str | Path,
+    run_id: str | None = None,
+    dataset: str = "cityscapes_val",
+) -> pd.DataFrame:
     """Append two rows per ``calibrate`` result to the results store: ``score="calibration"`` with
     ``ece`` and ``nll`` at T = 1 and at the fitted T (``notes`` = ``FITTED_NOTE``), so that the
     report can show calibration next to the anomaly metrics without refitting. Returns the rows."""
@@ -229,9 +290,20 @@ def store_calibration(fits: Sequence[dict], results_path: str | Path, run_id: st
     rows = []
     for f in fits:
         for t, curve, note in ((1.0, f["before"], ""), (f["temperature"], f["after"], FITTED_NOTE)):
-            rows.append(_results.result_row(
-                run, f["model"], f.get("checkpoint", ""), dataset, "calibration", temperature=t,
-                temperature_on=f["temperature_on"], ece=curve["ece"], nll=curve["nll"],
-                frames_used=f.get("frames", ""), notes=note))
+            rows.append(
+                _results.result_row(
+                    run,
+                    f["model"],
+                    f.get("checkpoint", ""),
+                    dataset,
+                    "calibration",
+                    temperature=t,
+                    temperature_on=f["temperature_on"],
+                    ece=curve["ece"],
+                    nll=curve["nll"],
+                    frames_used=f.get("frames", ""),
+                    notes=note,
+                )
+            )
     _results.append_rows(rows, results_path)
     return pd.DataFrame(rows, columns=_results.COLUMNS)

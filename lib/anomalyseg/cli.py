@@ -33,8 +33,15 @@ def _number(kind, low: float, strict: bool, what: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if value != value or value in (float("inf"), float("-inf")) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'}"
+            ) from None
+        if (
+            value != value
+            or value in (float("inf"), float("-inf"))
+            or value < low
+            or (strict and value == low)
+        ):
             raise argparse.ArgumentTypeError(f"{text!r}: {what}")
         return value
 
@@ -44,7 +51,9 @@ def _number(kind, low: float, strict: bool, what: str):
 
 positive_int = _number(int, 0, True, "must be an integer > 0")
 nonnegative_int = _number(int, 0, False, "must be an integer >= 0")
-positive_float = _number(float, 0.0, True, "must be a finite number > 0 (a temperature divides the logits)")
+positive_float = _number(
+    float, 0.0, True, "must be a finite number > 0 (a temperature divides the logits)"
+)
 
 
 # ----------------------------------------------------------------------------- subcommands
@@ -58,8 +67,14 @@ def _make_data(a):
 def _prepare_coco(a):
     from .data.coco import prepare_coco_ood
 
-    prepare_coco_ood(a.coco_root, split=a.split, year=a.year, max_images=a.max_images,
-                     min_area=a.min_area, seed=a.seed)
+    prepare_coco_ood(
+        a.coco_root,
+        split=a.split,
+        year=a.year,
+        max_images=a.max_images,
+        min_area=a.min_area,
+        seed=a.seed,
+    )
 
 
 def _segmenter(a, device: str | None = None):
@@ -69,8 +84,13 @@ def _segmenter(a, device: str | None = None):
 
     device = device or a.device
     if a.model == "erfnet":
-        return erfnet_segmenter(None, checkpoint=a.checkpoint, input_size=tuple(a.input_size),
-                                use_void="void_prob" in a.scores, device=device)
+        return erfnet_segmenter(
+            None,
+            checkpoint=a.checkpoint,
+            input_size=tuple(a.input_size),
+            use_void="void_prob" in a.scores,
+            device=device,
+        )
     return eomt_segmenter(None, checkpoint=a.checkpoint, window_size=a.window_size, device=device)
 
 
@@ -89,7 +109,8 @@ def _eval(a):
             "and/or --cityscapes-root (a Cityscapes folder, for mIoU on val)."
         )
     check_store(a.results)  # before any forward pass: a bad output path must not cost an evaluation
-    # Open the data before the model: a wrong folder is reported in a second, not after loading EoMT-L.
+    # Open the data before the model: a wrong folder is reported in a second, not after loading
+    # EoMT-L.
     benchmarks = load_benchmarks(a.benchmarks_root, a.benchmarks) if a.benchmarks_root else None
     val = CityscapesSegmentation(a.cityscapes_root, "val") if a.cityscapes_root else None
     sharded = (a.devices, a.accelerator, a.strategy) != (None, None, None)
@@ -108,19 +129,44 @@ def _eval(a):
     seg = _segmenter(a, device="cpu" if sharded else a.device)
     run_id = new_run_id(seg.name)
     if sharded:
-        if not predict_to_cache(seg, evaluation_sets(benchmarks, val), cache, protocol=a.protocol,
-                                accelerator=a.accelerator or "auto", devices=a.devices or "auto",
-                                strategy=a.strategy or "auto", num_workers=a.workers):
+        if not predict_to_cache(
+            seg,
+            evaluation_sets(benchmarks, val),
+            cache,
+            protocol=a.protocol,
+            accelerator=a.accelerator or "auto",
+            devices=a.devices or "auto",
+            strategy=a.strategy or "auto",
+            num_workers=a.workers,
+        ):
             return  # not rank 0: rank 0 computes the metrics below, once, from the cache
     frames = []
     if benchmarks:
-        frames.append(evaluate_anomaly(seg, benchmarks, scores=a.scores, temperatures=a.temperatures,
-                                       temperature_on=a.temperature_on, results_path=a.results, run_id=run_id,
-                                       cache=cache, fpr_convention=a.fpr_convention, num_workers=a.workers,
-                                       protocol=a.protocol))
+        frames.append(
+            evaluate_anomaly(
+                seg,
+                benchmarks,
+                scores=a.scores,
+                temperatures=a.temperatures,
+                temperature_on=a.temperature_on,
+                results_path=a.results,
+                run_id=run_id,
+                cache=cache,
+                fpr_convention=a.fpr_convention,
+                num_workers=a.workers,
+                protocol=a.protocol,
+            )
+        )
     if val is not None:
-        rows, _ = evaluate_miou(seg, val, results_path=a.results, run_id=run_id, cache=cache, num_workers=a.workers,
-                                protocol=a.protocol)
+        rows, _ = evaluate_miou(
+            seg,
+            val,
+            results_path=a.results,
+            run_id=run_id,
+            cache=cache,
+            num_workers=a.workers,
+            protocol=a.protocol,
+        )
         frames.append(rows)
     # The table of this run only: rows of other runs in the same store are not this checkpoint's.
     mine = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
@@ -131,8 +177,18 @@ def _eval(a):
     print(f"run {run_id}: {seg.name} {seg.checkpoint}; rows appended to {a.results}")
     if benchmarks:
         temperature = a.temperatures[0] if len(a.temperatures) == 1 else None
-        print(markdown(anomaly_table(mine, index=("model", "score", "temperature") if temperature is None else
-                                        ("model", "score"), temperature=temperature, protocol=protocol)))
+        print(
+            markdown(
+                anomaly_table(
+                    mine,
+                    index=("model", "score", "temperature")
+                    if temperature is None
+                    else ("model", "score"),
+                    temperature=temperature,
+                    protocol=protocol,
+                )
+            )
+        )
     if val is not None:
         print(markdown(miou_table(mine)))
 
@@ -146,13 +202,23 @@ def _compare_conventions(a):
     from .results import check_store
 
     if a.benchmarks_root is None:
-        raise ValueError("compare-conventions needs --benchmarks-root (the course's Validation_Dataset folder).")
+        raise ValueError(
+            "compare-conventions needs --benchmarks-root (the course's Validation_Dataset folder)."
+        )
     check_store(a.results)
     benchmarks = load_benchmarks(a.benchmarks_root, a.benchmarks)
     val = CityscapesSegmentation(a.cityscapes_root, "val") if a.cityscapes_root else None
     seg = _segmenter(a)
-    rows = compare_conventions(seg, benchmarks, val, scores=a.scores, protocols=a.protocols, results_path=a.results,
-                               cache=OutputCache(a.cache_dir) if a.cache_dir else None, num_workers=a.workers)
+    rows = compare_conventions(
+        seg,
+        benchmarks,
+        val,
+        scores=a.scores,
+        protocols=a.protocols,
+        results_path=a.results,
+        cache=OutputCache(a.cache_dir) if a.cache_dir else None,
+        num_workers=a.workers,
+    )
     print(markdown(conventions_table(rows, seg.name)))
     print()
     print(markdown(convention_settings(a.protocols)))
@@ -183,24 +249,46 @@ def _train(a):
 def _demo_weights(a):
     from .pipeline import train_demo_weights
 
-    entry = train_demo_weights(a.model, a.steps, a.data_root, a.work_dir / a.model, a.out, seed=a.seed,
-                  val_every_n_steps=a.val_every, preset=a.preset)
-    metric = (f"val mIoU {100 * entry['val_miou']:.2f}% (fp16 weights)" if "val_miou" in entry
-              else f"last training loss {entry['final_train_loss']:.4f}")
-    print(f"{a.model}: {entry['steps']} steps, {metric}, {entry['wall_s']} s; written to "
-          f"{a.out / a.model} and {a.out / 'manifest.json'}")
+    entry = train_demo_weights(
+        a.model,
+        a.steps,
+        a.data_root,
+        a.work_dir / a.model,
+        a.out,
+        seed=a.seed,
+        val_every_n_steps=a.val_every,
+        preset=a.preset,
+    )
+    metric = (
+        f"val mIoU {100 * entry['val_miou']:.2f}% (fp16 weights)"
+        if "val_miou" in entry
+        else f"last training loss {entry['final_train_loss']:.4f}"
+    )
+    print(
+        f"{a.model}: {entry['steps']} steps, {metric}, {entry['wall_s']} s; written to "
+        f"{a.out / a.model} and {a.out / 'manifest.json'}"
+    )
 
 
 def _run_all(a):
     from .pipeline import run_all
 
-    run_dir = run_all(preset=a.preset, data_root=a.data_root, output_dir=a.output_dir, params_file=a.params,
-                      start_at=a.start_at, stop_after=a.stop_after, runs_dir=a.runs_dir)
+    run_dir = run_all(
+        preset=a.preset,
+        data_root=a.data_root,
+        output_dir=a.output_dir,
+        params_file=a.params,
+        start_at=a.start_at,
+        stop_after=a.stop_after,
+        runs_dir=a.runs_dir,
+    )
     print(f"executed notebooks in {run_dir}")
 
 
 # ----------------------------------------------------------------------------- the error boundary
-_WORKER_WRAPPER = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\s*Original Traceback", re.S)
+_WORKER_WRAPPER = re.compile(
+    r"^Caught \w+ in DataLoader worker process \d+\.\s*Original Traceback", re.S
+)
 
 
 def original_message(exc: BaseException) -> str:
@@ -210,7 +298,11 @@ def original_message(exc: BaseException) -> str:
     if _WORKER_WRAPPER.match(text):
         lines = text.rstrip().splitlines()
         # The worker's traceback ends with "<Type>: <message>" after its indented frame lines.
-        last = max(i for i, line in enumerate(lines) if line.startswith((" ", "\t")) or line.startswith("Original Traceback"))
+        last = max(
+            i
+            for i, line in enumerate(lines)
+            if line.startswith((" ", "\t")) or line.startswith("Original Traceback")
+        )
         tail = "\n".join(lines[last + 1 :]).strip()
         text = re.sub(r"^[\w.]+: ", "", tail, count=1) or text
     if isinstance(exc, KeyError) and text.startswith("'") and text.endswith("'"):
@@ -220,7 +312,8 @@ def original_message(exc: BaseException) -> str:
 
 def _is_user_error(exc: BaseException) -> bool:
     """Errors a user can cause with a file, a folder or a setting: our DatasetError and
-    CheckpointError (ValueErrors), missing or unwritable files, a full disk, bad YAML, a failed notebook."""
+    CheckpointError (ValueErrors), missing or unwritable files, a full disk, bad YAML, a failed
+    notebook."""
     from .pipeline import NotebookFailed
 
     try:
@@ -235,7 +328,9 @@ def _is_user_error(exc: BaseException) -> bool:
 def describe_error(exc: BaseException) -> str:
     """One paragraph for ``exc``: its message, with the file named for an OS error that lacks it."""
     text = original_message(exc)
-    if isinstance(exc, OSError) and exc.strerror:  # "[Errno 28] ...: 'file'" -> the words and the file once
+    if (
+        isinstance(exc, OSError) and exc.strerror
+    ):  # "[Errno 28] ...: 'file'" -> the words and the file once
         text = exc.strerror
         if exc.errno == errno.ENOSPC and "No space left" not in text:
             text = f"No space left on device: {text}"
@@ -243,8 +338,10 @@ def describe_error(exc: BaseException) -> str:
             text = f"{text}: {exc.filename}"
     text = " ".join(text.split())  # one paragraph, whatever the message's layout
     if not _is_user_error(exc):
-        text = (f"unexpected {type(exc).__name__}: {text}. This looks like a bug in anomalyseg, not in your input; "
-                f"rerun with --debug (or {DEBUG_ENV}=1) for the traceback and report it.")
+        text = (
+            f"unexpected {type(exc).__name__}: {text}. This looks like a bug in anomalyseg, not in "
+            f"your input; rerun with --debug (or {DEBUG_ENV}=1) for the traceback and report it."
+        )
     return text
 
 
@@ -268,10 +365,16 @@ def build_parser() -> argparse.ArgumentParser:
     # --debug is accepted before or after the subcommand (SUPPRESS: a subcommand's default never
     # overwrites a --debug given before it).
     debug = argparse.ArgumentParser(add_help=False)
-    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                       help=f"show the Python traceback of an error (or set {DEBUG_ENV}=1)")
+    debug.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help=f"show the Python traceback of an error (or set {DEBUG_ENV}=1)",
+    )
     p = argparse.ArgumentParser(
-        prog="anomalyseg", description=__doc__.splitlines()[0], parents=[debug],
+        prog="anomalyseg",
+        description=__doc__.splitlines()[0],
+        parents=[debug],
         epilog="Trainings from YAML configs (Lightning's CLI, configs/ of the repository): "
         "anomalyseg fit -c CONFIG.yaml, anomalyseg validate -c CONFIG.yaml --ckpt_path "
         "RUN/last.ckpt; anomalyseg fit --help lists every option.",
@@ -286,7 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=nonnegative_int, default=0)
     s.set_defaults(func=_make_data)
 
-    s = sub.add_parser("prepare-coco", help="write one-object OOD masks (value 254) from COCO instances")
+    s = sub.add_parser(
+        "prepare-coco", help="write one-object OOD masks (value 254) from COCO instances"
+    )
     s.add_argument("--coco-root", type=Path, required=True)
     s.add_argument("--split", default="train")
     s.add_argument("--year", type=positive_int, default=2017)
@@ -295,42 +400,97 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=nonnegative_int, default=0)
     s.set_defaults(func=_prepare_coco)
 
-    s = eval_parser = sub.add_parser("eval", help="evaluate a checkpoint on the benchmarks and/or Cityscapes val")
+    s = eval_parser = sub.add_parser(
+        "eval", help="evaluate a checkpoint on the benchmarks and/or Cityscapes val"
+    )
     s.add_argument("--model", choices=("erfnet", "eomt"), required=True)
-    s.add_argument("--checkpoint", required=True, help="file (.pth/.ckpt/.safetensors), transformers folder or hub id")
+    s.add_argument(
+        "--checkpoint",
+        required=True,
+        help="file (.pth/.ckpt/.safetensors), transformers folder or hub id",
+    )
     s.add_argument("--benchmarks-root", type=Path, help="the course's Validation_Dataset folder")
-    s.add_argument("--benchmarks", nargs="*", default=None, help="folder names (default: all found)")
+    s.add_argument(
+        "--benchmarks", nargs="*", default=None, help="folder names (default: all found)"
+    )
     s.add_argument("--cityscapes-root", type=Path, help="Cityscapes root, for mIoU on val")
-    s.add_argument("--scores", nargs="+", default=list(default_scores()),
-                   help="anomaly scores (anomalyseg.scores.SCORE_TABLE; default: those of every "
-                        "model)")
+    s.add_argument(
+        "--scores",
+        nargs="+",
+        default=list(default_scores()),
+        help="anomaly scores (anomalyseg.scores.SCORE_TABLE; default: those of every model)",
+    )
     s.add_argument("--temperatures", nargs="+", type=positive_float, default=[1.0])
     s.add_argument("--temperature-on", choices=("pixel", "class"), default="pixel")
-    s.add_argument("--fpr-convention", choices=("course", "smiyc"), default=None,
-                   help="FPR95 convention (default: the protocol's; course + smiyc is the smiyc protocol)")
-    s.add_argument("--protocol", choices=list(PROTOCOLS), default="course",
-                   help="evaluation protocol (anomalyseg.protocol): course (default) matches the course's scripts")
-    s.add_argument("--input-size", nargs=2, type=positive_int, default=(512, 1024), metavar=("H", "W"),
-                   help="ERFNet input H W (divisible by 8)")
-    s.add_argument("--window-size", type=positive_int, default=None,
-                   help="EoMT window size S (default: the model's own input size, config.image_size)")
+    s.add_argument(
+        "--fpr-convention",
+        choices=("course", "smiyc"),
+        default=None,
+        help="FPR95 convention (default: the protocol's; course + smiyc is the smiyc protocol)",
+    )
+    s.add_argument(
+        "--protocol",
+        choices=list(PROTOCOLS),
+        default="course",
+        help="evaluation protocol (anomalyseg.protocol): course (default) matches the course's "
+        "scripts",
+    )
+    s.add_argument(
+        "--input-size",
+        nargs=2,
+        type=positive_int,
+        default=(512, 1024),
+        metavar=("H", "W"),
+        help="ERFNet input H W (divisible by 8)",
+    )
+    s.add_argument(
+        "--window-size",
+        type=positive_int,
+        default=None,
+        help="EoMT window size S (default: the model's own input size, config.image_size)",
+    )
     s.add_argument("--results", type=Path, default=Path("results/results.csv"))
     s.add_argument("--cache-dir", type=Path)
-    s.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one, else cpu), cpu, cuda, cuda:1 ...")
+    s.add_argument(
+        "--device",
+        default="auto",
+        help="auto (a CUDA GPU when there is one, else cpu), cpu, cuda, cuda:1 ...",
+    )
     s.add_argument("--workers", type=nonnegative_int, default=2)
-    s.add_argument("--devices", type=positive_int, default=None,
-                   help="shard the forward passes over N devices with Lightning (needs "
-                        "--cache-dir); the metrics are computed once, on rank 0, from the cache")
-    s.add_argument("--accelerator", default=None,
-                   help="Lightning accelerator of a sharded run: gpu, cpu, auto")
-    s.add_argument("--strategy", default=None,
-                   help="Lightning strategy of a sharded run, e.g. ddp (gloo on cpu)")
+    s.add_argument(
+        "--devices",
+        type=positive_int,
+        default=None,
+        help="shard the forward passes over N devices with Lightning (needs "
+        "--cache-dir); the metrics are computed once, on rank 0, from the cache",
+    )
+    s.add_argument(
+        "--accelerator", default=None, help="Lightning accelerator of a sharded run: gpu, cpu, auto"
+    )
+    s.add_argument(
+        "--strategy",
+        default=None,
+        help="Lightning strategy of a sharded run, e.g. ddp (gloo on cpu)",
+    )
     s.set_defaults(func=_eval)
 
-    s = sub.add_parser("compare-conventions",
-                       help="one checkpoint under every evaluation protocol, side by side (explains gaps between reports)")
-    eval_only = ("help", "debug", "temperatures", "temperature_on", "fpr_convention", "protocol",
-                 "scores", "devices", "accelerator", "strategy")
+    s = sub.add_parser(
+        "compare-conventions",
+        help="one checkpoint under every evaluation protocol, side by side (explains gaps between "
+        "reports)",
+    )
+    eval_only = (
+        "help",
+        "debug",
+        "temperatures",
+        "temperature_on",
+        "fpr_convention",
+        "protocol",
+        "scores",
+        "devices",
+        "accelerator",
+        "strategy",
+    )
     for action in [x for x in eval_parser._actions if x.dest not in eval_only]:
         s._add_action(action)  # eval's model, data and run options, shared
     s.add_argument("--scores", nargs="+", default=list(baseline_scores()))
@@ -343,35 +503,79 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--steps", type=positive_int, default=2000)
     s.add_argument("--batch-size", type=positive_int, default=8)
-    s.add_argument("--crop-size", nargs=2, type=positive_int, default=None, metavar=("H", "W"),
-                   help="training crop (ERFNet default 256 512; EoMT: only its image_size square)")
-    s.add_argument("--workers", type=nonnegative_int, default=None, help="DataLoader workers (default: the trainer's)")
+    s.add_argument(
+        "--crop-size",
+        nargs=2,
+        type=positive_int,
+        default=None,
+        metavar=("H", "W"),
+        help="training crop (ERFNet default 256 512; EoMT: only its image_size square)",
+    )
+    s.add_argument(
+        "--workers",
+        type=nonnegative_int,
+        default=None,
+        help="DataLoader workers (default: the trainer's)",
+    )
     s.set_defaults(func=_train)
 
     from .demo_models import MODELS, WEIGHTS_DIR
 
-    s = sub.add_parser("demo-weights",
-                       help="train a demo model and ship it as fp16 weights with a manifest entry")
-    s.add_argument("--model", choices=MODELS, required=True,
-                   help="eomt_oe (notebook 04) and the heads (05) train on the shipped eomt: "
-                        "make that one first")
+    s = sub.add_parser(
+        "demo-weights", help="train a demo model and ship it as fp16 weights with a manifest entry"
+    )
+    s.add_argument(
+        "--model",
+        choices=MODELS,
+        required=True,
+        help="eomt_oe (notebook 04) and the heads (05) train on the shipped eomt: "
+        "make that one first",
+    )
     s.add_argument("--steps", type=positive_int, required=True)
-    s.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the embedded data set and of the training")
+    s.add_argument(
+        "--seed",
+        type=nonnegative_int,
+        default=0,
+        help="seed of the embedded data set and of the training",
+    )
     s.add_argument("--preset", choices=("tiny", "demo"), default="demo")
     s.add_argument("--data-root", type=Path, default=Path("data"))
-    s.add_argument("--work-dir", type=Path, default=Path("checkpoints/demo-weights"), help="training folder (resumable)")
+    s.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("checkpoints/demo-weights"),
+        help="training folder (resumable)",
+    )
     s.add_argument("--out", type=Path, default=WEIGHTS_DIR)
-    s.add_argument("--val-every", type=positive_int, help="validate every N steps (default: once, at the end)")
+    s.add_argument(
+        "--val-every", type=positive_int, help="validate every N steps (default: once, at the end)"
+    )
     s.set_defaults(func=_demo_weights)
 
-    s = sub.add_parser("run-all", help="execute notebooks 00-06 with papermill (the README's main job)")
+    s = sub.add_parser(
+        "run-all", help="execute notebooks 00-06 with papermill (the README's main job)"
+    )
     s.add_argument("--preset", choices=("tiny", "demo"), default="demo")
-    s.add_argument("--data-root", type=Path, help="where the embedded data set lives (default: data/)")
-    s.add_argument("--output-dir", type=Path, help="results/, checkpoints/, cache/, figures/ go here (default: the checkout)")
-    s.add_argument("--params", type=Path, help="YAML file of notebook parameters overriding the preset's")
-    s.add_argument("--from", dest="start_at", help="resume at this notebook (name or number, e.g. 03)")
+    s.add_argument(
+        "--data-root", type=Path, help="where the embedded data set lives (default: data/)"
+    )
+    s.add_argument(
+        "--output-dir",
+        type=Path,
+        help="results/, checkpoints/, cache/, figures/ go here (default: the checkout)",
+    )
+    s.add_argument(
+        "--params", type=Path, help="YAML file of notebook parameters overriding the preset's"
+    )
+    s.add_argument(
+        "--from", dest="start_at", help="resume at this notebook (name or number, e.g. 03)"
+    )
     s.add_argument("--to", dest="stop_after", help="stop after this notebook")
-    s.add_argument("--runs-dir", type=Path, help="where the executed notebooks go (default: runs/ of the checkout)")
+    s.add_argument(
+        "--runs-dir",
+        type=Path,
+        help="where the executed notebooks go (default: runs/ of the checkout)",
+    )
     s.set_defaults(func=_run_all)
     return p
 

@@ -66,12 +66,19 @@ class Track:
 ANOMALY_TRACK = Track("SegEval-AnomalyTrack", 500, 100)
 OBSTACLE_TRACK = Track("SegEval-ObstacleTrack", 50, 10)
 # Benchmark folder -> its SMIYC track (the course's zip spells RoadObstacle21 "RoadObsticle21").
-SMIYC_TRACKS = {"RoadAnomaly21": ANOMALY_TRACK, "RoadObsticle21": OBSTACLE_TRACK, "RoadObstacle21": OBSTACLE_TRACK}
+SMIYC_TRACKS = {
+    "RoadAnomaly21": ANOMALY_TRACK,
+    "RoadObsticle21": OBSTACLE_TRACK,
+    "RoadObstacle21": OBSTACLE_TRACK,
+}
 
 
-def scaled_min_size(native_pixels: int, eval_size: tuple[int, int], native_size: tuple[int, int] | None) -> int:
+def scaled_min_size(
+    native_pixels: int, eval_size: tuple[int, int], native_size: tuple[int, int] | None
+) -> int:
     """A size filter of ``native_pixels`` at the native resolution ``native_size`` (H, W), in pixels
-    at ``eval_size``: scaled by the area ratio and rounded (at least 0). Unscaled without a native size."""
+    at ``eval_size``: scaled by the area ratio and rounded (at least 0). Unscaled without a native
+    size."""
     if native_size is None or tuple(native_size) == tuple(eval_size):
         return int(native_pixels)
     ratio = (eval_size[0] * eval_size[1]) / (native_size[0] * native_size[1])
@@ -81,17 +88,26 @@ def scaled_min_size(native_pixels: int, eval_size: tuple[int, int], native_size:
 def _numpy2d(x, what: str) -> np.ndarray:
     a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
     if a.ndim != 2:
-        raise ValueError(f"component metrics take one frame at a time: {what} must be [H, W], got shape {a.shape}.")
+        raise ValueError(
+            f"component metrics take one frame at a time: {what} must be [H, W], got shape "
+            f"{a.shape}."
+        )
     return a
 
 
 def gt_components(label) -> tuple[np.ndarray, int]:
-    """``(ids [H, W] int32, count)``: the 8-connected components of a label map's anomaly (label 1)."""
+    """``(ids [H, W] int32, count)``: the 8-connected components of a label map's anomaly (label
+    1)."""
     return ndimage.label(_numpy2d(label, "label") == 1, STRUCTURE)
 
 
-def frame_components(pred, label, min_pred_size: int = 0, min_gt_size: int = 0,
-                     gt: tuple[np.ndarray, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def frame_components(
+    pred,
+    label,
+    min_pred_size: int = 0,
+    min_gt_size: int = 0,
+    gt: tuple[np.ndarray, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """SMIYC's ``default_instancer`` on one frame: ground-truth and predicted component ids of the
     pixels in the region of interest, both flat ``[n_roi]`` int arrays (0 = none).
 
@@ -103,7 +119,9 @@ def frame_components(pred, label, min_pred_size: int = 0, min_gt_size: int = 0,
     """
     pred, label = _numpy2d(pred, "pred").astype(bool), _numpy2d(label, "label")
     if pred.shape != label.shape:
-        raise ValueError(f"component metrics: pred {pred.shape} and label {label.shape} must have one shape.")
+        raise ValueError(
+            f"component metrics: pred {pred.shape} and label {label.shape} must have one shape."
+        )
     valid = (label == 0) | (label == 1)
     gt = (gt if gt is not None else gt_components(label))[0]
     seg, _ = ndimage.label(pred & valid, STRUCTURE)
@@ -113,7 +131,9 @@ def frame_components(pred, label, min_pred_size: int = 0, min_gt_size: int = 0,
         seg[small[seg]] = 0
     roi = valid.copy()
     if min_gt_size > 0:
-        small = np.bincount(gt.ravel(), minlength=1) < min_gt_size  # index 0: SMIYC's background quirk
+        small = (
+            np.bincount(gt.ravel(), minlength=1) < min_gt_size
+        )  # index 0: SMIYC's background quirk
         roi &= ~small[gt]
     return gt[roi], seg[roi]
 
@@ -137,17 +157,31 @@ def segment_metrics(gt: np.ndarray, seg: np.ndarray) -> dict[str, np.ndarray]:
     siou_gt = inter_gt / (size_gt[g_ids] + (meets[g_ids] * M[0, 1:]).sum(1))
     inter_pred = M[1:, p_ids].sum(0)
     siou_pred = inter_pred / (size_pred[p_ids] + (meets[1:, p_ids - 1] * M[1:, :1]).sum(0))
-    return dict(siou_gt=siou_gt.astype(np.float64), siou_pred=siou_pred.astype(np.float64),
-                ppv=(inter_pred / size_pred[p_ids]).astype(np.float64), size_gt=size_gt[g_ids], size_pred=size_pred[p_ids])
+    return dict(
+        siou_gt=siou_gt.astype(np.float64),
+        siou_pred=siou_pred.astype(np.float64),
+        ppv=(inter_pred / size_pred[p_ids]).astype(np.float64),
+        size_gt=size_gt[g_ids],
+        size_pred=size_pred[p_ids],
+    )
 
 
-def frame_counts(siou_gt: np.ndarray, ppv: np.ndarray, thresholds=SIOU_THRESHOLDS) -> dict[str, np.ndarray]:
+def frame_counts(
+    siou_gt: np.ndarray, ppv: np.ndarray, thresholds=SIOU_THRESHOLDS
+) -> dict[str, np.ndarray]:
     """One frame's contribution to the data-set metrics: sums and counts of sIoU and PPV and the
-    TP, FN, FP at each threshold ``[len(thresholds)]``: the per-frame statistics a bootstrap resamples."""
+    TP, FN, FP at each threshold ``[len(thresholds)]``: the per-frame statistics a bootstrap
+    resamples."""
     t = np.asarray(thresholds)[:, None]
-    return dict(siou_sum=np.float64(np.sum(siou_gt)), n_gt=np.int64(len(siou_gt)),
-                ppv_sum=np.float64(np.sum(ppv)), n_pred=np.int64(len(ppv)),
-                tp=(siou_gt[None] >= t).sum(1), fn=(siou_gt[None] < t).sum(1), fp=(ppv[None] < t).sum(1))
+    return dict(
+        siou_sum=np.float64(np.sum(siou_gt)),
+        n_gt=np.int64(len(siou_gt)),
+        ppv_sum=np.float64(np.sum(ppv)),
+        n_pred=np.int64(len(ppv)),
+        tp=(siou_gt[None] >= t).sum(1),
+        fn=(siou_gt[None] < t).sum(1),
+        fp=(ppv[None] < t).sum(1),
+    )
 
 
 def aggregate(counts: dict[str, np.ndarray], weights: np.ndarray | None = None) -> dict[str, float]:
@@ -155,7 +189,8 @@ def aggregate(counts: dict[str, np.ndarray], weights: np.ndarray | None = None) 
     frames: ``[F]`` or ``[F, thresholds]``), each frame taken ``weights[f]`` times (default once).
 
     Returns fractions: ``siou_gt`` and ``ppv`` (means over all components), ``f1_mean`` and
-    ``f1_25``, ``f1_50``, ``f1_75``, and the component counts ``components_gt``, ``components_pred``.
+    ``f1_25``, ``f1_50``, ``f1_75``, and the component counts ``components_gt``,
+    ``components_pred``.
     A mean over no component is NaN (SMIYC divides 0 by 0)."""
     w = np.ones(len(counts["n_gt"])) if weights is None else np.asarray(weights, np.float64)
     tot = {k: np.tensordot(w, np.asarray(v, np.float64), axes=(0, 0)) for k, v in counts.items()}
@@ -166,17 +201,31 @@ def aggregate(counts: dict[str, np.ndarray], weights: np.ndarray | None = None) 
     denom = 2 * tot["tp"] + tot["fn"] + tot["fp"]
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = np.where(denom > 0, 2 * tot["tp"] / np.where(denom > 0, denom, 1), np.nan)
-    pick = {round(t, 2): i for i, t in enumerate(SIOU_THRESHOLDS)} if len(f1) == len(SIOU_THRESHOLDS) else {}
-    out = dict(siou_gt=div(tot["siou_sum"], tot["n_gt"]), ppv=div(tot["ppv_sum"], tot["n_pred"]),
-               f1_mean=float(np.mean(f1)) if len(f1) else float("nan"),
-               components_gt=int(np.round(tot["n_gt"])), components_pred=int(np.round(tot["n_pred"])))
+    pick = (
+        {round(t, 2): i for i, t in enumerate(SIOU_THRESHOLDS)}
+        if len(f1) == len(SIOU_THRESHOLDS)
+        else {}
+    )
+    out = dict(
+        siou_gt=div(tot["siou_sum"], tot["n_gt"]),
+        ppv=div(tot["ppv_sum"], tot["n_pred"]),
+        f1_mean=float(np.mean(f1)) if len(f1) else float("nan"),
+        components_gt=int(np.round(tot["n_gt"])),
+        components_pred=int(np.round(tot["n_pred"])),
+    )
     for t in (0.25, 0.5, 0.75):
         out[f"f1_{int(round(t * 100))}"] = float(f1[pick[t]]) if t in pick else float("nan")
     return out
 
 
-def component_metrics(score_maps, labels, threshold: float, track: Track | None = None,
-                      min_pred_size: int | None = None, min_gt_size: int | None = None) -> dict[str, float]:
+def component_metrics(
+    score_maps,
+    labels,
+    threshold: float,
+    track: Track | None = None,
+    min_pred_size: int | None = None,
+    min_gt_size: int | None = None,
+) -> dict[str, float]:
     """SMIYC's component metrics of a list of frames: score maps and labels ``[H, W]`` each,
     binarised at ``threshold`` (score >= threshold), with ``track``'s size filters (default the
     anomaly track) unless given in pixels. Returns ``aggregate``'s dict."""
@@ -206,17 +255,27 @@ def size_bin_titles(edges=SIZE_EDGES) -> list[str]:
 
     out = []
     for lo, hi in zip(edges[:-1], edges[1:]):
-        out.append(f"<{fmt(hi)}" if lo <= 0 else f">={fmt(lo)}" if math.isinf(hi) else f"{fmt(lo)}-{fmt(hi)}")
+        out.append(
+            f"<{fmt(hi)}"
+            if lo <= 0
+            else f">={fmt(lo)}"
+            if math.isinf(hi)
+            else f"{fmt(lo)}-{fmt(hi)}"
+        )
     return out
 
 
-def frame_size_counts(detected, label, edges=SIZE_EDGES, gt: tuple[np.ndarray, int] | None = None) -> dict[str, np.ndarray]:
-    """Per area bin of ground-truth components (8-connected anomaly pixels, ``[edges[i], edges[i+1])``
+def frame_size_counts(
+    detected, label, edges=SIZE_EDGES, gt: tuple[np.ndarray, int] | None = None
+) -> dict[str, np.ndarray]:
+    """Per area bin of ground-truth components (8-connected anomaly pixels,
+    ``[edges[i], edges[i+1])``
     pixels): ``pixels`` (anomaly pixels in components of that area), ``detected`` (those with
     ``detected`` True) and ``components``, each ``[len(edges) - 1]`` int64.
 
     ``detected``: bool ``[H, W]``, e.g. the score map >= the pooled 95%-TPR threshold; then
-    ``detected / pixels`` over a data set is the recall per size, whose pixel-weighted mean is 95%."""
+    ``detected / pixels`` over a data set is the recall per size, whose pixel-weighted mean is
+    95%."""
     detected, label = _numpy2d(detected, "detected").astype(bool), _numpy2d(label, "label")
     gt, n = gt if gt is not None else gt_components(label)
     nb = len(edges) - 1
@@ -226,6 +285,8 @@ def frame_size_counts(detected, label, edges=SIZE_EDGES, gt: tuple[np.ndarray, i
     area = np.bincount(gt.ravel(), minlength=n + 1)[1:]
     hit = np.bincount(gt.ravel(), weights=detected.ravel(), minlength=n + 1)[1:]
     b = np.searchsorted(np.asarray(edges[1:-1], np.float64), area, "right")  # bin of each component
-    return dict(pixels=np.bincount(b, weights=area, minlength=nb).astype(np.int64),
-                detected=np.bincount(b, weights=hit, minlength=nb).round().astype(np.int64),
-                components=np.bincount(b, minlength=nb).astype(np.int64))
+    return dict(
+        pixels=np.bincount(b, weights=area, minlength=nb).astype(np.int64),
+        detected=np.bincount(b, weights=hit, minlength=nb).round().astype(np.int64),
+        components=np.bincount(b, minlength=nb).astype(np.int64),
+    )

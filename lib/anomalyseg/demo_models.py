@@ -38,17 +38,29 @@ SEGMENTERS = ("erfnet", "eomt")
 ON_EOMT = ("eomt_oe", "head_stats", "head_hybrid")
 MODELS = SEGMENTERS + ON_EOMT
 # The files of each model under WEIGHTS_DIR/<model>/ (the EoMT ones are save_pretrained folders).
-_FILES = {"erfnet": ("erfnet.safetensors",),
-          "eomt": ("model/config.json", "model/model.safetensors"),
-          "eomt_oe": ("model/config.json", "model/model.safetensors", "model/oe_config.json"),
-          "head_stats": ("head.safetensors",), "head_hybrid": ("head.safetensors",)}
+_FILES = {
+    "erfnet": ("erfnet.safetensors",),
+    "eomt": ("model/config.json", "model/model.safetensors"),
+    "eomt_oe": ("model/config.json", "model/model.safetensors", "model/oe_config.json"),
+    "head_stats": ("head.safetensors",),
+    "head_hybrid": ("head.safetensors",),
+}
 # What the model's trainer returns, relative to its folder (finetune_oe: the exported folder).
-_RESULT = {"erfnet": "erfnet.safetensors", "eomt": "model", "eomt_oe": "model",
-           "head_stats": "head.safetensors", "head_hybrid": "head.safetensors"}
+_RESULT = {
+    "erfnet": "erfnet.safetensors",
+    "eomt": "model",
+    "eomt_oe": "model",
+    "head_stats": "head.safetensors",
+    "head_hybrid": "head.safetensors",
+}
 _LOG = "metrics.csv"  # the training's CSV log, so notebooks can still plot its curve
-_NOTEBOOK = {"erfnet": "01_erfnet_baseline", "eomt": "02_eomt_eval",
-             "eomt_oe": "04_outlier_exposure", "head_stats": "05_anomaly_head",
-             "head_hybrid": "05_anomaly_head"}
+_NOTEBOOK = {
+    "erfnet": "01_erfnet_baseline",
+    "eomt": "02_eomt_eval",
+    "eomt_oe": "04_outlier_exposure",
+    "head_stats": "05_anomaly_head",
+    "head_hybrid": "05_anomaly_head",
+}
 
 
 class DemoWeightsError(RuntimeError):
@@ -79,14 +91,17 @@ def verify(model: str, folder: str | Path | None = None) -> dict:
     for rel, want in entry["files"].items():
         path = folder / model / rel
         if not path.is_file():
-            raise DemoWeightsError(f"{path} is missing; {folder / MANIFEST} lists it. Restore it with "
-                                   f"`git checkout -- {path}` or retrain with: {entry['command']}")
+            raise DemoWeightsError(
+                f"{path} is missing; {folder / MANIFEST} lists it. Restore it with "
+                f"`git checkout -- {path}` or retrain with: {entry['command']}"
+            )
         got = {"bytes": path.stat().st_size, "sha256": sha256(path)}
         if got != want:
             raise DemoWeightsError(
-                f"{path} does not match {folder / MANIFEST} (sha256 {got['sha256'][:12]}..., {got['bytes']} bytes; "
-                f"the manifest says {want['sha256'][:12]}..., {want['bytes']} bytes). Restore it with "
-                f"`git checkout -- {path}` or retrain with: {entry['command']}"
+                f"{path} does not match {folder / MANIFEST} (sha256 {got['sha256'][:12]}..., "
+                f"{got['bytes']} bytes; the manifest says {want['sha256'][:12]}..., "
+                f"{want['bytes']} bytes). Restore it with `git checkout -- {path}` or retrain "
+                f"with: {entry['command']}"
             )
     return entry
 
@@ -99,10 +114,20 @@ def data_identity(cityscapes_root: str | Path) -> dict | None:
     marker = _read_marker(Path(cityscapes_root).parent)
     if marker is None:
         return None
-    return {"preset": marker.get("preset", {}).get("name"), "seed": marker.get("seed"), "version": marker.get("version")}
+    return {
+        "preset": marker.get("preset", {}).get("name"),
+        "seed": marker.get("seed"),
+        "version": marker.get("version"),
+    }
 
 
-def install(model: str, settings: dict, cityscapes_root: str | Path, target: Path, folder: str | Path | None = None) -> bool:
+def install(
+    model: str,
+    settings: dict,
+    cityscapes_root: str | Path,
+    target: Path,
+    folder: str | Path | None = None,
+) -> bool:
     """Copy the shipped ``model`` into the zoo folder ``target`` when it was trained with exactly
     ``settings`` (the zoo's resolved settings, without ``data_root``) on the embedded data set at
     ``cityscapes_root``; fp16 weights are stored back as float32. Returns False when nothing
@@ -122,8 +147,15 @@ def install(model: str, settings: dict, cityscapes_root: str | Path, target: Pat
     return True
 
 
-def install_trained(model: str, target: str | Path, ws, base, settings: dict, progress: bool = True,
-                    folder: str | Path | None = None) -> Path | None:
+def install_trained(
+    model: str,
+    target: str | Path,
+    ws,
+    base,
+    settings: dict,
+    progress: bool = True,
+    folder: str | Path | None = None,
+) -> Path | None:
     """The shipped ``model`` (``"eomt_oe"``, ``"head_stats"`` or ``"head_hybrid"``) copied into
     ``target``, the folder its trainer would write, when it was trained with exactly ``settings``
     (``demo_train_settings`` of the notebook's parameters, plus ``oe`` / ``coco_max_images`` for
@@ -135,8 +167,10 @@ def install_trained(model: str, target: str | Path, ws, base, settings: dict, pr
     from .evaluate import weights_fingerprint
 
     if model not in ON_EOMT:
-        raise ValueError(f"install_trained: {model!r} is not trained on the shipped EoMT; expected "
-                         f"one of {ON_EOMT}.")
+        raise ValueError(
+            f"install_trained: {model!r} is not trained on the shipped EoMT; expected "
+            f"one of {ON_EOMT}."
+        )
     target = Path(target)
     if not ws.embedded or (target / "last.ckpt").is_file():
         return None
@@ -145,9 +179,11 @@ def install_trained(model: str, target: str | Path, ws, base, settings: dict, pr
         return None
     if progress:
         entry = read_manifest(folder)[model]
-        print(f"{model}: the shipped demo weights ({entry['steps']} steps on the shipped EoMT, "
-              f"made by `{entry['command']}`) -> {target}; train_from_scratch=True trains it "
-              "here instead")
+        print(
+            f"{model}: the shipped demo weights ({entry['steps']} steps on the shipped EoMT, "
+            f"made by `{entry['command']}`) -> {target}; train_from_scratch=True trains it "
+            "here instead"
+        )
     return target / _RESULT[model]
 
 
@@ -156,7 +192,8 @@ def _jsonable(settings: dict) -> dict:
 
 
 def _copy_in(src: Path, files, target: Path) -> None:
-    """``files`` of the shipped folder ``src`` into ``target``, fp16 tensors back to float32, with the
+    """``files`` of the shipped folder ``src`` into ``target``, fp16 tensors back to float32, with
+    the
     training log where ``results.training_log`` reads it."""
     target.mkdir(parents=True, exist_ok=True)
     for rel in files:
@@ -178,8 +215,11 @@ def _convert(src: Path, dst: Path, dtype: torch.dtype) -> None:
         metadata = f.metadata()
     dst.parent.mkdir(parents=True, exist_ok=True)
     tensors = load_file(src)
-    save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}, dst,
-              metadata=metadata)
+    save_file(
+        {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()},
+        dst,
+        metadata=metadata,
+    )
 
 
 def oe_config(params: dict):
@@ -220,7 +260,10 @@ _SETTINGS = {
 
 
 def _file_table(dst: Path, model: str) -> dict:
-    return {rel: {"bytes": (dst / rel).stat().st_size, "sha256": sha256(dst / rel)} for rel in _FILES[model]}
+    return {
+        rel: {"bytes": (dst / rel).stat().st_size, "sha256": sha256(dst / rel)}
+        for rel in _FILES[model]
+    }
 
 
 def _write_entry(out: str | Path, model: str, entry: dict) -> None:

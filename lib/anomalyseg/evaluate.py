@@ -11,8 +11,8 @@ import hashlib
 import math
 import time
 import warnings
-from functools import partial
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -25,12 +25,17 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
 from . import results as _results
-from .labels import CLASS_NAMES, NUM_CLASSES
 from .components import SMIYC_TRACKS
 from .frame_stats import FrameStatsAccumulator
-from .progress import tqdm
-from .metrics import AnomalyAccumulator, BinnedAnomalyAccumulator, ConfusionMatrix, PerImageAccumulator
+from .labels import CLASS_NAMES, NUM_CLASSES
+from .metrics import (
+    AnomalyAccumulator,
+    BinnedAnomalyAccumulator,
+    ConfusionMatrix,
+    PerImageAccumulator,
+)
 from .models.base import Segmenter
+from .progress import tqdm
 from .protocol import EvalProtocol, applied, get_protocol, resize_label, scored_label, scored_map
 from .scores import (
     NEEDS_VOID_CHANNEL,
@@ -58,17 +63,30 @@ class OutputCache:
         self._memory: dict[tuple, dict[str, torch.Tensor]] = {}
 
     def key(self, segmenter: Segmenter) -> str:
-        """The folder name of ``segmenter``'s outputs; computed once per ``collect_outputs`` call."""
-        parts = f"{segmenter.name}|{segmenter.checkpoint}|{getattr(segmenter, 'cache_tag', '')}|{weights_fingerprint(segmenter)}"
+        """The folder name of ``segmenter``'s outputs; computed once per ``collect_outputs``
+        call."""
+        fields = (segmenter.name, segmenter.checkpoint, getattr(segmenter, "cache_tag", ""))
+        parts = "|".join(str(x) for x in (*fields, weights_fingerprint(segmenter)))
         return hashlib.sha1(parts.encode()).hexdigest()[:12]
 
     def path(self, segmenter: Segmenter, dataset: str, stem: str, key: str | None = None) -> Path:
-        return self.root / segmenter.name / (key or self.key(segmenter)) / dataset / f"{stem}.safetensors"
+        return (
+            self.root
+            / segmenter.name
+            / (key or self.key(segmenter))
+            / dataset
+            / f"{stem}.safetensors"
+        )
 
-    def get(self, segmenter: Segmenter, dataset: str, stem: str, key: str | None = None) -> dict[str, torch.Tensor] | None:
-        """The cached outputs of one frame, or None; a damaged file is removed (and None returned)."""
+    def get(
+        self, segmenter: Segmenter, dataset: str, stem: str, key: str | None = None
+    ) -> dict[str, torch.Tensor] | None:
+        """The cached outputs of one frame, or None; a damaged file is removed (and None
+        returned)."""
         if self.root is None:
-            return self._memory.get((id(segmenter), getattr(segmenter, "cache_tag", ""), dataset, stem))
+            return self._memory.get(
+                (id(segmenter), getattr(segmenter, "cache_tag", ""), dataset, stem)
+            )
         path = self.path(segmenter, dataset, stem, key)
         if not path.exists():
             return None
@@ -78,18 +96,30 @@ class OutputCache:
             _evict(path, e)
             return None
 
-    def put(self, segmenter: Segmenter, dataset: str, stem: str, raw: dict[str, torch.Tensor], key: str | None = None) -> None:
+    def put(
+        self,
+        segmenter: Segmenter,
+        dataset: str,
+        stem: str,
+        raw: dict[str, torch.Tensor],
+        key: str | None = None,
+    ) -> None:
         if self.root is None:
             self._memory[(id(segmenter), getattr(segmenter, "cache_tag", ""), dataset, stem)] = raw
             return
         path = self.path(segmenter, dataset, stem, key)
-        _results.atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in raw.items()}, tmp))
+        _results.atomic_write(
+            path, lambda tmp: save_file({k: v.contiguous() for k, v in raw.items()}, tmp)
+        )
 
 
 def _evict(path: Path, error: Exception) -> None:
     """Remove a damaged output-cache file, so that its frame is computed again."""
-    warnings.warn(f"The output-cache file {path} is damaged ({type(error).__name__}: {error}); removed it, the frame "
-                  "is computed again.", stacklevel=3)
+    warnings.warn(
+        f"The output-cache file {path} is damaged ({type(error).__name__}: {error}); removed it, "
+        "the frame is computed again.",
+        stacklevel=3,
+    )
     path.unlink(missing_ok=True)
 
 
@@ -108,12 +138,15 @@ def _load_cached(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except Exception as e:
-        raise OSError(f"The output-cache file {path} could not be read ({type(e).__name__}: {e}); it was damaged after "
-                      "it was written. Delete it (or the whole cache folder) and run again.") from None
+        raise OSError(
+            f"The output-cache file {path} could not be read ({type(e).__name__}: {e}); it was "
+            "damaged after it was written. Delete it (or the whole cache folder) and run again."
+        ) from None
 
 
 def _modules(obj, seen: set) -> Iterator[torch.nn.Module]:
-    """The modules an object holds, looking into the segmenters it wraps (``HeadSegmenter.base``)."""
+    """The modules an object holds, looking into the segmenters it wraps
+    (``HeadSegmenter.base``)."""
     for v in vars(obj).values():
         if isinstance(v, torch.nn.Module):
             yield v
@@ -153,8 +186,14 @@ class Frame:
     ``raw`` is either held in memory or read back from the output cache on each access, so
     that a data set of EoMT-L outputs (~50 MB a frame) never has to fit in memory at once."""
 
-    def __init__(self, stem: str, raw: dict[str, torch.Tensor] | None, label: torch.Tensor, load=None,
-                 native_size: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        stem: str,
+        raw: dict[str, torch.Tensor] | None,
+        label: torch.Tensor,
+        load=None,
+        native_size: tuple[int, int] | None = None,
+    ):
         self.stem = stem
         self.label = label  # uint8 [H, W] at eval size (0 / 1 / 255, or train ids for mIoU)
         self.size = tuple(label.shape[-2:])
@@ -168,8 +207,14 @@ class Frame:
 
 def _loader(dataset: Dataset, num_workers: int) -> Iterable[dict]:
     # batch_size=None hands items through unbatched; workers overlap decoding with the forward.
-    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
-                      persistent_workers=False, pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
 
 
 def collect_outputs(
@@ -196,23 +241,48 @@ def collect_outputs(
     """
     protocol = get_protocol(protocol)
     with applied(segmenter, protocol):
-        return _collect(segmenter, dataset, dataset_name, cache, label_key, num_workers, progress,
-                        protocol, skipped)
+        return _collect(
+            segmenter,
+            dataset,
+            dataset_name,
+            cache,
+            label_key,
+            num_workers,
+            progress,
+            protocol,
+            skipped,
+        )
 
 
-def _collect(segmenter, dataset, dataset_name, cache, label_key, num_workers, progress, protocol,
-             skipped) -> list[Frame]:
+def _collect(
+    segmenter, dataset, dataset_name, cache, label_key, num_workers, progress, protocol, skipped
+) -> list[Frame]:
     cache = cache if cache is not None else OutputCache()
     key = cache.key(segmenter) if cache.root is not None else None
     frames = []
-    for item in tqdm(_loader(dataset, num_workers), total=len(dataset), desc=f"{segmenter.name} on {dataset_name}", unit="frame",
-                     disable=not progress, leave=False):
+    for item in tqdm(
+        _loader(dataset, num_workers),
+        total=len(dataset),
+        desc=f"{segmenter.name} on {dataset_name}",
+        unit="frame",
+        disable=not progress,
+        leave=False,
+    ):
         stem = item["stem"]
         full = tuple(item[label_key].shape[-2:])
-        label = resize_label(torch.as_tensor(item[label_key]), full if protocol.scoring == "full_resolution" else segmenter.eval_size(full))
-        if label_key == "label" and protocol.skip_after_resize and not (scored_label(label, protocol) == 1).any():
+        label = resize_label(
+            torch.as_tensor(item[label_key]),
+            full if protocol.scoring == "full_resolution" else segmenter.eval_size(full),
+        )
+        if (
+            label_key == "label"
+            and protocol.skip_after_resize
+            and not (scored_label(label, protocol) == 1).any()
+        ):
             if skipped is not None:
-                skipped.append(stem)  # the course drops a frame whose anomaly vanished in the resize
+                skipped.append(
+                    stem
+                )  # the course drops a frame whose anomaly vanished in the resize
             continue
         if cache.root is None:
             raw = cache.get(segmenter, dataset_name, stem)
@@ -222,7 +292,9 @@ def _collect(segmenter, dataset, dataset_name, cache, label_key, num_workers, pr
             frames.append(Frame(stem, raw, label, native_size=full))
             continue
         path = cache.path(segmenter, dataset_name, stem, key)
-        if path.exists() and not _readable(path):  # truncated by a crash or a full disk: compute it again
+        if path.exists() and not _readable(
+            path
+        ):  # truncated by a crash or a full disk: compute it again
             _evict(path, ValueError("incomplete safetensors file"))
         if not path.exists():
             cache.put(segmenter, dataset_name, stem, segmenter.raw_outputs(item["image"]), key)
@@ -243,7 +315,9 @@ class _Combo:
     class_t: float = 1.0  # class temperature (mask classification)
 
 
-def class_maps(segmenter: Segmenter, raw: dict, size: tuple[int, int], class_temperatures: Sequence[float]) -> Iterator[torch.Tensor]:
+def class_maps(
+    segmenter: Segmenter, raw: dict, size: tuple[int, int], class_temperatures: Sequence[float]
+) -> Iterator[torch.Tensor]:
     """``segmenter.class_map`` at each class temperature in turn; segmenters with a ``class_maps``
     method (EoMT) share the work that does not depend on T."""
     if hasattr(segmenter, "class_maps"):
@@ -258,15 +332,25 @@ def class_argmax(x: torch.Tensor) -> torch.Tensor:
 
     A running maximum over the C channels: each step is one contiguous pass, 3x faster on the
     CPU than torch's argmax over the strided class dimension."""
-    best, idx = x[0].clone(), torch.zeros(x.shape[1:], dtype=torch.uint8 if x.shape[0] <= 256 else torch.int64, device=x.device)
+    best, idx = (
+        x[0].clone(),
+        torch.zeros(
+            x.shape[1:], dtype=torch.uint8 if x.shape[0] <= 256 else torch.int64, device=x.device
+        ),
+    )
     for c in range(1, x.shape[0]):
         idx.masked_fill_(x[c] > best, c)
         torch.maximum(best, x[c], out=best)
     return idx.long()
 
 
-def _score_maps(segmenter: Segmenter, frame: Frame, combos: Sequence[_Combo], extra_names: Sequence[str],
-                msp_form: str = "expm1") -> Iterator[tuple[_Combo, torch.Tensor]]:
+def _score_maps(
+    segmenter: Segmenter,
+    frame: Frame,
+    combos: Sequence[_Combo],
+    extra_names: Sequence[str],
+    msp_form: str = "expm1",
+) -> Iterator[tuple[_Combo, torch.Tensor]]:
     """Every combo's score map of one frame: one class map per class temperature, one
     log-softmax per pixel temperature for MSP, MaxEntropy and Energy together."""
     from_classes = [c for c in combos if c.score not in extra_names]
@@ -286,7 +370,9 @@ def _score_maps(segmenter: Segmenter, frame: Frame, combos: Sequence[_Combo], ex
                 x = class_map if c.score in NEEDS_VOID_CHANNEL else class_map[:NUM_CLASSES]
                 yield c, get_score(c.score)(x, temperature=c.temperature)
         for t, group in by_t.items():
-            found = softmax_scores(class_map[:NUM_CLASSES], [c.score for c in group], temperature=t, msp_form=msp_form)
+            found = softmax_scores(
+                class_map[:NUM_CLASSES], [c.score for c in group], temperature=t, msp_form=msp_form
+            )
             yield from ((c, found[c.score]) for c in group)
 
 
@@ -339,7 +425,9 @@ def evaluate_anomaly(
     if temperature_on not in ("pixel", "class"):
         raise ValueError(f"temperature_on must be 'pixel' or 'class', got {temperature_on!r}.")
     if temperature_on == "class" and not segmenter.supports_class_temperature:
-        raise ValueError(f"{segmenter.name} has no class logits to scale; use temperature_on='pixel'.")
+        raise ValueError(
+            f"{segmenter.name} has no class logits to scale; use temperature_on='pixel'."
+        )
     extra_names = tuple(getattr(segmenter, "extra_score_names", ()))
     for s in scores:
         if s not in extra_names:
@@ -350,11 +438,20 @@ def evaluate_anomaly(
     run_id = run_id or _results.new_run_id(segmenter.name)
     cache = cache if cache is not None else OutputCache()
     run = _results.run_columns(run_id)
-    new_acc = AnomalyAccumulator if histogram_bits is None else partial(BinnedAnomalyAccumulator, histogram_bits)
+    new_acc = (
+        AnomalyAccumulator
+        if histogram_bits is None
+        else partial(BinnedAnomalyAccumulator, histogram_bits)
+    )
     new_acc = PerImageAccumulator if protocol.pooling == "per_image" else new_acc
     rows, curves, stats_arrays = [], {}, {}
     # per-frame statistics pool pixels as the pooled metrics do; per-image means have none
-    with_stats = frame_stats and histogram_bits is None and results_path is not None and protocol.pooling == "pixels"
+    with_stats = (
+        frame_stats
+        and histogram_bits is None
+        and results_path is not None
+        and protocol.pooling == "pixels"
+    )
 
     # Every (score, pixel T, class T) to evaluate; a score that ignores the pixel temperature
     # is computed once and reported for each swept T.
@@ -374,22 +471,46 @@ def evaluate_anomaly(
         if len(dataset) == 0:
             skipped = len(getattr(dataset, "skipped", ()))
             warnings.warn(
-                f"{name}: all {skipped} frames were skipped (no mask holds an anomaly pixel, label 1 after the "
-                f"{getattr(getattr(dataset, 'spec', None), 'title', name)} conversion), so it has no rows. Check that "
-                "its labels_masks/ are this benchmark's masks.", stacklevel=2)
+                f"{name}: all {skipped} frames were skipped (no mask holds an anomaly pixel, label "
+                f"1 after the {getattr(getattr(dataset, 'spec', None), 'title', name)} "
+                "conversion), so it has no rows. Check that its labels_masks/ are this "
+                "benchmark's masks.",
+                stacklevel=2,
+            )
             continue
         rows = []
         dropped: list[str] = []  # frames the protocol's skip rule drops after the resize
-        frames = collect_outputs(segmenter, dataset, name, cache, num_workers=num_workers, progress=progress,
-                                 protocol=protocol, skipped=dropped)
+        frames = collect_outputs(
+            segmenter,
+            dataset,
+            name,
+            cache,
+            num_workers=num_workers,
+            progress=progress,
+            protocol=protocol,
+            skipped=dropped,
+        )
         if not frames:
-            warnings.warn(f"{name}: every frame was skipped under protocol {protocol.name!r} (no anomaly pixel left at the "
-                          "evaluation size), so it has no rows.", stacklevel=2)
+            warnings.warn(
+                f"{name}: every frame was skipped under protocol {protocol.name!r} (no anomaly "
+                "pixel left at the evaluation size), so it has no rows.",
+                stacklevel=2,
+            )
             continue
         if results_path is not None and maps_frames:
-            _save_maps(results_path, run_id, name, segmenter, dataset, frames[:maps_frames], scores,
-                       extra_names)
-        labels = {f.stem: scored_label(f.label, protocol) for f in frames}  # 2x2 blocks under blocks2x2
+            _save_maps(
+                results_path,
+                run_id,
+                name,
+                segmenter,
+                dataset,
+                frames[:maps_frames],
+                scores,
+                extra_names,
+            )
+        labels = {
+            f.stem: scored_label(f.label, protocol) for f in frames
+        }  # 2x2 blocks under blocks2x2
         n_valid = sum(int(((lab == 0) | (lab == 1)).sum()) for lab in labels.values())
         skipped = len(getattr(dataset, "skipped", ())) + len(dropped)
         # Exact metrics keep 4 bytes per valid pixel and combo: split the combos into passes over
@@ -399,11 +520,16 @@ def evaluate_anomaly(
         for start in range(0, len(combos), per_pass):
             if with_stats:
                 gt_cache: dict = {}  # ground-truth components, once per frame for every combination
-                accs = {c: FrameStatsAccumulator(SMIYC_TRACKS.get(name), gt_cache=gt_cache) for c in combos[start : start + per_pass]}
+                accs = {
+                    c: FrameStatsAccumulator(SMIYC_TRACKS.get(name), gt_cache=gt_cache)
+                    for c in combos[start : start + per_pass]
+                }
             else:
                 accs = {c: new_acc() for c in combos[start : start + per_pass]}
             for frame in frames:
-                for c, m in _score_maps(segmenter, frame, list(accs), extra_names, protocol.msp_form):
+                for c, m in _score_maps(
+                    segmenter, frame, list(accs), extra_names, protocol.msp_form
+                ):
                     m, label = scored_map(m, protocol), labels[frame.stem]
                     if with_stats:
                         accs[c].add_frame(m, label, frame.stem, frame.native_size)
@@ -420,19 +546,41 @@ def evaluate_anomaly(
                 if with_stats and m["anomaly_fraction"] > 0:
                     arrays, summary = acc.frame_stats()
                     stats_arrays.update({f"{key}|{k}": v for k, v in arrays.items()})
-                    stats_row = dict(summary, frame_stats=f"{_results.frame_stats_ref(run_id, name)}#{key}")
-                same_for_all_t = temperature_on == "pixel" and c.score not in TEMPERATURE_SENSITIVE and c.score not in extra_names
-                for t in (list(temperatures) if same_for_all_t else [t_row]):
-                    rows.append(_results.result_row(
-                        run, segmenter.name, segmenter.checkpoint, name, c.score,
-                        temperature=t, temperature_on=t_on,
-                        auprc=m["auprc"], fpr_at_95_tpr=m["fpr_at_95_tpr"], auroc=m["auroc"], miou="",
-                        frames_used=len(frames), frames_skipped=skipped, fpr_convention=fpr_convention,
-                        eval_size="x".join(map(str, labels[frames[0].stem].shape)) if frames else "",
-                        curves=f"{_results.curves_ref(run_id)}#{key}" if points else "",
-                        metric_bins=f"2^{histogram_bits}" if histogram_bits else "", notes=notes, **stats_row,
-                        protocol=protocol.name,
-                    ))
+                    stats_row = dict(
+                        summary, frame_stats=f"{_results.frame_stats_ref(run_id, name)}#{key}"
+                    )
+                same_for_all_t = (
+                    temperature_on == "pixel"
+                    and c.score not in TEMPERATURE_SENSITIVE
+                    and c.score not in extra_names
+                )
+                for t in list(temperatures) if same_for_all_t else [t_row]:
+                    rows.append(
+                        _results.result_row(
+                            run,
+                            segmenter.name,
+                            segmenter.checkpoint,
+                            name,
+                            c.score,
+                            temperature=t,
+                            temperature_on=t_on,
+                            auprc=m["auprc"],
+                            fpr_at_95_tpr=m["fpr_at_95_tpr"],
+                            auroc=m["auroc"],
+                            miou="",
+                            frames_used=len(frames),
+                            frames_skipped=skipped,
+                            fpr_convention=fpr_convention,
+                            eval_size="x".join(map(str, labels[frames[0].stem].shape))
+                            if frames
+                            else "",
+                            curves=f"{_results.curves_ref(run_id)}#{key}" if points else "",
+                            metric_bins=f"2^{histogram_bits}" if histogram_bits else "",
+                            notes=notes,
+                            **stats_row,
+                            protocol=protocol.name,
+                        )
+                    )
         # Each benchmark's rows are stored as soon as they exist: a later benchmark that fails
         # (a bad frame, a full disk) never costs the ones already done.
         if results_path is not None:
@@ -452,11 +600,14 @@ def _with_fpr(protocol: EvalProtocol, fpr_convention: str | None) -> EvalProtoco
         return protocol
     if protocol.name == "course" and fpr_convention == "smiyc":
         return get_protocol("smiyc")
-    return replace(protocol, name=f"{protocol.name}+fpr_{fpr_convention}", fpr_convention=fpr_convention)
+    return replace(
+        protocol, name=f"{protocol.name}+fpr_{fpr_convention}", fpr_convention=fpr_convention
+    )
 
 
 def check_temperatures(temperatures: Sequence[float], what: str = "temperature") -> list[float]:
-    """``temperatures`` as floats, each finite and > 0 (a temperature divides the logits), else ValueError."""
+    """``temperatures`` as floats, each finite and > 0 (a temperature divides the logits), else
+    ValueError."""
     out = []
     for t in temperatures:
         try:
@@ -464,15 +615,21 @@ def check_temperatures(temperatures: Sequence[float], what: str = "temperature")
         except (TypeError, ValueError):
             raise ValueError(f"{what} {t!r} is not a number; expected finite values > 0.") from None
         if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"{what} {t!r}: a temperature divides the logits and must be a finite number > 0.")
+            raise ValueError(
+                f"{what} {t!r}: a temperature divides the logits and must be a finite number > 0."
+            )
         out.append(value)
     if not out:
-        raise ValueError(f"no {what} given; expected at least one finite value > 0 (T = 1 leaves the logits as they are).")
+        raise ValueError(
+            f"no {what} given; expected at least one finite value > 0 (T = 1 leaves the logits as "
+            "they are)."
+        )
     return out
 
 
-def _save_maps(results_path: Path, run_id: str, name: str, segmenter, dataset, frames, scores,
-               extra_names) -> None:
+def _save_maps(
+    results_path: Path, run_id: str, name: str, segmenter, dataset, frames, scores, extra_names
+) -> None:
     """Score maps at T = 1 of ``frames`` (of ``dataset``, called ``name``), stored by
     ``results.save_maps``."""
     combos = [_Combo(s, float("nan") if s in extra_names else 1.0) for s in scores]
@@ -485,8 +642,9 @@ def _save_maps(results_path: Path, run_id: str, name: str, segmenter, dataset, f
             item = dataset[j]
         image = None
         if item["stem"] == f.stem:
-            img = F.interpolate(item["image"][None].float(), size=f.size, mode="bilinear",
-                                align_corners=False)[0]
+            img = F.interpolate(
+                item["image"][None].float(), size=f.size, mode="bilinear", align_corners=False
+            )[0]
             image = img.clamp(0, 255).byte().numpy()
         by_score = {c.score: maps[c].numpy() for c in combos}  # in the order asked
         _results.save_maps(results_path, run_id, name, f.stem, by_score, f.label.numpy(), image)
@@ -518,17 +676,30 @@ def evaluate_miou(
     """
     class_temperatures = check_temperatures(class_temperatures, "class temperature")
     if any(t != 1.0 for t in class_temperatures) and not segmenter.supports_class_temperature:
-        raise ValueError(f"{segmenter.name} has no class logits to scale; mIoU does not depend on a pixel temperature.")
+        raise ValueError(
+            f"{segmenter.name} has no class logits to scale; mIoU does not depend on a pixel "
+            "temperature."
+        )
     if results_path is not None:
         results_path = _results.check_store(results_path)
     protocol = get_protocol(protocol)
     run_id = run_id or _results.new_run_id(segmenter.name)
-    frames = collect_outputs(segmenter, dataset, dataset_name, cache, label_key="target", num_workers=num_workers,
-                             progress=progress, protocol=protocol)
+    frames = collect_outputs(
+        segmenter,
+        dataset,
+        dataset_name,
+        cache,
+        label_key="target",
+        num_workers=num_workers,
+        progress=progress,
+        protocol=protocol,
+    )
     run = _results.run_columns(run_id)
     rows, per_class = [], {}
     cms = [ConfusionMatrix(num_classes=NUM_CLASSES, ignore_index=255) for _ in class_temperatures]
-    with applied(segmenter, protocol, miou=True):  # course: ERFNet's class maps keep the void channel
+    with applied(
+        segmenter, protocol, miou=True
+    ):  # course: ERFNet's class maps keep the void channel
         for f in frames:
             # Argmax over every channel the model gives: with ERFNet's void channel (use_void=True)
             # a pixel won by void counts as a miss, as in the course's iouEval.
@@ -536,21 +707,43 @@ def evaluate_miou(
                 cm.update(class_argmax(class_map), f.label)
     for t, cm in zip(class_temperatures, cms):
         per_class[f"T={t:g}"] = cm.iou()
-        rows.append(_results.result_row(
-            run, segmenter.name, segmenter.checkpoint, dataset_name, "miou", temperature=t,
-            temperature_on="class" if segmenter.supports_class_temperature else "none",
-            auprc="", fpr_at_95_tpr="", auroc="", miou=cm.miou(), frames_used=len(frames), frames_skipped=0,
-            fpr_convention="", eval_size="x".join(map(str, frames[0].size)) if frames else "", curves="", notes=notes,
-            protocol=protocol.name,
-        ))
+        rows.append(
+            _results.result_row(
+                run,
+                segmenter.name,
+                segmenter.checkpoint,
+                dataset_name,
+                "miou",
+                temperature=t,
+                temperature_on="class" if segmenter.supports_class_temperature else "none",
+                auprc="",
+                fpr_at_95_tpr="",
+                auroc="",
+                miou=cm.miou(),
+                frames_used=len(frames),
+                frames_skipped=0,
+                fpr_convention="",
+                eval_size="x".join(map(str, frames[0].size)) if frames else "",
+                curves="",
+                notes=notes,
+                protocol=protocol.name,
+            )
+        )
     if results_path is not None:
         _results.append_rows(rows, results_path)
-    return pd.DataFrame(rows, columns=_results.COLUMNS), pd.DataFrame(per_class, index=list(CLASS_NAMES))
+    return pd.DataFrame(rows, columns=_results.COLUMNS), pd.DataFrame(
+        per_class, index=list(CLASS_NAMES)
+    )
 
 
 # ----------------------------------------------------------------------------- temperature sweeps
-def evaluation_pass(segmenter: Segmenter, benchmarks: dict[str, Dataset], val: Dataset | None,
-                    scores: Sequence[str] | None = None, max_frames: int | None = None) -> float:
+def evaluation_pass(
+    segmenter: Segmenter,
+    benchmarks: dict[str, Dataset],
+    val: Dataset | None,
+    scores: Sequence[str] | None = None,
+    max_frames: int | None = None,
+) -> float:
     """Seconds of one uncached evaluation at T = 1, what each temperature point would cost without
     the output cache: a forward of every frame, the class maps, ``scores`` (RbA only for mask
     classification) with exact metrics on ``benchmarks``, and the mIoU on ``val``. Stores nothing.
@@ -568,9 +761,16 @@ def evaluation_pass(segmenter: Segmenter, benchmarks: dict[str, Dataset], val: D
     started = time.perf_counter()
     scores = default_scores(segmenter) if scores is None else scores
     scores = [s for s in scores if applies(s, segmenter)]
-    evaluate_anomaly(segmenter, {n: first(ds) for n, ds in benchmarks.items()}, scores,
-                     results_path=None, cache=OutputCache(), maps_frames=0, progress=False,
-                     frame_stats=False)
+    evaluate_anomaly(
+        segmenter,
+        {n: first(ds) for n, ds in benchmarks.items()},
+        scores,
+        results_path=None,
+        cache=OutputCache(),
+        maps_frames=0,
+        progress=False,
+        frame_stats=False,
+    )
     if val is not None:
         evaluate_miou(segmenter, first(val), results_path=None, cache=OutputCache(), progress=False)
     return (time.perf_counter() - started) * sum(len(ds) for ds in sets) / max(timed, 1)
@@ -595,20 +795,43 @@ def temperature_sweep(
     unless None. ``protocol``: see ``evaluate_anomaly`` (default ``course``). ``scores``: None for
     ``scores.default_scores(segmenter)``."""
     scores = default_scores(segmenter) if scores is None else scores
-    kw = dict(results_path=results_path, cache=cache, maps_frames=0, histogram_bits=histogram_bits, progress=progress,
-              frame_stats=False, protocol=protocol)
+    kw = dict(
+        results_path=results_path,
+        cache=cache,
+        maps_frames=0,
+        histogram_bits=histogram_bits,
+        progress=progress,
+        frame_stats=False,
+        protocol=protocol,
+    )
     sensitive = [s for s in scores if s in TEMPERATURE_SENSITIVE]
-    frames = [evaluate_anomaly(segmenter, benchmarks, sensitive, temperatures, "pixel", **kw)] if sensitive else []
+    frames = (
+        [evaluate_anomaly(segmenter, benchmarks, sensitive, temperatures, "pixel", **kw)]
+        if sensitive
+        else []
+    )
     if segmenter.supports_class_temperature:
         frames.append(evaluate_anomaly(segmenter, benchmarks, scores, temperatures, "class", **kw))
         if val is not None:
-            frames.append(evaluate_miou(segmenter, val, temperatures, results_path=results_path, cache=cache,
-                                        progress=progress, protocol=protocol)[0])
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_results.COLUMNS)
+            frames.append(
+                evaluate_miou(
+                    segmenter,
+                    val,
+                    temperatures,
+                    results_path=results_path,
+                    cache=cache,
+                    progress=progress,
+                    protocol=protocol,
+                )[0]
+            )
+    return (
+        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_results.COLUMNS)
+    )
 
 
 def sweep_points(segmenter: Segmenter, temperatures: Sequence[float]) -> int:
-    """Temperature points of ``temperature_sweep``: per-pixel, plus class for mask classification."""
+    """Temperature points of ``temperature_sweep``: per-pixel, plus class for mask
+    classification."""
     return len(temperatures) * (2 if segmenter.supports_class_temperature else 1)
 
 
@@ -636,26 +859,48 @@ def anomaly_rows_or_evaluate(
     missing = [s for s in scores if any((d, s) not in done for d in benchmarks)]
     if not missing:
         return have, f"{name}: all {len(have)} rows reused from {results_csv}"
-    evaluate_anomaly(segmenter, benchmarks, scores=missing, results_path=results_csv, cache=cache,
-                     progress=progress, notes=notes, protocol=protocol)
+    evaluate_anomaly(
+        segmenter,
+        benchmarks,
+        scores=missing,
+        results_path=results_csv,
+        cache=cache,
+        progress=progress,
+        notes=notes,
+        protocol=protocol,
+    )
     rows = _results.stored_anomaly_rows(results_csv, name, checkpoint, scores, datasets, protocol)
-    how = (f"{name}: evaluated {', '.join(missing)}" +
-           (f"; {len(have)} rows reused from {results_csv}" if len(have) else ""))
+    how = f"{name}: evaluated {', '.join(missing)}" + (
+        f"; {len(have)} rows reused from {results_csv}" if len(have) else ""
+    )
     return rows, how
 
 
-def miou_or_evaluate(segmenter: Segmenter, dataset: Dataset, results_csv: str | Path,
-                     cache: OutputCache | None = None, progress: bool = True, notes: str = "",
-                     protocol: str = "course") -> tuple[float, str]:
+def miou_or_evaluate(
+    segmenter: Segmenter,
+    dataset: Dataset,
+    results_csv: str | Path,
+    cache: OutputCache | None = None,
+    progress: bool = True,
+    notes: str = "",
+    protocol: str = "course",
+) -> tuple[float, str]:
     """Cityscapes-val mIoU (fraction) of ``segmenter`` at class temperature 1 under ``protocol``:
     stored for its checkpoint (``results.stored_miou``), or evaluated and appended. Returns
     ``(miou, how)``."""
     stored = _results.stored_miou(results_csv, segmenter.name, segmenter.checkpoint, protocol)
     if stored is not None:
         return stored, f"{segmenter.name}: mIoU reused from {results_csv}"
-    rows, _ = evaluate_miou(segmenter, dataset, results_path=results_csv, cache=cache,
-                            dataset_name=_results.MIOU_DATASET, progress=progress, notes=notes,
-                            protocol=protocol)
+    rows, _ = evaluate_miou(
+        segmenter,
+        dataset,
+        results_path=results_csv,
+        cache=cache,
+        dataset_name=_results.MIOU_DATASET,
+        progress=progress,
+        notes=notes,
+        protocol=protocol,
+    )
     return float(rows["miou"].iloc[0]), f"{segmenter.name}: mIoU evaluated on {len(dataset)} frames"
 
 
@@ -668,7 +913,8 @@ def frame_maps(
     class_temperature: float = 1.0,
     label_key: str = "label",
 ) -> dict:
-    """Score maps of one data set item for figures: ``{"image", "label", "pred", "maps": {score: [H, W]}}``
+    """Score maps of one data set item for figures:
+    ``{"image", "label", "pred", "maps": {score: [H, W]}}``
     at the segmenter's evaluation size (image resized bilinearly to match)."""
     label = torch.as_tensor(item[label_key])
     size = segmenter.eval_size(tuple(label.shape[-2:]))
@@ -676,20 +922,41 @@ def frame_maps(
     class_map = segmenter.class_map(raw, size, class_temperature=class_temperature)
     extra_names = tuple(getattr(segmenter, "extra_score_names", ()))
     extras = segmenter.extra_scores(raw, size) if any(s in extra_names for s in scores) else {}
-    maps = {s: extras[s] if s in extra_names else get_score(s)(
-        class_map if s in NEEDS_VOID_CHANNEL else class_map[:NUM_CLASSES], temperature=temperature) for s in scores}
-    image = F.interpolate(item["image"][None].float(), size=size, mode="bilinear", align_corners=False)[0]
-    return {"image": image.clamp(0, 255).byte(), "label": resize_label(label, size),
-            "pred": class_argmax(class_map[:NUM_CLASSES]), "maps": maps, "stem": item.get("stem", "")}
+    maps = {
+        s: extras[s]
+        if s in extra_names
+        else get_score(s)(
+            class_map if s in NEEDS_VOID_CHANNEL else class_map[:NUM_CLASSES],
+            temperature=temperature,
+        )
+        for s in scores
+    }
+    image = F.interpolate(
+        item["image"][None].float(), size=size, mode="bilinear", align_corners=False
+    )[0]
+    return {
+        "image": image.clamp(0, 255).byte(),
+        "label": resize_label(label, size),
+        "pred": class_argmax(class_map[:NUM_CLASSES]),
+        "maps": maps,
+        "stem": item.get("stem", ""),
+    }
 
 
-# ----------------------------------------------------------------------------- conventions side by side
+# ------------------------------------------------------------------------- conventions side by side
 def compare_conventions(
     segmenter: Segmenter,
     benchmarks: dict[str, Dataset],
     val: Dataset | None = None,
     scores: Sequence[str] = baseline_scores(),
-    protocols: Sequence[str | EvalProtocol] = ("course", "smiyc", "blocks2x2", "full_resolution", "per_image", "legacy"),
+    protocols: Sequence[str | EvalProtocol] = (
+        "course",
+        "smiyc",
+        "blocks2x2",
+        "full_resolution",
+        "per_image",
+        "legacy",
+    ),
     results_path: str | Path | None = "results/results.csv",
     cache: OutputCache | None = None,
     num_workers: int = 0,
@@ -704,9 +971,29 @@ def compare_conventions(
     cache = cache if cache is not None else OutputCache()
     out = []
     for p in protocols:
-        out.append(evaluate_anomaly(segmenter, benchmarks, scores, results_path=results_path, cache=cache, maps_frames=0,
-                                    num_workers=num_workers, progress=progress, protocol=p))
+        out.append(
+            evaluate_anomaly(
+                segmenter,
+                benchmarks,
+                scores,
+                results_path=results_path,
+                cache=cache,
+                maps_frames=0,
+                num_workers=num_workers,
+                progress=progress,
+                protocol=p,
+            )
+        )
         if val is not None:
-            out.append(evaluate_miou(segmenter, val, results_path=results_path, cache=cache, num_workers=num_workers,
-                                     progress=progress, protocol=p)[0])
+            out.append(
+                evaluate_miou(
+                    segmenter,
+                    val,
+                    results_path=results_path,
+                    cache=cache,
+                    num_workers=num_workers,
+                    progress=progress,
+                    protocol=p,
+                )[0]
+            )
     return pd.concat(out, ignore_index=True)

@@ -30,10 +30,14 @@ from .metrics import AnomalyAccumulator, _numpy, _split
 MAX_BINS = 8192
 
 
-def histogram_edges(pos_sorted: np.ndarray, neg_sorted: np.ndarray, max_bins: int = MAX_BINS) -> np.ndarray:
-    """Lower edges ``[D]`` (ascending float32) of the bins shared by every frame of a data set: bin k
+def histogram_edges(
+    pos_sorted: np.ndarray, neg_sorted: np.ndarray, max_bins: int = MAX_BINS
+) -> np.ndarray:
+    """Lower edges ``[D]`` (ascending float32) of the bins shared by every frame of a data set:
+    bin k
     holds the scores in ``[edges[k], edges[k + 1])``. The distinct scores when both classes hold at
     most ``max_bins`` together (exact), else ``max_bins / 2`` quantiles of each class's scores."""
+
     def distinct(x):
         return x[np.r_[True, x[1:] != x[:-1]]] if x.size else x
 
@@ -69,17 +73,26 @@ class FrameStatsAccumulator(AnomalyAccumulator):
     ``size_edges``: ground-truth component area bins (pixels at the evaluation resolution).
     """
 
-    def __init__(self, track: _components.Track | None = None, size_edges=_components.SIZE_EDGES,
-                 max_bins: int = MAX_BINS, gt_cache: dict | None = None):
+    def __init__(
+        self,
+        track: _components.Track | None = None,
+        size_edges=_components.SIZE_EDGES,
+        max_bins: int = MAX_BINS,
+        gt_cache: dict | None = None,
+    ):
         super().__init__()
         self.track, self.size_edges, self.max_bins = track, tuple(size_edges), int(max_bins)
         self._frames: list[tuple] = []
         # ground-truth components by stem, shared by the accumulators of one data set's combinations
         self._gt_cache = gt_cache if gt_cache is not None else {}
 
-    def add_frame(self, scores, label, stem: str, native_size: tuple[int, int] | None = None) -> None:
+    def add_frame(
+        self, scores, label, stem: str, native_size: tuple[int, int] | None = None
+    ) -> None:
         if len(tuple(scores.shape)) != 2:
-            raise ValueError(f"add_frame takes one frame's score map [H, W], got shape {tuple(scores.shape)}.")
+            raise ValueError(
+                f"add_frame takes one frame's score map [H, W], got shape {tuple(scores.shape)}."
+            )
         pos, neg = _split(scores, label)
         self._pos += [pos] if pos.size else []
         self._neg += [neg] if neg.size else []
@@ -94,17 +107,24 @@ class FrameStatsAccumulator(AnomalyAccumulator):
         ``ppv_sum``, ``n_pred`` ``[F]`` and ``tp``, ``fn``, ``fp`` ``[F, 11]``; the thresholds) and
         the summary for the result row: ``siou_gt``, ``ppv``, ``f1_mean`` (NaN without a track)."""
         if not self._frames:
-            raise ValueError("frame_stats needs the frames added with add_frame (and is called once).")
+            raise ValueError(
+                "frame_stats needs the frames added with add_frame (and is called once)."
+            )
         ops = self.operating_points()
         ranked = self._rank()
         edges = histogram_edges(ranked.pos, ranked.neg, self.max_bins)
         F, D, nb = len(self._frames), len(edges), len(self.size_edges) - 1
         arrays = dict(
-            stems=np.array([f[0] for f in self._frames]), edges=edges,
-            pos=np.zeros((F, D), np.int32), neg=np.zeros((F, D), np.int32),
-            size_edges=np.asarray(self.size_edges, np.float64), size_pixels=np.zeros((F, nb), np.int64),
-            size_detected=np.zeros((F, nb), np.int64), size_components=np.zeros((F, nb), np.int64),
-            tpr95_threshold=np.float64(ops["tpr95_threshold"]), best_f1_threshold=np.float64(ops["best_f1_threshold"]),
+            stems=np.array([f[0] for f in self._frames]),
+            edges=edges,
+            pos=np.zeros((F, D), np.int32),
+            neg=np.zeros((F, D), np.int32),
+            size_edges=np.asarray(self.size_edges, np.float64),
+            size_pixels=np.zeros((F, nb), np.int64),
+            size_detected=np.zeros((F, nb), np.int64),
+            size_components=np.zeros((F, nb), np.int64),
+            tpr95_threshold=np.float64(ops["tpr95_threshold"]),
+            best_f1_threshold=np.float64(ops["best_f1_threshold"]),
         )
         per_frame = []
         t95, tf1 = np.float32(ops["tpr95_threshold"]), np.float32(ops["best_f1_threshold"])
@@ -124,9 +144,15 @@ class FrameStatsAccumulator(AnomalyAccumulator):
                 pred[anomaly] = pos >= tf1
                 pred[label == 0] = neg >= tf1
                 size = tuple(label.shape)
-                m = _components.segment_metrics(*_components.frame_components(
-                    pred, label, _components.scaled_min_size(self.track.min_pred_size, size, native_size),
-                    _components.scaled_min_size(self.track.min_gt_size, size, native_size), gt=gt))
+                m = _components.segment_metrics(
+                    *_components.frame_components(
+                        pred,
+                        label,
+                        _components.scaled_min_size(self.track.min_pred_size, size, native_size),
+                        _components.scaled_min_size(self.track.min_gt_size, size, native_size),
+                        gt=gt,
+                    )
+                )
                 per_frame.append(_components.frame_counts(m["siou_gt"], m["ppv"]))
         summary = dict(siou_gt=float("nan"), ppv=float("nan"), f1_mean=float("nan"))
         if per_frame:

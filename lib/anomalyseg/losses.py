@@ -32,30 +32,40 @@ def _check_target(target: str, score_norm: str, where: str) -> str:
         raise ValueError(
             f"{where}: unknown outlier_loss_target {target!r}; expected one of "
             f"{list(OUTLIER_TARGETS)}"
-            + (" (seed 000's 'nls' is 'rba'; OEConfig reads 'nls' from a config as 'rba')."
-               if target == "nls" else ".")
+            + (
+                " (seed 000's 'nls' is 'rba'; OEConfig reads 'nls' from a config as 'rba')."
+                if target == "nls"
+                else "."
+            )
         )
     if score_norm not in SCORE_NORMS:
-        raise ValueError(f"{where}: unknown score_norm {score_norm!r}; expected one of {list(SCORE_NORMS)} (RbA: 'tanh').")
+        raise ValueError(
+            f"{where}: unknown score_norm {score_norm!r}; expected one of {list(SCORE_NORMS)} "
+            "(RbA: 'tanh')."
+        )
     return target
 
 
 def _check_mask(outlier_mask: torch.Tensor, batch: int, where: str) -> torch.Tensor:
     if outlier_mask.ndim != 3 or outlier_mask.shape[0] != batch:
         raise ValueError(
-            f"{where}: outlier_mask must be [B, H, W] with B = {batch} (the logits' batch), got {tuple(outlier_mask.shape)}."
+            f"{where}: outlier_mask must be [B, H, W] with B = {batch} (the logits' batch), got "
+            f"{tuple(outlier_mask.shape)}."
         )
     bad = (outlier_mask != 0) & (outlier_mask != 1) & (outlier_mask != 255)
     if bad.any():
         found = sorted(outlier_mask[bad].unique().tolist())[:8]
         raise ValueError(
-            f"{where}: outlier_mask holds values {found}; expected only 0 (inlier), 1 (outlier) and 255 (void), "
-            "as MixOOD returns it. A semantic target (train ids, 254 for pasted pixels) is not an outlier mask."
+            f"{where}: outlier_mask holds values {found}; expected only 0 (inlier), 1 (outlier) "
+            "and 255 (void), as MixOOD returns it. A semantic target (train ids, 254 for pasted "
+            "pixels) is not an outlier mask."
         )
     return outlier_mask
 
 
-def _to_label_size(s: torch.Tensor, size: tuple[int, int], align_corners: bool = False) -> torch.Tensor:
+def _to_label_size(
+    s: torch.Tensor, size: tuple[int, int], align_corners: bool = False
+) -> torch.Tensor:
     """Bilinear resize of a score map ``[B, h, w]`` to ``[B, H, W]``."""
     if tuple(s.shape[-2:]) == tuple(size):
         return s
@@ -68,7 +78,9 @@ def _mean(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return torch.where(keep, x, 0.0).sum() / keep.sum().clamp(min=1)
 
 
-def outlier_score(per_pixel_logits: torch.Tensor, target: str = "rba", score_norm: str = "tanh") -> torch.Tensor:
+def outlier_score(
+    per_pixel_logits: torch.Tensor, target: str = "rba", score_norm: str = "tanh"
+) -> torch.Tensor:
     """The score ``s`` the outlier loss shapes, ``[B, h, w]`` from ``L`` ``[B, C, h, w]``; higher
     means more anomalous for every target (seed 000's ``outlier_loss``):
 
@@ -93,7 +105,9 @@ def outlier_score(per_pixel_logits: torch.Tensor, target: str = "rba", score_nor
     return max_logit(x)
 
 
-def outlier_score_range(target: str, score_norm: str = "tanh", num_classes: int = NUM_CLASSES) -> tuple[float, float]:
+def outlier_score_range(
+    target: str, score_norm: str = "tanh", num_classes: int = NUM_CLASSES
+) -> tuple[float, float]:
     """``(low, high)``: the values ``outlier_score`` can take on a class map with every ``L_c >= 0``
     (EoMT's fused map, REFERENCE §3; ``L_c`` has no fixed upper bound, since several queries may
     claim one class, so most targets are unbounded below). A squared-hinge threshold outside this
@@ -116,14 +130,20 @@ def outlier_score_range(target: str, score_norm: str = "tanh", num_classes: int 
     return (-math.inf, 0.0)
 
 
-def outlier_score_landmarks(target: str, score_norm: str = "tanh", num_classes: int = NUM_CLASSES) -> dict[str, float]:
+def outlier_score_landmarks(
+    target: str, score_norm: str = "tanh", num_classes: int = NUM_CLASSES
+) -> dict[str, float]:
     """The score of two reference pixels, to place thresholds between: ``claimed`` (one class at
     ``L_c = 1``, the others 0: a pixel one query claims with full confidence) and ``unclaimed``
     (every ``L_c = 0``). E.g. ``rba``+``tanh``: -0.762 / 0 (seed 000's -0.75 / -0.10 sit inside);
     ``energy``: -3.031 / -2.944 for 19 classes."""
     claimed = torch.zeros(1, num_classes, 1, 1)
     claimed[0, 0] = 1.0
-    s = outlier_score(torch.cat([claimed, torch.zeros_like(claimed)]), target, score_norm).flatten().tolist()
+    s = (
+        outlier_score(torch.cat([claimed, torch.zeros_like(claimed)]), target, score_norm)
+        .flatten()
+        .tolist()
+    )
     return {"claimed": s[0] + 0.0, "unclaimed": s[1] + 0.0}  # + 0.0: no "-0" in messages
 
 
@@ -137,7 +157,8 @@ def outlier_loss(
     score_norm: str = "tanh",
     margin: float = 1.0,
 ) -> torch.Tensor:
-    """Outlier Exposure loss on a per-pixel class map (seed 000's ``outlier_loss``); returns a scalar.
+    """Outlier Exposure loss on a per-pixel class map (seed 000's ``outlier_loss``); returns a
+    scalar.
 
     Args:
         per_pixel_logits: ``[B, C, h, w]``, EoMT's fused map ``L`` (REFERENCE §3).
@@ -160,10 +181,14 @@ def outlier_loss(
     """
     if outlier_loss_func not in OUTLIER_LOSS_FUNCS:
         raise ValueError(
-            f"outlier_loss: unknown outlier_loss_func {outlier_loss_func!r}; expected one of {list(OUTLIER_LOSS_FUNCS)}."
+            f"outlier_loss: unknown outlier_loss_func {outlier_loss_func!r}; expected one of "
+            f"{list(OUTLIER_LOSS_FUNCS)}."
         )
     if per_pixel_logits.ndim != 4:
-        raise ValueError(f"outlier_loss: per_pixel_logits must be [B, C, h, w], got {tuple(per_pixel_logits.shape)}.")
+        raise ValueError(
+            "outlier_loss: per_pixel_logits must be [B, C, h, w], got "
+            f"{tuple(per_pixel_logits.shape)}."
+        )
     target = _check_target(outlier_loss_target, score_norm, "outlier_loss")
     s = outlier_score(per_pixel_logits, target, score_norm)
     mask = _check_mask(outlier_mask, per_pixel_logits.shape[0], "outlier_loss")
@@ -174,7 +199,10 @@ def outlier_loss(
         bce = F.binary_cross_entropy_with_logits(s, outlier.to(s.dtype), reduction="none")
         return 0.5 * _mean(bce, inlier | outlier)
     if target == "max_logit":
-        inlier_term, outlier_term = _mean(s.pow(2), inlier), _mean(F.relu(margin - s).pow(2), outlier)
+        inlier_term, outlier_term = (
+            _mean(s.pow(2), inlier),
+            _mean(F.relu(margin - s).pow(2), outlier),
+        )
     else:
         inlier_term = _mean(F.relu(s - inlier_upper_threshold).pow(2), inlier)
         outlier_term = _mean(F.relu(outlier_lower_threshold - s).pow(2), outlier)
@@ -183,23 +211,34 @@ def outlier_loss(
     return 0.5 * (inlier_term + outlier_term)
 
 
-def anomaly_head_loss(logits: torch.Tensor, outlier_mask: torch.Tensor, pos_weight: float = 10.0) -> torch.Tensor:
+def anomaly_head_loss(
+    logits: torch.Tensor, outlier_mask: torch.Tensor, pos_weight: float = 10.0
+) -> torch.Tensor:
     """BCE-with-logits for the pixel-wise anomaly head (seed 001), void pixels masked out.
 
     Args:
-        logits: ``[B, 1, H, W]`` or ``[B, H, W]`` head outputs (resized bilinearly to the mask when smaller).
+        logits: ``[B, 1, H, W]`` or ``[B, H, W]`` head outputs (resized bilinearly to the mask
+        when smaller).
         outlier_mask: ``[B, H, W]`` in {0, 1, 255}.
         pos_weight: weight of the rare outlier pixels (seed 001: 10).
     Returns the mean over non-void pixels (0 when every pixel is void).
     """
     if logits.ndim == 4:
         if logits.shape[1] != 1:
-            raise ValueError(f"anomaly_head_loss: logits must be [B, 1, H, W] or [B, H, W], got {tuple(logits.shape)}.")
+            raise ValueError(
+                "anomaly_head_loss: logits must be [B, 1, H, W] or [B, H, W], got "
+                f"{tuple(logits.shape)}."
+            )
         logits = logits[:, 0]
     if logits.ndim != 3:
-        raise ValueError(f"anomaly_head_loss: logits must be [B, 1, H, W] or [B, H, W], got {tuple(logits.shape)}.")
+        raise ValueError(
+            "anomaly_head_loss: logits must be [B, 1, H, W] or [B, H, W], got "
+            f"{tuple(logits.shape)}."
+        )
     mask = _check_mask(outlier_mask, logits.shape[0], "anomaly_head_loss")
     logits = _to_label_size(logits.float(), tuple(mask.shape[-2:]))
     weight = torch.tensor(float(pos_weight), device=logits.device)
-    bce = F.binary_cross_entropy_with_logits(logits, (mask == 1).float(), pos_weight=weight, reduction="none")
+    bce = F.binary_cross_entropy_with_logits(
+        logits, (mask == 1).float(), pos_weight=weight, reduction="none"
+    )
     return _mean(bce, mask != 255)

@@ -45,14 +45,16 @@ def _numpy(x) -> np.ndarray:
     if not _is_torch(x):
         return np.asarray(x)
     x = x.detach().cpu()
-    return (x.float() if x.is_floating_point() and x.element_size() < 4 else x).numpy()  # numpy has no bfloat16
+    return (
+        x.float() if x.is_floating_point() and x.element_size() < 4 else x
+    ).numpy()  # numpy has no bfloat16
 
 
 def _check_same_shape(a, b, what: str, names=("scores", "labels")) -> None:
     if tuple(a.shape) != tuple(b.shape):
         raise ValueError(
-            f"{what}: {names[0]} and {names[1]} must have the same shape (one label per pixel), got "
-            f"{tuple(a.shape)} and {tuple(b.shape)}; resize the label map to the prediction "
+            f"{what}: {names[0]} and {names[1]} must have the same shape (one label per pixel), "
+            f"got {tuple(a.shape)} and {tuple(b.shape)}; resize the label map to the prediction "
             "(nearest neighbour) first."
         )
 
@@ -96,8 +98,8 @@ def _sort_checked(x: np.ndarray) -> np.ndarray:
 def _check_convention(convention: str) -> None:
     if convention not in CONVENTIONS:
         raise ValueError(
-            f"convention must be 'course' (ood-metrics: interpolate sklearn's ROC curve at TPR 0.95) "
-            f"or 'smiyc' (FPR at the first threshold reaching TPR 0.95), got {convention!r}."
+            "convention must be 'course' (ood-metrics: interpolate sklearn's ROC curve at TPR "
+            f"0.95) or 'smiyc' (FPR at the first threshold reaching TPR 0.95), got {convention!r}."
         )
 
 
@@ -121,8 +123,10 @@ class _Ranked:
 
     def counts(self, t) -> tuple[int, int]:
         """(#in-distribution, #anomaly) pixels whose score equals t."""
-        return (int(np.searchsorted(self.neg, t, "right") - np.searchsorted(self.neg, t, "left")),
-                int(np.searchsorted(self.pos, t, "right") - np.searchsorted(self.pos, t, "left")))
+        return (
+            int(np.searchsorted(self.neg, t, "right") - np.searchsorted(self.neg, t, "left")),
+            int(np.searchsorted(self.pos, t, "right") - np.searchsorted(self.pos, t, "left")),
+        )
 
     def window(self, t, up: bool, width: int):
         """Distinct scores next to t, nearest first: above t (``up``) or t and below, with their
@@ -134,12 +138,16 @@ class _Ranked:
         ip, ineg = np.searchsorted(self.pos, t, "right"), np.searchsorted(self.neg, t, "right")
         if up:
             ps, ns = self.pos[ip : ip + width], self.neg[ineg : ineg + width]
-            unread = [x[i + width] for x, i in ((self.pos, ip), (self.neg, ineg)) if i + width < len(x)]
+            unread = [
+                x[i + width] for x, i in ((self.pos, ip), (self.neg, ineg)) if i + width < len(x)
+            ]
             vals = np.union1d(ps, ns)
             vals = vals[vals < min(unread)] if unread else vals
         else:
             ps, ns = self.pos[max(ip - width, 0) : ip], self.neg[max(ineg - width, 0) : ineg]
-            unread = [x[i - width - 1] for x, i in ((self.pos, ip), (self.neg, ineg)) if i - width > 0]
+            unread = [
+                x[i - width - 1] for x, i in ((self.pos, ip), (self.neg, ineg)) if i - width > 0
+            ]
             vals = np.union1d(ps, ns)[::-1]
             vals = vals[vals > max(unread)] if unread else vals
         npos = np.searchsorted(ps, vals, "right") - np.searchsorted(ps, vals, "left")
@@ -149,7 +157,9 @@ class _Ranked:
     # -- metrics ---------------------------------------------------------------------------
     def auprc_auroc(self) -> tuple[float, float]:
         P, N = self.P, self.N
-        first = np.flatnonzero(np.r_[True, self.pos[1:] != self.pos[:-1]])  # each distinct anomaly score
+        first = np.flatnonzero(
+            np.r_[True, self.pos[1:] != self.pos[:-1]]
+        )  # each distinct anomaly score
         u = self.pos[first]
         tps = P - first
         lt = np.searchsorted(self.neg, u, "left")
@@ -201,7 +211,10 @@ class _Ranked:
 
     def _kept_at_or_below(self, v):
         """Nearest threshold at or below v that roc_curve keeps."""
-        if np.searchsorted(self.pos, v, "right") == self.P and np.searchsorted(self.neg, v, "right") == self.N:
+        if (
+            np.searchsorted(self.pos, v, "right") == self.P
+            and np.searchsorted(self.neg, v, "right") == self.N
+        ):
             return v  # highest score: the first point, always kept
         width = 64
         while True:
@@ -215,7 +228,8 @@ class _Ranked:
             width *= 4
 
     def best_f1(self) -> tuple[float, float]:
-        """``(threshold, F1)`` of the pixel F1-maximising threshold (prediction: score >= threshold),
+        """``(threshold, F1)`` of the pixel F1-maximising threshold (prediction: score >=
+        threshold),
         the highest one on ties. F1 only rises where an anomaly pixel joins, so the distinct
         anomaly scores are the only candidates."""
         P, N = self.P, self.N
@@ -227,7 +241,8 @@ class _Ranked:
         return float(u[i]), float(f1[i])
 
     def tpr_threshold(self, rate: float = TARGET_TPR) -> float:
-        """The highest threshold whose TPR (score >= threshold) reaches ``rate``: SMIYC's FPR95 point."""
+        """The highest threshold whose TPR (score >= threshold) reaches ``rate``: SMIYC's FPR95
+        point."""
         return float(self.pos[self.P - _min_count(self.P, rate)])
 
     def curve(self, n: int) -> dict[str, np.ndarray]:
@@ -235,15 +250,23 @@ class _Ranked:
         that both low recall and low FPR are drawn finely. Starts at threshold +inf."""
 
         def pick(x: np.ndarray, m: int) -> np.ndarray:
-            return x[np.unique(np.linspace(0, len(x) - 1, m).round().astype(np.int64))] if len(x) else x
+            return (
+                x[np.unique(np.linspace(0, len(x) - 1, m).round().astype(np.int64))]
+                if len(x)
+                else x
+            )
 
         t = np.unique(np.concatenate([pick(self.pos, n // 2), pick(self.neg, n - n // 2)]))[::-1]
         tps, fps = self.tps(t), self.fps(t)
         with np.errstate(invalid="ignore", divide="ignore"):
             tpr, fpr = tps / self.P, fps / self.N
         # (recall 0, precision 1) closes the PR curve as in sklearn's precision_recall_curve
-        return dict(recall=np.r_[0.0, tpr], precision=np.r_[1.0, tps / (tps + fps)],
-                    fpr=np.r_[0.0, fpr], tpr=np.r_[0.0, tpr])
+        return dict(
+            recall=np.r_[0.0, tpr],
+            precision=np.r_[1.0, tps / (tps + fps)],
+            fpr=np.r_[0.0, fpr],
+            tpr=np.r_[0.0, tpr],
+        )
 
     def metrics(self, convention: str = "course") -> dict:
         _check_convention(convention)
@@ -262,19 +285,35 @@ def _empty_result(P: int, N: int) -> dict:
     if P + N == 0:
         raise ValueError(
             "no valid pixel to score: anomaly metrics need labels 0 (in-distribution) or 1 "
-            "(anomaly), and none was given (no frame at all, or every label void). Check that the data set "
-            "holds frames and the mask conversion of the benchmark."
+            "(anomaly), and none was given (no frame at all, or every label void). Check that the "
+            "data set holds frames and the mask conversion of the benchmark."
         )
     if P == 0:
-        warnings.warn("no anomaly pixel (label 1): AuPRC, FPR95 and AUROC are undefined (NaN).", RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            "no anomaly pixel (label 1): AuPRC, FPR95 and AUROC are undefined (NaN).",
+            RuntimeWarning,
+            stacklevel=4,
+        )
     elif N == 0:
-        warnings.warn("no in-distribution pixel (label 0): FPR95 and AUROC are undefined (NaN).", RuntimeWarning, stacklevel=4)
-    return dict(auprc=float("nan"), fpr_at_95_tpr=float("nan"), auroc=float("nan"), num_pixels=P + N,
-                anomaly_fraction=P / (P + N))
+        warnings.warn(
+            "no in-distribution pixel (label 0): FPR95 and AUROC are undefined (NaN).",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return dict(
+        auprc=float("nan"),
+        fpr_at_95_tpr=float("nan"),
+        auroc=float("nan"),
+        num_pixels=P + N,
+        anomaly_fraction=P / (P + N),
+    )
 
 
-def _curve_metrics(tps: np.ndarray, fps: np.ndarray, P: int, N: int, convention: str = "course") -> dict:
-    """The anomaly metrics from cumulative counts at each threshold, highest first (``tps``, ``fps``:
+def _curve_metrics(
+    tps: np.ndarray, fps: np.ndarray, P: int, N: int, convention: str = "course"
+) -> dict:
+    """The anomaly metrics from cumulative counts at each threshold, highest first (``tps``,
+    ``fps``:
     anomaly and in-distribution pixels at or above it; thresholds where neither moves left out) and
     the totals ``P``, ``N``: every formula of ``_Ranked`` on tied groups of scores."""
     out = _empty_result(P, N)
@@ -289,11 +328,17 @@ def _curve_metrics(tps: np.ndarray, fps: np.ndarray, P: int, N: int, convention:
     t0, f0 = np.r_[0, tps[:-1]], np.r_[0, fps[:-1]]
     out["auroc"] = float(np.sum((fps - f0) * (tps + t0))) / (2.0 * P * N)
     if convention == "smiyc":
-        out["fpr_at_95_tpr"] = float(fps[np.searchsorted(tps, _min_count(P, TARGET_TPR), "left")] / N)
+        out["fpr_at_95_tpr"] = float(
+            fps[np.searchsorted(tps, _min_count(P, TARGET_TPR), "left")] / N
+        )
     else:
         # roc_curve(drop_intermediate=True) keeps the first and last points and those where
         # the (fps, tps) curve bends; ood-metrics interpolates the kept points at TPR 0.95.
-        keep = np.r_[True, (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0), True] if len(tps) > 2 else np.ones(len(tps), bool)
+        keep = (
+            np.r_[True, (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0), True]
+            if len(tps) > 2
+            else np.ones(len(tps), bool)
+        )
         tpr, fpr = np.r_[0.0, tps[keep] / P], np.r_[0.0, fps[keep] / N]
         out["fpr_at_95_tpr"] = float(np.interp(TARGET_TPR, tpr, fpr))
     return out
@@ -423,7 +468,8 @@ class AnomalyAccumulator:
         return self._ranked
 
     def compute(self, convention: str = "course") -> dict:
-        """``dict(auprc=, fpr_at_95_tpr=, auroc=, num_pixels=, anomaly_fraction=)`` over all frames."""
+        """``dict(auprc=, fpr_at_95_tpr=, auroc=, num_pixels=, anomaly_fraction=)`` over all
+        frames."""
         _check_convention(convention)
         return self._rank().metrics(convention)
 
@@ -433,7 +479,9 @@ class AnomalyAccumulator:
         ``tpr95_threshold`` (the highest threshold with TPR >= ``rate``). Needs an anomaly pixel."""
         ranked = self._rank()
         if ranked.P == 0:
-            raise ValueError("operating_points needs at least one anomaly pixel (label 1) to place a threshold.")
+            raise ValueError(
+                "operating_points needs at least one anomaly pixel (label 1) to place a threshold."
+            )
         t, f1 = ranked.best_f1()
         return dict(best_f1_threshold=t, best_f1=f1, tpr95_threshold=ranked.tpr_threshold(rate))
 
@@ -459,7 +507,7 @@ class PerImageAccumulator:
     def update(self, scores, labels) -> None:
         """Add one frame ``[H, W]`` (a batch ``[B, H, W]`` counts as one frame per item)."""
         shape = tuple(scores.shape) if _is_torch(scores) else np.shape(scores)
-        for s, y in (zip(scores, labels) if len(shape) == 3 else [(scores, labels)]):
+        for s, y in zip(scores, labels) if len(shape) == 3 else [(scores, labels)]:
             ranked = _rank(s, y)
             if ranked.P == 0:
                 continue  # no anomaly pixel: every metric undefined for this frame
@@ -471,7 +519,8 @@ class PerImageAccumulator:
             self.num_frames += 1
 
     def compute(self, convention: str = "course") -> dict:
-        """Means over frames: ``dict(auprc=, fpr_at_95_tpr=, auroc=, num_pixels=, anomaly_fraction=)``."""
+        """Means over frames:
+        ``dict(auprc=, fpr_at_95_tpr=, auroc=, num_pixels=, anomaly_fraction=)``."""
         _check_convention(convention)
         if not self._frames:
             raise ValueError("PerImageAccumulator: no frame with an anomaly pixel was added.")
@@ -480,9 +529,13 @@ class PerImageAccumulator:
             values = [f[k] for f in self._frames]
             return float(np.nanmean(values)) if not np.isnan(values).all() else float("nan")
 
-        return dict(auprc=mean("auprc"), auroc=mean("auroc"),
-                    fpr_at_95_tpr=mean("fpr_smiyc" if convention == "smiyc" else "fpr_at_95_tpr"),
-                    num_pixels=sum(f["num_pixels"] for f in self._frames), anomaly_fraction=mean("anomaly_fraction"))
+        return dict(
+            auprc=mean("auprc"),
+            auroc=mean("auroc"),
+            fpr_at_95_tpr=mean("fpr_smiyc" if convention == "smiyc" else "fpr_at_95_tpr"),
+            num_pixels=sum(f["num_pixels"] for f in self._frames),
+            anomaly_fraction=mean("anomaly_fraction"),
+        )
 
     def pr_roc_points(self, n: int = 256) -> dict[str, np.ndarray]:
         """Per-image averages have no single curve: ``{}``."""
@@ -511,12 +564,18 @@ class BinnedAnomalyAccumulator:
 
     def __init__(self, bits: int = 24):
         if not 10 <= int(bits) <= 24:
-            raise ValueError(f"BinnedAnomalyAccumulator: bits must be in 10..24 (2**bits bins per class), got {bits!r}.")
+            raise ValueError(
+                "BinnedAnomalyAccumulator: bits must be in 10..24 (2**bits bins per class), got "
+                f"{bits!r}."
+            )
         self.bits = int(bits)
         self.reset()
 
     def reset(self) -> None:
-        self._counts, self._lo = None, 0  # int64 [3, bins from _lo] on the host: in-distribution, anomaly, void
+        self._counts, self._lo = (
+            None,
+            0,
+        )  # int64 [3, bins from _lo] on the host: in-distribution, anomaly, void
         self.num_frames = 0
 
     def _bin_index(self, x, code):
@@ -531,7 +590,9 @@ class BinnedAnomalyAccumulator:
                 "class map for NaN/inf logits, or a temperature of 0)."
             )
         i = x.view(np.int32) if isinstance(x, np.ndarray) else x.view(_torch_int32())
-        key = i ^ ((i >> 31) & 0x7FFFFFFF)  # flip the magnitude of negative floats: order-preserving
+        key = i ^ (
+            (i >> 31) & 0x7FFFFFFF
+        )  # flip the magnitude of negative floats: order-preserving
         key >>= 32 - self.bits
         key += 1 << (self.bits - 1)
         key *= 3
@@ -595,10 +656,16 @@ class BinnedAnomalyAccumulator:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), 0, 0
         counts = self._counts[:2]  # [2, bins]: in-distribution, anomaly (row 2: void)
         used = np.flatnonzero(counts.sum(0))[::-1]
-        return np.cumsum(counts[1, used]), np.cumsum(counts[0, used]), int(counts[1].sum()), int(counts[0].sum())
+        return (
+            np.cumsum(counts[1, used]),
+            np.cumsum(counts[0, used]),
+            int(counts[1].sum()),
+            int(counts[0].sum()),
+        )
 
     def compute(self, convention: str = "course") -> dict:
-        """``dict(auprc=, fpr_at_95_tpr=, auroc=, num_pixels=, anomaly_fraction=)`` over all frames."""
+        """``dict(auprc=, fpr_at_95_tpr=, auroc=, num_pixels=, anomaly_fraction=)`` over all
+        frames."""
         _check_convention(convention)
         return _curve_metrics(*self._curve(), convention)
 
@@ -608,12 +675,20 @@ class BinnedAnomalyAccumulator:
         if int(n) < 2:
             raise ValueError(f"pr_roc_points needs n >= 2 points, got {n!r}.")
         tps, fps, P, N = self._curve()
-        pick = np.unique(np.r_[np.searchsorted(tps, np.linspace(0, P, n // 2), "left"),
-                               np.searchsorted(fps, np.linspace(0, N, n - n // 2), "left")].clip(0, len(tps) - 1))
+        pick = np.unique(
+            np.r_[
+                np.searchsorted(tps, np.linspace(0, P, n // 2), "left"),
+                np.searchsorted(fps, np.linspace(0, N, n - n // 2), "left"),
+            ].clip(0, len(tps) - 1)
+        )
         tp, fp = tps[pick], fps[pick]
         with np.errstate(invalid="ignore", divide="ignore"):
-            return dict(recall=np.r_[0.0, tp / P], precision=np.r_[1.0, tp / (tp + fp)],
-                        fpr=np.r_[0.0, fp / N], tpr=np.r_[0.0, tp / P])
+            return dict(
+                recall=np.r_[0.0, tp / P],
+                precision=np.r_[1.0, tp / (tp + fp)],
+                fpr=np.r_[0.0, fp / N],
+                tpr=np.r_[0.0, tp / P],
+            )
 
 
 # ----------------------------------------------------------------------------- mIoU
@@ -632,14 +707,19 @@ class ConfusionMatrix:
 
     def __init__(self, num_classes: int = 19, ignore_index: int = 255):
         if int(num_classes) < 1:
-            raise ValueError(f"num_classes must be a positive class count (19 for Cityscapes), got {num_classes!r}.")
+            raise ValueError(
+                "num_classes must be a positive class count (19 for Cityscapes), got "
+                f"{num_classes!r}."
+            )
         if 0 <= ignore_index < num_classes:
             raise ValueError(
-                f"ignore_index must lie outside the classes 0..{num_classes - 1} (Cityscapes: 255), "
-                f"got {ignore_index}; a class id cannot also mean 'ignore'."
+                f"ignore_index must lie outside the classes 0..{num_classes - 1} (Cityscapes: "
+                f"255), got {ignore_index}; a class id cannot also mean 'ignore'."
             )
         self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
-        self._counts = np.zeros((self.num_classes, self.num_classes + 1), dtype=np.int64)  # + misses
+        self._counts = np.zeros(
+            (self.num_classes, self.num_classes + 1), dtype=np.int64
+        )  # + misses
 
     @property
     def matrix(self) -> np.ndarray:
@@ -663,7 +743,9 @@ class ConfusionMatrix:
             counts = torch.bincount(t[valid] * (C + 1) + p, minlength=C * (C + 1)).cpu().numpy()
         else:
             p, t = np.asarray(pred), np.asarray(target)
-            if not (np.issubdtype(p.dtype, np.integer) or p.dtype == bool) or not np.issubdtype(t.dtype, np.integer):
+            if not (np.issubdtype(p.dtype, np.integer) or p.dtype == bool) or not np.issubdtype(
+                t.dtype, np.integer
+            ):
                 raise ValueError(_FLOAT_PRED.format(p.dtype, t.dtype, p.shape))
             _check_same_shape(p, t, "ConfusionMatrix.update", ("pred", "target"))
             p, t = p.reshape(-1).astype(np.int64), t.reshape(-1).astype(np.int64)
@@ -675,7 +757,10 @@ class ConfusionMatrix:
     def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
         """Add another matrix's counts (other workers, other shards); returns self."""
         if other.num_classes != self.num_classes:
-            raise ValueError(f"cannot merge confusion matrices over {self.num_classes} and {other.num_classes} classes.")
+            raise ValueError(
+                f"cannot merge confusion matrices over {self.num_classes} and {other.num_classes} "
+                "classes."
+            )
         self._counts += other._counts
         return self
 
@@ -683,7 +768,8 @@ class ConfusionMatrix:
         self._counts[:] = 0
 
     def iou(self) -> np.ndarray:
-        """Per-class IoU ``[C]`` float64; NaN for a class absent from prediction and ground truth."""
+        """Per-class IoU ``[C]`` float64; NaN for a class absent from prediction and ground
+        truth."""
         tp = np.diag(self._counts).astype(np.float64)
         union = self._counts.sum(1) + self.matrix.sum(0) - tp  # TP + FN (misses included) + FP
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -698,14 +784,14 @@ class ConfusionMatrix:
         if absent == "nan":
             return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
         raise ValueError(
-            f"absent must be 'zero' (course iouEval: classes absent from prediction and ground truth "
-            f"count 0) or 'nan' (average only the classes present), got {absent!r}."
+            "absent must be 'zero' (course iouEval: classes absent from prediction and ground "
+            f"truth count 0) or 'nan' (average only the classes present), got {absent!r}."
         )
 
 
 _FLOAT_PRED = (
-    "ConfusionMatrix.update needs integer class ids for pred and target, got {} and {} of shape {}; "
-    "pass the argmax over the class dimension of the class map, not the map itself."
+    "ConfusionMatrix.update needs integer class ids for pred and target, got {} and {} of shape "
+    "{}; pass the argmax over the class dimension of the class map, not the map itself."
 )
 
 
@@ -713,7 +799,10 @@ _FLOAT_PRED = (
 def _bins(confidences, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
     """Bin index of each confidence, equal-width bins (lo, hi] over [0, 1] (0 joins bin 0)."""
     if int(n_bins) < 1:
-        raise ValueError(f"n_bins must be a positive number of confidence bins (15 by convention), got {n_bins!r}.")
+        raise ValueError(
+            "n_bins must be a positive number of confidence bins (15 by convention), got "
+            f"{n_bins!r}."
+        )
     c = _numpy(confidences).reshape(-1)
     if c.size and not (c.min() >= 0.0 and c.max() <= 1.0):  # also catches NaN
         raise ValueError(
@@ -727,7 +816,10 @@ def _bins(confidences, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
 def _flags(x, shape, name: str) -> np.ndarray:
     k = _numpy(x)
     if k.shape != tuple(shape):
-        raise ValueError(f"{name} must be a per-pixel mask of the confidences' shape {tuple(shape)}, got {k.shape}.")
+        raise ValueError(
+            f"{name} must be a per-pixel mask of the confidences' shape {tuple(shape)}, got "
+            f"{k.shape}."
+        )
     return k.reshape(-1).astype(bool, copy=False)
 
 
@@ -769,8 +861,12 @@ class CalibrationAccumulator:
         """Reliability diagram: mean ``confidence`` and ``accuracy`` per bin (NaN if empty),
         ``count`` and ``edges`` ``[n_bins + 1]``."""
         with np.errstate(invalid="ignore", divide="ignore"):
-            return dict(confidence=self.conf_sum / self.count, accuracy=self.correct_sum / self.count,
-                        count=self.count.copy(), edges=self.edges.copy())
+            return dict(
+                confidence=self.conf_sum / self.count,
+                accuracy=self.correct_sum / self.count,
+                count=self.count.copy(),
+                edges=self.edges.copy(),
+            )
 
 
 def ece(confidences, correct, n_bins: int = 15) -> float:

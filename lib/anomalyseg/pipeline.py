@@ -39,8 +39,8 @@ def notebooks_dir() -> Path:
     here = Path(__file__).resolve().parents[2] / "notebooks"
     if not here.is_dir():
         raise FileNotFoundError(
-            f"No notebooks folder at {here}: run-all needs the project checkout (pip install -e . from a clone), "
-            "not a bare wheel install."
+            f"No notebooks folder at {here}: run-all needs the project checkout (pip install -e . "
+            "from a clone), not a bare wheel install."
         )
     return here
 
@@ -49,7 +49,9 @@ def preset_parameters(preset: str, notebook: str, presets_file: Path | None = No
     """Common and per-notebook parameters of ``preset`` from ``notebooks/presets.yaml``."""
     presets = yaml.safe_load((presets_file or notebooks_dir() / "presets.yaml").read_text()) or {}
     if preset not in presets:
-        raise ValueError(f"Unknown preset {preset!r}; notebooks/presets.yaml defines {sorted(presets)}.")
+        raise ValueError(
+            f"Unknown preset {preset!r}; notebooks/presets.yaml defines {sorted(presets)}."
+        )
     p = presets[preset] or {}
     return {**(p.get("common") or {}), **(p.get(notebook) or {})}
 
@@ -82,7 +84,7 @@ class _ProgressEcho:
         self._partial = lines.pop()
         for line in lines:
             if line.startswith(_progress.MARK):
-                self.out.write(f"[run-all] {self.tag} {line[len(_progress.MARK):]}\n")
+                self.out.write(f"[run-all] {self.tag} {line[len(_progress.MARK) :]}\n")
 
     def flush(self) -> None:
         self.out.flush()
@@ -130,13 +132,17 @@ def read_params(path: str | Path) -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ValueError(f"{path} is not valid YAML{where}: {problem}. Expected lines `name: value`, "
-                         "e.g. `benchmarks_root: /data/Validation_Dataset`.") from None
+        raise ValueError(
+            f"{path} is not valid YAML{where}: {problem}. Expected lines `name: value`, "
+            "e.g. `benchmarks_root: /data/Validation_Dataset`."
+        ) from None
     if user is None:
         return {}
     if not isinstance(user, dict):
-        raise ValueError(f"{path} must hold a mapping of parameter names to values (`name: value` lines), "
-                         f"not a {type(user).__name__}.")
+        raise ValueError(
+            f"{path} must hold a mapping of parameter names to values (`name: value` lines), "
+            f"not a {type(user).__name__}."
+        )
     return user
 
 
@@ -167,55 +173,78 @@ def run_all(
     root = notebooks_dir()
     repo = root.parent
     names = list(NOTEBOOKS)
+
     def _index(key: str) -> int:
         for i, n in enumerate(names):
             if n == key or n.split("_", 1)[0] == key.zfill(2):
                 return i
         raise ValueError(f"No notebook {key!r}; the pipeline runs {names}.")
+
     first = _index(start_at) if start_at else 0
     last = _index(stop_after) if stop_after else len(names) - 1
     if first > last:
         raise ValueError(
-            f"--from {start_at} ({names[first]}) comes after --to {stop_after} ({names[last]}): nothing would run. "
-            f"The pipeline runs in the order {', '.join(n.split('_', 1)[0] for n in names)}."
+            f"--from {start_at} ({names[first]}) comes after --to {stop_after} ({names[last]}): "
+            "nothing would run. The pipeline runs in the order "
+            f"{', '.join(n.split('_', 1)[0] for n in names)}."
         )
     user = read_params(params_file) if params_file else {}
     unknown = sorted(set(user) - set(parameter_names()))
     if unknown:
         raise ValueError(
-            f"{params_file}: unknown parameters {unknown}; no notebook has them, so they would be ignored. "
-            f"Valid names: {', '.join(sorted(parameter_names()))}."
+            f"{params_file}: unknown parameters {unknown}; no notebook has them, so they would be "
+            f"ignored. Valid names: {', '.join(sorted(parameter_names()))}."
         )
     run_dir = Path(runs_dir or repo / "runs") / (run_id or new_run_id(f"run-{preset}"))
     run_dir.mkdir(parents=True, exist_ok=True)
-    common = {"preset": preset, "data_root": str(Path(data_root or repo / "data").resolve()),
-              "output_dir": str(Path(output_dir or repo).resolve())}
+    common = {
+        "preset": preset,
+        "data_root": str(Path(data_root or repo / "data").resolve()),
+        "output_dir": str(Path(output_dir or repo).resolve()),
+    }
     for name in names[first : last + 1]:
-        params = {**preset_parameters(preset, name), **common, **(user or {}), **(extra_parameters or {})}
+        params = {
+            **preset_parameters(preset, name),
+            **common,
+            **(user or {}),
+            **(extra_parameters or {}),
+        }
         started = time.time()
         print(f"[run-all] {name} ...", flush=True)
         try:
             with _console_progress():
                 pm.execute_notebook(
-                    str(root / f"{name}.ipynb"), str(run_dir / f"{name}.ipynb"), parameters=params,
-                    cwd=str(root), kernel_name=kernel_name, progress_bar=progress, log_output=False,
+                    str(root / f"{name}.ipynb"),
+                    str(run_dir / f"{name}.ipynb"),
+                    parameters=params,
+                    cwd=str(root),
+                    kernel_name=kernel_name,
+                    progress_bar=progress,
+                    log_output=False,
                     stdout_file=_ProgressEcho(name.split("_", 1)[0]) if progress else None,
                     extra_arguments=_KERNEL_ARGS,
                 )
         except pm.PapermillExecutionError as e:
             raise NotebookFailed(
-                f"Notebook {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}. The executed copy with the "
-                f"traceback is {run_dir / (name + '.ipynb')}; fix the cause and resume with "
-                f"`anomalyseg run-all --preset {preset} --from {name.split('_', 1)[0]}`."
+                f"Notebook {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}. The "
+                f"executed copy with the traceback is {run_dir / (name + '.ipynb')}; fix the cause "
+                f"and resume with `anomalyseg run-all --preset {preset} --from "
+                f"{name.split('_', 1)[0]}`."
             ) from None
         print(f"[run-all] {name} done in {time.time() - started:.0f} s", flush=True)
     return run_dir
 
 
-# ----------------------------------------------------------------------------- anomalyseg demo-weights
+# -------------------------------------------------------------------------- anomalyseg demo-weights
 def train_demo_weights(
-    model: str, steps: int, data_root: str | Path, work_dir: str | Path, out: str | Path | None = None,
-    seed: int = 0, val_every_n_steps: int | None = None, preset: str = "demo",
+    model: str,
+    steps: int,
+    data_root: str | Path,
+    work_dir: str | Path,
+    out: str | Path | None = None,
+    seed: int = 0,
+    val_every_n_steps: int | None = None,
+    preset: str = "demo",
 ) -> dict:
     """Train the demo's ``model`` (one of ``dm.MODELS``) for ``steps`` with ``preset``'s recipe
     (``notebooks/presets.yaml``, the parameters of the notebook that trains it) on the embedded
@@ -243,8 +272,9 @@ def train_demo_weights(
         zoo_dir, settings, metrics = _train_segmenter(model, ws, params, train_settings, work_dir)
     else:
         coco_max_images = notebook_parameters(preset, "04_outlier_exposure")["coco_max_images"]
-        zoo_dir, settings, metrics = _train_on_eomt(model, ws, params, train_settings,
-                                                    coco_max_images, work_dir, out)
+        zoo_dir, settings, metrics = _train_on_eomt(
+            model, ws, params, train_settings, coco_max_images, work_dir, out
+        )
     dst = out / model
     for rel in dm._FILES[model]:
         if rel.endswith(".safetensors"):
@@ -262,9 +292,13 @@ def train_demo_weights(
         metrics["val_miou_by_step"] = {int(s): round(float(v), 4) for s, v in validated}
     entry = {
         "command": f"anomalyseg demo-weights --model {model} --steps {steps} --seed {seed}"
-                   + (f" --preset {preset}" if preset != "demo" else ""),
-        "data": dm.data_identity(ws.cityscapes), "settings": settings, "steps": steps, **metrics,
-        "trained": time.strftime("%Y-%m-%d"), "wall_s": round(time.time() - started),
+        + (f" --preset {preset}" if preset != "demo" else ""),
+        "data": dm.data_identity(ws.cityscapes),
+        "settings": settings,
+        "steps": steps,
+        **metrics,
+        "trained": time.strftime("%Y-%m-%d"),
+        "wall_s": round(time.time() - started),
         "machine": f"{torch.get_num_threads()} torch thread(s), CPU",
         "files": dm._file_table(dst, model),
     }
@@ -278,8 +312,13 @@ def _train_segmenter(model: str, ws, params: dict, train_settings: dict, work_di
     from . import zoo
 
     if model == "erfnet":
-        seg = zoo.erfnet_segmenter(ws, train=train_settings, input_size=tuple(params["input_size"]),
-                                   device="cpu", train_from_scratch=True)
+        seg = zoo.erfnet_segmenter(
+            ws,
+            train=train_settings,
+            input_size=tuple(params["input_size"]),
+            device="cpu",
+            train_from_scratch=True,
+        )
         zoo_dir = Path(seg.checkpoint).parent
     else:
         zoo.eomt_segmenter(ws, train=train_settings, device="cpu", train_from_scratch=True)
@@ -293,8 +332,12 @@ def _train_segmenter(model: str, ws, params: dict, train_settings: dict, work_di
         shutil.rmtree(check, ignore_errors=True)
         dm._copy_in(dst, dm._FILES[model], check)
         if model == "erfnet":
-            shipped = zoo.erfnet_segmenter(ws, check / "erfnet.safetensors",
-                                           input_size=tuple(params["input_size"]), device="cpu")
+            shipped = zoo.erfnet_segmenter(
+                ws,
+                check / "erfnet.safetensors",
+                input_size=tuple(params["input_size"]),
+                device="cpu",
+            )
         else:
             shipped = zoo.eomt_segmenter(ws, check / "model", device="cpu")
         return {"val_miou": _val_miou(ws, shipped)}
@@ -302,8 +345,15 @@ def _train_segmenter(model: str, ws, params: dict, train_settings: dict, work_di
     return zoo_dir, settings, metrics
 
 
-def _train_on_eomt(model: str, ws, params: dict, train_settings: dict, coco_max_images: int,
-                   work_dir: Path, out: Path):
+def _train_on_eomt(
+    model: str,
+    ws,
+    params: dict,
+    train_settings: dict,
+    coco_max_images: int,
+    work_dir: Path,
+    out: Path,
+):
     """Notebook 04's Outlier Exposure or one of notebook 05's heads, on the fp16 EoMT that ``out``
     ships, with the notebook's settings, after preparing ``coco_max_images`` COCO objects as
     notebook 04 does (05 pastes the same ones): (training folder, settings, metrics)."""
@@ -316,28 +366,35 @@ def _train_on_eomt(model: str, ws, params: dict, train_settings: dict, coco_max_
     from .training.settings import HeadConfig, TrainSettings, records_from_flat
 
     if "eomt" not in dm.read_manifest(out):
-        raise ValueError(f"demo-weights --model {model} trains on the shipped EoMT, but "
-                         f"{out / dm.MANIFEST} has no `eomt` entry yet. Make it first: "
-                         f"anomalyseg demo-weights --model eomt --steps N --out {out}")
+        raise ValueError(
+            f"demo-weights --model {model} trains on the shipped EoMT, but "
+            f"{out / dm.MANIFEST} has no `eomt` entry yet. Make it first: "
+            f"anomalyseg demo-weights --model eomt --steps N --out {out}"
+        )
     dm.verify("eomt", out)
     base_dir = work_dir / "base-eomt"
     shutil.rmtree(base_dir, ignore_errors=True)
     dm._copy_in(out / "eomt", dm._FILES["eomt"], base_dir)
     base = zoo.eomt_segmenter(ws, base_dir / "model", device="cpu")
     config = dm.oe_config(params) if model == "eomt_oe" else None
-    ensure_ood_objects(ws.coco, coco_max_images, params["seed"],
-                       split=config.coco_split if config else "train")
+    ensure_ood_objects(
+        ws.coco, coco_max_images, params["seed"], split=config.coco_split if config else "train"
+    )
     run_dir = work_dir / model
     if model == "eomt_oe":
         settings = {**train_settings, "oe": config.to_dict(), "coco_max_images": coco_max_images}
-        train = TrainSettings(**train_settings, num_workers=params["num_workers"], accelerator="cpu")
-        result = finetune_oe(base, ws.cityscapes, ws.coco, run_dir, train, config,
-                             benchmarks_root=ws.benchmarks)
+        train = TrainSettings(
+            **train_settings, num_workers=params["num_workers"], accelerator="cpu"
+        )
+        result = finetune_oe(
+            base, ws.cityscapes, ws.coco, run_dir, train, config, benchmarks_root=ws.benchmarks
+        )
     else:
         settings = {**train_settings, "variant": model.removeprefix("head_")}
         train, head = records_from_flat(settings, HeadConfig, f"demo-weights --model {model}")
-        result = train_anomaly_head(base, ws.cityscapes, ws.coco, run_dir, train, head,
-                                    benchmarks_root=ws.benchmarks)
+        result = train_anomaly_head(
+            base, ws.cityscapes, ws.coco, run_dir, train, head, benchmarks_root=ws.benchmarks
+        )
     settings = dm._jsonable({**settings, "base_weights": weights_fingerprint(base)})
 
     def metrics(dst: Path) -> dict:
@@ -347,8 +404,10 @@ def _train_on_eomt(model: str, ws, params: dict, train_settings: dict, coco_max_
         check = work_dir / "fp16-check"
         shutil.rmtree(check, ignore_errors=True)
         dm._copy_in(dst, dm._FILES[model], check)
-        return {"val_miou": _val_miou(ws, zoo.eomt_segmenter(ws, check / "model", device="cpu")),
-                "base_val_miou": dm.read_manifest(out)["eomt"]["val_miou"]}
+        return {
+            "val_miou": _val_miou(ws, zoo.eomt_segmenter(ws, check / "model", device="cpu")),
+            "base_val_miou": dm.read_manifest(out)["eomt"]["val_miou"],
+        }
 
     assert result == run_dir / dm._RESULT[model], result
     return run_dir, settings, metrics

@@ -39,11 +39,23 @@ class ProgressLine:
     """Throttled one-line reports of a loop of ``total`` steps: ``desc: done/total (pct) extra,
     time per step, ETA``. Prints when ``console_progress()`` or ``force``, else nothing."""
 
-    def __init__(self, desc: str, total: int | None, every_s: float = EVERY_S, force: bool = False, start: int = 0,
-                 unit: str = "step"):
+    def __init__(
+        self,
+        desc: str,
+        total: int | None,
+        every_s: float = EVERY_S,
+        force: bool = False,
+        start: int = 0,
+        unit: str = "step",
+    ):
         self.desc, self.total, self.every_s, self.unit = desc, total, every_s, unit
         self.enabled = force or console_progress()
-        self._t0, self._n0, self._last, self._printed = time.monotonic(), start, time.monotonic(), None
+        self._t0, self._n0, self._last, self._printed = (
+            time.monotonic(),
+            start,
+            time.monotonic(),
+            None,
+        )
 
     def update(self, done: int, extra: str = "") -> None:
         if not self.enabled:
@@ -53,13 +65,18 @@ class ProgressLine:
         if done == self._printed or (not last_step and now - self._last < self.every_s):
             return
         self._last, self._printed = now, done
-        parts = [f"{self.desc}: {done}" + (f"/{self.total} ({100 * done / max(self.total, 1):.0f}%)" if self.total else "")]
+        parts = [
+            f"{self.desc}: {done}"
+            + (f"/{self.total} ({100 * done / max(self.total, 1):.0f}%)" if self.total else "")
+        ]
         if extra:
             parts.append(extra)
         steps = done - self._n0
         if steps > 0:
             per = (now - self._t0) / steps
-            parts.append(f"{per:.2f} s/{self.unit}" if per >= 0.1 else f"{1 / per:.1f} {self.unit}/s")
+            parts.append(
+                f"{per:.2f} s/{self.unit}" if per >= 0.1 else f"{1 / per:.1f} {self.unit}/s"
+            )
             if self.total and not last_step:
                 parts.append(f"ETA {_duration(per * (self.total - done))}")
             elif last_step:
@@ -77,7 +94,11 @@ class tqdm(_auto_tqdm):  # noqa: N801 (tqdm's own name, a drop-in replacement)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._line = None if self.disable else ProgressLine(self.desc or "progress", self.total, unit=self.unit)
+        self._line = (
+            None
+            if self.disable
+            else ProgressLine(self.desc or "progress", self.total, unit=self.unit)
+        )
 
     def update(self, n=1):
         out = super().update(n)
@@ -87,6 +108,8 @@ class tqdm(_auto_tqdm):  # noqa: N801 (tqdm's own name, a drop-in replacement)
 
     def close(self):
         if self._line is not None and self.total and self.n >= self.total:
-            self._line.update(self.n)  # the final line, even when the last update fell in a throttle window
+            self._line.update(
+                self.n
+            )  # the final line, even when the last update fell in a throttle window
             self._line = None
         super().close()

@@ -14,7 +14,8 @@ table, and ``PROTOCOLS`` holds the named ones (REFERENCE §1, §2, §5):
   ``ood-metrics`` package; mIoU takes the argmax over all 20 ERFNet channels (a pixel won by
   the void channel is a miss of its true class); ERFNet logits are kept as float32; MSP is
   ``1 - max softmax`` in float32.
-- ``smiyc``: ``course`` with SegmentMeIfYouCan's FPR95 (FPR at the first threshold with TPR >= 0.95).
+- ``smiyc``: ``course`` with SegmentMeIfYouCan's FPR95 (FPR at the first threshold with TPR >=
+  0.95).
 - ``blocks2x2``: seed 000's scoring: the score map is averaged over 2x2 blocks and the label takes
   the block's maximum (0 < 1 < 255, so a block touching void is void and one touching an anomaly
   is an anomaly unless it also touches void).
@@ -23,7 +24,8 @@ table, and ``PROTOCOLS`` holds the named ones (REFERENCE §1, §2, §5):
 - ``per_image``: the mean over frames of each frame's AuPRC / FPR95 / AUROC instead of pooling.
 - ``legacy``: what this package did before protocols existed (tensor resize with torchvision's
   antialiasing, frames dropped on the full-resolution mask, mIoU argmax over 19 channels, float16
-  ERFNet logits, MSP as ``-expm1(max log p)``). Result rows stored without a ``protocol`` column were made this way.
+  ERFNet logits, MSP as ``-expm1(max log p)``). Result rows stored without a ``protocol`` column
+  were made this way.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ class EvalProtocol:
             void channel included, so a void win is a miss (the course's ``iouEval``); False:
             over the 19 classes only.
         logits_dtype: dtype of cached per-pixel logits (ERFNet): ``"float32"`` (the course's
-            figures to the last digit) or ``"float16"`` (half the cache; moves metrics by ~0.002 points).
+            figures to the last digit) or ``"float16"`` (half the cache; moves metrics by ~0.002
+            points).
         fpr_convention: ``"course"`` (ood-metrics) or ``"smiyc"`` (``metrics.fpr_at_95_tpr``).
         scoring: ``"eval_size"`` (the segmenter's evaluation size: 512x1024 for ERFNet, the frame
             for EoMT), ``"full_resolution"`` or ``"blocks2x2"`` (seed 000).
@@ -80,40 +83,79 @@ class EvalProtocol:
     description: str = ""
 
     def __post_init__(self):
-        checks = {"input_resize": INPUT_RESIZES, "scoring": SCORINGS, "pooling": POOLINGS,
-                  "fpr_convention": ("course", "smiyc"), "logits_dtype": ("float32", "float16"),
-                  "msp_form": ("course", "expm1")}
+        checks = {
+            "input_resize": INPUT_RESIZES,
+            "scoring": SCORINGS,
+            "pooling": POOLINGS,
+            "fpr_convention": ("course", "smiyc"),
+            "logits_dtype": ("float32", "float16"),
+            "msp_form": ("course", "expm1"),
+        }
         for field, allowed in checks.items():
             if getattr(self, field) not in allowed:
-                raise ValueError(f"EvalProtocol {self.name!r}: {field}={getattr(self, field)!r}; expected one of {allowed}.")
+                raise ValueError(
+                    f"EvalProtocol {self.name!r}: {field}={getattr(self, field)!r}; expected one "
+                    f"of {allowed}."
+                )
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return torch.float32 if self.logits_dtype == "float32" else torch.float16
 
     def differences(self, other: "EvalProtocol") -> dict[str, tuple]:
-        """``{field: (self's value, other's value)}`` for every convention the two set differently."""
-        return {f.name: (getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
-                if f.name not in ("name", "description") and getattr(self, f.name) != getattr(other, f.name)}
+        """``{field: (self's value, other's value)}`` for every convention the two set
+        differently."""
+        return {
+            f.name: (getattr(self, f.name), getattr(other, f.name))
+            for f in fields(self)
+            if f.name not in ("name", "description")
+            and getattr(self, f.name) != getattr(other, f.name)
+        }
 
 
 _COURSE = EvalProtocol(
-    "course", description="the course's evalAnomaly.py / eval_iou.py: PIL resize, skip after resize, pooled pixels, "
-                          "ood-metrics FPR95, mIoU argmax over 20 channels, float32 logits")
+    "course",
+    description="the course's evalAnomaly.py / eval_iou.py: PIL resize, skip after resize, pooled "
+    "pixels, ood-metrics FPR95, mIoU argmax over 20 channels, float32 logits",
+)
 PROTOCOLS: dict[str, EvalProtocol] = {
     "course": _COURSE,
-    "smiyc": replace(_COURSE, name="smiyc", fpr_convention="smiyc",
-                     description="course, with SMIYC's FPR95 (first threshold reaching TPR 0.95)"),
-    "blocks2x2": replace(_COURSE, name="blocks2x2", scoring="blocks2x2",
-                         description="course, scored on 2x2 blocks (mean score, max label: a block touching void is void), seed 000"),
-    "full_resolution": replace(_COURSE, name="full_resolution", scoring="full_resolution",
-                               description="course, scored at each frame's own resolution (class map resized bilinearly)"),
-    "per_image": replace(_COURSE, name="per_image", pooling="per_image",
-                         description="course, metrics averaged over frames instead of pooled over pixels"),
-    "legacy": EvalProtocol("legacy", input_resize="tensor", skip_after_resize=False, miou_void_channel=False,
-                           logits_dtype="float16", msp_form="expm1",
-                           description="anomalyseg before protocols: torchvision tensor resize, skip on the full-resolution "
-                                       "mask, mIoU argmax over 19 channels, float16 ERFNet logits, MSP as -expm1"),
+    "smiyc": replace(
+        _COURSE,
+        name="smiyc",
+        fpr_convention="smiyc",
+        description="course, with SMIYC's FPR95 (first threshold reaching TPR 0.95)",
+    ),
+    "blocks2x2": replace(
+        _COURSE,
+        name="blocks2x2",
+        scoring="blocks2x2",
+        description="course, scored on 2x2 blocks (mean score, max label: a block touching void "
+        "is void), seed 000",
+    ),
+    "full_resolution": replace(
+        _COURSE,
+        name="full_resolution",
+        scoring="full_resolution",
+        description="course, scored at each frame's own resolution (class map resized bilinearly)",
+    ),
+    "per_image": replace(
+        _COURSE,
+        name="per_image",
+        pooling="per_image",
+        description="course, metrics averaged over frames instead of pooled over pixels",
+    ),
+    "legacy": EvalProtocol(
+        "legacy",
+        input_resize="tensor",
+        skip_after_resize=False,
+        miou_void_channel=False,
+        logits_dtype="float16",
+        msp_form="expm1",
+        description="anomalyseg before protocols: torchvision tensor resize, skip on the "
+        "full-resolution mask, mIoU argmax over 19 channels, float16 ERFNet logits, MSP as "
+        "-expm1",
+    ),
 }
 DEFAULT_PROTOCOL = "course"
 # Rows stored before the ``protocol`` column existed were made by the pre-protocol evaluation.
@@ -121,14 +163,17 @@ UNRECORDED_PROTOCOL = "legacy"
 
 
 def get_protocol(protocol: str | EvalProtocol | None = None) -> EvalProtocol:
-    """The ``EvalProtocol`` named ``protocol`` (None: ``course``); an ``EvalProtocol`` is returned as is."""
+    """The ``EvalProtocol`` named ``protocol`` (None: ``course``); an ``EvalProtocol`` is returned
+    as is."""
     if protocol is None:
         return PROTOCOLS[DEFAULT_PROTOCOL]
     if isinstance(protocol, EvalProtocol):
         return protocol
     if protocol not in PROTOCOLS:
-        raise ValueError(f"Unknown evaluation protocol {protocol!r}; the named ones are {list(PROTOCOLS)} "
-                         "(see anomalyseg.protocol).")
+        raise ValueError(
+            f"Unknown evaluation protocol {protocol!r}; the named ones are {list(PROTOCOLS)} "
+            "(see anomalyseg.protocol)."
+        )
     return PROTOCOLS[protocol]
 
 
@@ -169,12 +214,15 @@ def resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     arr = label.cpu().numpy()
     if arr.min(initial=0) < 0 or arr.max(initial=0) > 255:
         raise ValueError(f"resize_label takes label values 0..255, got {arr.min()}..{arr.max()}.")
-    out = np.asarray(Image.fromarray(arr.astype(np.uint8)).resize((size[1], size[0]), Image.NEAREST))
+    out = np.asarray(
+        Image.fromarray(arr.astype(np.uint8)).resize((size[1], size[0]), Image.NEAREST)
+    )
     return torch.from_numpy(out.copy()).to(label.dtype)
 
 
 def block_scores(scores: torch.Tensor) -> torch.Tensor:
-    """Mean of each 2x2 block of a score map ``[H, W]`` -> ``[H // 2, W // 2]`` (seed 000; a last odd
+    """Mean of each 2x2 block of a score map ``[H, W]`` -> ``[H // 2, W // 2]`` (seed 000; a last
+    odd
     row or column is dropped, as ``avg_pool2d(2)``)."""
     h, w = (scores.shape[-2] // 2) * 2, (scores.shape[-1] // 2) * 2
     s = scores[..., :h, :w].float()
@@ -186,8 +234,10 @@ def block_labels(label: torch.Tensor) -> torch.Tensor:
     touching void (255) is void, one touching an anomaly (and no void) is an anomaly (seed 000)."""
     h, w = (label.shape[-2] // 2) * 2, (label.shape[-1] // 2) * 2
     x = label[..., :h, :w]
-    return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]),
-                         torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
+    return torch.maximum(
+        torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]),
+        torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]),
+    )
 
 
 def scored_label(label: torch.Tensor, protocol: EvalProtocol) -> torch.Tensor:
@@ -209,7 +259,11 @@ def _segmenters(segmenter, seen: set | None = None) -> Iterator[object]:
     seen.add(id(segmenter))
     yield segmenter
     for v in vars(segmenter).values():
-        if hasattr(v, "raw_outputs") and hasattr(v, "__dict__") and not isinstance(v, torch.nn.Module):
+        if (
+            hasattr(v, "raw_outputs")
+            and hasattr(v, "__dict__")
+            and not isinstance(v, torch.nn.Module)
+        ):
             yield from _segmenters(v, seen)
 
 

@@ -1,4 +1,5 @@
-"""The append-only results store (``results/results.csv``); its tables are in ``anomalyseg.report.tables``.
+"""The append-only results store (``results/results.csv``); its tables are in
+``anomalyseg.report.tables``.
 
 Every evaluation appends rows; nothing ever rewrites an earlier run. An append writes the old
 content plus the new rows to a temporary file in the same folder and renames it over the store,
@@ -31,11 +32,33 @@ import pandas as pd
 from .labels import BENCHMARKS
 
 COLUMNS = (
-    "run_id", "time", "git_commit", "model", "checkpoint", "dataset", "score", "temperature",
-    "temperature_on", "auprc", "fpr_at_95_tpr", "auroc", "miou", "ece", "nll", "frames_used", "frames_skipped",
-    "fpr_convention", "eval_size", "curves", "metric_bins", "notes",
+    "run_id",
+    "time",
+    "git_commit",
+    "model",
+    "checkpoint",
+    "dataset",
+    "score",
+    "temperature",
+    "temperature_on",
+    "auprc",
+    "fpr_at_95_tpr",
+    "auroc",
+    "miou",
+    "ece",
+    "nll",
+    "frames_used",
+    "frames_skipped",
+    "fpr_convention",
+    "eval_size",
+    "curves",
+    "metric_bins",
+    "notes",
     # SMIYC component metrics (fractions) and the per-frame statistics file (``frame_stats``)
-    "siou_gt", "ppv", "f1_mean", "frame_stats",
+    "siou_gt",
+    "ppv",
+    "f1_mean",
+    "frame_stats",
     "protocol",
 )
 # ``protocol``: the name of the ``anomalyseg.protocol.EvalProtocol`` a row was evaluated under. Rows
@@ -48,16 +71,21 @@ MIOU_DATASET = "cityscapes_val"
 
 
 def new_run_id(tag: str = "run") -> str:
-    """A sortable, unique id: ``<tag>-YYYYmmdd-HHMMSS-<8 hex>`` (32 random bits: no clash within a second)."""
+    """A sortable, unique id: ``<tag>-YYYYmmdd-HHMMSS-<8 hex>`` (32 random bits: no clash within a
+    second)."""
     return f"{tag}-{_dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(4)}"
 
 
 def git_commit() -> str:
-    """The short commit of the checkout the package runs from, or ``unknown`` (pip install, Colab)."""
+    """The short commit of the checkout the package runs from, or ``unknown`` (pip install,
+    Colab)."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-            capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
@@ -104,7 +132,8 @@ def _store_path(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
         raise ResultsStoreError(
-            f"The results store {path} is a folder; expected a CSV file path such as {path / 'results.csv'}."
+            f"The results store {path} is a folder; expected a CSV file path such as "
+            f"{path / 'results.csv'}."
         )
     return path
 
@@ -120,12 +149,16 @@ def check_store(path: str | Path = "results/results.csv") -> Path:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise ResultsStoreError(f"Cannot create the results folder {folder}: {existing} is a file, not a folder.")
-    if not os.access(existing, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ResultsStoreError(
+            f"Cannot create the results folder {folder}: {existing} is a file, not a folder."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK) or (
+        path.exists() and not os.access(path, os.W_OK)
+    ):
         target = path if path.exists() else existing
         raise PermissionError(
-            f"The results store {path} cannot be written ({target} is read-only); choose a writable --results "
-            "path (results_path=...) before anything is computed."
+            f"The results store {path} cannot be written ({target} is read-only); choose a "
+            "writable --results path (results_path=...) before anything is computed."
         )
     if path.is_file():
         _parse_header(path, path.read_bytes())
@@ -139,9 +172,10 @@ def _parse_header(path: Path, data: bytes) -> list[str] | None:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ResultsStoreError(
-            f"The results store {path} is not UTF-8 text (byte {e.start} is {data[e.start:e.start + 1]!r}): it is "
-            f"damaged or not a results file. Move it away (or restore it from a backup); the store is a "
-            f"comma-separated UTF-8 file whose first line is {','.join(COLUMNS[:4])},..."
+            f"The results store {path} is not UTF-8 text (byte {e.start} is "
+            f"{data[e.start : e.start + 1]!r}): it is damaged or not a results file. Move it away "
+            "(or restore it from a backup); the store is a comma-separated UTF-8 file whose first "
+            f"line is {','.join(COLUMNS[:4])},..."
         ) from None
     if not text.strip():
         return None
@@ -150,25 +184,33 @@ def _parse_header(path: Path, data: bytes) -> list[str] | None:
     if "run_id" not in header:
         semicolon = ";" in first and "run_id" in first
         raise ResultsStoreError(
-            f"The results store {path} does not start with a header of comma-separated columns with run_id "
-            f"(its first line is {first[:80]!r})"
-            + ("; it looks re-saved by a spreadsheet with ';' as separator (and perhaps decimal commas). "
-               "Re-save it as CSV with ',' as separator and '.' as decimal point (UTF-8), or move it away"
-               if semicolon else "; it is damaged or not a results file. Move it away or restore it from a backup")
+            f"The results store {path} does not start with a header of comma-separated columns "
+            f"with run_id (its first line is {first[:80]!r})"
+            + (
+                "; it looks re-saved by a spreadsheet with ';' as separator (and perhaps decimal "
+                "commas). Re-save it as CSV with ',' as separator and '.' as decimal point "
+                "(UTF-8), or move it away"
+                if semicolon
+                else "; it is damaged or not a results file. Move it away or restore it from a "
+                "backup"
+            )
             + ". Nothing in it was changed."
         )
     return header
 
 
 def _side_file(path: Path) -> Path:
-    return path.with_name(f"{path.stem}.unsaved-{_dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}{path.suffix}")
+    return path.with_name(
+        f"{path.stem}.unsaved-{_dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}{path.suffix}"
+    )
 
 
 def _check_columns(row: dict) -> None:
     unknown = set(row) - set(COLUMNS)
     if unknown:
-        raise ValueError(f"Result rows may only hold the columns {COLUMNS}; got unknown keys "
-                         f"{sorted(unknown)}.")
+        raise ValueError(
+            f"Result rows may only hold the columns {COLUMNS}; got unknown keys {sorted(unknown)}."
+        )
 
 
 def run_columns(run_id: str) -> dict:
@@ -197,7 +239,8 @@ def append_rows(rows: Iterable[dict], path: str | Path = "results/results.csv") 
     order, and columns it lacks (an older store) are added at the end of its header line only, so
     older rows read as empty there. A file that is not a store of this module (re-saved by a
     spreadsheet with ';' separators, damaged) is left untouched: the new rows go to a side file
-    ``<stem>.unsaved-<time>.csv`` beside it and ``ResultsStoreError`` names both files and the repair
+    ``<stem>.unsaved-<time>.csv`` beside it and ``ResultsStoreError`` names both files and the
+    repair
     (``merge_results`` appends the side file once the store is repaired).
     """
     path = _store_path(path)
@@ -214,8 +257,9 @@ def append_rows(rows: Iterable[dict], path: str | Path = "results/results.csv") 
             side = _side_file(path)
             _replace(side, _csv_bytes(rows, list(COLUMNS), header=True))
             raise ResultsStoreError(
-                f"{e} The {len(rows)} new rows were written to {side} instead; once {path.name} is repaired, add them "
-                f"with anomalyseg.results.merge_results({str(side)!r}, {str(path)!r})."
+                f"{e} The {len(rows)} new rows were written to {side} instead; once {path.name} is "
+                f"repaired, add them with anomalyseg.results.merge_results({str(side)!r}, "
+                f"{str(path)!r})."
             ) from None
         if header is None:  # a new store, or one holding only blank lines (no row to keep)
             _replace(path, _csv_bytes(rows, list(COLUMNS), header=True))
@@ -265,8 +309,12 @@ def atomic_write(path: str | Path, write) -> None:
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise OSError(e.errno, f"could not write {path}: {e.strerror or e}. Free some space or write it "
-                          "elsewhere (--results / --cache-dir, results_path= / cache_dir=)", str(path)) from None
+            raise OSError(
+                e.errno,
+                f"could not write {path}: {e.strerror or e}. Free some space or write it "
+                "elsewhere (--results / --cache-dir, results_path= / cache_dir=)",
+                str(path),
+            ) from None
         raise
 
 
@@ -280,7 +328,18 @@ def _replace(path: Path, data: bytes) -> None:
     atomic_write(path, write)
 
 
-NUMERIC_COLUMNS = ("temperature", "auprc", "fpr_at_95_tpr", "auroc", "miou", "ece", "nll", "siou_gt", "ppv", "f1_mean")
+NUMERIC_COLUMNS = (
+    "temperature",
+    "auprc",
+    "fpr_at_95_tpr",
+    "auroc",
+    "miou",
+    "ece",
+    "nll",
+    "siou_gt",
+    "ppv",
+    "f1_mean",
+)
 
 
 def read_results(path: str | Path = "results/results.csv") -> pd.DataFrame:
@@ -304,7 +363,9 @@ def read_results(path: str | Path = "results/results.csv") -> pd.DataFrame:
         return pd.DataFrame(columns=list(COLUMNS))
     first = text.split("\n", 1)[0].rstrip("\r")
     # A spreadsheet's re-save: ';' between fields and decimal commas in the numbers.
-    spreadsheet = "run_id" not in next(csv.reader([first])) and "run_id" in next(csv.reader([first], delimiter=";"))
+    spreadsheet = "run_id" not in next(csv.reader([first])) and "run_id" in next(
+        csv.reader([first], delimiter=";")
+    )
     sep, decimal = (";", ",") if spreadsheet else (",", ".")
     if not spreadsheet:
         _parse_header(path, data)  # raises for a file without a run_id column
@@ -313,32 +374,44 @@ def read_results(path: str | Path = "results/results.csv") -> pd.DataFrame:
     long_lines = [reader.line_num for row in reader if len(row) > width]
     if long_lines:
         raise ResultsStoreError(
-            f"The results store {path} has lines with more fields than its {width} columns: line(s) "
-            f"{long_lines[:10]}{' ...' if len(long_lines) > 10 else ''}. A field holding a comma must be quoted; "
-            "remove the extra field (or quote it) in those lines with a text editor. Nothing was changed."
+            f"The results store {path} has lines with more fields than its {width} columns: "
+            f"line(s) {long_lines[:10]}{' ...' if len(long_lines) > 10 else ''}. A field holding a "
+            "comma must be quoted; remove the extra field (or quote it) in those lines with a "
+            "text editor. Nothing was changed."
         )
     df = pd.read_csv(io.StringIO(text), sep=sep, keep_default_na=False, na_values=[""])
     for col in NUMERIC_COLUMNS:
         if col in df:
-            values = df[col].astype(str).str.replace(",", ".", regex=False) if decimal == "," else df[col]
+            values = (
+                df[col].astype(str).str.replace(",", ".", regex=False)
+                if decimal == ","
+                else df[col]
+            )
             df[col] = pd.to_numeric(values, errors="coerce")
     return df
 
 
 def protocol_rows(df: pd.DataFrame, protocol: str | None = "course") -> pd.DataFrame:
     """Rows evaluated under ``protocol`` (None: every row). Rows without a recorded protocol (a
-    store older than the ``protocol`` column) were made by the pre-protocol evaluation, ``legacy``."""
+    store older than the ``protocol`` column) were made by the pre-protocol evaluation,
+    ``legacy``."""
     if protocol is None or not len(df):
         return df
     from .protocol import UNRECORDED_PROTOCOL, get_protocol
 
     name = get_protocol(protocol).name
-    recorded = (df["protocol"].astype(object).fillna(UNRECORDED_PROTOCOL).replace("", UNRECORDED_PROTOCOL)
-                if "protocol" in df else pd.Series(UNRECORDED_PROTOCOL, index=df.index))
+    recorded = (
+        df["protocol"].astype(object).fillna(UNRECORDED_PROTOCOL).replace("", UNRECORDED_PROTOCOL)
+        if "protocol" in df
+        else pd.Series(UNRECORDED_PROTOCOL, index=df.index)
+    )
     return df[recorded == name]
 
 
-def latest(df: pd.DataFrame, keys=("model", "dataset", "score", "temperature", "temperature_on", "protocol")) -> pd.DataFrame:
+def latest(
+    df: pd.DataFrame,
+    keys=("model", "dataset", "score", "temperature", "temperature_on", "protocol"),
+) -> pd.DataFrame:
     """Keep the most recent row for each combination of ``keys`` (later rows win), where an exact
     row wins over a binned one (``metric_bins``, a temperature sweep's) whatever their order."""
     if not len(df):
@@ -350,8 +423,9 @@ def latest(df: pd.DataFrame, keys=("model", "dataset", "score", "temperature", "
     return df.drop_duplicates(subset=keys, keep="last")
 
 
-def checkpoint_rows(df: pd.DataFrame, model: str, checkpoint: str,
-                    protocol: str | None = "course") -> pd.DataFrame:
+def checkpoint_rows(
+    df: pd.DataFrame, model: str, checkpoint: str, protocol: str | None = "course"
+) -> pd.DataFrame:
     """Rows of exactly this ``model`` and ``checkpoint`` evaluated under ``protocol`` (None:
     any)."""
     df = protocol_rows(df, protocol)
@@ -380,8 +454,13 @@ def stored_anomaly_rows(
     return latest(df[keep], keys=("dataset", "score")).reset_index(drop=True)
 
 
-def stored_miou(path: str | Path, model: str, checkpoint: str, protocol: str | None = "course",
-                dataset: str = MIOU_DATASET) -> float | None:
+def stored_miou(
+    path: str | Path,
+    model: str,
+    checkpoint: str,
+    protocol: str | None = "course",
+    dataset: str = MIOU_DATASET,
+) -> float | None:
     """The latest stored mIoU (fraction) of exactly this model and checkpoint at class temperature
     1 under ``protocol`` on ``dataset``, or None when the store has none."""
     df = checkpoint_rows(read_results(path), model, checkpoint, protocol)
@@ -402,11 +481,15 @@ def training_log(run_dir: str | Path) -> pd.DataFrame:
     Raises ``FileNotFoundError`` naming the folder when it holds no logs. The one reader of
     training logs: the trainers, the zoo and the report all read through it.
     """
-    files = sorted(Path(run_dir).glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[-1]))
+    files = sorted(
+        Path(run_dir).glob("logs/version_*/metrics.csv"),
+        key=lambda p: int(p.parent.name.split("_")[-1]),
+    )
     if not files:
         raise FileNotFoundError(
-            f"No training logs under {Path(run_dir) / 'logs'}: expected the folder of a training run "
-            "(train_erfnet, train_eomt, finetune_oe or train_anomaly_head write logs/version_*/metrics.csv there)."
+            f"No training logs under {Path(run_dir) / 'logs'}: expected the folder of a training "
+            "run (train_erfnet, train_eomt, finetune_oe or train_anomaly_head write "
+            "logs/version_*/metrics.csv there)."
         )
     df = pd.concat([pd.read_csv(p) for p in files], ignore_index=True)
     metrics = [c for c in df.columns if c not in ("step", "epoch")]
@@ -450,9 +533,15 @@ def maps_folder(results_path: str | Path, run_id: str, dataset: str) -> Path:
     return Path(results_path).parent / "maps" / run_id / dataset
 
 
-def save_maps(results_path: str | Path, run_id: str, dataset: str, stem: str,
-              maps: dict[str, np.ndarray], label: np.ndarray,
-              image: np.ndarray | None = None) -> Path:
+def save_maps(
+    results_path: str | Path,
+    run_id: str,
+    dataset: str,
+    stem: str,
+    maps: dict[str, np.ndarray],
+    label: np.ndarray,
+    image: np.ndarray | None = None,
+) -> Path:
     """Store one frame for the report and the explorer: its score ``maps`` (``{score: [H, W]}``,
     kept as float16, in the given order), its ``label`` ``[H, W]`` (uint8) and, when given, its
     ``image`` ``[3, H, W]`` (uint8) at the same size, in ``maps_folder(...)/<stem>.npz``."""
@@ -473,8 +562,9 @@ def load_maps(results_path: str | Path, run_id: str, dataset: str) -> dict[str, 
     files = maps_folder(results_path, run_id, dataset).glob("*.npz")
     for path in sorted(files, key=lambda p: (len(p.stem), p.stem)):
         with np.load(path) as z:
-            maps = {k.split("|", 1)[1]: z[k].astype(np.float32)
-                    for k in z.files if k.startswith("map|")}
+            maps = {
+                k.split("|", 1)[1]: z[k].astype(np.float32) for k in z.files if k.startswith("map|")
+            }
             image = z["image"] if "image" in z.files else None
             out[path.stem] = {"image": image, "label": z["label"], "maps": maps, "stem": path.stem}
     return out
@@ -513,5 +603,6 @@ def load_row_arrays(results_path: str | Path, row, column: str) -> dict | None:
 
 def load_frame_stats(results_path: str | Path, row) -> dict | None:
     """The per-frame statistics stored for one result row (its ``frame_stats`` column,
-    ``frame_stats/<run_id>/<dataset>.npz#<key>``) as ``{name: array}``, or None when it has none or the file is gone."""
+    ``frame_stats/<run_id>/<dataset>.npz#<key>``) as ``{name: array}``, or None when it has none
+    or the file is gone."""
     return load_row_arrays(results_path, row, "frame_stats")

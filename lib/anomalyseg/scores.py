@@ -21,7 +21,9 @@ CLASS_DIM = -3
 
 def _check(x: torch.Tensor) -> torch.Tensor:
     if x.ndim not in (3, 4):
-        raise ValueError(f"expected a class map of shape [C, H, W] or [B, C, H, W], got {tuple(x.shape)}")
+        raise ValueError(
+            f"expected a class map of shape [C, H, W] or [B, C, H, W], got {tuple(x.shape)}"
+        )
     return x.float()
 
 
@@ -46,8 +48,12 @@ def energy(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     return softmax_scores(x, ("energy",), temperature)["energy"]
 
 
-def softmax_scores(x: torch.Tensor, names=("msp", "max_entropy", "energy"), temperature: float = 1.0,
-                   msp_form: str = "expm1") -> dict[str, torch.Tensor]:
+def softmax_scores(
+    x: torch.Tensor,
+    names=("msp", "max_entropy", "energy"),
+    temperature: float = 1.0,
+    msp_form: str = "expm1",
+) -> dict[str, torch.Tensor]:
     """MSP, MaxEntropy and Energy from a single ``log_softmax(x / T)`` (the scores of a sweep).
 
     ``msp_form``: ``"expm1"`` computes MSP as ``-expm1(max_c log p_c)``, exact where p is near 1;
@@ -62,7 +68,9 @@ def softmax_scores(x: torch.Tensor, names=("msp", "max_entropy", "energy"), temp
         raise ValueError(f"msp_form must be 'expm1' or 'course', got {msp_form!r}.")
     unknown = set(names) - SOFTMAX_SCORES
     if unknown:
-        raise ValueError(f"softmax_scores computes {sorted(SOFTMAX_SCORES)}, not {sorted(unknown)}.")
+        raise ValueError(
+            f"softmax_scores computes {sorted(SOFTMAX_SCORES)}, not {sorted(unknown)}."
+        )
     x = _check(x)
     logp = torch.log_softmax(x / temperature, dim=CLASS_DIM)
     out = {}
@@ -89,7 +97,9 @@ def void_prob(z: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """ERFNet void classifier: softmax over all 20 channels, probability of the last (void) one."""
     z = _check(z)
     if z.shape[CLASS_DIM] != 20:
-        raise ValueError(f"void_prob needs ERFNet's 20 channels (19 classes + void), got {z.shape[CLASS_DIM]}")
+        raise ValueError(
+            f"void_prob needs ERFNet's 20 channels (19 classes + void), got {z.shape[CLASS_DIM]}"
+        )
     return torch.softmax(z / temperature, dim=CLASS_DIM).select(CLASS_DIM, 19)
 
 
@@ -133,16 +143,30 @@ _BOTH, _EOMT, _ERFNET = frozenset(MODEL_KINDS), frozenset({"eomt"}), frozenset({
 SCORE_TABLE: dict[str, ScoreSpec] = {
     spec.name: spec
     for spec in (
-        ScoreSpec("msp", "MSP", msp, _BOTH, baseline=True, temperature_sensitive=True,
-                  softmax=True),
+        ScoreSpec(
+            "msp", "MSP", msp, _BOTH, baseline=True, temperature_sensitive=True, softmax=True
+        ),
         ScoreSpec("max_logit", "MaxLogit", max_logit, _BOTH, baseline=True),
-        ScoreSpec("max_entropy", "MaxEntropy", max_entropy, _BOTH, temperature_sensitive=True,
-                  softmax=True),
+        ScoreSpec(
+            "max_entropy",
+            "MaxEntropy",
+            max_entropy,
+            _BOTH,
+            temperature_sensitive=True,
+            softmax=True,
+        ),
         ScoreSpec("energy", "Energy", energy, _BOTH, temperature_sensitive=True, softmax=True),
         ScoreSpec("rba", "RbA", rba, _EOMT),
         # an option of ERFNet with a trained void channel (REFERENCE §4), not in its default set
-        ScoreSpec("void_prob", "Void classifier", void_prob, _ERFNET, standard=False,
-                  temperature_sensitive=True, needs_void=True),
+        ScoreSpec(
+            "void_prob",
+            "Void classifier",
+            void_prob,
+            _ERFNET,
+            standard=False,
+            temperature_sensitive=True,
+            needs_void=True,
+        ),
         # the anomaly heads of ``models.anomaly_head`` (``VARIANT_SCORES``) on a frozen EoMT
         ScoreSpec("anomaly_head", "Anomaly head", None, _EOMT, standard=False),
         ScoreSpec("anomaly_head_hybrid", "Anomaly head (hybrid)", None, _EOMT, standard=False),
@@ -163,8 +187,9 @@ def model_kind(model) -> str:
     (mask classification, ``supports_class_temperature``, is ``eomt``)."""
     if isinstance(model, str):
         if model not in MODEL_KINDS:
-            raise ValueError(f"unknown model kind {model!r}; expected one of "
-                             f"{list(MODEL_KINDS)} or a segmenter.")
+            raise ValueError(
+                f"unknown model kind {model!r}; expected one of {list(MODEL_KINDS)} or a segmenter."
+            )
         return model
     return "eomt" if getattr(model, "supports_class_temperature", False) else "erfnet"
 
@@ -181,8 +206,9 @@ def default_scores(model=None) -> tuple[str, ...]:
     order: ``msp``, ``max_logit``, ``max_entropy``, ``energy`` and, for EoMT, ``rba``. None: the
     scores that apply to every model (the four without ``rba``)."""
     kinds = set(MODEL_KINDS) if model is None else {model_kind(model)}
-    return tuple(s.name for s in SCORE_TABLE.values()
-                 if s.standard and not s.learned and kinds <= s.models)
+    return tuple(
+        s.name for s in SCORE_TABLE.values() if s.standard and not s.learned and kinds <= s.models
+    )
 
 
 def baseline_scores() -> tuple[str, ...]:
@@ -202,4 +228,6 @@ def get_score(name: str) -> Score:
     try:
         return SCORES[name]
     except KeyError:
-        raise ValueError(f"unknown anomaly score {name!r}; expected one of {sorted(SCORES)}") from None
+        raise ValueError(
+            f"unknown anomaly score {name!r}; expected one of {sorted(SCORES)}"
+        ) from None

@@ -24,8 +24,21 @@ class Workspace:
 
     def describe(self) -> str:
         kind = "embedded procedural road benchmark" if self.embedded else "real data"
-        return "\n".join([f"data: {kind}"] + [f"  {k:<12} {getattr(self, k)}" for k in
-                          ("cityscapes", "benchmarks", "coco", "results_csv", "checkpoints", "cache", "figures")])
+        return "\n".join(
+            [f"data: {kind}"]
+            + [
+                f"  {k:<12} {getattr(self, k)}"
+                for k in (
+                    "cityscapes",
+                    "benchmarks",
+                    "coco",
+                    "results_csv",
+                    "checkpoints",
+                    "cache",
+                    "figures",
+                )
+            ]
+        )
 
 
 def open_workspace(
@@ -51,14 +64,17 @@ def open_workspace(
 
         if not generate and not embedded_root.exists():
             raise FileNotFoundError(
-                f"No embedded data at {embedded_root}; run `anomalyseg make-data --preset {preset} --out {embedded_root}` "
-                "or set cityscapes_root, benchmarks_root and coco_root to real data."
+                f"No embedded data at {embedded_root}; run `anomalyseg make-data --preset {preset} "
+                f"--out {embedded_root}` or set cityscapes_root, benchmarks_root and coco_root to "
+                "real data."
             )
         ensure_data(embedded_root, preset=preset, seed=seed)
     out = Path(output_dir)
     return Workspace(
         cityscapes=Path(cityscapes_root) if cityscapes_root else embedded_root / "cityscapes",
-        benchmarks=Path(benchmarks_root) if benchmarks_root else embedded_root / "Validation_Dataset",
+        benchmarks=Path(benchmarks_root)
+        if benchmarks_root
+        else embedded_root / "Validation_Dataset",
         coco=Path(coco_root) if coco_root else embedded_root / "coco",
         results_csv=out / "results" / "results.csv",
         checkpoints=out / "checkpoints",

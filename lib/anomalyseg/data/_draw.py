@@ -1,4 +1,5 @@
-"""Drawing primitives of the embedded generator: a pinhole camera, a part canvas, noise and textures.
+"""Drawing primitives of the embedded generator: a pinhole camera, a part canvas, noise and
+textures.
 
 A frame is drawn in two passes. Geometry first: every shape is painted, far to near, into an id
 map ``[H, W]`` (int32) where each id is a *part* with a label and an appearance. Appearance second:
@@ -37,7 +38,9 @@ class Camera:
 
     def project(self, X, Y, Z) -> tuple[np.ndarray, np.ndarray]:
         Z = np.maximum(np.asarray(Z, dtype=np.float64), 1e-3)
-        return self.cx + self.f * np.asarray(X) / Z, self.hy + self.f * (self.height - np.asarray(Y)) / Z
+        return self.cx + self.f * np.asarray(X) / Z, self.hy + self.f * (
+            self.height - np.asarray(Y)
+        ) / Z
 
     def ground_row(self, Z) -> np.ndarray:
         return self.hy + self.f * self.height / np.maximum(Z, 1e-3)
@@ -80,7 +83,13 @@ class Canvas:
 
     def polygon(self, xs, ys, pid: int) -> None:
         xs, ys = np.clip(xs, -4 * self.W, 5 * self.W), np.clip(ys, -4 * self.H, 5 * self.H)
-        if len(xs) >= 3 and xs.max() >= 0 and xs.min() < self.W and ys.max() >= 0 and ys.min() < self.H:
+        if (
+            len(xs) >= 3
+            and xs.max() >= 0
+            and xs.min() < self.W
+            and ys.max() >= 0
+            and ys.min() < self.H
+        ):
             self._draw.polygon(list(zip(xs.tolist(), ys.tolist())), fill=pid)
 
     def ellipse(self, x0, y0, x1, y1, pid: int, width: int = 0) -> None:
@@ -109,7 +118,8 @@ class Canvas:
         return other
 
     def overlay(self, other: "Canvas") -> np.ndarray:
-        """Paint the shapes of ``other`` (its ids > 0) over this canvas; returns their mask ``[H, W]``."""
+        """Paint the shapes of ``other`` (its ids > 0) over this canvas; returns their mask
+        ``[H, W]``."""
         theirs = other.ids()
         mask = theirs > 0
         offset = len(self.parts) - 1
@@ -145,7 +155,8 @@ def noise_fields(rng: np.random.Generator, H: int, W: int) -> dict[str, np.ndarr
 
 
 def blob_polygon(rng: np.random.Generator, n: int = 40, roughness: float = 0.25):
-    """Irregular closed outline in the unit disc: ``(u, v)`` arrays, radius modulated by random harmonics."""
+    """Irregular closed outline in the unit disc: ``(u, v)`` arrays, radius modulated by random
+    harmonics."""
     t = np.linspace(0, 2 * np.pi, n, endpoint=False)
     r = np.ones_like(t)
     for k in range(2, 6):
@@ -171,7 +182,12 @@ def render(canvas: Canvas, fields: dict[str, np.ndarray]) -> np.ndarray:
     param = np.array([p.param for p in parts], dtype=np.float32)
     img = color[ids]
     x, y = grid(canvas.H, canvas.W)
-    fine, small, medium, coarse = fields["fine"], fields["small"], fields["medium"], fields["coarse"]
+    fine, small, medium, coarse = (
+        fields["fine"],
+        fields["small"],
+        fields["medium"],
+        fields["coarse"],
+    )
     for k in np.unique(tex).tolist():
         m = tex == k
         c = img[m]
@@ -186,7 +202,9 @@ def render(canvas: Canvas, fields: dict[str, np.ndarray]) -> np.ndarray:
         elif k == FACADE:
             c *= (1 + 0.04 * fine[m] + 0.10 * medium[m] + 0.05 * coarse[m])[:, None]
         elif k == GLASS:
-            c += (0.10 * medium[m] + 0.06 * small[m])[:, None] * np.array([0.8, 0.9, 1.0], np.float32)
+            c += (0.10 * medium[m] + 0.06 * small[m])[:, None] * np.array(
+                [0.8, 0.9, 1.0], np.float32
+            )
         elif k == FOLIAGE:
             g = 1 + 0.22 * small[m] + 0.12 * fine[m] + 0.10 * medium[m]
             c *= g[:, None]
@@ -218,7 +236,10 @@ def render(canvas: Canvas, fields: dict[str, np.ndarray]) -> np.ndarray:
             c *= (1 + 0.12 * medium[m] + 0.05 * fine[m])[:, None]
         elif k == RAINBOW:
             hue = np.mod(0.5 * medium[m] + 0.15 * x[m] / canvas.W * 6, 1.0)
-            c = np.stack([np.abs(np.mod(hue + o, 1.0) * 2 - 1) for o in (0.0, 1 / 3, 2 / 3)], 1) * 0.9
+            c = (
+                np.stack([np.abs(np.mod(hue + o, 1.0) * 2 - 1) for o in (0.0, 1 / 3, 2 / 3)], 1)
+                * 0.9
+            )
         else:  # FLAT
             c *= (1 + 0.04 * fine[m])[:, None]
         img[m] = c
@@ -248,8 +269,11 @@ class Look:
         )
 
 
-def finish(img: np.ndarray, look: Look, rng: np.random.Generator, shade: np.ndarray | None = None) -> np.ndarray:
-    """Lighting, exposure, white balance, vignette, sensor noise, lens blur: float RGB -> uint8 ``[H, W, 3]``."""
+def finish(
+    img: np.ndarray, look: Look, rng: np.random.Generator, shade: np.ndarray | None = None
+) -> np.ndarray:
+    """Lighting, exposure, white balance, vignette, sensor noise, lens blur: float RGB -> uint8
+    ``[H, W, 3]``."""
     H, W = img.shape[:2]
     x, y = grid(H, W)
     out = img * (look.exposure * look.tint)

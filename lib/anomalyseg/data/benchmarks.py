@@ -22,25 +22,32 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
 
 
 class AnomalyBenchmark(Dataset):
-    """One benchmark folder. Item: ``{"image": uint8 [3, H, W], "label": uint8 [H, W], "stem": str}``.
+    """One benchmark folder. Item:
+    ``{"image": uint8 [3, H, W], "label": uint8 [H, W], "stem": str}``.
 
     ``spec`` defaults to the benchmark named by the folder (``RoadAnomaly``, ``fs_static``, ...);
     any other folder is read with the plain binary convention (0 / 1 / 255).
     """
 
-    def __init__(self, folder: str | Path, spec: BenchmarkSpec | None = None, skip_empty: bool = True):
+    def __init__(
+        self, folder: str | Path, spec: BenchmarkSpec | None = None, skip_empty: bool = True
+    ):
         self.folder = Path(folder)
-        self.name = canonical_name(self.folder.name)  # RoadObstacle21 (SMIYC's spelling) -> RoadObsticle21
+        self.name = canonical_name(
+            self.folder.name
+        )  # RoadObstacle21 (SMIYC's spelling) -> RoadObsticle21
         self.spec = spec or BENCHMARKS.get(self.name, BINARY)
         image_dir, mask_dir = self.folder / "images", self.folder / "labels_masks"
         for d in (image_dir, mask_dir):
             if not d.is_dir():
                 raise FileNotFoundError(
-                    f"No folder {d}. Expected the course layout {self.folder}/images/<i>.<ext> with masks "
-                    f"{self.folder}/labels_masks/<i>.png, paired by file stem."
+                    f"No folder {d}. Expected the course layout {self.folder}/images/<i>.<ext> "
+                    f"with masks {self.folder}/labels_masks/<i>.png, paired by file stem."
                 )
         images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
-        masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() == ".png"}  # 0.png or 0.PNG
+        masks = {
+            p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() == ".png"
+        }  # 0.png or 0.PNG
         if not images:
             raise DatasetError(f"{image_dir} holds no images ({', '.join(IMAGE_EXTS)}).")
         no_mask, no_image = sorted(set(images) - set(masks)), sorted(set(masks) - set(images))
@@ -56,7 +63,12 @@ class AnomalyBenchmark(Dataset):
         self.skipped: list[str] = []
         for stem in stems:
             mask = read_mask(masks[stem])
-            check_values(mask, self.spec.stored_values, masks[stem], f"{self.spec.title} ({self.spec.folder})")
+            check_values(
+                mask,
+                self.spec.stored_values,
+                masks[stem],
+                f"{self.spec.title} ({self.spec.folder})",
+            )
             if skip_empty and not (self.spec.convert(mask) == ANOMALY).any():
                 self.skipped.append(stem)
             else:
@@ -93,7 +105,9 @@ def canonical_name(folder_name: str) -> str:
     return ALIASES.get(folder_name, folder_name)
 
 
-def load_benchmarks(validation_root: str | Path, names: list[str] | None = None) -> dict[str, AnomalyBenchmark]:
+def load_benchmarks(
+    validation_root: str | Path, names: list[str] | None = None
+) -> dict[str, AnomalyBenchmark]:
     """Open the benchmark folders under ``validation_root`` (the course's ``Validation_Dataset``).
 
     With ``names=None`` every known benchmark found there is opened, and a folder that is not a
@@ -111,27 +125,39 @@ def load_benchmarks(validation_root: str | Path, names: list[str] | None = None)
     for p in sorted(root.iterdir()):
         if p.is_dir() and canonical_name(p.name) in BENCHMARKS:
             if canonical_name(p.name) in present:
-                raise DatasetError(f"{root} holds both {present[canonical_name(p.name)].name} and {p.name}, two spellings "
-                                   "of one benchmark; keep one of them.")
+                raise DatasetError(
+                    f"{root} holds both {present[canonical_name(p.name)].name} and {p.name}, two "
+                    "spellings of one benchmark; keep one of them."
+                )
             present[canonical_name(p.name)] = p
     if names is None:
-        unknown = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-                         and canonical_name(p.name) not in BENCHMARKS)
+        unknown = sorted(
+            p.name
+            for p in root.iterdir()
+            if p.is_dir()
+            and not p.name.startswith(".")
+            and canonical_name(p.name) not in BENCHMARKS
+        )
         if unknown:
             warnings.warn(
-                f"{root}: folders {unknown} are not benchmarks this package knows and are not evaluated; known names: "
-                f"{', '.join(BENCHMARKS)} (also {', '.join(ALIASES)}). Rename a folder to evaluate it, or pass names=.",
-                stacklevel=2)
+                f"{root}: folders {unknown} are not benchmarks this package knows and are not "
+                f"evaluated; known names: {', '.join(BENCHMARKS)} (also {', '.join(ALIASES)}). "
+                "Rename a folder to evaluate it, or pass names=.",
+                stacklevel=2,
+            )
         if not present:
-            raise FileNotFoundError(f"{root} holds none of the benchmark folders {list(BENCHMARKS)}"
-                                    + (f"; found {unknown}." if unknown else "."))
+            raise FileNotFoundError(
+                f"{root} holds none of the benchmark folders {list(BENCHMARKS)}"
+                + (f"; found {unknown}." if unknown else ".")
+            )
         names = [n for n in BENCHMARKS if n in present]
     wanted = {canonical_name(n): n for n in names}
     missing = [n for c, n in wanted.items() if c not in present and not (root / n).is_dir()]
     if missing:
         raise FileNotFoundError(
-            f"Benchmark folders {missing} are missing under {root}; found {sorted(p.name for p in root.iterdir() if p.is_dir())}. "
-            "Folder names follow the course (RoadObsticle21, or SMIYC's RoadObstacle21)."
+            f"Benchmark folders {missing} are missing under {root}; found "
+            f"{sorted(p.name for p in root.iterdir() if p.is_dir())}. Folder names follow the "
+            "course (RoadObsticle21, or SMIYC's RoadObstacle21)."
         )
     return {c: AnomalyBenchmark(present.get(c, root / n)) for c, n in wanted.items()}
 

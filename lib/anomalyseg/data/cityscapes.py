@@ -1,7 +1,7 @@
 """Cityscapes in its official layout, read as train ids (REFERENCE §1).
 
-    <root>/leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png
-    <root>/gtFine/<split>/<city>/<stem>_gtFine_labelTrainIds.png
+<root>/leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png
+<root>/gtFine/<split>/<city>/<stem>_gtFine_labelTrainIds.png
 """
 
 from __future__ import annotations
@@ -27,13 +27,16 @@ def _list_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     if not image_dir.is_dir():
         raise FileNotFoundError(
             f"No Cityscapes images at {image_dir}. Expected the official layout "
-            f"<root>/leftImg8bit/{split}/<city>/<stem>{IMAGE_SUFFIX} with <root> = {root}; "
-            "point data_root at the folder that holds leftImg8bit/ and gtFine/, or generate the embedded "
-            "default with `anomalyseg make-data`."
+            f"<root>/leftImg8bit/{split}/<city>/<stem>{IMAGE_SUFFIX} with <root> = {root}; point "
+            "data_root at the folder that holds leftImg8bit/ and gtFine/, or generate the "
+            "embedded default with `anomalyseg make-data`."
         )
     images = sorted(image_dir.glob(f"*/*{IMAGE_SUFFIX}"))
     if not images:
-        raise DatasetError(f"{image_dir} holds no <city>/*{IMAGE_SUFFIX} files; expected the Cityscapes {split} frames there.")
+        raise DatasetError(
+            f"{image_dir} holds no <city>/*{IMAGE_SUFFIX} files; expected the Cityscapes {split} "
+            "frames there."
+        )
     pairs, missing = [], []
     for image in images:
         stem = image.name[: -len(IMAGE_SUFFIX)]
@@ -42,34 +45,49 @@ def _list_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     if missing:
         if not label_dir.is_dir():
             raise DatasetError(
-                f"No Cityscapes labels at {label_dir} for the {len(images)} {split} frames of {image_dir}. Expected "
-                f"<root>/gtFine/{split}/<city>/<stem>{LABEL_SUFFIX}; download gtFine_trainvaltest.zip into {root} and "
-                f"create the train ids with `CITYSCAPES_DATASET={root} csCreateTrainIdLabelImgs`."
+                f"No Cityscapes labels at {label_dir} for the {len(images)} {split} frames of "
+                f"{image_dir}. Expected <root>/gtFine/{split}/<city>/<stem>{LABEL_SUFFIX}; "
+                f"download gtFine_trainvaltest.zip into {root} and create the train ids with "
+                f"`CITYSCAPES_DATASET={root} csCreateTrainIdLabelImgs`."
             )
-        cities = sorted({img.parent.name for img, _ in missing if not (label_dir / img.parent.name).is_dir()})
+        cities = sorted(
+            {img.parent.name for img, _ in missing if not (label_dir / img.parent.name).is_dir()}
+        )
         if cities:
             raise DatasetError(
-                f"{len(missing)} of {len(images)} Cityscapes {split} frames have no label folder: gtFine/{split} lacks the "
-                f"cities {cities[:5]} that leftImg8bit/{split} has (under {label_dir}). Copy gtFine completely."
+                f"{len(missing)} of {len(images)} Cityscapes {split} frames have no label folder: "
+                f"gtFine/{split} lacks the cities {cities[:5]} that leftImg8bit/{split} has (under "
+                f"{label_dir}). Copy gtFine completely."
             )
-        has_raw = any(any((label_dir / img.parent.name).glob("*_gtFine_labelIds.png")) for img, _ in missing[:1])
+        has_raw = any(
+            any((label_dir / img.parent.name).glob("*_gtFine_labelIds.png"))
+            for img, _ in missing[:1]
+        )
         hint = (
-            f"The gtFine folder has *_gtFine_labelIds.png but no *{LABEL_SUFFIX}: create the train-id "
-            f"labels with cityscapesscripts: `CITYSCAPES_DATASET={root} csCreateTrainIdLabelImgs`."
+            f"The gtFine folder has *_gtFine_labelIds.png but no *{LABEL_SUFFIX}: create the "
+            f"train-id labels with cityscapesscripts: `CITYSCAPES_DATASET={root} "
+            "csCreateTrainIdLabelImgs`."
             if has_raw
-            else f"Expected each frame's labels at gtFine/{split}/<city>/<stem>{LABEL_SUFFIX}; if you have "
-            f"the raw gtFine files, run `CITYSCAPES_DATASET={root} csCreateTrainIdLabelImgs`."
+            else f"Expected each frame's labels at gtFine/{split}/<city>/<stem>{LABEL_SUFFIX}; if "
+            f"you have the raw gtFine files, run `CITYSCAPES_DATASET={root} "
+            "csCreateTrainIdLabelImgs`."
         )
         listed = ", ".join(str(label) for _, label in missing[:3])
-        raise DatasetError(f"{len(missing)} of {len(images)} Cityscapes {split} frames have no train-id label (e.g. {listed}). {hint}")
+        raise DatasetError(
+            f"{len(missing)} of {len(images)} Cityscapes {split} frames have no train-id label "
+            f"(e.g. {listed}). {hint}"
+        )
     return pairs
 
 
 class CityscapesSegmentation(Dataset):
     """Cityscapes frames with train-id targets.
 
-    Item: ``{"image": tv_tensors.Image uint8 [3, H, W], "target": tv_tensors.Mask int64 [H, W], "stem": str}``
-    with targets in 0..18 and 255 = void. ``transforms(image, target)`` runs on both (torchvision v2).
+    Item:
+    ``{"image": tv_tensors.Image uint8 [3, H, W], "target": tv_tensors.Mask int64 [H, W], "stem":
+    str}``
+    with targets in 0..18 and 255 = void. ``transforms(image, target)`` runs on both (torchvision
+    v2).
     """
 
     def __init__(

@@ -6,7 +6,8 @@
     <coco_root>/<split><year>/<file name>                        (input images)
     <coco_root>/annotations/ood_seg_<split><year>/<image id>.png (object = 254, elsewhere 0)
     <coco_root>/<split><year>_ood_subset/<file name>             (copies of the kept images)
-    <coco_root>/annotations/ood_seg_<split><year>.json           (manifest: settings, summary, kept items)
+    <coco_root>/annotations/ood_seg_<split><year>.json           (manifest: settings, summary,
+    kept items)
 
 ``OODObjects`` reads that output back as tightly cropped ``(image, mask)`` objects for ``MixOOD``.
 """
@@ -31,7 +32,8 @@ from ..progress import tqdm
 from .io import DatasetError, read_mask, read_rgb
 
 # COCO categories that look like a Cityscapes class: pasting them as "anomalies" would teach the
-# model that inlier classes are outliers. Name -> (COCO category id, the Cityscapes class it overlaps).
+# model that inlier classes are outliers. Name -> (COCO category id, the Cityscapes class it
+# overlaps).
 CITYSCAPES_LIKE_CATEGORIES: dict[str, tuple[int, str]] = {
     "person": (1, "person / rider"),
     "bicycle": (2, "bicycle"),
@@ -65,8 +67,9 @@ def _paths(coco_root: Path, split: str, year: int) -> dict[str, Path]:
 
 def _layout(coco_root: Path, split: str, year: int) -> str:
     return (
-        f"<coco_root>/annotations/instances_{split}{year}.json and <coco_root>/{split}{year}/<file name> "
-        f"(the official COCO download unpacked into one folder; here <coco_root> = {coco_root})"
+        f"<coco_root>/annotations/instances_{split}{year}.json and <coco_root>/{split}{year}/<file "
+        "name> (the official COCO download unpacked into one folder; here <coco_root> = "
+        f"{coco_root})"
     )
 
 
@@ -80,20 +83,31 @@ def _atomic_write(path: Path, write) -> None:
 
 def _check_settings(split, year, max_images, min_area, max_area_fraction) -> None:
     if not isinstance(split, str) or not split or "/" in split:
-        raise ValueError(f"prepare_coco_ood: split must be a COCO split name such as 'train' or 'val', got {split!r}.")
+        raise ValueError(
+            "prepare_coco_ood: split must be a COCO split name such as 'train' or 'val', got "
+            f"{split!r}."
+        )
     if not isinstance(year, int):
         raise ValueError(f"prepare_coco_ood: year must be an integer such as 2017, got {year!r}.")
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
-        raise ValueError(f"prepare_coco_ood: max_images must be a positive integer or None (= all), got {max_images!r}.")
+        raise ValueError(
+            "prepare_coco_ood: max_images must be a positive integer or None (= all), got "
+            f"{max_images!r}."
+        )
     if min_area < 0:
-        raise ValueError(f"prepare_coco_ood: min_area is a pixel count and must be >= 0, got {min_area!r}.")
+        raise ValueError(
+            f"prepare_coco_ood: min_area is a pixel count and must be >= 0, got {min_area!r}."
+        )
     if not 0 < max_area_fraction <= 1:
         raise ValueError(
-            f"prepare_coco_ood: max_area_fraction is a fraction of the frame and must lie in (0, 1], got {max_area_fraction!r}."
+            "prepare_coco_ood: max_area_fraction is a fraction of the frame and must lie in (0, "
+            f"1], got {max_area_fraction!r}."
         )
 
 
-def _largest_object(coco, image: dict, min_area: int, max_area_fraction: float) -> np.ndarray | None:
+def _largest_object(
+    coco, image: dict, min_area: int, max_area_fraction: float
+) -> np.ndarray | None:
     """Binary mask ``[h, w]`` of the image's largest single object whose rasterised area lies in
     ``[min_area, max_area_fraction * h * w]`` (ties: lowest annotation id), or None."""
     limit = max_area_fraction * image["height"] * image["width"]
@@ -102,7 +116,9 @@ def _largest_object(coco, image: dict, min_area: int, max_area_fraction: float) 
     for ann in sorted(coco.imgToAnns.get(image["id"], []), key=lambda a: a["id"]):
         if ann.get("iscrowd", 0):
             continue
-        with warnings.catch_warnings():  # pycocotools' numpy-2 copy= DeprecationWarning, not ours to fix
+        with (
+            warnings.catch_warnings()
+        ):  # pycocotools' numpy-2 copy= DeprecationWarning, not ours to fix
             warnings.simplefilter("ignore", DeprecationWarning)
             mask = coco.annToMask(ann)
         area = int(mask.sum())
@@ -147,8 +163,8 @@ def prepare_coco_ood(
     if not p["annotations"].is_file():
         raise FileNotFoundError(
             f"prepare_coco_ood: no COCO annotation file at {p['annotations']}. Expected the layout "
-            f"{_layout(coco_root, split, year)}; download annotations_trainval{year}.zip from cocodataset.org "
-            "and unpack it into <coco_root>."
+            f"{_layout(coco_root, split, year)}; download annotations_trainval{year}.zip from "
+            "cocodataset.org and unpack it into <coco_root>."
         )
     if not p["images"].is_dir():
         raise FileNotFoundError(
@@ -160,31 +176,51 @@ def prepare_coco_ood(
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints timing chatter
             coco = COCO(str(p["annotations"]))
-    except (ValueError, KeyError, TypeError, AssertionError) as e:  # json.JSONDecodeError is a ValueError
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        AssertionError,
+    ) as e:  # json.JSONDecodeError is a ValueError
         raise DatasetError(
-            f"The COCO annotation file {p['annotations']} could not be read ({type(e).__name__}: {e}); it is truncated "
-            f"(an interrupted download or unzip) or not a COCO instances json. Unpack annotations_trainval{year}.zip "
-            "into <coco_root> again."
+            f"The COCO annotation file {p['annotations']} could not be read ({type(e).__name__}: "
+            f"{e}); it is truncated (an interrupted download or unzip) or not a COCO instances "
+            f"json. Unpack annotations_trainval{year}.zip into <coco_root> again."
         ) from None
 
-    overlap_ids = {c["id"] for c in coco.loadCats(coco.getCatIds()) if c["name"] in CITYSCAPES_LIKE_CATEGORIES}
+    overlap_ids = {
+        c["id"] for c in coco.loadCats(coco.getCatIds()) if c["name"] in CITYSCAPES_LIKE_CATEGORIES
+    }
     image_ids = sorted(coco.imgs)
-    overlapping = {i for i in image_ids if any(a["category_id"] in overlap_ids for a in coco.imgToAnns.get(i, []))}
+    overlapping = {
+        i
+        for i in image_ids
+        if any(a["category_id"] in overlap_ids for a in coco.imgToAnns.get(i, []))
+    }
     candidates = [i for i in image_ids if i not in overlapping]
 
     present = set(os.listdir(p["images"]))
-    missing = [coco.imgs[i]["file_name"] for i in candidates if coco.imgs[i]["file_name"] not in present]
+    missing = [
+        coco.imgs[i]["file_name"] for i in candidates if coco.imgs[i]["file_name"] not in present
+    ]
     if missing:
         raise DatasetError(
-            f"prepare_coco_ood: {len(missing)} images referenced by {p['annotations'].name} are missing from "
-            f"{p['images']} (e.g. {', '.join(missing[:3])}). Expected every image of the json in that folder; "
-            f"unpack the complete {split}{year}.zip there, or use the annotation file that matches these images."
+            f"prepare_coco_ood: {len(missing)} images referenced by {p['annotations'].name} are "
+            f"missing from {p['images']} (e.g. {', '.join(missing[:3])}). Expected every image of "
+            f"the json in that folder; unpack the complete {split}{year}.zip there, or use the "
+            "annotation file that matches these images."
         )
 
     order = np.random.default_rng(seed).permutation(len(candidates))
     target = len(candidates) if max_images is None else min(max_images, len(candidates))
-    settings = dict(split=split, year=year, max_images=max_images, min_area=min_area,
-                    max_area_fraction=max_area_fraction, seed=seed)
+    settings = dict(
+        split=split,
+        year=year,
+        max_images=max_images,
+        min_area=min_area,
+        max_area_fraction=max_area_fraction,
+        seed=seed,
+    )
     # Masks already on disk are reused only if they were chosen by the same object rule.
     previous = _read_manifest(p["manifest"]) if p["manifest"].is_file() else None
     trusted = previous is not None and all(
@@ -201,7 +237,9 @@ def prepare_coco_ood(
 
     kept: list[dict] = []
     dropped_size = written = examined = 0
-    bar = tqdm(total=target, desc=f"COCO OOD objects {split}{year}", unit="obj", disable=not progress)
+    bar = tqdm(
+        total=target, desc=f"COCO OOD objects {split}{year}", unit="obj", disable=not progress
+    )
     for k in order:
         if len(kept) >= target:
             break
@@ -246,9 +284,10 @@ def prepare_coco_ood(
     _atomic_write(p["manifest"], lambda t: t.write_text(json.dumps(manifest, indent=1)))
     print(
         f"COCO OOD objects {split}{year}: kept {summary['kept']} of {summary['total']} images "
-        f"(dropped {summary['dropped_overlap']} with Cityscapes-like objects, {summary['dropped_size']} without "
-        f"an object of {min_area} px to {max_area_fraction:.0%} of the frame, {summary['unused']} not needed "
-        f"for max_images={max_images}); {written} files written to {p['masks']} and {p['subset']}"
+        f"(dropped {summary['dropped_overlap']} with Cityscapes-like objects, "
+        f"{summary['dropped_size']} without an object of {min_area} px to {max_area_fraction:.0%} "
+        f"of the frame, {summary['unused']} not needed for max_images={max_images}); {written} "
+        f"files written to {p['masks']} and {p['subset']}"
     )
     return {**summary, "masks": str(p["masks"]), "images": str(p["subset"])}
 
@@ -261,8 +300,9 @@ def _read_manifest(path: Path) -> dict:
         assert all({"id", "file_name"} <= set(e) for e in items)
     except (ValueError, KeyError, TypeError, AssertionError) as e:
         raise DatasetError(
-            f"The OOD manifest {path} is not valid JSON with an 'items' list of {{id, file_name}}: {e!r}. "
-            "Delete it and re-run prepare_coco_ood (`anomalyseg prepare-coco`) to rebuild it."
+            f"The OOD manifest {path} is not valid JSON with an 'items' list of {{id, file_name}}: "
+            f"{e!r}. Delete it and re-run prepare_coco_ood (`anomalyseg prepare-coco`) to rebuild "
+            "it."
         ) from e
     return manifest
 
@@ -270,16 +310,22 @@ def _read_manifest(path: Path) -> dict:
 def _pairs_by_stem(masks: Path, subset: Path) -> list[tuple[Path, Path]]:
     """Pair masks with images when there is no manifest (folders prepared by seed 000's script):
     mask ``<id>.png`` goes with the image whose stem is the same number (``000000000139.jpg``)."""
+
     def key(stem: str):
         return int(stem) if stem.isdigit() else stem
 
-    images = {key(f.stem): f for f in subset.iterdir() if f.is_file() and not f.name.startswith(".")} if subset.is_dir() else {}
+    images = (
+        {key(f.stem): f for f in subset.iterdir() if f.is_file() and not f.name.startswith(".")}
+        if subset.is_dir()
+        else {}
+    )
     pairs = []
     for m in sorted(masks.glob("*.png")):
         if key(m.stem) not in images:
             raise DatasetError(
-                f"The OOD mask {m} has no image: expected {subset}/<file name> whose stem is {m.stem} "
-                "(zero padding allowed). Re-run prepare_coco_ood (`anomalyseg prepare-coco`) to restore the copies."
+                f"The OOD mask {m} has no image: expected {subset}/<file name> whose stem is "
+                f"{m.stem} (zero padding allowed). Re-run prepare_coco_ood (`anomalyseg "
+                "prepare-coco`) to restore the copies."
             )
         pairs.append((images[key(m.stem)], m))
     return pairs
@@ -298,24 +344,30 @@ class OODObjects(Dataset):
         if not p["masks"].is_dir():
             raise FileNotFoundError(
                 f"No prepared COCO OOD objects at {p['masks']}. Prepare them first with "
-                f"`anomalyseg prepare-coco` or anomalyseg.data.coco.prepare_coco_ood({str(self.root)!r}, "
-                f"split={split!r}, year={year}), which needs {_layout(self.root, split, year)}."
+                "`anomalyseg prepare-coco` or "
+                f"anomalyseg.data.coco.prepare_coco_ood({str(self.root)!r}, split={split!r}, "
+                f"year={year}), which needs {_layout(self.root, split, year)}."
             )
         if p["manifest"].is_file():
             manifest = _read_manifest(p["manifest"])
             if not manifest.get("complete"):
                 raise DatasetError(
-                    f"The COCO OOD preparation at {p['masks']} is incomplete ({p['manifest'].name} says the run "
-                    "was interrupted or is still running). Re-run prepare_coco_ood (`anomalyseg prepare-coco`) "
-                    "with the same settings to finish it."
+                    f"The COCO OOD preparation at {p['masks']} is incomplete ({p['manifest'].name} "
+                    "says the run was interrupted or is still running). Re-run prepare_coco_ood "
+                    "(`anomalyseg prepare-coco`) with the same settings to finish it."
                 )
             items = manifest["items"]
-            self.pairs = [(p["subset"] / e["file_name"], p["masks"] / f"{e['id']}.png") for e in items]
+            self.pairs = [
+                (p["subset"] / e["file_name"], p["masks"] / f"{e['id']}.png") for e in items
+            ]
         else:
             self.pairs = _pairs_by_stem(p["masks"], p["subset"])
         for image, mask in self.pairs:
             if not mask.is_file():
-                raise DatasetError(f"The OOD mask {mask} listed in {p['manifest']} is missing; re-run prepare_coco_ood.")
+                raise DatasetError(
+                    f"The OOD mask {mask} listed in {p['manifest']} is missing; re-run "
+                    "prepare_coco_ood."
+                )
             if not image.is_file():
                 raise DatasetError(
                     f"The OOD mask {mask} has no image: expected {image}. Re-run prepare_coco_ood "
@@ -323,7 +375,8 @@ class OODObjects(Dataset):
                 )
         if not self.pairs:
             raise DatasetError(
-                f"{p['masks']} holds no OOD masks; re-run prepare_coco_ood with a larger max_images or a smaller min_area."
+                f"{p['masks']} holds no OOD masks; re-run prepare_coco_ood with a larger "
+                "max_images or a smaller min_area."
             )
 
     def __len__(self) -> int:
@@ -334,12 +387,16 @@ class OODObjects(Dataset):
         image, mask = read_rgb(image_path), read_mask(mask_path) == OOD_OBJECT_VALUE
         if image.shape[:2] != mask.shape:
             raise DatasetError(
-                f"The OOD mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
-                f"{image.shape[1]}x{image.shape[0]}; expected the same size. Re-run prepare_coco_ood."
+                f"The OOD mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image "
+                f"{image_path} is {image.shape[1]}x{image.shape[0]}; expected the same size. "
+                "Re-run prepare_coco_ood."
             )
         rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
         if rows.size == 0:
-            raise DatasetError(f"The OOD mask {mask_path} has no pixel of value {OOD_OBJECT_VALUE}; expected one object.")
+            raise DatasetError(
+                f"The OOD mask {mask_path} has no pixel of value {OOD_OBJECT_VALUE}; expected one "
+                "object."
+            )
         box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
         crop = torch.from_numpy(np.ascontiguousarray(image[box])).permute(2, 0, 1).contiguous()
         return crop, torch.from_numpy(np.ascontiguousarray(mask[box]))

@@ -1,4 +1,5 @@
-"""What a data root holds: counts, sizes, label values, and what is missing with the command that fixes it."""
+"""What a data root holds: counts, sizes, label values, and what is missing with the command that
+fixes it."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ from .cityscapes import CityscapesSegmentation
 from .io import read_mask
 
 FIXES = {
-    "cityscapes": "download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from the Cityscapes site, unzip them "
-                  "into one folder, then run `CITYSCAPES_DATASET=<root> csCreateTrainIdLabelImgs`",
-    "benchmarks": "unzip the course's Validation_Dataset archive so that <root>/<name>/images and labels_masks exist",
-    "coco": "download train2017 images and annotations_trainval2017, then `anomalyseg prepare-coco --coco-root <root>`",
+    "cityscapes": "download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from the "
+    "Cityscapes site, unzip them into one folder, then run `CITYSCAPES_DATASET=<root> "
+    "csCreateTrainIdLabelImgs`",
+    "benchmarks": "unzip the course's Validation_Dataset archive so that <root>/<name>/images and "
+    "labels_masks exist",
+    "coco": "download train2017 images and annotations_trainval2017, then `anomalyseg "
+    "prepare-coco --coco-root <root>`",
 }
 
 
@@ -32,42 +36,81 @@ def _sizes(paths) -> str:
 
 
 def inventory(cityscapes: Path, benchmarks: Path, coco: Path, sample: int = 20) -> pd.DataFrame:
-    """One row per data set: status (ok / missing / error), frames, skipped, sizes, label values, fix.
+    """One row per data set: status (ok / missing / error), frames, skipped, sizes, label values,
+    fix.
 
     Label values are read from up to ``sample`` masks per data set.
     """
     rows = []
     for split in ("train", "val"):
-        row = dict(dataset=f"cityscapes/{split}", path=str(Path(cityscapes) / "leftImg8bit" / split))
+        row = dict(
+            dataset=f"cityscapes/{split}", path=str(Path(cityscapes) / "leftImg8bit" / split)
+        )
         try:
             ds = CityscapesSegmentation(cityscapes, split, check_labels=False)
-            values = np.unique(np.concatenate([np.unique(read_mask(lab)) for _, lab in ds.pairs[:sample]]))
-            row.update(status="ok", frames=len(ds), skipped=0, sizes=_sizes(i for i, _ in ds.pairs[:sample]),
-                       label_values=" ".join(map(str, values)), fix="")
+            values = np.unique(
+                np.concatenate([np.unique(read_mask(lab)) for _, lab in ds.pairs[:sample]])
+            )
+            row.update(
+                status="ok",
+                frames=len(ds),
+                skipped=0,
+                sizes=_sizes(i for i, _ in ds.pairs[:sample]),
+                label_values=" ".join(map(str, values)),
+                fix="",
+            )
         except (FileNotFoundError, ValueError) as e:
-            row.update(status="missing" if isinstance(e, FileNotFoundError) else "error", frames=0, skipped=0,
-                       sizes="", label_values="", fix=f"{e}" if not isinstance(e, FileNotFoundError) else FIXES["cityscapes"])
+            row.update(
+                status="missing" if isinstance(e, FileNotFoundError) else "error",
+                frames=0,
+                skipped=0,
+                sizes="",
+                label_values="",
+                fix=f"{e}" if not isinstance(e, FileNotFoundError) else FIXES["cityscapes"],
+            )
         rows.append(row)
     for name in BENCHMARKS:
         folder = Path(benchmarks) / name
         row = dict(dataset=name, path=str(folder))
         try:
             ds = AnomalyBenchmark(folder)
-            values = np.unique(np.concatenate([np.unique(read_mask(m)) for _, _, m in ds.frames[:sample]]))
-            row.update(status="ok", frames=len(ds), skipped=len(ds.skipped), sizes=_sizes(i for _, i, _ in ds.frames[:sample]),
-                       label_values=" ".join(map(str, values)), fix="")
+            values = np.unique(
+                np.concatenate([np.unique(read_mask(m)) for _, _, m in ds.frames[:sample]])
+            )
+            row.update(
+                status="ok",
+                frames=len(ds),
+                skipped=len(ds.skipped),
+                sizes=_sizes(i for _, i, _ in ds.frames[:sample]),
+                label_values=" ".join(map(str, values)),
+                fix="",
+            )
         except (FileNotFoundError, ValueError) as e:
-            row.update(status="missing" if isinstance(e, FileNotFoundError) else "error", frames=0, skipped=0,
-                       sizes="", label_values="", fix=FIXES["benchmarks"] if isinstance(e, FileNotFoundError) else str(e))
+            row.update(
+                status="missing" if isinstance(e, FileNotFoundError) else "error",
+                frames=0,
+                skipped=0,
+                sizes="",
+                label_values="",
+                fix=FIXES["benchmarks"] if isinstance(e, FileNotFoundError) else str(e),
+            )
         rows.append(row)
-    row = dict(dataset="coco ood objects", path=str(Path(coco) / "annotations" / "ood_seg_train2017"))
+    row = dict(
+        dataset="coco ood objects", path=str(Path(coco) / "annotations" / "ood_seg_train2017")
+    )
     try:
         from .coco import OODObjects
 
         objs = OODObjects(coco, "train", 2017)
         row.update(status="ok", frames=len(objs), skipped=0, sizes="", label_values="0 254", fix="")
     except (FileNotFoundError, ValueError) as e:
-        row.update(status="missing" if isinstance(e, FileNotFoundError) else "error", frames=0, skipped=0,
-                   sizes="", label_values="", fix=FIXES["coco"] if isinstance(e, FileNotFoundError) else str(e))
+        row.update(
+            status="missing" if isinstance(e, FileNotFoundError) else "error",
+            frames=0,
+            skipped=0,
+            sizes="",
+            label_values="",
+            fix=FIXES["coco"] if isinstance(e, FileNotFoundError) else str(e),
+        )
     rows.append(row)
     return pd.DataFrame(rows)

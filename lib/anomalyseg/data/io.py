@@ -27,8 +27,8 @@ def read_rgb(path: Path) -> np.ndarray:
                 gray = np.asarray(im).astype(np.float64)
                 if im.mode == "F" or gray.max(initial=0) > 65535 or gray.min(initial=0) < 0:
                     raise DatasetError(
-                        f"The image {path} is a single-channel {im.mode!r} image with values outside 0..65535; "
-                        "expected an 8-bit or 16-bit RGB or grayscale photo."
+                        f"The image {path} is a single-channel {im.mode!r} image with values "
+                        "outside 0..65535; expected an 8-bit or 16-bit RGB or grayscale photo."
                     )
                 gray8 = np.rint(gray / 257.0).astype(np.uint8)
                 return np.repeat(gray8[..., None], 3, axis=2)
@@ -37,24 +37,28 @@ def read_rgb(path: Path) -> np.ndarray:
         raise
     except (UnidentifiedImageError, OSError) as e:
         raise DatasetError(
-            f"Could not read the image {path}: {e}. Expected a readable RGB image (png, jpg or webp); "
-            "the file may be truncated or not an image. Re-copy it or remove it together with its mask."
+            f"Could not read the image {path}: {e}. Expected a readable RGB image (png, jpg or "
+            "webp); the file may be truncated or not an image. Re-copy it or remove it together "
+            "with its mask."
         ) from e
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """Read a single-channel label image as uint8 ``[H, W]`` (values as stored, no palette conversion)."""
+    """Read a single-channel label image as uint8 ``[H, W]`` (values as stored, no palette
+    conversion)."""
     try:
         with Image.open(path) as im:
             if im.mode not in ("L", "P", "I", "I;16"):
                 raise DatasetError(
-                    f"The mask {path} has image mode {im.mode!r}; expected a single-channel label image "
-                    "(mode L or P, one integer label per pixel). A colour-coded label drawing must be "
-                    "converted to label values first."
+                    f"The mask {path} has image mode {im.mode!r}; expected a single-channel label "
+                    "image (mode L or P, one integer label per pixel). A colour-coded label "
+                    "drawing must be converted to label values first."
                 )
             arr = np.asarray(im)
     except (UnidentifiedImageError, OSError) as e:
-        raise DatasetError(f"Could not read the mask {path}: {e}. Expected a single-channel PNG of label values.") from e
+        raise DatasetError(
+            f"Could not read the mask {path}: {e}. Expected a single-channel PNG of label values."
+        ) from e
     if arr.max(initial=0) > 255:
         raise DatasetError(f"The mask {path} holds values above 255; expected 8-bit label values.")
     return arr.astype(np.uint8)
@@ -66,7 +70,8 @@ def check_values(mask: np.ndarray, allowed: frozenset[int], path: Path, conventi
     unexpected = sorted(set(values.tolist()) - set(allowed))
     if unexpected:
         raise DatasetError(
-            f"The mask {path} holds values {unexpected} that the {convention} convention does not allow; "
-            f"expected only {sorted(allowed)}. Check that this folder is the data set it is named as "
-            "(for example raw Lost&Found ids 0..200 are not the Fishyscapes 0/1/255 masks)."
+            f"The mask {path} holds values {unexpected} that the {convention} convention does not "
+            f"allow; expected only {sorted(allowed)}. Check that this folder is the data set it is "
+            "named as (for example raw Lost&Found ids 0..200 are not the Fishyscapes 0/1/255 "
+            "masks)."
         )

@@ -58,11 +58,17 @@ def benchmark_frames(benchmarks_root: str | os.PathLike) -> list[Path]:
     root = Path(benchmarks_root)
     if not root.is_dir():
         raise FileNotFoundError(
-            f"Leakage guard: no benchmark root {root}. Pass the folder holding the benchmarks the model will be "
-            "evaluated on (the course's Validation_Dataset), so that training can refuse their frames."
+            f"Leakage guard: no benchmark root {root}. Pass the folder holding the benchmarks the "
+            "model will be evaluated on (the course's Validation_Dataset), so that training can "
+            "refuse their frames."
         )
-    return sorted(p for d in sorted(root.iterdir()) if (d / "images").is_dir()
-                  for p in (d / "images").iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    return sorted(
+        p
+        for d in sorted(root.iterdir())
+        if (d / "images").is_dir()
+        for p in (d / "images").iterdir()
+        if p.suffix.lower() in IMAGE_EXTS
+    )
 
 
 class _HashCache:
@@ -75,7 +81,9 @@ class _HashCache:
         if self.path is not None and self.path.is_file():
             try:
                 stored = json.loads(self.path.read_text())
-                if stored.get("version") == CACHE_VERSION and isinstance(stored.get("entries"), dict):
+                if stored.get("version") == CACHE_VERSION and isinstance(
+                    stored.get("entries"), dict
+                ):
                     self.old = stored["entries"]
             except ValueError:
                 pass
@@ -85,7 +93,11 @@ class _HashCache:
         stat = file.stat()
         key = f"{file.resolve()}|{extra}"
         entry = self.old.get(key)
-        if not (isinstance(entry, list) and len(entry) == 3 and entry[:2] == [stat.st_size, stat.st_mtime_ns]):
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 3
+            and entry[:2] == [stat.st_size, stat.st_mtime_ns]
+        ):
             entry = [stat.st_size, stat.st_mtime_ns, compute()]
         self.new[key] = entry
         return entry[2]
@@ -105,13 +117,21 @@ def _benchmark_hashes(path: Path, sizes: list[tuple[int, int]]) -> list[list[str
     image = Image.fromarray(rgb)
     for h, w in sizes:
         if (h, w) != rgb.shape[:2]:
-            found += [[pixel_hash(np.asarray(image.resize((w, h), method))), f"resized to {w}x{h}, {name}"]
-                      for name, method in RESIZE_FILTERS.items()]
+            found += [
+                [
+                    pixel_hash(np.asarray(image.resize((w, h), method))),
+                    f"resized to {w}x{h}, {name}",
+                ]
+                for name, method in RESIZE_FILTERS.items()
+            ]
     return found
 
 
-def benchmark_fingerprints(benchmarks_root: str | os.PathLike, sizes: Iterable[tuple[int, int]] = (),
-                           cache_file: str | os.PathLike | None = None) -> dict[str, tuple[Path, str]]:
+def benchmark_fingerprints(
+    benchmarks_root: str | os.PathLike,
+    sizes: Iterable[tuple[int, int]] = (),
+    cache_file: str | os.PathLike | None = None,
+) -> dict[str, tuple[Path, str]]:
     """``{pixel_hash: (benchmark file, how)}`` for every benchmark frame at its own size
     (``how = "same pixels"``) and resized to each ``(height, width)`` of ``sizes`` with each of
     ``RESIZE_FILTERS`` (``how = "resized to WxH, <filter>"``); cached in ``cache_file``."""
@@ -119,7 +139,9 @@ def benchmark_fingerprints(benchmarks_root: str | os.PathLike, sizes: Iterable[t
     cache = _HashCache(cache_file)
     found: dict[str, tuple[Path, str]] = {}
     for path in benchmark_frames(benchmarks_root):
-        for digest, how in cache.get(path, lambda: _benchmark_hashes(path, sizes), extra=f"benchmark {sizes}"):
+        for digest, how in cache.get(
+            path, lambda: _benchmark_hashes(path, sizes), extra=f"benchmark {sizes}"
+        ):
             found.setdefault(digest, (path, how))
     cache.save()
     return found
@@ -153,19 +175,31 @@ def check_no_benchmark_frames(
     """
     frames, others = [Path(f) for f in frames], [Path(f) for f in other_files]
     cache = _HashCache(cache_file)
-    hashes = {path: cache.get(path, lambda: _image_hash(path), extra="training") for path in frames + others}
+    hashes = {
+        path: cache.get(path, lambda: _image_hash(path), extra="training")
+        for path in frames + others
+    }
     cache.save()
     sizes = {(h, w) for path in frames for _, h, w in [hashes[path]]}
-    bench_cache = None if cache_file is None else Path(cache_file).with_name(Path(cache_file).stem + "_benchmarks.json")
+    bench_cache = (
+        None
+        if cache_file is None
+        else Path(cache_file).with_name(Path(cache_file).stem + "_benchmarks.json")
+    )
     fingerprints = benchmark_fingerprints(benchmarks_root, sizes, bench_cache)
-    leaks = [(path, *fingerprints[digest]) for path, (digest, _, _) in hashes.items() if digest in fingerprints]
+    leaks = [
+        (path, *fingerprints[digest])
+        for path, (digest, _, _) in hashes.items()
+        if digest in fingerprints
+    ]
     if leaks:
         listed = "; ".join(f"{train} is {bench} ({how})" for train, bench, how in leaks[:10])
         more = f"; and {len(leaks) - 10} more" if len(leaks) > 10 else ""
         raise LeakageError(
-            f"Leakage guard: {what} holds {len(leaks)} frame(s) of the benchmarks under {Path(benchmarks_root)}, which "
-            f"Outlier Exposure and the anomaly head must never train on (the model is evaluated on them): {listed}{more}. "
-            "Remove these files from the training data (they are not changed here), or, if these are not the benchmarks "
+            f"Leakage guard: {what} holds {len(leaks)} frame(s) of the benchmarks under "
+            f"{Path(benchmarks_root)}, which Outlier Exposure and the anomaly head must never "
+            f"train on (the model is evaluated on them): {listed}{more}. Remove these files from "
+            "the training data (they are not changed here), or, if these are not the benchmarks "
             "this model will be evaluated on, pass the right benchmarks_root."
         )
     return len(hashes)
@@ -189,5 +223,11 @@ def guard_training_data(
     from .coco import OODObjects
 
     frames = [image for image, _ in CityscapesSegmentation(data_root, "train").pairs]
-    coco = [image for image, _ in OODObjects(coco_root, split=coco_split).pairs] if coco_root is not None else []
-    return check_no_benchmark_frames(frames, benchmarks_root, what=what, cache_file=cache_file, other_files=coco)
+    coco = (
+        [image for image, _ in OODObjects(coco_root, split=coco_split).pairs]
+        if coco_root is not None
+        else []
+    )
+    return check_no_benchmark_frames(
+        frames, benchmarks_root, what=what, cache_file=cache_file, other_files=coco
+    )

@@ -29,7 +29,9 @@ from torchvision.transforms.v2 import functional as TF
 from ..labels import IGNORE_INDEX, NUM_CLASSES, OOD_OBJECT_VALUE, ROAD, SIDEWALK
 
 
-def inlier_target(target: torch.Tensor, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def inlier_target(
+    target: torch.Tensor, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
     """Semantic target ``[..., H, W]`` with every value >= ``num_classes`` (pasted 254, void 255)
     set to ``ignore_index``, ready for a cross-entropy with that ``ignore_index``."""
     return target.masked_fill(target >= num_classes, ignore_index)
@@ -75,13 +77,17 @@ class MixOOD:
         seed: int | None = None,
     ):
         if not 0.0 <= float(ood_prob) <= 1.0:
-            raise ValueError(f"MixOOD: ood_prob is a probability per frame and must lie in [0, 1], got {ood_prob!r}.")
+            raise ValueError(
+                "MixOOD: ood_prob is a probability per frame and must lie in [0, 1], got "
+                f"{ood_prob!r}."
+            )
         if not isinstance(max_tries, int) or max_tries < 1:
             raise ValueError(f"MixOOD: max_tries must be a positive integer, got {max_tries!r}.")
         if ood_prob > 0 and len(objects) == 0:
             raise ValueError(
-                "MixOOD: the objects data set is empty but ood_prob > 0. Prepare COCO objects with "
-                "`anomalyseg prepare-coco` (anomalyseg.data.coco.prepare_coco_ood) and pass OODObjects(coco_root)."
+                "MixOOD: the objects data set is empty but ood_prob > 0. Prepare COCO objects "
+                "with `anomalyseg prepare-coco` (anomalyseg.data.coco.prepare_coco_ood) and pass "
+                "OODObjects(coco_root)."
             )
         self.objects = objects
         self.ood_prob = float(ood_prob)
@@ -111,7 +117,9 @@ class MixOOD:
             self._generator_owner = owner
         return self._generator
 
-    def __call__(self, image: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None):
+    def __call__(
+        self, image: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None
+    ):
         image, target = self._check(image, target)
         g = generator if generator is not None else self.generator()
         void = target == self.ignore_index
@@ -141,7 +149,11 @@ class MixOOD:
                 if y + size[0] > H or size[1] > W:
                     continue
                 x = _randint(W - size[1] + 1, g)
-                mask = TF.resize(obj_mask[None].to(torch.uint8), list(size), interpolation=TF.InterpolationMode.NEAREST)[0].bool()
+                mask = TF.resize(
+                    obj_mask[None].to(torch.uint8),
+                    list(size),
+                    interpolation=TF.InterpolationMode.NEAREST,
+                )[0].bool()
             else:
                 if h > H or w > W:
                     return None  # every position would be rejected the same way
@@ -160,11 +172,16 @@ class MixOOD:
     def _object(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         obj_image, obj_mask = self.objects[index]
         obj_image, obj_mask = torch.as_tensor(obj_image), torch.as_tensor(obj_mask)
-        if obj_image.dtype != torch.uint8 or obj_image.ndim != 3 or obj_image.shape[0] != 3 \
-                or obj_mask.shape != obj_image.shape[1:]:
+        if (
+            obj_image.dtype != torch.uint8
+            or obj_image.ndim != 3
+            or obj_image.shape[0] != 3
+            or obj_mask.shape != obj_image.shape[1:]
+        ):
             raise ValueError(
-                f"MixOOD: object {index} is an image {tuple(obj_image.shape)} {obj_image.dtype} with a mask "
-                f"{tuple(obj_mask.shape)}; expected (image uint8 [3, h, w], mask bool [h, w]) as OODObjects gives."
+                f"MixOOD: object {index} is an image {tuple(obj_image.shape)} {obj_image.dtype} "
+                f"with a mask {tuple(obj_mask.shape)}; expected (image uint8 [3, h, w], mask bool "
+                "[h, w]) as OODObjects gives."
             )
         return obj_image.as_subclass(torch.Tensor), obj_mask.bool()
 
@@ -173,13 +190,15 @@ class MixOOD:
         image, target = torch.as_tensor(image), torch.as_tensor(target)
         if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(
-                f"MixOOD: expected the frame as uint8 [3, H, W] (tv_tensors.Image), got {tuple(image.shape)} "
-                f"{image.dtype}. Apply it after the train transforms but before any conversion to float / normalisation."
+                "MixOOD: expected the frame as uint8 [3, H, W] (tv_tensors.Image), got "
+                f"{tuple(image.shape)} {image.dtype}. Apply it after the train transforms but "
+                "before any conversion to float / normalisation."
             )
         if target.ndim != 2 or target.shape != image.shape[1:] or target.dtype.is_floating_point:
             raise ValueError(
-                f"MixOOD: expected the target as integer train ids [H, W] = {tuple(image.shape[1:])} "
-                f"(tv_tensors.Mask), got {tuple(target.shape)} {target.dtype}."
+                "MixOOD: expected the target as integer train ids [H, W] = "
+                f"{tuple(image.shape[1:])} (tv_tensors.Mask), got {tuple(target.shape)} "
+                f"{target.dtype}."
             )
         return image.as_subclass(torch.Tensor), target.as_subclass(torch.Tensor).long()
 
@@ -206,7 +225,11 @@ class ScaledObjects(Dataset):
         image = TF.resize(torch.as_tensor(image), size, antialias=True)
         small = TF.resize(torch.as_tensor(mask)[None].float(), size, antialias=True)[0] >= 0.5
         if not small.any():  # a sliver thinner than a pixel at this scale: keep its nearest pixels
-            small = TF.resize(torch.as_tensor(mask)[None].to(torch.uint8), size, interpolation=TF.InterpolationMode.NEAREST)[0].bool()
+            small = TF.resize(
+                torch.as_tensor(mask)[None].to(torch.uint8),
+                size,
+                interpolation=TF.InterpolationMode.NEAREST,
+            )[0].bool()
         return image, small
 
 
@@ -221,13 +244,17 @@ class PasteOutliers:
 
     def __call__(self, item: dict) -> dict:
         item = dict(item)
-        item["image"], item["target"], item["outlier_mask"] = self.mix(item["image"], item["target"])
+        item["image"], item["target"], item["outlier_mask"] = self.mix(
+            item["image"], item["target"]
+        )
         return item
 
     def __repr__(self) -> str:
         m = self.mix
-        return (f"PasteOutliers(objects={len(m.objects)}, ood_prob={m.ood_prob}, road_only={m.road_only}, "
-                f"perspective_scale={m.perspective_scale})")
+        return (
+            f"PasteOutliers(objects={len(m.objects)}, ood_prob={m.ood_prob}, "
+            f"road_only={m.road_only}, perspective_scale={m.perspective_scale})"
+        )
 
 
 def paste_outliers(
@@ -248,4 +275,6 @@ def paste_outliers(
     from .coco import OODObjects
 
     objects = ScaledObjects(OODObjects(coco_root, split=coco_split), object_scale)
-    return PasteOutliers(MixOOD(objects, ood_prob=ood_prob, road_only=road_only, perspective_scale=perspective_scale))
+    return PasteOutliers(
+        MixOOD(objects, ood_prob=ood_prob, road_only=road_only, perspective_scale=perspective_scale)
+    )

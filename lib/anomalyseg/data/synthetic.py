@@ -95,7 +95,11 @@ PRESETS: dict[str, Preset] = {
 
 
 def _jit(rng, c, spread=0.12, tint=0.03):
-    return np.clip(np.asarray(c, np.float32) * rng.uniform(1 - spread, 1 + spread) + rng.normal(0, tint, 3), 0, 1)
+    return np.clip(
+        np.asarray(c, np.float32) * rng.uniform(1 - spread, 1 + spread) + rng.normal(0, tint, 3),
+        0,
+        1,
+    )
 
 
 def _pick(rng, options):
@@ -139,7 +143,8 @@ class Street:
 
 
 _STYLES = {
-    #           building vegetation wall fence gap | cars/lane parked persons riders terrain-strip sidewalk
+    #           building vegetation wall fence gap | cars/lane parked persons riders terrain-strip
+    # sidewalk
     "urban": ((0.62, 0.2, 0.08, 0.06, 0.04), 1.0, 0.6, 3.0, 0.6, 0.25, 1.0),
     "suburban": ((0.25, 0.45, 0.1, 0.12, 0.08), 0.6, 0.3, 1.0, 0.3, 0.7, 0.7),
     "empty": ((0.45, 0.35, 0.08, 0.07, 0.05), 0.15, 0.15, 0.5, 0.1, 0.5, 0.8),
@@ -147,7 +152,8 @@ _STYLES = {
 
 
 def _billboard(cam: Camera, X, Z, u, v):
-    """Template points ``(u, v)`` in metres (lateral, height) standing at ``(X, Z)``, facing the camera."""
+    """Template points ``(u, v)`` in metres (lateral, height) standing at ``(X, Z)``, facing the
+    camera."""
     return cam.project(X + np.asarray(u, np.float64), np.asarray(v, np.float64), Z)
 
 
@@ -179,17 +185,30 @@ def _ground(cv, cam, x0, x1, z0, z1, pid, y=0.0):
 
 
 def _street(rng: np.random.Generator, H: int, W: int, style: str) -> tuple[Canvas, Street]:
-    """Draw the static street (sky, ground, facades, far background) and return it with its layout."""
+    """Draw the static street (sky, ground, facades, far background) and return it with its
+    layout."""
     mix, *_ = _STYLES[style]
-    cam = Camera(f=W * rng.uniform(0.85, 1.15), cx=W / 2 + rng.normal(0, 0.04 * W), hy=H * rng.uniform(0.36, 0.5),
-                 height=rng.uniform(1.15, 1.6), H=H, W=W)
+    cam = Camera(
+        f=W * rng.uniform(0.85, 1.15),
+        cx=W / 2 + rng.normal(0, 0.04 * W),
+        hy=H * rng.uniform(0.36, 0.5),
+        height=rng.uniform(1.15, 1.6),
+        H=H,
+        W=W,
+    )
     cv = Canvas(H, W)
     cv.part(IGNORE_INDEX, (0, 0, 0))  # id 0: nothing drawn (every pixel gets covered below)
     sky_c = _pick(rng, [(0.5, 0.68, 0.92), (0.78, 0.8, 0.83), (0.72, 0.8, 0.9)])
-    cv.polygon(np.array([-1, W + 1, W + 1, -1.0]), np.array([-1, -1, H + 1, H + 1.0]), cv.part(SKY, _jit(rng, sky_c, 0.08, 0.02), d.SKY))
+    cv.polygon(
+        np.array([-1, W + 1, W + 1, -1.0]),
+        np.array([-1, -1, H + 1, H + 1.0]),
+        cv.part(SKY, _jit(rng, sky_c, 0.08, 0.02), d.SKY),
+    )
     terrain_c = _pick(rng, [(0.35, 0.45, 0.2), (0.5, 0.47, 0.3), (0.45, 0.36, 0.26)])
     terrain = cv.part(TERRAIN, _jit(rng, terrain_c), d.GRASS)
-    cv.polygon(np.array([-1, W + 1, W + 1, -1.0]), np.array([cam.hy, cam.hy, H + 1, H + 1]), terrain)
+    cv.polygon(
+        np.array([-1, W + 1, W + 1, -1.0]), np.array([cam.hy, cam.hy, H + 1, H + 1]), terrain
+    )
 
     n_lanes = int(rng.integers(2, 5))
     lane_w = rng.uniform(3.0, 3.7)
@@ -234,8 +253,20 @@ def _street(rng: np.random.Generator, H: int, W: int, style: str) -> tuple[Canva
         if walk_w[side] == 0:
             continue
         inner, outer = road[side], walk[side]
-        _ground(cv, cam, min(inner, outer), max(inner, outer), z0, z_far, cv.part(SIDEWALK, walk_c, d.PAVER), y=0.12)
-        cv.polygon(*cam.project([inner] * 4, [0, 0, 0.12, 0.12], [z0, z_far, z_far, z0]), cv.part(SIDEWALK, curb_c, d.FACADE))
+        _ground(
+            cv,
+            cam,
+            min(inner, outer),
+            max(inner, outer),
+            z0,
+            z_far,
+            cv.part(SIDEWALK, walk_c, d.PAVER),
+            y=0.12,
+        )
+        cv.polygon(
+            *cam.project([inner] * 4, [0, 0, 0.12, 0.12], [z0, z_far, z_far, z0]),
+            cv.part(SIDEWALK, curb_c, d.FACADE),
+        )
 
     # Side facades, far to near so nearer segments cover farther ones.
     for side in (0, 1):
@@ -252,8 +283,12 @@ def _street(rng: np.random.Generator, H: int, W: int, style: str) -> tuple[Canva
     if rng.uniform() < 0.6:  # a building's shadow across the street
         zs, ze = sorted(rng.uniform(z0, 60, 2))
         depth = rng.uniform(0.45, 0.75)
-        xs, ys = cam.project([facade[0], facade[1], facade[1], facade[0]], [0] * 4, [zs, zs, ze, ze])
-        ImageDraw.Draw(shade).polygon(list(zip(xs.clip(-4 * W, 5 * W), ys.clip(-4 * H, 5 * H))), fill=depth)
+        xs, ys = cam.project(
+            [facade[0], facade[1], facade[1], facade[0]], [0] * 4, [zs, zs, ze, ze]
+        )
+        ImageDraw.Draw(shade).polygon(
+            list(zip(xs.clip(-4 * W, 5 * W), ys.clip(-4 * H, 5 * H))), fill=depth
+        )
     lanes = [road[0] + lane_w * (k + 0.5) for k in range(n_lanes)]
     return cv, Street(cam, road, walk, facade, lanes, z_far, shade)
 
@@ -263,25 +298,36 @@ def _facade_segment(rng, cv: Canvas, cam: Camera, X: float, za: float, zb: float
     P = cam.project
     if kind == 0:  # building with a grid of windows
         h = rng.uniform(6, 25)
-        cv.polygon(*P([X] * 4, [0, 0, h, h], [za, zb, zb, za]), cv.part(BUILDING, _jit(rng, _pick(rng, _FACADES)), d.FACADE))
+        cv.polygon(
+            *P([X] * 4, [0, 0, h, h], [za, zb, zb, za]),
+            cv.part(BUILDING, _jit(rng, _pick(rng, _FACADES)), d.FACADE),
+        )
         if cam.scale(zb) * 1.2 >= 1.5 or cam.scale(za) * 1.2 >= 1.5:
             glass = cv.part(BUILDING, _jit(rng, (0.14, 0.16, 0.2), 0.3), d.GLASS)
             step, first = rng.uniform(2.4, 3.6), rng.uniform(0.8, 2.0)
             for y in np.arange(first, h - 1.5, 3.2):
                 for z in np.arange(za + 0.8, zb - 1.2, step):
                     if cam.scale(z) * 1.2 >= 1.5:
-                        cv.polygon(*P([X] * 4, [y, y, y + 1.5, y + 1.5], [z, z + 1.2, z + 1.2, z]), glass)
+                        cv.polygon(
+                            *P([X] * 4, [y, y, y + 1.5, y + 1.5], [z, z + 1.2, z + 1.2, z]), glass
+                        )
     elif kind == 1:  # trees and hedges: a ragged crown line
         zs = np.linspace(za, zb, max(3, int((zb - za) / 1.5)))
         top = rng.uniform(3, 11) + np.cumsum(rng.normal(0, 0.6, zs.size))
         top = np.clip(top, 1.5, 16)
         ys = np.concatenate([[0, 0], top[::-1]])
-        cv.polygon(*P([X] * (zs.size + 2), ys, np.concatenate([[za, zb], zs[::-1]])),
-                   cv.part(VEGETATION, _jit(rng, (0.17, 0.34, 0.12), 0.25, 0.03), d.FOLIAGE))
+        cv.polygon(
+            *P([X] * (zs.size + 2), ys, np.concatenate([[za, zb], zs[::-1]])),
+            cv.part(VEGETATION, _jit(rng, (0.17, 0.34, 0.12), 0.25, 0.03), d.FOLIAGE),
+        )
     elif kind in (2, 3):  # a wall or fence in front of vegetation or a building
         _facade_segment(rng, cv, cam, X + np.sign(X) * 0.5, za, zb, int(rng.integers(2)))
         h = rng.uniform(0.8, 2.5) if kind == 2 else rng.uniform(1.0, 2.0)
-        c = _pick(rng, [(0.58, 0.57, 0.54), (0.5, 0.45, 0.38)]) if kind == 2 else _pick(rng, [(0.33, 0.35, 0.34), (0.2, 0.3, 0.22), (0.45, 0.33, 0.22)])
+        c = (
+            _pick(rng, [(0.58, 0.57, 0.54), (0.5, 0.45, 0.38)])
+            if kind == 2
+            else _pick(rng, [(0.33, 0.35, 0.34), (0.2, 0.3, 0.22), (0.45, 0.33, 0.22)])
+        )
         cls, tex = (WALL, d.FACADE) if kind == 2 else (FENCE, d.METAL)
         cv.polygon(*P([X] * 4, [0, 0, h, h], [za, zb, zb, za]), cv.part(cls, _jit(rng, c), tex))
         if kind == 3:  # posts
@@ -301,11 +347,40 @@ def _person(rng, cv, cam, X, Z, cls=PERSON, lift=0.0, h=None):
     top, legs = cv.part(cls, _cloth(rng), d.CLOTH), cv.part(cls, _cloth(rng), d.CLOTH)
     stride = rng.uniform(-0.08, 0.08) if lift == 0 else 0.12
     for sgn in (-1, 1):
-        _rect(cv, cam, X, Z, s * (sgn * 0.09 - 0.07 + sgn * stride), s * (sgn * 0.09 + 0.07 + sgn * stride), lift, lift + s * 0.88, legs)
+        _rect(
+            cv,
+            cam,
+            X,
+            Z,
+            s * (sgn * 0.09 - 0.07 + sgn * stride),
+            s * (sgn * 0.09 + 0.07 + sgn * stride),
+            lift,
+            lift + s * 0.88,
+            legs,
+        )
         _rect(cv, cam, X, Z, s * sgn * 0.2, s * sgn * 0.28, lift + s * 0.92, lift + s * 1.42, top)
-    cv.polygon(*_billboard(cam, X, Z, s * np.array([-0.17, 0.17, 0.22, -0.22]), lift + s * np.array([0.85, 0.85, 1.46, 1.46])), top)
+    cv.polygon(
+        *_billboard(
+            cam,
+            X,
+            Z,
+            s * np.array([-0.17, 0.17, 0.22, -0.22]),
+            lift + s * np.array([0.85, 0.85, 1.46, 1.46]),
+        ),
+        top,
+    )
     _oval(cv, cam, X, Z, 0, lift + s * 1.6, s * 0.1, s * 0.13, skin)
-    _oval(cv, cam, X, Z, 0, lift + s * 1.68, s * 0.1, s * 0.07, cv.part(cls, _jit(rng, (0.15, 0.1, 0.07), 0.5), d.CLOTH))
+    _oval(
+        cv,
+        cam,
+        X,
+        Z,
+        0,
+        lift + s * 1.68,
+        s * 0.1,
+        s * 0.07,
+        cv.part(cls, _jit(rng, (0.15, 0.1, 0.07), 0.5), d.CLOTH),
+    )
 
 
 def _two_wheeler(rng, cv, cam, X, Z, motor: bool):
@@ -337,18 +412,36 @@ def _parked_bicycle(rng, cv, cam, X, Z):
 
 def _vehicle(rng, cv, cam, X, Z, kind: int, oncoming: bool):
     """Car, truck, bus or tram as boxes seen from behind (or in front, when oncoming)."""
-    paint = _jit(rng, _pick(rng, _PAINT if kind == CAR else _PAINT[:3] + [(0.85, 0.7, 0.1), (0.7, 0.12, 0.1), (0.2, 0.3, 0.6)]))
+    paint = _jit(
+        rng,
+        _pick(
+            rng,
+            _PAINT
+            if kind == CAR
+            else _PAINT[:3] + [(0.85, 0.7, 0.1), (0.7, 0.12, 0.1), (0.2, 0.3, 0.6)],
+        ),
+    )
     body = cv.part(kind, paint, d.METAL)
     side = cv.part(kind, paint * 0.8, d.METAL)
     glass = cv.part(kind, _jit(rng, (0.1, 0.12, 0.15), 0.3), d.GLASS)
     dark = cv.part(kind, (0.04, 0.04, 0.04), d.FLAT)
     lamp = cv.part(kind, (1.0, 0.95, 0.8) if oncoming else (0.85, 0.05, 0.05), d.LAMP)
-    hw, h, length = {CAR: (0.9, 1.45, 4.4), TRUCK: (1.2, 3.4, 8.5), BUS: (1.25, 3.1, 12.0), TRAIN: (1.3, 3.4, 24.0)}[kind]
+    hw, h, length = {
+        CAR: (0.9, 1.45, 4.4),
+        TRUCK: (1.2, 3.4, 8.5),
+        BUS: (1.25, 3.1, 12.0),
+        TRAIN: (1.3, 3.4, 24.0),
+    }[kind]
     x0, x1 = X - hw, X + hw
     if kind == CAR:
         _box(cv, cam, x0 + 0.15, x1 - 0.15, 0.95, h, Z + 0.9, Z + 3.3, glass, glass, body)
         _box(cv, cam, x0, x1, 0.3, 1.0, Z, Z + length, body, side)
-        cv.polygon(*cam.project([x0 + 0.2, x1 - 0.2, x1 - 0.35, x0 + 0.35], [1.0, 1.0, 1.35, 1.35], [Z + 0.9] * 4), glass)
+        cv.polygon(
+            *cam.project(
+                [x0 + 0.2, x1 - 0.2, x1 - 0.35, x0 + 0.35], [1.0, 1.0, 1.35, 1.35], [Z + 0.9] * 4
+            ),
+            glass,
+        )
         _rect(cv, cam, X, Z, -0.25, 0.25, 0.45, 0.58, cv.part(kind, (0.85, 0.85, 0.85), d.FLAT))
     elif kind == TRUCK:
         _box(cv, cam, x0, x1, 0.6, h, Z, Z + 6.2, body, side)
@@ -358,7 +451,12 @@ def _vehicle(rng, cv, cam, X, Z, kind: int, oncoming: bool):
         band = [1.2, 1.2, 2.4, 2.4]
         xs = x1 if x1 < 0 else x0
         if x1 < 0 or x0 > 0:
-            cv.polygon(*cam.project([xs] * 4, band, [Z + 0.8, Z + length - 0.8, Z + length - 0.8, Z + 0.8]), glass)
+            cv.polygon(
+                *cam.project(
+                    [xs] * 4, band, [Z + 0.8, Z + length - 0.8, Z + length - 0.8, Z + 0.8]
+                ),
+                glass,
+            )
         cv.polygon(*cam.project([x0 + 0.2, x1 - 0.2, x1 - 0.2, x0 + 0.2], band, [Z] * 4), glass)
     for u in (x0 + 0.05, x1 - 0.3):  # tyres under the body
         cv.polygon(*cam.project([u, u + 0.25, u + 0.25, u], [0, 0, 0.4, 0.4], [Z + 0.5] * 4), dark)
@@ -376,12 +474,42 @@ def _pole(rng, cv, cam, X, Z):
         c = np.asarray(_pick(rng, _SIGNS))
         if rng.uniform() < 0.5:
             _oval(cv, cam, X, Z, 0, y, 0.32, 0.32, cv.part(SIGN, _jit(rng, c, 0.1), d.FLAT))
-            _oval(cv, cam, X, Z, 0, y, 0.22, 0.22, cv.part(SIGN, _jit(rng, (0.9, 0.9, 0.9), 0.1), d.FLAT))
+            _oval(
+                cv,
+                cam,
+                X,
+                Z,
+                0,
+                y,
+                0.22,
+                0.22,
+                cv.part(SIGN, _jit(rng, (0.9, 0.9, 0.9), 0.1), d.FLAT),
+            )
         else:
-            _rect(cv, cam, X, Z, -0.35, 0.35, y - 0.3, y + 0.3, cv.part(SIGN, _jit(rng, c, 0.1), d.FLAT))
+            _rect(
+                cv,
+                cam,
+                X,
+                Z,
+                -0.35,
+                0.35,
+                y - 0.3,
+                y + 0.3,
+                cv.part(SIGN, _jit(rng, c, 0.1), d.FLAT),
+            )
     elif r < 0.55:  # a traffic light
         y = rng.uniform(2.6, max(2.7, h - 1.0))
-        _rect(cv, cam, X, Z, -0.17, 0.17, y, y + 0.95, cv.part(LIGHT, _jit(rng, (0.1, 0.1, 0.1), 0.3), d.FLAT))
+        _rect(
+            cv,
+            cam,
+            X,
+            Z,
+            -0.17,
+            0.17,
+            y,
+            y + 0.95,
+            cv.part(LIGHT, _jit(rng, (0.1, 0.1, 0.1), 0.3), d.FLAT),
+        )
         lit = rng.integers(3)
         for k, c in enumerate([(1.0, 0.1, 0.05), (1.0, 0.6, 0.05), (0.1, 1.0, 0.5)]):
             col = np.asarray(c) if k == lit else np.asarray(c) * 0.2
@@ -390,10 +518,23 @@ def _pole(rng, cv, cam, X, Z):
 
 def _tree(rng, cv, cam, X, Z):
     h = rng.uniform(2.0, 4.0)
-    _rect(cv, cam, X, Z, -0.15, 0.15, 0, h + 0.5, cv.part(VEGETATION, _jit(rng, (0.25, 0.18, 0.12)), d.FACADE))
+    _rect(
+        cv,
+        cam,
+        X,
+        Z,
+        -0.15,
+        0.15,
+        0,
+        h + 0.5,
+        cv.part(VEGETATION, _jit(rng, (0.25, 0.18, 0.12)), d.FACADE),
+    )
     u, v = d.blob_polygon(rng, 28, 0.4)
     r = rng.uniform(1.3, 3.0)
-    cv.polygon(*_billboard(cam, X, Z, u * r, h + r * 0.8 + v * r * 0.8), cv.part(VEGETATION, _jit(rng, (0.17, 0.34, 0.12), 0.25, 0.03), d.FOLIAGE))
+    cv.polygon(
+        *_billboard(cam, X, Z, u * r, h + r * 0.8 + v * r * 0.8),
+        cv.part(VEGETATION, _jit(rng, (0.17, 0.34, 0.12), 0.25, 0.03), d.FOLIAGE),
+    )
 
 
 def _populate(rng, cv: Canvas, st: Street, style: str, ego_free: float = 0.0):
@@ -410,7 +551,9 @@ def _populate(rng, cv: Canvas, st: Street, style: str, ego_free: float = 0.0):
     for k, x in enumerate(st.lanes):
         z = zmin + rng.uniform(0, 12) + (ego_free if k == ego else 0)
         for _ in range(rng.poisson(cars)):
-            kind = int(rng.choice([CAR, TRUCK, BUS, TRAIN, MOTORCYCLE], p=[0.72, 0.1, 0.1, 0.03, 0.05]))
+            kind = int(
+                rng.choice([CAR, TRUCK, BUS, TRAIN, MOTORCYCLE], p=[0.72, 0.1, 0.1, 0.03, 0.05])
+            )
             if z > 90:
                 break
             if kind == MOTORCYCLE:
@@ -418,7 +561,10 @@ def _populate(rng, cv: Canvas, st: Street, style: str, ego_free: float = 0.0):
             else:
                 add(z, _vehicle, x + rng.normal(0, 0.2), z, kind, k < ego)
                 xs, ys = cam.project([x - 1.1, x + 1.1], [0, 0], [z + 0.4, z + 0.4])
-                shade.ellipse([xs[0], ys[0] - 0.25 * cam.scale(z), xs[1], ys[0] + 0.05 * cam.scale(z)], fill=0.45)
+                shade.ellipse(
+                    [xs[0], ys[0] - 0.25 * cam.scale(z), xs[1], ys[0] + 0.05 * cam.scale(z)],
+                    fill=0.45,
+                )
             z += rng.uniform(8, 30)
     for side, sgn in ((0, 1), (1, -1)):
         if rng.uniform() < parked:
@@ -428,46 +574,84 @@ def _populate(rng, cv: Canvas, st: Street, style: str, ego_free: float = 0.0):
                     add(z, _vehicle, x, z, CAR, False)
         walk_mid = (st.road[side] + st.walk[side]) / 2
         for z in np.arange(rng.uniform(3, 15), 90, rng.uniform(12, 30)):
-            add(z, _pole, st.walk[side] + sgn * 0.4 if st.walk[side] != st.road[side] else st.road[side] - sgn * 0.8, z)
+            add(
+                z,
+                _pole,
+                st.walk[side] + sgn * 0.4
+                if st.walk[side] != st.road[side]
+                else st.road[side] - sgn * 0.8,
+                z,
+            )
         for z in rng.uniform(4, 60, rng.poisson(2)):
-            add(z, _tree, (st.walk[side] + st.facade[side]) / 2 if abs(st.facade[side] - st.walk[side]) > 1 else st.walk[side] + sgn * 0.8, z)
+            add(
+                z,
+                _tree,
+                (st.walk[side] + st.facade[side]) / 2
+                if abs(st.facade[side] - st.walk[side]) > 1
+                else st.walk[side] + sgn * 0.8,
+                z,
+            )
         for z in rng.uniform(3, 50, rng.poisson(persons / 2)):
-            x = rng.uniform(min(st.road[side], st.walk[side]) - 0.5, max(st.road[side], st.walk[side]) + 0.5)
+            x = rng.uniform(
+                min(st.road[side], st.walk[side]) - 0.5, max(st.road[side], st.walk[side]) + 0.5
+            )
             add(z, _person, x, z)
         if rng.uniform() < 0.25:
             for z in rng.uniform(4, 30, rng.integers(1, 4)):
                 add(z, _parked_bicycle, walk_mid, z)
     for z in rng.uniform(6, 50, rng.poisson(riders)):
         side = rng.integers(2)
-        add(z, _two_wheeler, st.road[side] + (1 if side == 0 else -1) * 1.0, z, bool(rng.uniform() < 0.4))
+        add(
+            z,
+            _two_wheeler,
+            st.road[side] + (1 if side == 0 else -1) * 1.0,
+            z,
+            bool(rng.uniform() < 0.4),
+        )
     for z, _, fn, args in sorted(items, key=lambda t: (-t[0], t[1])):
         fn(rng, cv, cam, *args)
 
 
 def _ego_void(rng, cv: Canvas, hood_p: float = 0.7, border_p: float = 0.3):
-    """Cityscapes' void: the ego vehicle's hood at the bottom and, sometimes, a rectification border."""
+    """Cityscapes' void: the ego vehicle's hood at the bottom and, sometimes, a rectification
+    border."""
     H, W = cv.H, cv.W
     if rng.uniform() < hood_p:
         hh = H * rng.uniform(0.05, 0.13)
         xs = np.linspace(-1, W + 1, 24)
         ys = H - hh * (1 - 0.35 * ((xs - W / 2) / (W / 2)) ** 2)
         c = _jit(rng, _pick(rng, [(0.08, 0.08, 0.1), (0.2, 0.22, 0.28), (0.6, 0.6, 0.62)]))
-        cv.polygon(np.concatenate([xs, [W + 1, -1]]), np.concatenate([ys, [H + 1, H + 1]]), cv.part(IGNORE_INDEX, c, d.GLASS))
+        cv.polygon(
+            np.concatenate([xs, [W + 1, -1]]),
+            np.concatenate([ys, [H + 1, H + 1]]),
+            cv.part(IGNORE_INDEX, c, d.GLASS),
+        )
     if rng.uniform() < border_p:
         b = max(1, W // 256)
         x0 = 0 if rng.uniform() < 0.5 else W - b
-        cv.polygon(np.array([x0, x0 + b - 0.01, x0 + b - 0.01, x0]), np.array([-1, -1, H + 1, H + 1.0]), cv.part(IGNORE_INDEX, (0, 0, 0)))
+        cv.polygon(
+            np.array([x0, x0 + b - 0.01, x0 + b - 0.01, x0]),
+            np.array([-1, -1, H + 1, H + 1.0]),
+            cv.part(IGNORE_INDEX, (0, 0, 0)),
+        )
 
 
-def _paint(rng, cv: Canvas, st: Street, alpha_from: Canvas | None = None, feather: float = 0.0) -> np.ndarray:
-    """Render ``cv`` to uint8 RGB; with ``alpha_from``, anomalies are blended into that scene with soft edges."""
+def _paint(
+    rng, cv: Canvas, st: Street, alpha_from: Canvas | None = None, feather: float = 0.0
+) -> np.ndarray:
+    """Render ``cv`` to uint8 RGB; with ``alpha_from``, anomalies are blended into that scene with
+    soft edges."""
     fields = d.noise_fields(rng, cv.H, cv.W)
     img = d.render(cv, fields)
     labels = cv.labels()
-    shade = np.where(np.isin(labels, [ROAD, SIDEWALK, TERRAIN]) | cv.anomaly_mask(), np.asarray(st.shade), 1.0)
+    shade = np.where(
+        np.isin(labels, [ROAD, SIDEWALK, TERRAIN]) | cv.anomaly_mask(), np.asarray(st.shade), 1.0
+    )
     if alpha_from is not None:
         base = d.render(alpha_from, fields)
-        m = Image.fromarray((cv.anomaly_mask() * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(feather))
+        m = Image.fromarray((cv.anomaly_mask() * 255).astype(np.uint8)).filter(
+            ImageFilter.GaussianBlur(feather)
+        )
         a = (np.asarray(m, np.float32) / 255)[..., None]
         img = a * img + (1 - a) * base
     return d.finish(img, d.Look.sample(rng), rng, shade.astype(np.float32))
@@ -487,15 +671,24 @@ def cityscapes_frame(rng: np.random.Generator, H: int, W: int) -> tuple[np.ndarr
 
 
 def _anomaly_part(rng, cv: Canvas, px_size: float) -> int:
-    tex = int(rng.choice([d.STRIPES, d.CHECKER, d.SPOTS, d.HISAT, d.RAINBOW], p=[0.25, 0.2, 0.2, 0.25, 0.1]))
+    tex = int(
+        rng.choice(
+            [d.STRIPES, d.CHECKER, d.SPOTS, d.HISAT, d.RAINBOW], p=[0.25, 0.2, 0.2, 0.25, 0.1]
+        )
+    )
     c1 = _odd_colour(rng)
     c2 = _odd_colour(rng) if rng.uniform() < 0.6 else np.full(3, rng.choice([0.05, 0.95]))
     period = float(np.clip(px_size * rng.uniform(0.08, 0.25), 1.5, 24))
-    return cv.part(255, c1, tex, color2=tuple(c2), param=(float(rng.uniform(0, np.pi)), period), anomaly=True)
+    return cv.part(
+        255, c1, tex, color2=tuple(c2), param=(float(rng.uniform(0, np.pi)), period), anomaly=True
+    )
 
 
-def _draw_anomaly(rng, cam: Camera, H: int, W: int, X: float, Z: float, size: float, kind: str) -> Canvas:
-    """One anomaly standing on the ground at ``(X, Z)``, ``size`` metres across, on a blank canvas."""
+def _draw_anomaly(
+    rng, cam: Camera, H: int, W: int, X: float, Z: float, size: float, kind: str
+) -> Canvas:
+    """One anomaly standing on the ground at ``(X, Z)``, ``size`` metres across, on a blank
+    canvas."""
     cv = Canvas(H, W)
     cv.part(255, (0, 0, 0))
     px = size * cam.scale(Z)
@@ -511,25 +704,60 @@ def _draw_anomaly(rng, cam: Camera, H: int, W: int, X: float, Z: float, size: fl
     elif kind == "animal":
         body_h, leg = size * 0.4, size * 0.35
         for u in (-0.38, -0.25, 0.25, 0.38):
-            _rect(cv, cam, X, Z, u * size - 0.04 * size, u * size + 0.04 * size, 0, leg + 0.1 * size, pid)
+            _rect(
+                cv,
+                cam,
+                X,
+                Z,
+                u * size - 0.04 * size,
+                u * size + 0.04 * size,
+                0,
+                leg + 0.1 * size,
+                pid,
+            )
         _oval(cv, cam, X, Z, 0, leg + body_h / 2, size * 0.45, body_h / 2, pid, n=24)
         head = 1 if rng.uniform() < 0.5 else -1
         _oval(cv, cam, X, Z, head * size * 0.5, leg + body_h * 1.0, size * 0.14, size * 0.11, pid)
-        _rect(cv, cam, X, Z, -head * size * 0.5, -head * size * 0.44, leg * 0.6, leg + body_h * 0.8, pid)
+        _rect(
+            cv,
+            cam,
+            X,
+            Z,
+            -head * size * 0.5,
+            -head * size * 0.44,
+            leg * 0.6,
+            leg + body_h * 0.8,
+            pid,
+        )
     else:  # debris: scattered flat pieces lying on the ground
         for _ in range(int(rng.integers(4, 10))):
             dx, dz = rng.uniform(-size / 2, size / 2), rng.uniform(0, size)
             r = size * rng.uniform(0.08, 0.22)
             t = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(3, 6))))
             piece = _anomaly_part(rng, cv, px)
-            cv.polygon(*cam.project(X + dx + r * np.cos(t), np.full(t.size, 0.04), Z + dz + r * np.sin(t)), piece)
-            _rect(cv, cam, X + dx, Z + dz, -r * 0.5, r * 0.5, 0, r * 0.5, piece)  # pieces have some height
+            cv.polygon(
+                *cam.project(X + dx + r * np.cos(t), np.full(t.size, 0.04), Z + dz + r * np.sin(t)),
+                piece,
+            )
+            _rect(
+                cv, cam, X + dx, Z + dz, -r * 0.5, r * 0.5, 0, r * 0.5, piece
+            )  # pieces have some height
     return cv
 
 
-def _place_anomalies(rng, cv: Canvas, st: Street, n: int, where: str, size: tuple[float, float],
-                     depth: tuple[float, float], min_px: int, kinds=("blob", "box", "animal", "debris"),
-                     tries: int = 40, strict: bool = True) -> int:
+def _place_anomalies(
+    rng,
+    cv: Canvas,
+    st: Street,
+    n: int,
+    where: str,
+    size: tuple[float, float],
+    depth: tuple[float, float],
+    min_px: int,
+    kinds=("blob", "box", "animal", "debris"),
+    tries: int = 40,
+    strict: bool = True,
+) -> int:
     """Place up to ``n`` anomalies on the road (``where="road"``) or anywhere on the ground; returns
     how many were placed. A position is rejected when the anomaly would be too small to see, cover
     void or, if ``strict``, cover an object or stand mostly off the road it was put on."""
@@ -539,35 +767,86 @@ def _place_anomalies(rng, cv: Canvas, st: Street, n: int, where: str, size: tupl
         if placed == n:
             break
         Z = rng.uniform(*depth)
-        lo, hi = (st.road if where == "road" else (st.facade[0] + 1, st.facade[1] - 1))
+        lo, hi = st.road if where == "road" else (st.facade[0] + 1, st.facade[1] - 1)
         X = rng.uniform(lo + 0.3, hi - 0.3)
         other = _draw_anomaly(rng, cam, cv.H, cv.W, X, Z, rng.uniform(*size), _pick(rng, kinds))
         mask = other.ids() > 0
         covered = labels[mask]
         if mask.sum() < min_px or mask.mean() > 0.25 or (covered == IGNORE_INDEX).any():
             continue
-        if strict and (np.isin(covered, _THINGS).any() or (where == "road" and (covered == ROAD).mean() < 0.5)):
+        if strict and (
+            np.isin(covered, _THINGS).any() or (where == "road" and (covered == ROAD).mean() < 0.5)
+        ):
             continue
         cv.overlay(other)
         labels = cv.labels()
         placed += 1
         rows, cols = np.nonzero(mask)  # contact shadow under the object
-        ImageDraw.Draw(st.shade).ellipse([cols.min(), rows.max() - 2, cols.max(), rows.max() + 2], fill=0.6)
+        ImageDraw.Draw(st.shade).ellipse(
+            [cols.min(), rows.max() - 2, cols.max(), rows.max() + 2], fill=0.6
+        )
     return placed
 
 
 # Per benchmark: scene style, (n anomalies), where, size (m), depth (m), min pixels, hood, kinds
 # (repeats weight the draw: the real RoadAnomaly and RA-21 show mostly large animals and objects).
 _BENCH = {
-    "RoadAnomaly": ("suburban", (1, 2), "road", (1.0, 3.5), (4, 20), 60, 0.0, ("blob", "box", "animal", "animal", "debris")),
-    "RoadAnomaly21": ("urban", (1, 3), "any", (1.0, 3.5), (4, 25), 60, 0.5, ("blob", "box", "animal", "animal", "debris")),
-    "RoadObsticle21": ("empty", (1, 3), "road", (0.2, 0.8), (5, 40), 12, 0.3, ("blob", "box", "animal", "debris")),
-    "FS_LostFound_full": ("empty", (1, 3), "road", (0.1, 0.5), (6, 35), 6, 0.6, ("blob", "box", "debris")),
-    "fs_static": ("urban", (1, 2), "any", (0.6, 2.5), (4, 25), 40, 0.7, ("blob", "box", "animal", "debris")),
+    "RoadAnomaly": (
+        "suburban",
+        (1, 2),
+        "road",
+        (1.0, 3.5),
+        (4, 20),
+        60,
+        0.0,
+        ("blob", "box", "animal", "animal", "debris"),
+    ),
+    "RoadAnomaly21": (
+        "urban",
+        (1, 3),
+        "any",
+        (1.0, 3.5),
+        (4, 25),
+        60,
+        0.5,
+        ("blob", "box", "animal", "animal", "debris"),
+    ),
+    "RoadObsticle21": (
+        "empty",
+        (1, 3),
+        "road",
+        (0.2, 0.8),
+        (5, 40),
+        12,
+        0.3,
+        ("blob", "box", "animal", "debris"),
+    ),
+    "FS_LostFound_full": (
+        "empty",
+        (1, 3),
+        "road",
+        (0.1, 0.5),
+        (6, 35),
+        6,
+        0.6,
+        ("blob", "box", "debris"),
+    ),
+    "fs_static": (
+        "urban",
+        (1, 2),
+        "any",
+        (0.6, 2.5),
+        (4, 25),
+        40,
+        0.7,
+        ("blob", "box", "animal", "debris"),
+    ),
 }
 
 
-def benchmark_frame(rng: np.random.Generator, folder: str, H: int, W: int, with_anomaly: bool = True):
+def benchmark_frame(
+    rng: np.random.Generator, folder: str, H: int, W: int, with_anomaly: bool = True
+):
     """One frame of benchmark ``folder``: RGB ``[H, W, 3]`` uint8 and its mask ``[H, W]`` uint8 in
     that benchmark's stored convention (RoadAnomaly 0/2; the others 0/1/255)."""
     style, count, where, size, depth, min_px, hood, kinds = _BENCH[folder]
@@ -580,9 +859,24 @@ def benchmark_frame(rng: np.random.Generator, folder: str, H: int, W: int, with_
         n = int(rng.integers(count[0], count[1] + 1))
         placed = _place_anomalies(rng, cv, st, n, where, size, depth, min_px, kinds)
         if placed == 0:  # a crowded frame: accept an anomaly in front of whatever it covers
-            placed = _place_anomalies(rng, cv, st, 1, where, size, (depth[0], depth[0] * 2), 4, ("blob",), 400, strict=False)
+            placed = _place_anomalies(
+                rng,
+                cv,
+                st,
+                1,
+                where,
+                size,
+                (depth[0], depth[0] * 2),
+                4,
+                ("blob",),
+                400,
+                strict=False,
+            )
         if placed == 0:
-            raise RuntimeError(f"Could not place an anomaly in a {folder} frame of {W}x{H}; the frame is too small.")
+            raise RuntimeError(
+                f"Could not place an anomaly in a {folder} frame of {W}x{H}; the frame is too "
+                "small."
+            )
     feather = max(0.6, W / 512) if folder == "fs_static" else 0.0
     image = _paint(rng, cv, st, alpha_from=scene if feather else None, feather=feather)
     labels, anomaly = cv.labels(), cv.anomaly_mask()
@@ -618,13 +912,17 @@ _CITYSCAPES_LIKE_IDS = (1, 2, 3, 6, 10, 15)
 def _coco_background(rng, H, W) -> np.ndarray:
     """Generic indoor or outdoor scene: gradients, large panels and smooth noise, no street."""
     x, y = d.grid(H, W)
-    c0, c1 = (d.rgb_from_hsv(rng.uniform(), rng.uniform(0, 0.4), rng.uniform(0.3, 0.9)) for _ in range(2))
+    c0, c1 = (
+        d.rgb_from_hsv(rng.uniform(), rng.uniform(0, 0.4), rng.uniform(0.3, 0.9)) for _ in range(2)
+    )
     t = (y / H)[..., None] if rng.uniform() < 0.6 else (x / W)[..., None]
     img = c0 * (1 - t) + c1 * t
     for _ in range(int(rng.integers(1, 5))):  # walls, tables, windows
         x0, x1 = np.sort(rng.uniform(0, W, 2))
         y0, y1 = np.sort(rng.uniform(0, H, 2))
-        img[int(y0) : int(y1), int(x0) : int(x1)] = d.rgb_from_hsv(rng.uniform(), rng.uniform(0, 0.35), rng.uniform(0.2, 0.9))
+        img[int(y0) : int(y1), int(x0) : int(x1)] = d.rgb_from_hsv(
+            rng.uniform(), rng.uniform(0, 0.35), rng.uniform(0.2, 0.9)
+        )
     img = img * (1 + 0.12 * d.smooth_noise(rng, H, W, max(H, W) / 6))[..., None]
     return img.astype(np.float32)
 
@@ -636,7 +934,10 @@ def _convex_hull(pts: np.ndarray) -> np.ndarray:
     for seq in (pts, pts[::-1]):
         chain: list = []
         for p in seq:
-            while len(chain) >= 2 and np.linalg.det(np.stack([chain[-1] - chain[-2], p - chain[-2]])) <= 0:
+            while (
+                len(chain) >= 2
+                and np.linalg.det(np.stack([chain[-1] - chain[-2], p - chain[-2]])) <= 0
+            ):
                 chain.pop()
             chain.append(p)
         hull += chain[:-1]
@@ -656,7 +957,9 @@ def _coco_shape(rng) -> np.ndarray:
         out = np.stack([rad * np.cos(t), rad * np.sin(t)], 1)
     a = rng.uniform(0, np.pi)
     out = out @ np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
-    area = 0.5 * abs(np.dot(out[:, 0], np.roll(out[:, 1], 1)) - np.dot(out[:, 1], np.roll(out[:, 0], 1)))
+    area = 0.5 * abs(
+        np.dot(out[:, 0], np.roll(out[:, 1], 1)) - np.dot(out[:, 1], np.roll(out[:, 0], 1))
+    )
     return out / np.sqrt(area)
 
 
@@ -696,7 +999,10 @@ def coco_image(rng: np.random.Generator, H: int, W: int, image_id: int, first_an
             frac = float(np.exp(rng.uniform(np.log(0.015), np.log(0.6))))
             shape = _coco_shape(rng) * np.sqrt(frac * H * W)
             lo, hi = shape.min(0), shape.max(0)
-            cx, cy = rng.uniform(-lo[0], max(-lo[0], W - hi[0])), rng.uniform(-lo[1], max(-lo[1], H - hi[1]))
+            cx, cy = (
+                rng.uniform(-lo[0], max(-lo[0], W - hi[0])),
+                rng.uniform(-lo[1], max(-lo[1], H - hi[1])),
+            )
             box = (cx + lo[0], cy + lo[1], cx + hi[0], cy + hi[1])
             if all(box[2] < b[0] or b[2] < box[0] or box[3] < b[1] or b[3] < box[1] for b in boxes):
                 break
@@ -705,7 +1011,9 @@ def coco_image(rng: np.random.Generator, H: int, W: int, image_id: int, first_an
         poly = np.clip(shape + [cx, cy], 0, [W - 1, H - 1]).round(2)
         seg = [poly.reshape(-1).tolist()]
         rle = mask_utils.merge(mask_utils.frPyObjects(seg, H, W))
-        with warnings.catch_warnings():  # pycocotools' numpy-2 copy= DeprecationWarning, not ours to fix
+        with (
+            warnings.catch_warnings()
+        ):  # pycocotools' numpy-2 copy= DeprecationWarning, not ours to fix
             warnings.simplefilter("ignore", DeprecationWarning)
             mask = mask_utils.decode(rle).astype(bool)
         if mask.sum() < 4:
@@ -714,11 +1022,17 @@ def coco_image(rng: np.random.Generator, H: int, W: int, image_id: int, first_an
         img[mask] = _shade_object(rng, mask)[mask]
         is_city = rng.uniform() < 0.12
         cats = [c for c, _, _ in COCO_CATEGORIES if (c in _CITYSCAPES_LIKE_IDS) == is_city]
-        anns.append({
-            "id": first_ann_id + len(anns), "image_id": image_id, "category_id": int(_pick(rng, cats)),
-            "segmentation": seg, "area": float(mask_utils.area(rle)),
-            "bbox": [round(float(v), 2) for v in mask_utils.toBbox(rle)], "iscrowd": 0,
-        })
+        anns.append(
+            {
+                "id": first_ann_id + len(anns),
+                "image_id": image_id,
+                "category_id": int(_pick(rng, cats)),
+                "segmentation": seg,
+                "area": float(mask_utils.area(rle)),
+                "bbox": [round(float(v), 2) for v in mask_utils.toBbox(rle)],
+                "iscrowd": 0,
+            }
+        )
     img = img * (1 + 0.03 * rng.standard_normal((H, W, 1), dtype=np.float32))
     return (np.clip(img, 0, 1) * 255).astype(np.uint8), anns
 
@@ -736,8 +1050,11 @@ def _save(arr: np.ndarray, path: Path, **kw) -> None:
 # weights and the leakage check read pixels): level 1 saves in a fifth of level 6's time, which
 # was half of the data generation; the demo set's PNGs grow from 76 to 81 MiB (all 1146 images
 # checked pixel-equal to level 6's).
-_IMAGE_KW = {"png": {"compress_level": 1}, "jpg": {"quality": 95},
-             "webp": {"quality": 95, "method": 4}}
+_IMAGE_KW = {
+    "png": {"compress_level": 1},
+    "jpg": {"quality": 95},
+    "webp": {"quality": 95, "method": 4},
+}
 
 
 def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
@@ -746,23 +1063,35 @@ def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
 
 
 def _write_all(out: Path, preset: Preset, seed: int, progress: bool, prepare_coco: bool) -> None:
-    bar = tqdm(total=preset.total, desc=f"embedded data ({preset.name})", unit="img", disable=not progress)
+    bar = tqdm(
+        total=preset.total, desc=f"embedded data ({preset.name})", unit="img", disable=not progress
+    )
     H, W = preset.frame_size()
-    for stream, (split, n, cities) in enumerate((("train", preset.n_train, TRAIN_CITIES), ("val", preset.n_val, VAL_CITIES))):
+    for stream, (split, n, cities) in enumerate(
+        (("train", preset.n_train, TRAIN_CITIES), ("val", preset.n_val, VAL_CITIES))
+    ):
         for i in range(n):
             city = cities[i % len(cities)]
             stem = f"{city}_{i // len(cities):06d}_{19 + 20 * (i % 7):06d}"
             image, labels = cityscapes_frame(_rng(seed, stream, i), H, W)
-            _save(image, out / "cityscapes" / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", **_IMAGE_KW["png"])
+            _save(
+                image,
+                out / "cityscapes" / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
+                **_IMAGE_KW["png"],
+            )
             labels_dir = out / "cityscapes" / "gtFine" / split / city
             _save(labels, labels_dir / f"{stem}_gtFine_labelTrainIds.png", **_IMAGE_KW["png"])
             bar.update()
     for k, (folder, n) in enumerate(preset.benchmark_frames):
         ext = BENCHMARKS[folder].image_ext
         H, W = preset.frame_size(folder)
-        empty = int(_rng(seed, 10 + k, 10**6).integers(n))  # one frame without anomalies: loaders skip it
+        empty = int(
+            _rng(seed, 10 + k, 10**6).integers(n)
+        )  # one frame without anomalies: loaders skip it
         for i in range(n):
-            image, mask = benchmark_frame(_rng(seed, 10 + k, i), folder, H, W, with_anomaly=i != empty)
+            image, mask = benchmark_frame(
+                _rng(seed, 10 + k, i), folder, H, W, with_anomaly=i != empty
+            )
             root = out / "Validation_Dataset" / folder
             _save(image, root / "images" / f"{i}.{ext}", **_IMAGE_KW[ext])
             _save(mask, root / "labels_masks" / f"{i}.png", **_IMAGE_KW["png"])
@@ -782,23 +1111,34 @@ def _write_all(out: Path, preset: Preset, seed: int, progress: bool, prepare_coc
         bar.update()
     bar.close()
     instances = {
-        "info": {"description": "anomalyseg embedded COCO-layout objects (procedural, not COCO images)",
-                 "version": f"embedded-{GENERATOR_VERSION}", "year": 2017},
+        "info": {
+            "description": "anomalyseg embedded COCO-layout objects (procedural, not COCO images)",
+            "version": f"embedded-{GENERATOR_VERSION}",
+            "year": 2017,
+        },
         "licenses": [{"id": 0, "name": "MIT (generated)", "url": ""}],
-        "images": images, "annotations": annotations,
+        "images": images,
+        "annotations": annotations,
         "categories": [{"id": c, "name": n, "supercategory": s} for c, n, s in COCO_CATEGORIES],
     }
     (coco / "annotations").mkdir()
-    (coco / "annotations" / "instances_train2017.json").write_text(json.dumps(instances, sort_keys=True, separators=(",", ":")))
+    (coco / "annotations" / "instances_train2017.json").write_text(
+        json.dumps(instances, sort_keys=True, separators=(",", ":"))
+    )
     if prepare_coco:
         from .coco import prepare_coco_ood
 
-        prepare_coco_ood(coco, split="train", year=2017, max_images=preset.n_coco, seed=seed, progress=progress)
+        prepare_coco_ood(
+            coco, split="train", year=2017, max_images=preset.n_coco, seed=seed, progress=progress
+        )
 
 
 def _check_args(preset: str, seed: int) -> Preset:
     if preset not in PRESETS:
-        raise ValueError(f"Unknown embedded-data preset {preset!r}; expected one of {sorted(PRESETS)} (see anomalyseg.data.synthetic.PRESETS).")
+        raise ValueError(
+            f"Unknown embedded-data preset {preset!r}; expected one of {sorted(PRESETS)} (see "
+            "anomalyseg.data.synthetic.PRESETS)."
+        )
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"The embedded-data seed must be a non-negative integer, got {seed!r}.")
     return PRESETS[preset]
@@ -810,10 +1150,20 @@ def _read_marker(root: Path) -> dict | None:
     except FileNotFoundError:
         return None
     except json.JSONDecodeError as e:
-        raise ValueError(f"The marker {root / MARKER} is not valid JSON ({e}); delete {root} and generate it again.") from e
+        raise ValueError(
+            f"The marker {root / MARKER} is not valid JSON ({e}); delete {root} and generate it "
+            "again."
+        ) from e
 
 
-def make_data(out: str | Path, preset: str = "tiny", seed: int = 0, *, progress: bool = True, prepare_coco: bool = True) -> Path:
+def make_data(
+    out: str | Path,
+    preset: str = "tiny",
+    seed: int = 0,
+    *,
+    progress: bool = True,
+    prepare_coco: bool = True,
+) -> Path:
     """Generate the embedded data set into ``out`` and return ``out``.
 
     Everything is written into a temporary sibling folder that is renamed to ``out`` at the end, so
@@ -824,20 +1174,27 @@ def make_data(out: str | Path, preset: str = "tiny", seed: int = 0, *, progress:
     spec, out = _check_args(preset, seed), Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and _read_marker(out) is None)):
         raise FileExistsError(
-            f"{out} already exists and is not an embedded data set (no {MARKER} inside). make_data writes a "
-            "whole folder; pass a new or empty folder, or one made by make_data earlier, which it replaces."
+            f"{out} already exists and is not an embedded data set (no {MARKER} inside). make_data "
+            "writes a whole folder; pass a new or empty folder, or one made by make_data earlier, "
+            "which it replaces."
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(out)
-    # The pid in the name tells a later run whether the writer is still alive (SIGKILL runs no cleanup).
+    # The pid in the name tells a later run whether the writer is still alive (SIGKILL runs no
+    # cleanup).
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would become the data set's own mode
     try:
         _write_all(tmp, spec, int(seed), progress, prepare_coco)
-        marker = {"generator": "anomalyseg.data.synthetic", "version": GENERATOR_VERSION, "seed": int(seed),
-                  "preset": asdict(spec), "coco_prepared": prepare_coco}
+        marker = {
+            "generator": "anomalyseg.data.synthetic",
+            "version": GENERATOR_VERSION,
+            "seed": int(seed),
+            "preset": asdict(spec),
+            "coco_prepared": prepare_coco,
+        }
         (tmp / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True))
         if out.exists():
             shutil.rmtree(out)
@@ -853,8 +1210,12 @@ def _remove_stale_partials(out: Path) -> None:
     ``out`` whose process is gone (killed before its own cleanup could run); folders named without
     a pid come from an older version and are removed too."""
     for folder in out.parent.glob(f".{out.name}.partial-*"):
-        pid = folder.name[len(f".{out.name}.partial-"):].split("-", 1)[0]
-        if pid.isdigit() and "-" in folder.name[len(f".{out.name}.partial-"):] and _alive(int(pid)):
+        pid = folder.name[len(f".{out.name}.partial-") :].split("-", 1)[0]
+        if (
+            pid.isdigit()
+            and "-" in folder.name[len(f".{out.name}.partial-") :]
+            and _alive(int(pid))
+        ):
             continue
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -869,7 +1230,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def ensure_data(root: str | Path, preset: str = "demo", seed: int = 0, *, progress: bool = True) -> Path:
+def ensure_data(
+    root: str | Path, preset: str = "demo", seed: int = 0, *, progress: bool = True
+) -> Path:
     """Return ``root`` holding the embedded data set of ``preset`` and ``seed``, generating it only
     when ``root`` does not exist yet (or is empty). A data set of another preset, seed or generator
     version at ``root`` is an error rather than silently used or replaced."""
@@ -877,12 +1240,18 @@ def ensure_data(root: str | Path, preset: str = "demo", seed: int = 0, *, progre
     marker = _read_marker(root) if root.is_dir() else None
     if marker is None:
         return make_data(root, preset, seed, progress=progress)
-    found = (marker.get("preset", {}).get("name"), marker.get("seed"), marker.get("version"), marker.get("coco_prepared", True))
+    found = (
+        marker.get("preset", {}).get("name"),
+        marker.get("seed"),
+        marker.get("version"),
+        marker.get("coco_prepared", True),
+    )
     if found != (spec.name, int(seed), GENERATOR_VERSION, True):
         raise ValueError(
-            f"{root} holds the embedded data set preset={found[0]!r}, seed={found[1]}, generator version {found[2]}"
-            f"{'' if found[3] else ' without prepared COCO objects'}; asked for preset={spec.name!r}, seed={seed}, "
-            f"version {GENERATOR_VERSION}. Use another folder, or replace it with "
-            f"anomalyseg.data.synthetic.make_data({str(root)!r}, preset={spec.name!r}, seed={seed})."
+            f"{root} holds the embedded data set preset={found[0]!r}, seed={found[1]}, generator "
+            f"version {found[2]}{'' if found[3] else ' without prepared COCO objects'}; asked for "
+            f"preset={spec.name!r}, seed={seed}, version {GENERATOR_VERSION}. Use another folder, "
+            f"or replace it with anomalyseg.data.synthetic.make_data({str(root)!r}, "
+            f"preset={spec.name!r}, seed={seed})."
         )
     return root

@@ -45,7 +45,10 @@ def _check_size(value: Any, setting: str) -> tuple[int, int]:
         h, w = (int(v) for v in value)
         assert h > 0 and w > 0
     except Exception:
-        raise ValueError(f"{setting}={value!r}: expected a pair of positive integers (height, width), e.g. (512, 1024).") from None
+        raise ValueError(
+            f"{setting}={value!r}: expected a pair of positive integers (height, width), e.g. "
+            "(512, 1024)."
+        ) from None
     return h, w
 
 
@@ -71,17 +74,24 @@ def train_transforms(
         assert 0 < lo <= hi
     except Exception:
         raise ValueError(
-            f"scale_range={scale_range!r}: expected (min, max) resize factors with 0 < min <= max, e.g. (0.5, 2.0)."
+            f"scale_range={scale_range!r}: expected (min, max) resize factors with 0 < min <= max, "
+            "e.g. (0.5, 2.0)."
         ) from None
     steps: list[v2.Transform] = []
     if (lo, hi) != (1.0, 1.0) or base_size is not None:
         steps.append(RandomScale((lo, hi), base_size))
-    steps.append(v2.RandomCrop(crop_size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}))
+    steps.append(
+        v2.RandomCrop(
+            crop_size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}
+        )
+    )
     if hflip:
         steps.append(v2.RandomHorizontalFlip(p=0.5))
     if color_jitter:
         # Strengths of mmseg's PhotoMetricDistortion, used by upstream EoMT (hue 18 degrees).
-        steps.append(v2.ColorJitter(brightness=32 / 255, contrast=0.5, saturation=0.5, hue=18 / 360))
+        steps.append(
+            v2.ColorJitter(brightness=32 / 255, contrast=0.5, saturation=0.5, hue=18 / 360)
+        )
     return v2.Compose(steps)
 
 

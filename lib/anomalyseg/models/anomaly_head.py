@@ -55,7 +55,10 @@ def pixel_statistics(class_map: torch.Tensor, eps: float = ENTROPY_EPS) -> torch
     MLP. The clamp at ``eps`` keeps ``log 0`` out of the entropy (``0 log 0`` counts as 0).
     """
     if class_map.ndim != 4:
-        raise ValueError(f"pixel_statistics expects a class map [B, C, H, W], got shape {tuple(class_map.shape)}.")
+        raise ValueError(
+            "pixel_statistics expects a class map [B, C, H, W], got shape "
+            f"{tuple(class_map.shape)}."
+        )
     L = class_map.float()
     top = L.amax(dim=1, keepdim=True)
     entropy = -(L * L.clamp_min(eps).log()).sum(dim=1, keepdim=True)
@@ -88,7 +91,9 @@ class StatsAnomalyHead(nn.Module):
     def config(self) -> dict:
         return {"variant": self.variant}
 
-    def forward(self, class_map: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, class_map: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self.mlp(pixel_statistics(class_map))
 
 
@@ -108,7 +113,10 @@ class HybridAnomalyHead(nn.Module):
     def __init__(self, feature_dim: int, dropout: float = 0.1):
         super().__init__()
         if int(feature_dim) < 1:
-            raise ValueError(f"HybridAnomalyHead: feature_dim is the backbone's hidden size D and must be >= 1, got {feature_dim}.")
+            raise ValueError(
+                "HybridAnomalyHead: feature_dim is the backbone's hidden size D and must be >= 1, "
+                f"got {feature_dim}."
+            )
         self.feature_dim = int(feature_dim)
         self.project = nn.Conv2d(self.feature_dim, PROJECTED_FEATURES, 1)
         self.mlp = _mlp(NUM_STATISTICS + PROJECTED_FEATURES, dropout)
@@ -116,32 +124,49 @@ class HybridAnomalyHead(nn.Module):
     def config(self) -> dict:
         return {"variant": self.variant, "feature_dim": self.feature_dim}
 
-    def forward(self, class_map: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, class_map: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if features is None:
             raise ValueError(
-                "HybridAnomalyHead needs the backbone's patch features [B, D, g, g] besides the class map; "
-                "run EoMT with keep_features=True (HeadSegmenter does so for a hybrid head)."
+                "HybridAnomalyHead needs the backbone's patch features [B, D, g, g] besides the "
+                "class map; run EoMT with keep_features=True (HeadSegmenter does so for a hybrid "
+                "head)."
             )
-        if features.ndim != 4 or features.shape[0] != class_map.shape[0] or features.shape[1] != self.feature_dim:
+        if (
+            features.ndim != 4
+            or features.shape[0] != class_map.shape[0]
+            or features.shape[1] != self.feature_dim
+        ):
             raise ValueError(
-                f"HybridAnomalyHead(feature_dim={self.feature_dim}) expects features [B, {self.feature_dim}, g, g] with "
-                f"B = {class_map.shape[0]} (the class map's batch), got {tuple(features.shape)}. A head trained on one "
-                "backbone does not fit another of a different width."
+                f"HybridAnomalyHead(feature_dim={self.feature_dim}) expects features [B, "
+                f"{self.feature_dim}, g, g] with B = {class_map.shape[0]} (the class map's batch), "
+                f"got {tuple(features.shape)}. A head trained on one backbone does not fit another "
+                "of a different width."
             )
         projected = self.project(features.to(self.project.weight.dtype))
-        projected = F.interpolate(projected, size=class_map.shape[-2:], mode="bilinear", align_corners=False)
+        projected = F.interpolate(
+            projected, size=class_map.shape[-2:], mode="bilinear", align_corners=False
+        )
         return self.mlp(torch.cat([pixel_statistics(class_map), projected], dim=1))
 
 
-def build_anomaly_head(variant: str, feature_dim: int | None = None, dropout: float = 0.1) -> nn.Module:
+def build_anomaly_head(
+    variant: str, feature_dim: int | None = None, dropout: float = 0.1
+) -> nn.Module:
     """``"stats"`` -> ``StatsAnomalyHead()``, ``"hybrid"`` -> ``HybridAnomalyHead(feature_dim)``."""
     if variant == "stats":
         return StatsAnomalyHead(dropout)
     if variant == "hybrid":
         if feature_dim is None:
-            raise ValueError("build_anomaly_head('hybrid') needs feature_dim, the backbone's hidden size (EoMT config.hidden_size).")
+            raise ValueError(
+                "build_anomaly_head('hybrid') needs feature_dim, the backbone's hidden size (EoMT "
+                "config.hidden_size)."
+            )
         return HybridAnomalyHead(feature_dim, dropout)
-    raise ValueError(f"Unknown anomaly head variant {variant!r}; expected one of {list(VARIANT_SCORES)}.")
+    raise ValueError(
+        f"Unknown anomaly head variant {variant!r}; expected one of {list(VARIANT_SCORES)}."
+    )
 
 
 # ----------------------------------------------------------------------------- weights
@@ -171,9 +196,13 @@ def _metadata(path: Path) -> dict:
 
 
 def load_anomaly_head(
-    path: str | Path, variant: str | None = None, feature_dim: int | None = None, device: str | torch.device = "cpu"
+    path: str | Path,
+    variant: str | None = None,
+    feature_dim: int | None = None,
+    device: str | torch.device = "cpu",
 ) -> nn.Module:
-    """Build the head saved at ``path`` (by ``save_anomaly_head``) and load its weights, in eval mode.
+    """Build the head saved at ``path`` (by ``save_anomaly_head``) and load its weights, in eval
+    mode.
 
     The variant and feature width come from the file's metadata; ``variant`` / ``feature_dim``
     are needed only for a bare safetensors file without it, and must agree with it otherwise.
@@ -186,16 +215,22 @@ def load_anomaly_head(
     for key, given in (("variant", variant), ("feature_dim", feature_dim)):
         if given is not None and key in config and config[key] != given:
             raise CheckpointError(
-                f"anomaly head {str(path)!r} was saved as {key}={config[key]!r}, but {key}={given!r} was asked for. "
-                "Leave the argument out to use the file's own, or pass the file of the head you mean."
+                f"anomaly head {str(path)!r} was saved as {key}={config[key]!r}, but "
+                f"{key}={given!r} was asked for. Leave the argument out to use the file's own, or "
+                "pass the file of the head you mean."
             )
     variant = config.get("variant", variant)
     if variant is None:
         raise CheckpointError(
-            f"{str(path)!r} carries no anomaly-head metadata (not written by save_anomaly_head); pass "
-            "variant='stats' or variant='hybrid' (and feature_dim for a hybrid head)."
+            f"{str(path)!r} carries no anomaly-head metadata (not written by save_anomaly_head); "
+            "pass variant='stats' or variant='hybrid' (and feature_dim for a hybrid head)."
         )
-    if variant == "hybrid" and feature_dim is None and "feature_dim" not in config and "project.weight" in state:
+    if (
+        variant == "hybrid"
+        and feature_dim is None
+        and "feature_dim" not in config
+        and "project.weight" in state
+    ):
         feature_dim = int(state["project.weight"].shape[1])
     head = build_anomaly_head(variant, config.get("feature_dim", feature_dim))
     try:
@@ -203,7 +238,8 @@ def load_anomaly_head(
     except CheckpointError as e:
         raise CheckpointError(
             f"{e} For an anomaly head: the file must hold the weights of a {type(head).__name__} "
-            f"({sorted(head.state_dict())[:4]}...), as save_anomaly_head / train_anomaly_head write them."
+            f"({sorted(head.state_dict())[:4]}...), as save_anomaly_head / train_anomaly_head "
+            "write them."
         ) from None
     return head.to(device).eval()
 
@@ -232,11 +268,14 @@ class HeadSegmenter:
 
     supports_class_temperature = True
 
-    def __init__(self, eomt_segmenter: EomtSegmenter, heads: Mapping[str, nn.Module], output: str = "logit"):
+    def __init__(
+        self, eomt_segmenter: EomtSegmenter, heads: Mapping[str, nn.Module], output: str = "logit"
+    ):
         if not isinstance(eomt_segmenter, EomtSegmenter):
             raise TypeError(
-                f"HeadSegmenter wraps an EomtSegmenter (anomalyseg.models.eomt), got {type(eomt_segmenter).__name__}; "
-                "the heads read EoMT's fused class map and patch features."
+                "HeadSegmenter wraps an EomtSegmenter (anomalyseg.models.eomt), got "
+                f"{type(eomt_segmenter).__name__}; the heads read EoMT's fused class map and patch "
+                "features."
             )
         if not heads:
             raise ValueError("HeadSegmenter needs at least one head: {'anomaly_head': head, ...}.")
@@ -244,10 +283,14 @@ class HeadSegmenter:
             raise ValueError(f"HeadSegmenter output={output!r}; expected 'logit' or 'sigmoid'.")
         hidden = eomt_segmenter.model.config.hidden_size
         for name, head in heads.items():
-            if getattr(head, "needs_features", False) and getattr(head, "feature_dim", hidden) != hidden:
+            if (
+                getattr(head, "needs_features", False)
+                and getattr(head, "feature_dim", hidden) != hidden
+            ):
                 raise ValueError(
-                    f"head {name!r} reads {head.feature_dim}-dimensional features, but this EoMT's patch features have "
-                    f"{hidden} (config.hidden_size): it was trained on another backbone."
+                    f"head {name!r} reads {head.feature_dim}-dimensional features, but this EoMT's "
+                    f"patch features have {hidden} (config.hidden_size): it was trained on another "
+                    "backbone."
                 )
         self.base = eomt_segmenter
         self.heads = {name: head.to(eomt_segmenter.device).eval() for name, head in heads.items()}
@@ -272,11 +315,16 @@ class HeadSegmenter:
 
     @torch.no_grad()
     def raw_outputs(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """EoMT's per-window raw outputs of a uint8 frame ``[3, H, W]`` (with ``features`` when a head needs them)."""
+        """EoMT's per-window raw outputs of a uint8 frame ``[3, H, W]`` (with ``features`` when a
+        head needs them)."""
         return self._forward.raw_outputs(image)
 
-    def class_map(self, raw: dict[str, torch.Tensor], size: tuple[int, int] | None = None,
-                  class_temperature: float = 1.0) -> torch.Tensor:
+    def class_map(
+        self,
+        raw: dict[str, torch.Tensor],
+        size: tuple[int, int] | None = None,
+        class_temperature: float = 1.0,
+    ) -> torch.Tensor:
         """EoMT's class map ``[C, H, W]``."""
         return self.base.class_map(raw, size, class_temperature)
 
@@ -290,19 +338,28 @@ class HeadSegmenter:
         head, s = self.heads[name], self.window_size
         if head.needs_features and "features" not in raw:
             raise KeyError(
-                f"head {name!r} needs patch features, but these raw outputs have none (keys {sorted(raw)}): they were "
-                "computed without keep_features, e.g. cached by a plain EomtSegmenter. Use HeadSegmenter.raw_outputs."
+                f"head {name!r} needs patch features, but these raw outputs have none (keys "
+                f"{sorted(raw)}): they were computed without keep_features, e.g. cached by a plain "
+                "EomtSegmenter. Use HeadSegmenter.raw_outputs."
             )
         out = []
-        for i in range(raw["mask_logits"].shape[0]):  # one window at a time bounds memory, as class_map does
-            masks = F.interpolate(raw["mask_logits"][i : i + 1].to(self.device).float(), size=(s, s), mode="bilinear")
+        for i in range(
+            raw["mask_logits"].shape[0]
+        ):  # one window at a time bounds memory, as class_map does
+            masks = F.interpolate(
+                raw["mask_logits"][i : i + 1].to(self.device).float(), size=(s, s), mode="bilinear"
+            )
             class_map = per_pixel_logits(masks, raw["class_logits"][i : i + 1].to(self.device))
-            features = raw["features"][i : i + 1].to(self.device).float() if head.needs_features else None
+            features = (
+                raw["features"][i : i + 1].to(self.device).float() if head.needs_features else None
+            )
             out.append(head(class_map, features))
         return torch.cat(out)
 
     @torch.no_grad()
-    def extra_scores(self, raw: dict[str, torch.Tensor], size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+    def extra_scores(
+        self, raw: dict[str, torch.Tensor], size: tuple[int, int] | None = None
+    ) -> dict[str, torch.Tensor]:
         """``{name: [H, W]}`` float32 on the CPU for every head (higher = more anomalous)."""
         size = tuple(raw["frame_size"].tolist()) if size is None else tuple(size)
         offsets, resized = raw["offsets"], tuple(raw["resized_size"].tolist())

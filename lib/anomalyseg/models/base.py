@@ -38,13 +38,17 @@ class Segmenter(Protocol):
         """Per-pixel class map ``[num_channels, H, W]`` (float32) at ``size``."""
         ...
 
-    def extra_scores(self, raw: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """Learned anomaly scores ``{name: [H, W]}`` at ``size`` (higher = more anomalous); may be empty."""
+    def extra_scores(
+        self, raw: dict[str, torch.Tensor], size: tuple[int, int]
+    ) -> dict[str, torch.Tensor]:
+        """Learned anomaly scores ``{name: [H, W]}`` at ``size`` (higher = more anomalous); may be
+        empty."""
         ...
 
 
 def resize_map(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of ``[C, H, W]`` or ``[B, C, H, W]`` to ``size``; a no-op when it already fits."""
+    """Bilinear resize of ``[C, H, W]`` or ``[B, C, H, W]`` to ``size``; a no-op when it already
+    fits."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     squeeze = x.ndim == 3

@@ -40,8 +40,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
-            f"checkpoint {str(path)!r} does not exist (or is not a file). Expected a .pth/.pt/.ckpt "
-            "file written by torch.save or a .safetensors file; check the path or download the weights first."
+            f"checkpoint {str(path)!r} does not exist (or is not a file). Expected a "
+            ".pth/.pt/.ckpt file written by torch.save or a .safetensors file; check the path or "
+            "download the weights first."
         )
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
@@ -50,30 +51,34 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"checkpoint {str(path)!r} is not a readable safetensors file: {e}") from e
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is not a readable safetensors file: {e}"
+            ) from e
     with open(path, "rb") as f:
         head = f.read(4)
     # torch.save writes a zip archive (torch >= 1.6) or, in the legacy format, a pickle
     # (protocol marker 0x80); anything else is another kind of file, not a refused checkpoint.
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is not a file written by torch.save (it starts with {head!r}; a torch.save file "
-            "is a zip archive or a pickle). Expected ERFNet/EoMT weights (.pth/.pt/.ckpt) or a .safetensors file; "
-            "a download that saved an HTML error page or a text file looks like this."
+            f"checkpoint {str(path)!r} is not a file written by torch.save (it starts with "
+            f"{head!r}; a torch.save file is a zip archive or a pickle). Expected ERFNet/EoMT "
+            "weights (.pth/.pt/.ckpt) or a .safetensors file; a download that saved an HTML error "
+            "page or a text file looks like this."
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only" not in str(e).lower():
             raise CheckpointError(
-                f"checkpoint {str(path)!r} could not be read by torch.load ({str(e).splitlines()[0]}). "
-                "Expected a file written by torch.save; it may be truncated or in another format."
+                f"checkpoint {str(path)!r} could not be read by torch.load "
+                f"({str(e).splitlines()[0]}). Expected a file written by torch.save; it may be "
+                "truncated or in another format."
             ) from e
         raise CheckpointError(
-            f"checkpoint {str(path)!r} was refused by torch.load(weights_only=True): it contains pickled "
-            "objects other than tensors and plain containers, and unpickling them could run arbitrary code. "
-            "Re-save only the weights (torch.save(model.state_dict(), ...)) or convert it to safetensors. "
-            f"Detail: {str(e).splitlines()[0]}"
+            f"checkpoint {str(path)!r} was refused by torch.load(weights_only=True): it contains "
+            "pickled objects other than tensors and plain containers, and unpickling them could "
+            "run arbitrary code. Re-save only the weights (torch.save(model.state_dict(), ...)) "
+            f"or convert it to safetensors. Detail: {str(e).splitlines()[0]}"
         ) from e
     except Exception as e:  # torch raises several types for truncated or foreign files
         raise CheckpointError(
@@ -96,8 +101,8 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is not a state dict: {len(bad)} entries are not "
-            f"name -> tensor pairs (e.g. {bad[:3]}). Expected a mapping {{parameter name: tensor}}, "
+            f"checkpoint {str(path)!r} is not a state dict: {len(bad)} entries are not name -> "
+            f"tensor pairs (e.g. {bad[:3]}). Expected a mapping {{parameter name: tensor}}, "
             "possibly wrapped under 'state_dict' or 'model'."
         )
     return dict(obj)
@@ -110,7 +115,9 @@ class LoadReport:
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # in the model, absent from the checkpoint
     unexpected: list[str] = field(default_factory=list)  # in the checkpoint, absent from the model
-    shape_mismatch: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)  # (key, ckpt, model)
+    shape_mismatch: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(
+        default_factory=list
+    )  # (key, ckpt, model)
     dropped: list[str] = field(default_factory=list)  # checkpoint keys that key_map mapped to None
 
     @property
@@ -126,7 +133,9 @@ class LoadReport:
         if self.unexpected:
             lines.append(f"not in model: {len(self.unexpected)} ({_few(self.unexpected)})")
         if self.shape_mismatch:
-            shapes = [f"{k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in self.shape_mismatch]
+            shapes = [
+                f"{k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in self.shape_mismatch
+            ]
             lines.append(f"shape mismatch: {len(shapes)} ({_few(shapes)})")
         return "; ".join(lines)
 
@@ -163,7 +172,11 @@ def fit_state_dict(
             for prefix in strip_prefixes:
                 if prefix and name.startswith(prefix):
                     name, stripped = name[len(prefix) :], True
-        if name not in expected and name.startswith(_LIGHTNING_PREFIX) and name[len(_LIGHTNING_PREFIX) :] in expected:
+        if (
+            name not in expected
+            and name.startswith(_LIGHTNING_PREFIX)
+            and name[len(_LIGHTNING_PREFIX) :] in expected
+        ):
             name = name[len(_LIGHTNING_PREFIX) :]
         if key_map is not None:
             mapped = key_map(name)
@@ -188,11 +201,10 @@ def fit_state_dict(
     if strict and not report.ok:
         where = f"checkpoint {str(source)!r}" if source is not None else "the checkpoint"
         raise CheckpointError(
-            f"{where} does not fit {type(model).__name__} and was not loaded: {report}. "
-            "This usually means it was trained for another architecture or another number of classes "
+            f"{where} does not fit {type(model).__name__} and was not loaded: {report}. This "
+            "usually means it was trained for another architecture or another number of classes "
             "(compare the shapes above), or that its key names need a key_map / strip_prefixes. "
             "Pass strict=False to load only the matching tensors."
         )
     model.load_state_dict(fitted, strict=False)
     return report
-

@@ -1,4 +1,5 @@
-"""EoMT (Kerssies et al., CVPR 2025) through transformers: loading, per-pixel logits, windowed inference.
+"""EoMT (Kerssies et al., CVPR 2025) through transformers: loading, per-pixel logits, windowed
+inference.
 
 The network is transformers' ``EomtForUniversalSegmentation``; nothing of it is re-implemented
 here. This module adds what the evaluation needs around it:
@@ -86,13 +87,31 @@ UPSTREAM_KEY_MAP: tuple[tuple[str, str | None], ...] = (
     (r"network\.encoder\.backbone\.cls_token", "embeddings.cls_token"),
     (r"network\.encoder\.backbone\.reg_token", "embeddings.register_tokens"),
     (r"network\.encoder\.backbone\.pos_embed", "embeddings.position_embeddings.weight"),
-    (r"network\.encoder\.backbone\.patch_embed\.proj\.(weight|bias)", r"embeddings.patch_embeddings.projection.\1"),
-    (r"network\.encoder\.backbone\.blocks\.(\d+)\.norm([12])\.(weight|bias)", r"layers.\1.norm\2.\3"),
+    (
+        r"network\.encoder\.backbone\.patch_embed\.proj\.(weight|bias)",
+        r"embeddings.patch_embeddings.projection.\1",
+    ),
+    (
+        r"network\.encoder\.backbone\.blocks\.(\d+)\.norm([12])\.(weight|bias)",
+        r"layers.\1.norm\2.\3",
+    ),
     # the fused qkv projection is split into q/k/v before renaming (see _split_qkv)
-    (r"network\.encoder\.backbone\.blocks\.(\d+)\.attn\.([qkv])\.(weight|bias)", r"layers.\1.attention.\2_proj.\3"),
-    (r"network\.encoder\.backbone\.blocks\.(\d+)\.attn\.proj\.(weight|bias)", r"layers.\1.attention.out_proj.\2"),
-    (r"network\.encoder\.backbone\.blocks\.(\d+)\.ls([12])\.gamma", r"layers.\1.layer_scale\2.lambda1"),
-    (r"network\.encoder\.backbone\.blocks\.(\d+)\.mlp\.(fc[12])\.(weight|bias)", r"layers.\1.mlp.\2.\3"),
+    (
+        r"network\.encoder\.backbone\.blocks\.(\d+)\.attn\.([qkv])\.(weight|bias)",
+        r"layers.\1.attention.\2_proj.\3",
+    ),
+    (
+        r"network\.encoder\.backbone\.blocks\.(\d+)\.attn\.proj\.(weight|bias)",
+        r"layers.\1.attention.out_proj.\2",
+    ),
+    (
+        r"network\.encoder\.backbone\.blocks\.(\d+)\.ls([12])\.gamma",
+        r"layers.\1.layer_scale\2.lambda1",
+    ),
+    (
+        r"network\.encoder\.backbone\.blocks\.(\d+)\.mlp\.(fc[12])\.(weight|bias)",
+        r"layers.\1.mlp.\2.\3",
+    ),
     (r"network\.encoder\.backbone\.norm\.(weight|bias)", r"layernorm.\1"),
     (r"network\.q\.weight", "query.weight"),
     (r"network\.class_head\.(weight|bias)", r"class_predictor.\1"),
@@ -103,7 +122,8 @@ UPSTREAM_KEY_MAP: tuple[tuple[str, str | None], ...] = (
     (r"network\.upscale\.(\d+)\.norm\.(weight|bias)", r"upscale_block.block.\1.layernorm2d.\2"),
     (r"network\.attn_mask_probs", "attn_mask_probs"),
     (r"criterion\.empty_weight", "criterion.empty_weight"),
-    # upstream normalises inside the network; here preprocessing does (checked in _check_pixel_stats)
+    # upstream normalises inside the network; here preprocessing does (checked in
+    # _check_pixel_stats)
     (r"network\.encoder\.pixel_(mean|std)", None),
 )
 _UPSTREAM_RULES = [(re.compile(pattern + r"$"), repl) for pattern, repl in UPSTREAM_KEY_MAP]
@@ -141,12 +161,18 @@ def _split_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _check_pixel_stats(state: dict[str, torch.Tensor], source) -> None:
-    for key, expected in (("network.encoder.pixel_mean", IMAGENET_DEFAULT_MEAN), ("network.encoder.pixel_std", IMAGENET_DEFAULT_STD)):
-        if key in state and not torch.allclose(state[key].flatten().float(), torch.tensor(expected), atol=1e-4):
+    for key, expected in (
+        ("network.encoder.pixel_mean", IMAGENET_DEFAULT_MEAN),
+        ("network.encoder.pixel_std", IMAGENET_DEFAULT_STD),
+    ):
+        if key in state and not torch.allclose(
+            state[key].flatten().float(), torch.tensor(expected), atol=1e-4
+        ):
             raise CheckpointError(
-                f"checkpoint {str(source)!r} normalises inputs with {key} = {state[key].flatten().tolist()}, but "
-                f"this loader feeds /255 then ImageNet mean/std {list(expected)} as upstream EoMT and transformers "
-                "do; a backbone trained with other statistics would see shifted inputs."
+                f"checkpoint {str(source)!r} normalises inputs with {key} = "
+                f"{state[key].flatten().tolist()}, but this loader feeds /255 then ImageNet "
+                f"mean/std {list(expected)} as upstream EoMT and transformers do; a backbone "
+                "trained with other statistics would see shifted inputs."
             )
 
 
@@ -157,19 +183,27 @@ def config_from_state_dict(state: dict[str, torch.Tensor], **overrides) -> EomtC
     384/768/1024/1536, else width / 64) and, when the checkpoint lacks ``attn_mask_probs``,
     ``num_blocks``; pass them in ``overrides`` when they differ.
     """
-    need = ("embeddings.cls_token", "embeddings.patch_embeddings.projection.weight",
-            "embeddings.position_embeddings.weight", "query.weight", "class_predictor.weight")
+    need = (
+        "embeddings.cls_token",
+        "embeddings.patch_embeddings.projection.weight",
+        "embeddings.position_embeddings.weight",
+        "query.weight",
+        "class_predictor.weight",
+    )
     absent = [k for k in need if k not in state]
     if absent:
         raise CheckpointError(
-            f"cannot infer an EoMT config: the state dict lacks {absent}. Expected an EoMT checkpoint "
-            "(tue-mps/eomt or transformers names); pass config=EomtConfig(...) to build_eomt otherwise."
+            f"cannot infer an EoMT config: the state dict lacks {absent}. Expected an EoMT "
+            "checkpoint (tue-mps/eomt or transformers names); pass config=EomtConfig(...) to "
+            "build_eomt otherwise."
         )
     hidden = state["embeddings.cls_token"].shape[-1]
     patch = state["embeddings.patch_embeddings.projection.weight"].shape[-1]
     grid = math.isqrt(state["embeddings.position_embeddings.weight"].shape[0])
     layers = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k)))
-    upscale = len({m.group(1) for k in state if (m := re.match(r"upscale_block\.block\.(\d+)\.", k))})
+    upscale = len(
+        {m.group(1) for k in state if (m := re.match(r"upscale_block\.block\.(\d+)\.", k))}
+    )
     fc1 = state.get("layers.0.mlp.fc1.weight")
     values = dict(
         hidden_size=hidden,
@@ -179,7 +213,9 @@ def config_from_state_dict(state: dict[str, torch.Tensor], **overrides) -> EomtC
         image_size=grid * patch,
         num_queries=state["query.weight"].shape[0],
         num_labels=state["class_predictor.weight"].shape[0] - 1,
-        num_register_tokens=state["embeddings.register_tokens"].shape[1] if "embeddings.register_tokens" in state else 0,
+        num_register_tokens=state["embeddings.register_tokens"].shape[1]
+        if "embeddings.register_tokens" in state
+        else 0,
         num_upscale_blocks=upscale,
         mlp_ratio=fc1.shape[0] // hidden if fc1 is not None else 4,
     )
@@ -188,14 +224,18 @@ def config_from_state_dict(state: dict[str, torch.Tensor], **overrides) -> EomtC
     values.update(overrides)
     if "num_blocks" not in values:
         raise CheckpointError(
-            "cannot infer num_blocks (how many final ViT blocks also process the queries): the checkpoint has "
-            "no attn_mask_probs. Pass num_blocks=... (upstream EoMT uses 4) or config=EomtConfig(...)."
+            "cannot infer num_blocks (how many final ViT blocks also process the queries): the "
+            "checkpoint has no attn_mask_probs. Pass num_blocks=... (upstream EoMT uses 4) or "
+            "config=EomtConfig(...)."
         )
     return EomtConfig(**values)
 
 
 def load_upstream_state_dict(
-    model: EomtForUniversalSegmentation, state: dict[str, torch.Tensor], strict: bool = True, source=None
+    model: EomtForUniversalSegmentation,
+    state: dict[str, torch.Tensor],
+    strict: bool = True,
+    source=None,
 ) -> LoadReport:
     """Load a tue-mps/eomt state dict (``network.*`` keys) into a transformers EoMT through
     ``UPSTREAM_KEY_MAP``; with ``strict`` anything unmapped, missing or mis-shaped is refused."""
@@ -243,7 +283,8 @@ def build_eomt(
             if not (path / "config.json").is_file():
                 raise FileNotFoundError(
                     f"{path} is a folder without config.json; expected a folder written by "
-                    "model.save_pretrained(...) / export_eomt(...) (config.json + model.safetensors)."
+                    "model.save_pretrained(...) / export_eomt(...) (config.json + "
+                    "model.safetensors)."
                 )
             model = _from_folder(path)
         elif path.suffix in _CHECKPOINT_SUFFIXES or path.exists():
@@ -262,16 +303,18 @@ def _from_folder(path: Path) -> EomtForUniversalSegmentation:
         files = ", ".join(sorted(p.name for p in path.iterdir())) or "nothing"
         raise CheckpointError(
             f"could not load the EoMT save_pretrained folder {str(path)!r} (it holds {files}): "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. A truncated or partly copied "
-            "model.safetensors / config.json looks like this; copy the folder again (or export it again with "
-            "export_eomt / save_pretrained)."
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. A truncated or "
+            "partly copied model.safetensors / config.json looks like this; copy the folder again "
+            "(or export it again with export_eomt / save_pretrained)."
         ) from e
 
 
 def _from_checkpoint_file(path: Path, config: EomtConfig | None, strict: bool, overrides: dict):
     state = load_state_dict_file(path)  # refuses missing files and pickled code
     if is_upstream_state_dict(state):
-        renamed = {upstream_key_map(k): v for k, v in _split_qkv(state).items() if upstream_key_map(k)}
+        renamed = {
+            upstream_key_map(k): v for k, v in _split_qkv(state).items() if upstream_key_map(k)
+        }
     else:
         renamed = {k.removeprefix("model."): v for k, v in state.items()}
     if config is None:
@@ -292,10 +335,11 @@ def _from_hub(repo_id: str, local_files_only: bool | None) -> EomtForUniversalSe
         return EomtForUniversalSegmentation.from_pretrained(repo_id, **kwargs)
     except (OSError, ValueError) as e:
         raise OSError(
-            f"could not load EoMT {repo_id!r}: it is not a local folder or checkpoint file, and the Hugging Face "
-            "hub did not provide it (no network here, or not in the local cache). Download it where there is "
-            f"network (`huggingface-cli download {repo_id} --local-dir <folder>`) and pass that folder, or pass "
-            f"an upstream .ckpt/.bin file. Detail: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            f"could not load EoMT {repo_id!r}: it is not a local folder or checkpoint file, and "
+            "the Hugging Face hub did not provide it (no network here, or not in the local "
+            f"cache). Download it where there is network (`huggingface-cli download {repo_id} "
+            "--local-dir <folder>`) and pass that folder, or pass an upstream .ckpt/.bin file. "
+            f"Detail: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
         ) from e
 
 
@@ -309,18 +353,25 @@ def per_pixel_logits(
     real classes (the no-object column is dropped after the softmax).
     ``mask_logits`` ``[B, Q, H, W]``, ``class_logits`` ``[B, Q, C+1]`` -> ``[B, C, H, W]`` float32.
     """
-    if mask_logits.ndim != 4 or class_logits.ndim != 3 or mask_logits.shape[:2] != class_logits.shape[:2]:
+    if (
+        mask_logits.ndim != 4
+        or class_logits.ndim != 3
+        or mask_logits.shape[:2] != class_logits.shape[:2]
+    ):
         raise ValueError(
-            f"per_pixel_logits expects mask_logits [B, Q, H, W] and class_logits [B, Q, C+1] with the same B and Q, "
-            f"got {tuple(mask_logits.shape)} and {tuple(class_logits.shape)}"
+            "per_pixel_logits expects mask_logits [B, Q, H, W] and class_logits [B, Q, C+1] with "
+            f"the same B and Q, got {tuple(mask_logits.shape)} and {tuple(class_logits.shape)}"
         )
     if class_temperature <= 0:
         raise ValueError(f"class_temperature must be > 0, got {class_temperature}")
     return fuse_masks(mask_logits.float().sigmoid(), class_logits, class_temperature)
 
 
-def fuse_masks(mask_probs: torch.Tensor, class_logits: torch.Tensor, class_temperature: float = 1.0) -> torch.Tensor:
-    """``per_pixel_logits`` from mask probabilities ``[B, Q, H, W]`` (already sigmoid) -> ``[B, C, H, W]``."""
+def fuse_masks(
+    mask_probs: torch.Tensor, class_logits: torch.Tensor, class_temperature: float = 1.0
+) -> torch.Tensor:
+    """``per_pixel_logits`` from mask probabilities ``[B, Q, H, W]`` (already sigmoid) ->
+    ``[B, C, H, W]``."""
     probs = torch.softmax(class_logits.float() / class_temperature, dim=-1)[..., :-1]
     return torch.einsum("bqc,bqhw->bchw", probs, mask_probs)
 
@@ -338,14 +389,21 @@ def window_offsets(resized_size: tuple[int, int], window_size: int) -> list[tupl
     long_side = max(resized_size)
     n = math.ceil(long_side / window_size)
     overlap = (n * window_size - long_side) / (n - 1) if n > 1 else 0
-    return [(int(i * (window_size - overlap)), int(i * (window_size - overlap)) + window_size) for i in range(n)]
+    return [
+        (int(i * (window_size - overlap)), int(i * (window_size - overlap)) + window_size)
+        for i in range(n)
+    ]
 
 
-def _along_long_side(x: torch.Tensor, resized_size: tuple[int, int], start: int, end: int) -> torch.Tensor:
+def _along_long_side(
+    x: torch.Tensor, resized_size: tuple[int, int], start: int, end: int
+) -> torch.Tensor:
     return x[..., start:end, :] if resized_size[0] > resized_size[1] else x[..., :, start:end]
 
 
-def split_windows(image: torch.Tensor, window_size: int, input_resize: str = "pil") -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+def split_windows(
+    image: torch.Tensor, window_size: int, input_resize: str = "pil"
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     """Cut a frame into square windows as upstream EoMT does.
 
     ``image`` uint8 ``[3, H, W]`` -> windows uint8 ``[N, 3, S, S]``, offsets int64 ``[N, 2]``
@@ -364,7 +422,10 @@ def split_windows(image: torch.Tensor, window_size: int, input_resize: str = "pi
 
 
 def stitch_windows(
-    window_maps: torch.Tensor, offsets: torch.Tensor, resized_size: tuple[int, int], size: tuple[int, int]
+    window_maps: torch.Tensor,
+    offsets: torch.Tensor,
+    resized_size: tuple[int, int],
+    size: tuple[int, int],
 ) -> torch.Tensor:
     """Average per-window maps ``[N, C, S, S]`` where windows overlap on the resized frame, then
     resize bilinearly to ``size``: ``[C, *size]`` (upstream's ``revert_window_logits_semantic``)."""
@@ -385,7 +446,9 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255.0 - mean) / std
 
 
-def patch_features(model: EomtForUniversalSegmentation, last_hidden_state: torch.Tensor) -> torch.Tensor:
+def patch_features(
+    model: EomtForUniversalSegmentation, last_hidden_state: torch.Tensor
+) -> torch.Tensor:
     """Final (layer-normed) patch tokens as a map: ``[B, Q + prefix + N, D] -> [B, D, g, g]``."""
     start = model.config.num_queries + model.embeddings.num_prefix_tokens
     tokens = last_hidden_state[:, start:, :]
@@ -402,7 +465,8 @@ class EomtSegmenter:
     map ``[19, H, W]`` from them for any class temperature.
 
     Hooks for learned anomaly scores: with ``keep_features`` the raw outputs also hold the final
-    patch features ``features`` ``[N, D, g, g]`` (float16); with a ``head`` module, ``head(outputs)``
+    patch features ``features`` ``[N, D, g, g]`` (float16); with a ``head`` module,
+    ``head(outputs)``
     is called on the per-window outputs (``mask_logits`` and ``class_logits`` upsampled to the
     window, ``features`` when kept) and must return ``[N, 1, S, S]`` anomaly logits, which are
     stitched like class maps and returned by ``extra_scores`` under ``head_name``.
@@ -429,57 +493,79 @@ class EomtSegmenter:
     ):
         if model.config.num_labels != NUM_CLASSES:
             raise ValueError(
-                f"EomtSegmenter: the model {checkpoint!r} predicts {model.config.num_labels} classes, but the evaluation "
-                f"scores and the mIoU read its class map as the {NUM_CLASSES} Cityscapes train-id classes in order. "
-                "Use a Cityscapes EoMT (e.g. tue-mps/cityscapes_semantic_eomt_large_1024); a model of another label "
-                "set (ADE20K, COCO) would be evaluated on the wrong classes."
+                f"EomtSegmenter: the model {checkpoint!r} predicts {model.config.num_labels} "
+                "classes, but the evaluation scores and the mIoU read its class map as the "
+                f"{NUM_CLASSES} Cityscapes train-id classes in order. Use a Cityscapes EoMT (e.g. "
+                "tue-mps/cityscapes_semantic_eomt_large_1024); a model of another label set "
+                "(ADE20K, COCO) would be evaluated on the wrong classes."
             )
         image_size = model.config.image_size
         window_size = image_size if window_size is None else window_size
         if window_size != image_size:
             raise ValueError(
-                f"window_size={window_size} does not match the model's config.image_size={image_size}: "
-                "transformers' EoMT has fixed position embeddings, so windows must be image_size squares. "
-                "Leave window_size unset or pass the model's image_size."
+                f"window_size={window_size} does not match the model's "
+                f"config.image_size={image_size}: transformers' EoMT has fixed position "
+                "embeddings, so windows must be image_size squares. Leave window_size unset or "
+                "pass the model's image_size."
             )
         self.model = model.to(device).eval()
         if not masked_attention:
-            # Evaluated as upstream evaluates, whoever built the model (transformers' from_pretrained
+            # Evaluated as upstream evaluates, whoever built the model (transformers'
+            # from_pretrained
             # keeps the buffer at ones). Validation during training passes masked_attention=True.
             zero_attn_mask_probs(self.model)
         self.head = head.to(device).eval() if head is not None else None
-        self.checkpoint, self.window_size, self.device, self.name = str(checkpoint), window_size, torch.device(device), name
+        self.checkpoint, self.window_size, self.device, self.name = (
+            str(checkpoint),
+            window_size,
+            torch.device(device),
+            name,
+        )
         self.keep_features, self.head_name = keep_features, head_name
         self.num_channels = model.config.num_labels
-        self.input_resize = input_resize  # "pil" as upstream; the evaluation sets it from its EvalProtocol
+        self.input_resize = (
+            input_resize  # "pil" as upstream; the evaluation sets it from its EvalProtocol
+        )
 
     @property
     def cache_tag(self) -> str:
-        """The settings that change the cached outputs, then what the zoo appends (a weight-file fingerprint)."""
+        """The settings that change the cached outputs, then what the zoo appends (a weight-file
+        fingerprint)."""
         return f"S{self.window_size}|{self.input_resize}" + getattr(self, "_tag_extra", "")
 
     @cache_tag.setter
     def cache_tag(self, value: str) -> None:
-        self._tag_extra = value.split(self.cache_tag, 1)[1] if value.startswith(self.cache_tag) else f"|{value}"
+        self._tag_extra = (
+            value.split(self.cache_tag, 1)[1] if value.startswith(self.cache_tag) else f"|{value}"
+        )
 
     def eval_size(self, frame_size: tuple[int, int]) -> tuple[int, int]:
         """Scores are compared at the frame's own resolution, as upstream evaluates."""
         return tuple(frame_size)
 
     @torch.no_grad()
-    def forward_windows(self, windows: torch.Tensor, keep_features: bool = False) -> dict[str, torch.Tensor]:
+    def forward_windows(
+        self, windows: torch.Tensor, keep_features: bool = False
+    ) -> dict[str, torch.Tensor]:
         """One forward over uint8 windows ``[N, 3, S, S]`` -> ``mask_logits`` ``[N, Q, S/4, S/4]``,
-        ``class_logits`` ``[N, Q, C+1]`` (and ``features`` ``[N, D, g, g]``) on the model's device."""
+        ``class_logits`` ``[N, Q, C+1]`` (and ``features`` ``[N, D, g, g]``) on the model's
+        device."""
         outputs = self.model(pixel_values=normalize(windows.to(self.device)))
-        out = {"mask_logits": outputs.masks_queries_logits, "class_logits": outputs.class_queries_logits}
+        out = {
+            "mask_logits": outputs.masks_queries_logits,
+            "class_logits": outputs.class_queries_logits,
+        }
         if keep_features or self.head is not None:
             out["features"] = patch_features(self.model, outputs.last_hidden_state)
         return out
 
     @torch.no_grad()
     def raw_outputs(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``image`` uint8 ``[3, H, W]`` -> per-window CPU tensors to cache (see the class docstring)."""
-        windows, offsets, resized_size = split_windows(torch.as_tensor(image), self.window_size, self.input_resize)
+        """``image`` uint8 ``[3, H, W]`` -> per-window CPU tensors to cache (see the class
+        docstring)."""
+        windows, offsets, resized_size = split_windows(
+            torch.as_tensor(image), self.window_size, self.input_resize
+        )
         out = self.forward_windows(windows, keep_features=self.keep_features)
         raw = {
             "mask_logits": out["mask_logits"].half().cpu(),
@@ -496,32 +582,54 @@ class EomtSegmenter:
 
     def _window_inputs(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         s = self.window_size
-        return dict(out, mask_logits=F.interpolate(out["mask_logits"].float(), size=(s, s), mode="bilinear"))
+        return dict(
+            out, mask_logits=F.interpolate(out["mask_logits"].float(), size=(s, s), mode="bilinear")
+        )
 
     @torch.no_grad()
     def predict(
-        self, image: torch.Tensor, class_temperature: float = 1.0, size: tuple[int, int] | None = None
+        self,
+        image: torch.Tensor,
+        class_temperature: float = 1.0,
+        size: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """Class map ``[C, H, W]`` of a uint8 frame ``[3, H, W]``, computed on the model's device
         without the float16 cache (training-time validation, notebooks)."""
-        windows, offsets, resized_size = split_windows(torch.as_tensor(image), self.window_size, self.input_resize)
+        windows, offsets, resized_size = split_windows(
+            torch.as_tensor(image), self.window_size, self.input_resize
+        )
         out = self.forward_windows(windows)
-        raw = dict(out, offsets=offsets, resized_size=torch.tensor(resized_size),
-                   frame_size=torch.tensor(image.shape[-2:]))  # fmt: skip
+        raw = dict(
+            out,
+            offsets=offsets,
+            resized_size=torch.tensor(resized_size),
+            frame_size=torch.tensor(image.shape[-2:]),
+        )
         return self.class_map(raw, size, class_temperature)
 
-    def window_class_maps(self, raw: dict[str, torch.Tensor], class_temperature: float = 1.0) -> torch.Tensor:
+    def window_class_maps(
+        self, raw: dict[str, torch.Tensor], class_temperature: float = 1.0
+    ) -> torch.Tensor:
         """Per-window class maps ``[N, C, S, S]``: mask logits upsampled to the window first, then
         ``per_pixel_logits``, as upstream and transformers' post-processing do."""
         s = self.window_size
         maps = [
-            per_pixel_logits(F.interpolate(m[None].float(), size=(s, s), mode="bilinear"), c[None], class_temperature)
-            for m, c in zip(raw["mask_logits"], raw["class_logits"])  # one window at a time bounds memory
+            per_pixel_logits(
+                F.interpolate(m[None].float(), size=(s, s), mode="bilinear"),
+                c[None],
+                class_temperature,
+            )
+            for m, c in zip(
+                raw["mask_logits"], raw["class_logits"]
+            )  # one window at a time bounds memory
         ]
         return torch.cat(maps)
 
     def class_map(
-        self, raw: dict[str, torch.Tensor], size: tuple[int, int] | None = None, class_temperature: float = 1.0
+        self,
+        raw: dict[str, torch.Tensor],
+        size: tuple[int, int] | None = None,
+        class_temperature: float = 1.0,
     ) -> torch.Tensor:
         """Per-pixel class map ``[C, H, W]`` float32 at ``size`` (default: the frame size)."""
         size = tuple(raw["frame_size"].tolist()) if size is None else tuple(size)
@@ -529,21 +637,35 @@ class EomtSegmenter:
         return stitch_windows(maps, raw["offsets"], tuple(raw["resized_size"].tolist()), size)
 
     def class_maps(
-        self, raw: dict[str, torch.Tensor], size: tuple[int, int], class_temperatures: Sequence[float]
+        self,
+        raw: dict[str, torch.Tensor],
+        size: tuple[int, int],
+        class_temperatures: Sequence[float],
     ) -> Iterator[torch.Tensor]:
         """``class_map(raw, size, T)`` for each T in turn, upsampling the masks of the windows
         only once (a class temperature changes the fusion, not the masks)."""
         s = self.window_size
-        masks = [F.interpolate(m[None].float(), size=(s, s), mode="bilinear").sigmoid_() for m in raw["mask_logits"]]
+        masks = [
+            F.interpolate(m[None].float(), size=(s, s), mode="bilinear").sigmoid_()
+            for m in raw["mask_logits"]
+        ]
         for t in class_temperatures:
-            maps = torch.cat([fuse_masks(m, c[None], t) for m, c in zip(masks, raw["class_logits"])])
-            yield stitch_windows(maps, raw["offsets"], tuple(raw["resized_size"].tolist()), tuple(size))
+            maps = torch.cat(
+                [fuse_masks(m, c[None], t) for m, c in zip(masks, raw["class_logits"])]
+            )
+            yield stitch_windows(
+                maps, raw["offsets"], tuple(raw["resized_size"].tolist()), tuple(size)
+            )
 
-    def extra_scores(self, raw: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    def extra_scores(
+        self, raw: dict[str, torch.Tensor], size: tuple[int, int]
+    ) -> dict[str, torch.Tensor]:
         """``{head_name: [H, W]}`` anomaly logits of the head when one is attached, else ``{}``."""
         if "head_logits" not in raw:
             return {}
-        stitched = stitch_windows(raw["head_logits"], raw["offsets"], tuple(raw["resized_size"].tolist()), tuple(size))
+        stitched = stitch_windows(
+            raw["head_logits"], raw["offsets"], tuple(raw["resized_size"].tolist()), tuple(size)
+        )
         return {self.head_name: stitched[0]}
 
 
@@ -555,10 +677,13 @@ def load_eomt(
     **build_kwargs,
 ) -> EomtSegmenter:
     """``build_eomt(source, **build_kwargs)`` ready for evaluation (eval mode, masked attention
-    off) wrapped in an ``EomtSegmenter``; the checkpoint recorded with results is ``str(source)``."""
+    off) wrapped in an ``EomtSegmenter``; the checkpoint recorded with results is
+    ``str(source)``."""
     model = build_eomt(source, for_eval=True, **build_kwargs)
     checkpoint = "random-init" if isinstance(source, EomtConfig) else str(source)
-    return EomtSegmenter(model, checkpoint=checkpoint, window_size=window_size, device=device, name=name)
+    return EomtSegmenter(
+        model, checkpoint=checkpoint, window_size=window_size, device=device, name=name
+    )
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -27,7 +27,8 @@ _STRIDE = 8  # three stride-2 downsamplers
 
 
 class DownsamplerBlock(nn.Module):
-    """Stride-2 3x3 conv (``noutput - ninput`` maps) concatenated with a 2x2 max-pool of the input."""
+    """Stride-2 3x3 conv (``noutput - ninput`` maps) concatenated with a 2x2 max-pool of the
+    input."""
 
     def __init__(self, ninput: int, noutput: int):
         super().__init__()
@@ -41,15 +42,20 @@ class DownsamplerBlock(nn.Module):
 
 
 class non_bottleneck_1d(nn.Module):  # noqa: N801 - the original name, kept for checkpoint fidelity
-    """Factorised residual block: 3x1, 1x3, BN, then dilated 3x1, 1x3, BN, dropout, residual ReLU."""
+    """Factorised residual block: 3x1, 1x3, BN, then dilated 3x1, 1x3, BN, dropout, residual
+    ReLU."""
 
     def __init__(self, chann: int, dropprob: float, dilated: int):
         super().__init__()
         self.conv3x1_1 = nn.Conv2d(chann, chann, (3, 1), padding=(1, 0), bias=True)
         self.conv1x3_1 = nn.Conv2d(chann, chann, (1, 3), padding=(0, 1), bias=True)
         self.bn1 = nn.BatchNorm2d(chann, eps=1e-3)
-        self.conv3x1_2 = nn.Conv2d(chann, chann, (3, 1), padding=(dilated, 0), dilation=(dilated, 1), bias=True)
-        self.conv1x3_2 = nn.Conv2d(chann, chann, (1, 3), padding=(0, dilated), dilation=(1, dilated), bias=True)
+        self.conv3x1_2 = nn.Conv2d(
+            chann, chann, (3, 1), padding=(dilated, 0), dilation=(dilated, 1), bias=True
+        )
+        self.conv1x3_2 = nn.Conv2d(
+            chann, chann, (1, 3), padding=(0, dilated), dilation=(1, dilated), bias=True
+        )
         self.bn2 = nn.BatchNorm2d(chann, eps=1e-3)
         self.dropout = nn.Dropout2d(dropprob)
 
@@ -69,7 +75,9 @@ class UpsamplerBlock(nn.Module):
 
     def __init__(self, ninput: int, noutput: int):
         super().__init__()
-        self.conv = nn.ConvTranspose2d(ninput, noutput, 3, stride=2, padding=1, output_padding=1, bias=True)
+        self.conv = nn.ConvTranspose2d(
+            ninput, noutput, 3, stride=2, padding=1, output_padding=1, bias=True
+        )
         self.bn = nn.BatchNorm2d(noutput, eps=1e-3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -189,8 +197,9 @@ class ErfnetSegmenter:
         input_size = (int(input_size[0]), int(input_size[1]))
         if min(input_size) <= 0 or input_size[0] % _STRIDE or input_size[1] % _STRIDE:
             raise ValueError(
-                f"ErfnetSegmenter input_size={input_size}: ERFNet needs H and W > 0 and divisible by {_STRIDE}; "
-                f"use e.g. ({_round8(input_size[0])}, {_round8(input_size[1])}) (the course uses (512, 1024))."
+                f"ErfnetSegmenter input_size={input_size}: ERFNet needs H and W > 0 and divisible "
+                f"by {_STRIDE}; use e.g. ({_round8(input_size[0])}, {_round8(input_size[1])}) (the "
+                "course uses (512, 1024))."
             )
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -213,7 +222,9 @@ class ErfnetSegmenter:
 
     @cache_tag.setter
     def cache_tag(self, value: str) -> None:
-        self._tag_extra = value.split(self.cache_tag, 1)[1] if value.startswith(self.cache_tag) else f"|{value}"
+        self._tag_extra = (
+            value.split(self.cache_tag, 1)[1] if value.startswith(self.cache_tag) else f"|{value}"
+        )
 
     def eval_size(self, frame_size: tuple[int, int]) -> tuple[int, int]:
         return self.input_size
@@ -222,14 +233,16 @@ class ErfnetSegmenter:
         """uint8 RGB ``[B, 3, H, W]`` -> float ``[B, 3, h, w]`` in [0, 1] at ``input_size``."""
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(
-                f"ErfnetSegmenter expects uint8 RGB images [B, 3, H, W], got {images.dtype} {tuple(images.shape)}"
+                f"ErfnetSegmenter expects uint8 RGB images [B, 3, H, W], got {images.dtype} "
+                f"{tuple(images.shape)}"
             )
         x = torch.stack([resize_image(im, self.input_size, self.input_resize) for im in images])
         return x.to(self.device).float() / 255.0
 
     @torch.no_grad()
     def forward_batch(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[B, 3, H, W]`` -> logits ``[B, 20, h, w]`` (float32, on ``device``) at ``input_size``."""
+        """uint8 ``[B, 3, H, W]`` -> logits ``[B, 20, h, w]`` (float32, on ``device``) at
+        ``input_size``."""
         return self.model(self.preprocess(images))
 
     @torch.no_grad()
@@ -243,10 +256,12 @@ class ErfnetSegmenter:
         """Logits ``[19, H, W]`` (``[20, H, W]`` with ``use_void``) as float32 at ``size``."""
         if class_temperature != 1.0:
             raise ValueError(
-                "ERFNet has no class logits separate from its per-pixel logits: class_temperature must be 1.0 "
-                "(apply temperature to the score instead, e.g. msp(x, temperature=T))."
+                "ERFNet has no class logits separate from its per-pixel logits: class_temperature "
+                "must be 1.0 (apply temperature to the score instead, e.g. msp(x, temperature=T))."
             )
         return resize_map(raw["logits"][: self.num_channels].float(), size)
 
-    def extra_scores(self, raw: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    def extra_scores(
+        self, raw: dict[str, torch.Tensor], size: tuple[int, int]
+    ) -> dict[str, torch.Tensor]:
         return {}

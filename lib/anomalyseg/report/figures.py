@@ -365,8 +365,14 @@ def reliability_figure(curves: Mapping[str, dict], title: str | None = None, cel
     if not curves:
         raise ValueError("reliability_figure needs at least one calibration_curve result.")
     n = len(curves)
-    fig, axes = plt.subplots(2, n, figsize=(cell * n, cell * 1.45), squeeze=False,
-                             gridspec_kw={"height_ratios": [3, 1]}, sharex=True)  # fmt: skip
+    fig, axes = plt.subplots(
+        2,
+        n,
+        figsize=(cell * n, cell * 1.45),
+        squeeze=False,
+        gridspec_kw={"height_ratios": [3, 1]},
+        sharex=True,
+    )
     for j, (name, c) in enumerate(curves.items()):
         edges = np.asarray(c["edges"])
         left, width = edges[:-1], np.diff(edges)

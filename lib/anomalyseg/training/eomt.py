@@ -324,7 +324,7 @@ class EomtModule(L.LightningModule):
         }
 
 
-# ----------------------------------------------------------------------------- resumable data stream
+# ---------------------------------------------------------------------------- resumable data stream
 class StepSampler(DistributedSampler):
     """An endless stream of ``(position, index)``: epoch ``e`` visits the ``n`` items in the order
     ``randperm(n)`` seeded by ``(seed, e)``, and the stream starts at ``start()`` (the number of
@@ -403,10 +403,13 @@ class EomtDataModule(CityscapesDataModule):
         self.setup("fit")
         rank, world = self._world()
         return DataLoader(
-            _SeededItems(self.train_set, self.seed), batch_size=self.batch_size,
+            _SeededItems(self.train_set, self.seed),
+            batch_size=self.batch_size,
             sampler=StepSampler(len(self.train_set), self.seed, self._trained_items, rank, world),
-            num_workers=self.num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
-        )  # fmt: skip
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            pin_memory=torch.cuda.is_available(),
+        )
 
 
 def check_window(image_size: int, crop_size, who: str) -> None:
@@ -460,7 +463,6 @@ def eomt_to_train(
             "small_eomt_config)."
         )
     return _as_model(model)
-
 
 
 def eomt_datamodule(

@@ -35,10 +35,14 @@ TARGET_ALIASES = {"nls": "rba"}
 OE_RECIPES: dict[str, dict] = {
     "rba": {},
     "seed000": dict(
-        trainable="all", attn_mask_annealing_enabled=True, attn_mask_annealing_start_steps=(1401, 3501, 5602),
-        attn_mask_annealing_end_steps=(2801, 4902, 7000), weight_decay=0.05, coco_split="val",
+        trainable="all",
+        attn_mask_annealing_enabled=True,
+        attn_mask_annealing_start_steps=(1401, 3501, 5602),
+        attn_mask_annealing_end_steps=(2801, 4902, 7000),
+        weight_decay=0.05,
+        coco_split="val",
     ),
-}  # fmt: skip
+}
 
 
 def threshold_range_text(target: str, score_norm: str, num_classes: int = NUM_CLASSES) -> str:
@@ -46,9 +50,11 @@ def threshold_range_text(target: str, score_norm: str, num_classes: int = NUM_CL
     lo, hi = outlier_score_range(target, score_norm, num_classes)
     marks = outlier_score_landmarks(target, score_norm, num_classes)
     name = f"{target}" + (f" with score_norm={score_norm!r}" if target == "rba" else "")
-    return (f"the {name} score lies in [{lo:.4g}, {hi:.4g}] for EoMT's class map (L_c >= 0, {num_classes} classes); "
-            f"a pixel one class claims fully (L_c = 1) scores {marks['claimed']:.4g}, an unclaimed one (L = 0) "
-            f"{marks['unclaimed']:.4g}")
+    return (
+        f"the {name} score lies in [{lo:.4g}, {hi:.4g}] for EoMT's class map (L_c >= 0, "
+        f"{num_classes} classes); a pixel one class claims fully (L_c = 1) scores "
+        f"{marks['claimed']:.4g}, an unclaimed one (L = 0) {marks['unclaimed']:.4g}"
+    )
 
 
 @dataclass
@@ -107,26 +113,50 @@ class OEConfig:
             if f.type == "bool" and not isinstance(value, bool):
                 raise ValueError(f"OEConfig.{f.name} must be true or false, got {value!r}.")
             if f.type == "float":
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, (int, float))
+                    or not math.isfinite(value)
+                ):
                     raise ValueError(f"OEConfig.{f.name} must be a finite number, got {value!r}.")
                 setattr(self, f.name, float(value))
-        self.outlier_loss_target = TARGET_ALIASES.get(self.outlier_loss_target, self.outlier_loss_target)
-        for name, valid in (("outlier_loss_func", OUTLIER_LOSS_FUNCS), ("outlier_loss_target", OUTLIER_TARGETS),
-                            ("score_norm", SCORE_NORMS), ("trainable", TRAINABLE), ("coco_split", COCO_SPLITS)):
+        self.outlier_loss_target = TARGET_ALIASES.get(
+            self.outlier_loss_target, self.outlier_loss_target
+        )
+        for name, valid in (
+            ("outlier_loss_func", OUTLIER_LOSS_FUNCS),
+            ("outlier_loss_target", OUTLIER_TARGETS),
+            ("score_norm", SCORE_NORMS),
+            ("trainable", TRAINABLE),
+            ("coco_split", COCO_SPLITS),
+        ):
             if getattr(self, name) not in valid:
-                extra = " (seed 000's 'nls' is read as 'rba')" if name == "outlier_loss_target" else ""
-                raise ValueError(f"OEConfig.{name}={getattr(self, name)!r} is unknown; expected one of {list(valid)}{extra}.")
+                extra = (
+                    " (seed 000's 'nls' is read as 'rba')" if name == "outlier_loss_target" else ""
+                )
+                raise ValueError(
+                    f"OEConfig.{name}={getattr(self, name)!r} is unknown; expected one of "
+                    f"{list(valid)}{extra}."
+                )
         if self.outlier_loss_target != "rba" and self.score_norm != "tanh":
             raise ValueError(
-                f"OEConfig.score_norm={self.score_norm!r} applies only to outlier_loss_target='rba' (seed 000's nls), "
-                f"not to {self.outlier_loss_target!r}; leave it at 'tanh'."
+                f"OEConfig.score_norm={self.score_norm!r} applies only to "
+                f"outlier_loss_target='rba' (seed 000's nls), not to {self.outlier_loss_target!r}; "
+                "leave it at 'tanh'."
             )
         if not 0.0 <= self.ood_prob <= 1.0:
-            raise ValueError(f"OEConfig.ood_prob={self.ood_prob} is a probability per frame; expected a value in [0, 1] (seed 000: 0.2).")
+            raise ValueError(
+                f"OEConfig.ood_prob={self.ood_prob} is a probability per frame; expected a value "
+                "in [0, 1] (seed 000: 0.2)."
+            )
         if self.outlier_weight < 0:
-            raise ValueError(f"OEConfig.outlier_weight={self.outlier_weight} must be >= 0 (seed 000: 1.0).")
+            raise ValueError(
+                f"OEConfig.outlier_weight={self.outlier_weight} must be >= 0 (seed 000: 1.0)."
+            )
         if self.weight_decay < 0:
-            raise ValueError(f"OEConfig.weight_decay={self.weight_decay} must be >= 0 (seed 000 and RbA: 0.05).")
+            raise ValueError(
+                f"OEConfig.weight_decay={self.weight_decay} must be >= 0 (seed 000 and RbA: 0.05)."
+            )
         self._check_thresholds()
         self._check_annealing()
 
@@ -135,45 +165,66 @@ class OEConfig:
         if self.outlier_loss_func != "squared_hinge" or target not in THRESHOLD_TARGETS:
             return  # the thresholds are not read
         lo, hi = outlier_score_range(target, norm, NUM_CLASSES)
-        outside = [f"{name}={getattr(self, name)}" for name in ("inlier_upper_threshold", "outlier_lower_threshold")
-                   if not lo <= getattr(self, name) <= hi]
+        outside = [
+            f"{name}={getattr(self, name)}"
+            for name in ("inlier_upper_threshold", "outlier_lower_threshold")
+            if not lo <= getattr(self, name) <= hi
+        ]
         if outside:
-            rba_note = (" RbA's released thresholds 0 / 5 lie outside it: t_out = 0 gives the same push (all class mass "
-                        "off pasted pixels), seed 000 uses -0.75 / -0.10."
-                        if (target, norm) == ("rba", "tanh") else "")
+            rba_note = (
+                " RbA's released thresholds 0 / 5 lie outside it: t_out = 0 gives the same push "
+                "(all class mass off pasted pixels), seed 000 uses -0.75 / -0.10."
+                if (target, norm) == ("rba", "tanh")
+                else ""
+            )
             raise ValueError(
-                f"OEConfig: {' and '.join(outside)} is out of range for outlier_loss_target={target!r}: "
-                f"{threshold_range_text(target, norm)}. A squared-hinge threshold outside that interval can never be "
-                f"met (the hinge never reaches zero, or its term is always zero).{rba_note} Choose thresholds inside "
+                f"OEConfig: {' and '.join(outside)} is out of range for "
+                f"outlier_loss_target={target!r}: {threshold_range_text(target, norm)}. A "
+                "squared-hinge threshold outside that interval can never be met (the hinge never "
+                f"reaches zero, or its term is always zero).{rba_note} Choose thresholds inside "
                 f"[{lo:.4g}, {hi:.4g}], inlier_upper_threshold below outlier_lower_threshold."
             )
         typical_lo = -NUM_CLASSES * math.tanh(1.0)
-        low = [f"{name}={getattr(self, name)}" for name in ("inlier_upper_threshold", "outlier_lower_threshold")
-               if getattr(self, name) < typical_lo]
+        low = [
+            f"{name}={getattr(self, name)}"
+            for name in ("inlier_upper_threshold", "outlier_lower_threshold")
+            if getattr(self, name) < typical_lo
+        ]
         if (target, norm) == ("rba", "tanh") and low:
             warnings.warn(
-                f"OEConfig: {', '.join(low)} lies below -{NUM_CLASSES} tanh(1) = {typical_lo:.2f}, which the rba score "
-                "reaches only where several queries claim the same class (some L_c > 1); with one query per class the "
-                "score stays in [-14.47, 0].", UserWarning, stacklevel=3,
-            )  # fmt: skip
+                f"OEConfig: {', '.join(low)} lies below -{NUM_CLASSES} tanh(1) = {typical_lo:.2f}, "
+                "which the rba score reaches only where several queries claim the same class "
+                "(some L_c > 1); with one query per class the score stays in [-14.47, 0].",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _check_annealing(self) -> None:
         starts, ends = self.attn_mask_annealing_start_steps, self.attn_mask_annealing_end_steps
         if (starts is None) != (ends is None):
             raise ValueError(
-                "OEConfig: give both attn_mask_annealing_start_steps and attn_mask_annealing_end_steps (one step per "
-                "query block each, seed 000: (1401, 3501, 5602) and (2801, 4902, 7000)), or neither."
+                "OEConfig: give both attn_mask_annealing_start_steps and "
+                "attn_mask_annealing_end_steps (one step per query block each, seed 000: (1401, "
+                "3501, 5602) and (2801, 4902, 7000)), or neither."
             )
         if starts is None:
             return
         try:
             starts, ends = tuple(int(s) for s in starts), tuple(int(e) for e in ends)
         except (TypeError, ValueError):
-            raise ValueError(f"OEConfig: the annealing steps must be sequences of integers, got {starts!r} and {ends!r}.") from None
-        if len(starts) != len(ends) or not starts or any(s < 0 or e < s for s, e in zip(starts, ends)):
             raise ValueError(
-                f"OEConfig: attn_mask_annealing_start_steps={list(starts)} and _end_steps={list(ends)} must have one "
-                "step per query block each (same length), starts >= 0 and every end >= its start."
+                f"OEConfig: the annealing steps must be sequences of integers, got {starts!r} and "
+                f"{ends!r}."
+            ) from None
+        if (
+            len(starts) != len(ends)
+            or not starts
+            or any(s < 0 or e < s for s, e in zip(starts, ends))
+        ):
+            raise ValueError(
+                f"OEConfig: attn_mask_annealing_start_steps={list(starts)} and "
+                f"_end_steps={list(ends)} must have one step per query block each (same length), "
+                "starts >= 0 and every end >= its start."
             )
         self.attn_mask_annealing_start_steps, self.attn_mask_annealing_end_steps = starts, ends
 
@@ -182,7 +233,9 @@ class OEConfig:
         """A named recipe of ``OE_RECIPES`` (``rba``, the default; ``seed000``), with ``overrides``
         (settings by name) on top."""
         if name not in OE_RECIPES:
-            raise ValueError(f"OEConfig.recipe: unknown recipe {name!r}; expected one of {list(OE_RECIPES)}.")
+            raise ValueError(
+                f"OEConfig.recipe: unknown recipe {name!r}; expected one of {list(OE_RECIPES)}."
+            )
         return cls.from_dict({**OE_RECIPES[name], **overrides})
 
     @classmethod
@@ -197,7 +250,8 @@ class OEConfig:
         return cls(**settings)
 
     def to_dict(self) -> dict:
-        """Plain values only (lists for the annealing steps): JSON and ``weights_only`` checkpoints read it."""
+        """Plain values only (lists for the annealing steps): JSON and ``weights_only``
+        checkpoints read it."""
         out = asdict(self)
         for key in ("attn_mask_annealing_start_steps", "attn_mask_annealing_end_steps"):
             if out[key] is not None:
@@ -210,10 +264,19 @@ class OEConfig:
 
     def outlier_loss_kwargs(self) -> dict:
         """Keyword arguments for ``anomalyseg.losses.outlier_loss``."""
-        return dict(outlier_loss_func=self.outlier_loss_func, inlier_upper_threshold=self.inlier_upper_threshold,
-                    outlier_lower_threshold=self.outlier_lower_threshold, outlier_loss_target=self.outlier_loss_target,
-                    score_norm=self.score_norm, margin=self.margin)  # fmt: skip
+        return dict(
+            outlier_loss_func=self.outlier_loss_func,
+            inlier_upper_threshold=self.inlier_upper_threshold,
+            outlier_lower_threshold=self.outlier_lower_threshold,
+            outlier_loss_target=self.outlier_loss_target,
+            score_norm=self.score_norm,
+            margin=self.margin,
+        )
 
     def mix_ood_kwargs(self) -> dict:
         """Keyword arguments for ``anomalyseg.data.mix_ood.MixOOD`` (besides the objects)."""
-        return dict(ood_prob=self.ood_prob, road_only=self.oe_road_only, perspective_scale=self.oe_perspective_scale)
+        return dict(
+            ood_prob=self.ood_prob,
+            road_only=self.oe_road_only,
+            perspective_scale=self.oe_perspective_scale,
+        )
