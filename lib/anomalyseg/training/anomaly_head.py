@@ -336,16 +336,12 @@ def train_anomaly_head(
         data_root,
         size,
         coco_root,
-        batch_size=train.batch_size,
-        num_workers=train.num_workers,
-        seed=train.seed,
-        scale_range=train.scale_range,
         ood_prob=config.ood_prob,
         oe_road_only=config.road_only,
         oe_perspective_scale=config.perspective_scale,
         object_scale=config.object_scale,
         with_val=False,
-        base_size=train.base_size,
+        **train.stream_settings(),
     )
     module = AnomalyHeadModule(
         model,
