@@ -130,13 +130,8 @@ class TrainSettings:
         """The data module's keyword arguments these settings decide (batch size, workers, seed,
         scale jitter and the size it is relative to), for ``EomtOEDataModule`` /
         ``oe_datamodule``."""
-        return dict(
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            seed=self.seed,
-            scale_range=self.scale_range,
-            base_size=self.base_size,
-        )
+        names = ("batch_size", "num_workers", "seed", "scale_range", "base_size")
+        return {name: getattr(self, name) for name in names}
 
     def checked(self, what: str) -> TrainSettings:
         """``self`` after the checks every trainer makes (``ValueError`` naming the field)."""
