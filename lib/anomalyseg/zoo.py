@@ -157,16 +157,11 @@ def _trained_eomt(
     resolved["data_root"] = _data_root(ws)
     folder = Path(ws.checkpoints) / EOMT_DIR
     exported = folder / "model"
-    if (exported / "config.json").is_file():
-        if train is not None:
-            _warn_if_other_settings(folder, resolved, "EoMT")
+    resume = _weights_or_resume(
+        "eomt", ws, folder, exported / "config.json", train, resolved, progress, from_scratch
+    )
+    if resume is None:
         return exported
-    if not from_scratch and _install_demo_weights("eomt", ws, folder, resolved, progress):
-        return exported
-    stored = _read_settings(folder)
-    resume = stored is None or stored == resolved  # never continue a run of other settings
-    folder.mkdir(parents=True, exist_ok=True)
-    _write_settings(folder, resolved)
     started = time.time()
     shared = replace(shared, resume=resume, progress=progress)
     out = train_eomt(small_eomt_config(**config), ws.cityscapes, folder, shared, own)
@@ -266,22 +261,43 @@ def _trained_erfnet(
     resolved["data_root"] = _data_root(ws)
     folder = Path(ws.checkpoints) / ERFNET_DIR
     path = folder / "erfnet.safetensors"
-    if path.is_file():
-        if train is not None:
-            _warn_if_other_settings(folder, resolved, "ERFNet")
+    resume = _weights_or_resume("erfnet", ws, folder, path, train, resolved, progress, from_scratch)
+    if resume is None:
         return path
-    if not from_scratch and _install_demo_weights("erfnet", ws, folder, resolved, progress):
-        return path
-    stored = _read_settings(folder)
-    resume = stored is None or stored == resolved
-    folder.mkdir(parents=True, exist_ok=True)
-    _write_settings(folder, resolved)
     return train_erfnet(
         ws.cityscapes, folder, replace(shared, resume=resume, progress=progress), own
     )
 
 
 # ----------------------------------------------------------------------------- helpers
+def _weights_or_resume(
+    model: str,
+    ws: Workspace,
+    folder: Path,
+    weights: Path,
+    train: dict | None,
+    resolved: dict,
+    progress: bool,
+    from_scratch: bool,
+) -> bool | None:
+    """The one rule of the embedded ``model`` ("eomt" or "erfnet") in ``folder``: None when its
+    exported ``weights`` are there (a warning when ``train=`` asked for other settings than they
+    were trained with) or the shipped demo weights were installed; else the training's
+    ``resume`` (continue the folder's run only when it has the same settings, or none stored),
+    after ``resolved`` is written to the folder."""
+    if weights.is_file():
+        if train is not None:
+            _warn_if_other_settings(folder, resolved, {"eomt": "EoMT", "erfnet": "ERFNet"}[model])
+        return None
+    if not from_scratch and _install_demo_weights(model, ws, folder, resolved, progress):
+        return None
+    stored = _read_settings(folder)
+    resume = stored is None or stored == resolved  # never continue a run of other settings
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_settings(folder, resolved)
+    return resume
+
+
 def _install_demo_weights(
     model: str, ws: Workspace, folder: Path, resolved: dict, progress: bool
 ) -> bool:

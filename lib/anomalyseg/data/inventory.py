@@ -35,6 +35,34 @@ def _sizes(paths) -> str:
     return ", ".join(f"{k} ({v})" for k, v in c.most_common(3))
 
 
+def _found(frames: int, skipped: int, images: list, masks: list) -> dict:
+    """The columns of a data set that opened: ``images``/``masks`` are the sampled files whose
+    sizes and label values are reported."""
+    values = np.unique(np.concatenate([np.unique(read_mask(m)) for m in masks]))
+    return dict(
+        status="ok",
+        frames=frames,
+        skipped=skipped,
+        sizes=_sizes(images),
+        label_values=" ".join(map(str, values)),
+        fix="",
+    )
+
+
+def _not_found(e: Exception, dataset: str) -> dict:
+    """The columns of a data set that did not open: a missing one gets the command that fetches it
+    (``FIXES[dataset]``), a malformed one its error message."""
+    missing = isinstance(e, FileNotFoundError)
+    return dict(
+        status="missing" if missing else "error",
+        frames=0,
+        skipped=0,
+        sizes="",
+        label_values="",
+        fix=FIXES[dataset] if missing else str(e),
+    )
+
+
 def inventory(cityscapes: Path, benchmarks: Path, coco: Path, sample: int = 20) -> pd.DataFrame:
     """One row per data set: status (ok / missing / error), frames, skipped, sizes, label values,
     fix.
@@ -48,52 +76,24 @@ def inventory(cityscapes: Path, benchmarks: Path, coco: Path, sample: int = 20) 
         )
         try:
             ds = CityscapesSegmentation(cityscapes, split, check_labels=False)
-            values = np.unique(
-                np.concatenate([np.unique(read_mask(lab)) for _, lab in ds.pairs[:sample]])
-            )
-            row.update(
-                status="ok",
-                frames=len(ds),
-                skipped=0,
-                sizes=_sizes(i for i, _ in ds.pairs[:sample]),
-                label_values=" ".join(map(str, values)),
-                fix="",
-            )
+            pairs = ds.pairs[:sample]
+            row.update(_found(len(ds), 0, [i for i, _ in pairs], [lab for _, lab in pairs]))
         except (FileNotFoundError, ValueError) as e:
-            row.update(
-                status="missing" if isinstance(e, FileNotFoundError) else "error",
-                frames=0,
-                skipped=0,
-                sizes="",
-                label_values="",
-                fix=f"{e}" if not isinstance(e, FileNotFoundError) else FIXES["cityscapes"],
-            )
+            row.update(_not_found(e, "cityscapes"))
         rows.append(row)
     for name in BENCHMARKS:
         folder = Path(benchmarks) / name
         row = dict(dataset=name, path=str(folder))
         try:
             ds = AnomalyBenchmark(folder)
-            values = np.unique(
-                np.concatenate([np.unique(read_mask(m)) for _, _, m in ds.frames[:sample]])
-            )
+            frames = ds.frames[:sample]
             row.update(
-                status="ok",
-                frames=len(ds),
-                skipped=len(ds.skipped),
-                sizes=_sizes(i for _, i, _ in ds.frames[:sample]),
-                label_values=" ".join(map(str, values)),
-                fix="",
+                _found(
+                    len(ds), len(ds.skipped), [i for _, i, _ in frames], [m for _, _, m in frames]
+                )
             )
         except (FileNotFoundError, ValueError) as e:
-            row.update(
-                status="missing" if isinstance(e, FileNotFoundError) else "error",
-                frames=0,
-                skipped=0,
-                sizes="",
-                label_values="",
-                fix=FIXES["benchmarks"] if isinstance(e, FileNotFoundError) else str(e),
-            )
+            row.update(_not_found(e, "benchmarks"))
         rows.append(row)
     row = dict(
         dataset="coco ood objects", path=str(Path(coco) / "annotations" / "ood_seg_train2017")
@@ -104,13 +104,6 @@ def inventory(cityscapes: Path, benchmarks: Path, coco: Path, sample: int = 20) 
         objs = OODObjects(coco, "train", 2017)
         row.update(status="ok", frames=len(objs), skipped=0, sizes="", label_values="0 254", fix="")
     except (FileNotFoundError, ValueError) as e:
-        row.update(
-            status="missing" if isinstance(e, FileNotFoundError) else "error",
-            frames=0,
-            skipped=0,
-            sizes="",
-            label_values="",
-            fix=FIXES["coco"] if isinstance(e, FileNotFoundError) else str(e),
-        )
+        row.update(_not_found(e, "coco"))
     rows.append(row)
     return pd.DataFrame(rows)

@@ -46,6 +46,7 @@ from ..models.eomt import (
     per_pixel_logits,
     zero_attn_mask_probs,
 )
+from .data import read_training_checkpoint
 from .eomt import WarmupPoly
 from .oe import EomtOEDataModule
 from .settings import RECIPE_DEFAULTS, HeadConfig, TrainSettings, fit_and_export
@@ -335,16 +336,12 @@ def train_anomaly_head(
         data_root,
         size,
         coco_root,
-        batch_size=train.batch_size,
-        num_workers=train.num_workers,
-        seed=train.seed,
-        scale_range=train.scale_range,
         ood_prob=config.ood_prob,
         oe_road_only=config.road_only,
         oe_perspective_scale=config.perspective_scale,
         object_scale=config.object_scale,
         with_val=False,
-        base_size=train.base_size,
+        **train.stream_settings(),
     )
     module = AnomalyHeadModule(
         model,
@@ -377,14 +374,7 @@ def train_anomaly_head(
 def export_anomaly_head(ckpt: str | Path, path: str | Path) -> Path:
     """Write the head of a ``train_anomaly_head`` checkpoint as safetensors
     (``save_anomaly_head``)."""
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise CheckpointError(
-            f"checkpoint {str(ckpt)!r} does not exist; expected the last.ckpt written by "
-            "train_anomaly_head."
-        )
-    obj = torch.load(ckpt, map_location="cpu", weights_only=True)
-    hp = obj.get("hyper_parameters", {}) if isinstance(obj, dict) else {}
+    obj, hp = read_training_checkpoint(ckpt, "train_anomaly_head")
     if "variant" not in hp or "feature_dim" not in hp:
         raise CheckpointError(
             f"checkpoint {str(ckpt)!r} has no anomaly-head hyper-parameters (variant, "

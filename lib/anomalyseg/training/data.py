@@ -161,6 +161,22 @@ class CityscapesDataModule(L.LightningDataModule):
         return self._loader(self.val_set, self.val_batch_size, shuffle=False, sampler=sampler)
 
 
+def read_training_checkpoint(ckpt: str | Path, trainer: str) -> tuple[object, dict]:
+    """A training ``last.ckpt`` read with ``weights_only=True``, and its ``hyper_parameters``
+    (``{}`` when it has none), for the exporters of the trainings. ``trainer`` names the function
+    that writes such a checkpoint, for the ``CheckpointError`` raised when the file is missing.
+    """
+    from ..models.checkpoints import CheckpointError
+
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise CheckpointError(
+            f"checkpoint {str(ckpt)!r} does not exist; expected the last.ckpt written by {trainer}."
+        )
+    obj = torch.load(ckpt, map_location="cpu", weights_only=True)
+    return obj, (obj.get("hyper_parameters", {}) if isinstance(obj, dict) else {})
+
+
 def resume_from(out_dir: str | Path, max_steps: int, resume: bool = True) -> Path | None:
     """The ``last.ckpt`` in ``out_dir`` that a training of ``max_steps`` steps continues, or None.
 

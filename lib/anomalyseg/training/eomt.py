@@ -35,7 +35,7 @@ from ..metrics import ConfusionMatrix
 from ..models.checkpoints import CheckpointError, fit_state_dict
 from ..models.dinov2 import DINOV2_PREFIX, eomt_from_dinov2
 from ..models.eomt import EomtSegmenter, build_eomt, normalize, scaled_size, small_eomt_config
-from .data import CityscapesDataModule, collate, resume_from
+from .data import CityscapesDataModule, collate, read_training_checkpoint, resume_from
 from .settings import RECIPE_DEFAULTS, EomtTrainConfig, TrainSettings, fit_and_export
 
 # Only these train under trainable="heads" (Outlier Exposure fine-tuning): the class head, the
@@ -572,14 +572,8 @@ def train_eomt(
 def export_eomt(ckpt: str | Path, folder: str | Path) -> Path:
     """Write the EoMT of a training checkpoint as a ``save_pretrained`` folder (config.json +
     model.safetensors) that ``build_eomt(folder)`` and ``load_eomt(folder)`` read."""
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise CheckpointError(
-            f"checkpoint {str(ckpt)!r} does not exist; expected the last.ckpt written by "
-            "train_eomt."
-        )
-    obj = torch.load(ckpt, map_location="cpu", weights_only=True)
-    config = obj.get("hyper_parameters", {}).get("model_config") if isinstance(obj, dict) else None
+    obj, hp = read_training_checkpoint(ckpt, "train_eomt")
+    config = hp.get("model_config")
     if config is None:
         raise CheckpointError(
             f"checkpoint {str(ckpt)!r} has no hyper_parameters['model_config']; expected a "

@@ -628,13 +628,9 @@ def finetune_oe(
         coco_root,
         cfg,
         size,
-        batch_size=train.batch_size,
-        seed=train.seed,
-        num_workers=train.num_workers,
-        scale_range=train.scale_range,
         object_scale=object_scale,
         with_val=train.val_every_n_steps is not None,
-        base_size=train.base_size,
+        **train.stream_settings(),
     )
     module = EomtOEModule(model, oe=cfg, max_steps=train.max_steps, lr=train.lr, seed=train.seed)
     trainer, exported = fit_and_export(

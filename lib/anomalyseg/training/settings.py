@@ -126,6 +126,13 @@ class TrainSettings:
         """The fields that decide the trained weights (not workers, devices, logs, cadence...)."""
         return {k: v for k, v in asdict(self).items() if k not in RUN_ONLY}
 
+    def stream_settings(self) -> dict:
+        """The data module's keyword arguments these settings decide (batch size, workers, seed,
+        scale jitter and the size it is relative to), for ``EomtOEDataModule`` /
+        ``oe_datamodule``."""
+        names = ("batch_size", "num_workers", "seed", "scale_range", "base_size")
+        return {name: getattr(self, name) for name in names}
+
     def checked(self, what: str) -> TrainSettings:
         """``self`` after the checks every trainer makes (``ValueError`` naming the field)."""
         check_counts(max_steps=self.max_steps, batch_size=self.batch_size)
