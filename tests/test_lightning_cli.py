@@ -5,86 +5,21 @@ validates like one process."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 
 from anomalyseg.cli import main
 from anomalyseg.training.eomt import StepSampler
-from helpers import TINY_EOMT
-
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
-
-
-def _config(path: Path) -> dict:
-    return yaml.safe_load(path.read_text())
-
-
-def _kind(config: dict) -> str:
-    return config["model"]["class_path"].rsplit(".", 1)[1]
-
-
-def tiny_overrides(config: dict, data: Path, out: Path, eomt: Path, steps: int = 2) -> list[str]:
-    """Command-line overrides that run ``config`` ``steps`` steps on the tiny data on one CPU."""
-    kind = _kind(config)
-    args = [
-        f"--trainer.max_steps={steps}",
-        f"--model.init_args.max_steps={steps}",
-        f"--trainer.default_root_dir={out}",
-        f"--trainer.logger.init_args.save_dir={out}",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        "--trainer.log_every_n_steps=1",
-        "--trainer.accelerator=cpu",
-        "--trainer.devices=1",
-        "--trainer.strategy=auto",
-        "--trainer.precision=32-true",
-        f"--data.init_args.root={data / 'cityscapes'}",
-        "--data.init_args.batch_size=2",
-        "--data.init_args.num_workers=0",
-    ]
-    if kind == "ErfnetModule":
-        args += [
-            "--data.init_args.crop_size=[64,128]",
-            "--data.init_args.val_size=[64,128]",
-            "--trainer.sync_batchnorm=false",
-            f"--trainer.val_check_interval={steps}",
-        ]
-    else:
-        args += ["--data.init_args.image_size=32"]
-    if kind in ("EomtModule", "EomtOEModule"):
-        args += [f"--trainer.val_check_interval={steps}", "--trainer.limit_val_batches=2"]
-        if "small_config" in config["model"]["init_args"]:
-            args += [f"--model.init_args.small_config={TINY_EOMT}"]
-        else:
-            args += [f"--model.init_args.model={eomt}"]
-    if kind in ("EomtOEModule", "AnomalyHeadModule"):
-        # tiny COCO objects are 40-136 px, the crops 32 px
-        args += [
-            f"--data.init_args.coco_root={data / 'coco'}",
-            "--data.init_args.object_scale=0.25",
-        ]
-    if kind == "AnomalyHeadModule":
-        args += [f"--model.init_args.eomt={eomt}"]
-    return args
-
-
-def _exported(out: Path, kind: str) -> Path:
-    return out / {
-        "ErfnetModule": "erfnet.safetensors",
-        "AnomalyHeadModule": "head.safetensors",
-    }.get(kind, "model")
-
-
-def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(path / "model.safetensors" if path.is_dir() else path)
+from helpers import (
+    CONFIGS,
+    REPO,
+    exported_path,
+    exported_weights,
+    module_kind,
+    read_config,
+    tiny_overrides,
+)
 
 
 # ----------------------------------------------------------------------------- every shipped config
@@ -93,8 +28,8 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 def test_shipped_config_trains_and_its_settings_reach_the_module(
     path, tiny_data, tiny_eomt_folder, tmp_path
 ):
-    config = _config(path)
-    kind, out = _kind(config), tmp_path / "run"
+    config = read_config(path)
+    kind, out = module_kind(config), tmp_path / "run"
     main(["fit", "-c", str(path), *tiny_overrides(config, tiny_data, out, tiny_eomt_folder)])
     ckpt = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2
@@ -112,7 +47,7 @@ def test_shipped_config_trains_and_its_settings_reach_the_module(
             if key in config["data"]["init_args"]:
                 assert oe_settings[key] == config["data"]["init_args"][key], key
     # the export holds exactly the checkpoint's weights
-    exported = _weights(_exported(out, kind))
+    exported = exported_weights(exported_path(out, kind))
     prefix = {"ErfnetModule": "model.", "AnomalyHeadModule": "head."}.get(kind, "model.")
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     assert exported.keys() <= state.keys() and len(exported) > 0
@@ -135,7 +70,7 @@ def test_print_config_round_trips(tmp_path, capsys):
             main(["fit", "-c", str(printed), "--print_config"])
         assert capsys.readouterr().out == first, path.name
         # and the printed config holds every setting of the shipped file
-        full, shipped = yaml.safe_load(first), _config(path)
+        full, shipped = yaml.safe_load(first), read_config(path)
         for section in ("model", "data"):
             assert full[section]["class_path"] == shipped[section]["class_path"]
             for key, value in shipped[section]["init_args"].items():
@@ -149,7 +84,7 @@ def test_print_config_round_trips(tmp_path, capsys):
 
 def test_bad_config_is_one_paragraph(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    config = _config(REPO / "configs" / "eomt_oe_demo.yaml")
+    config = read_config(REPO / "configs" / "eomt_oe_demo.yaml")
     config["model"]["init_args"]["inlier_upper_threshold"] = (
         3.0  # outside the rba score's range [-19, 0]
     )
@@ -211,7 +146,7 @@ def _get(config: dict, dotted: str):
 def test_demo_configs_agree_with_the_notebooks_demo_preset():
     presets = yaml.safe_load((REPO / "notebooks" / "presets.yaml").read_text())["demo"]
     for notebook, (name, keys) in PRESET_KEYS.items():
-        config = _config(REPO / "configs" / f"{name}.yaml")
+        config = read_config(REPO / "configs" / f"{name}.yaml")
         for param, targets in keys.items():
             assert param in presets[notebook], (notebook, param)
             for target in targets:
@@ -223,7 +158,7 @@ def test_demo_configs_agree_with_the_notebooks_demo_preset():
                 )
     # both head variants train with the same settings; the EoMT-L configs of a method agree too
     stats, hybrid = (
-        _config(REPO / "configs" / f"anomaly_head_{v}_demo.yaml") for v in ("stats", "hybrid")
+        read_config(REPO / "configs" / f"anomaly_head_{v}_demo.yaml") for v in ("stats", "hybrid")
     )
     stats["model"]["init_args"].pop("variant"), hybrid["model"]["init_args"].pop("variant")
     assert stats["model"] == hybrid["model"] and stats["data"] == hybrid["data"]
@@ -251,81 +186,3 @@ def test_step_sampler_shards_one_global_stream():
     assert [next(it) for _ in range(batch)] == shards[1][2 * batch : 3 * batch]
     with pytest.raises(TypeError):
         len(one)
-
-
-def _anomalyseg(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "lib"), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "anomalyseg.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
-
-
-DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
-DDP_CONFIGS = ["erfnet_demo", "eomt_demo", "eomt_oe_demo", "anomaly_head_stats_demo"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", DDP_CONFIGS)
-def test_two_process_ddp_trains_and_resumes(name, tiny_data, tiny_eomt_folder, tmp_path):
-    """2 CPU processes (gloo): a 3-step run stopped after 2 steps, resumed from last.ckpt with
-    --ckpt_path (the checkpoint's stored settings come back beside the YAML's and must be accepted);
-    one export, written by the first process, holding the resumed checkpoint's weights."""
-    path = REPO / "configs" / f"{name}.yaml"
-    config, out = _config(path), tmp_path / "run"
-    base = ["fit", "-c", str(path), *tiny_overrides(config, tiny_data, out, tiny_eomt_folder), *DDP]
-    _anomalyseg(
-        [*base, "--model.init_args.max_steps=3"]
-    )  # the schedules' length; the trainer stops at 2
-    first = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
-    assert first["global_step"] == 2 and first["hyper_parameters"]["max_steps"] == 3
-    done = _anomalyseg([*base, "--trainer.max_steps=3", f"--ckpt_path={out / 'last.ckpt'}"])
-    assert done.stdout.count("exported") == 1  # the first process only
-    resumed = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
-    assert resumed["global_step"] == 3
-    kind = _kind(config)
-    prefix = "head." if kind == "AnomalyHeadModule" else "model."
-    exported = _weights(_exported(out, kind))
-    changed = False
-    for k, v in exported.items():
-        assert torch.equal(v, resumed["state_dict"][prefix + k]), k
-        changed |= not torch.equal(v, first["state_dict"][prefix + k])
-    assert changed  # the resumed step trained
-
-
-@pytest.mark.slow
-def test_two_process_validation_equals_one_process(tiny_data, tiny_eomt_folder, tmp_path):
-    """val mIoU of the same checkpoint on 1 and on 2 processes: one confusion matrix summed over the
-    processes (each val frame counted once), so equal up to float32 summation order."""
-    path = REPO / "configs" / "eomt_demo.yaml"
-    config, out = _config(path), tmp_path / "run"
-    base = ["-c", str(path), *tiny_overrides(config, tiny_data, out, tiny_eomt_folder)]
-    base = [a for a in base if not a.startswith("--trainer.limit_val_batches")]
-    main(["fit", *base])
-    ckpt = f"--ckpt_path={out / 'last.ckpt'}"
-
-    def miou(logs: Path, *extra) -> float:
-        done = _anomalyseg(
-            [
-                "validate",
-                *base,
-                f"--trainer.default_root_dir={logs}",
-                f"--trainer.logger.init_args.save_dir={logs}",
-                ckpt,
-                *extra,
-            ]
-        )
-        import pandas as pd
-
-        frame = pd.concat(pd.read_csv(p) for p in logs.glob("logs/version_*/metrics.csv"))
-        assert done.returncode == 0
-        return float(frame["val_miou"].dropna().iloc[-1])
-
-    one, two = miou(tmp_path / "one"), miou(tmp_path / "two", *DDP)
-    assert two == pytest.approx(one, abs=1e-6) and 0 < one < 1
