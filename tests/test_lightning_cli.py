@@ -186,3 +186,18 @@ def test_step_sampler_shards_one_global_stream():
     assert [next(it) for _ in range(batch)] == shards[1][2 * batch : 3 * batch]
     with pytest.raises(TypeError):
         len(one)
+
+
+def test_oe_module_repeats_the_eomt_module_defaults():
+    """EomtOEModule lists EomtModule's settings again (LightningCLI reads its signature for the
+    YAML's model.init_args); the defaults it repeats must stay EomtModule's."""
+    import inspect
+
+    from anomalyseg.training.eomt import EomtModule
+    from anomalyseg.training.oe import _MODULE_SETTINGS, EomtOEModule
+
+    base = inspect.signature(EomtModule.__init__).parameters
+    oe = inspect.signature(EomtOEModule.__init__).parameters
+    repeated = set(base) & set(oe) - {"self", "model", "kwargs"} - set(_MODULE_SETTINGS)
+    assert {"max_steps", "lr", "llrd", "poly_power", "warmup_steps", "seed"} <= repeated
+    assert {n: oe[n].default for n in repeated} == {n: base[n].default for n in repeated}
