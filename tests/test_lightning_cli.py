@@ -201,3 +201,19 @@ def test_oe_module_repeats_the_eomt_module_defaults():
     repeated = set(base) & set(oe) - {"self", "model", "kwargs"} - set(_MODULE_SETTINGS)
     assert {"max_steps", "lr", "llrd", "poly_power", "warmup_steps", "seed"} <= repeated
     assert {n: oe[n].default for n in repeated} == {n: base[n].default for n in repeated}
+
+
+def test_a_fit_whose_trainer_stops_off_the_schedule_is_warned():
+    """--trainer.max_steps alone leaves the module's schedule at the config's length: warned,
+    naming both settings; equal settings (or no trainer limit) are not."""
+    from anomalyseg.training.lightning_cli import schedule_mismatch
+
+    config = read_config(REPO / "configs" / "erfnet_demo.yaml")
+    schedule = config["model"]["init_args"]["max_steps"]
+    assert schedule_mismatch(config) is None  # the shipped config agrees with itself
+    config["trainer"]["max_steps"] = 3
+    text = schedule_mismatch(config)
+    assert "trainer.max_steps = 3" in text and f"model.init_args.max_steps = {schedule}" in text
+    assert "before" in text
+    config["trainer"]["max_steps"] = -1
+    assert schedule_mismatch(config) is None

@@ -1,5 +1,7 @@
-"""The ``anomalyseg`` command: ``make-data``, ``prepare-coco``, ``eval``, ``compare-conventions``,
-``train``, ``demo-weights``, ``run-all``, ``fit`` / ``validate``.
+"""The ``anomalyseg`` command: data, evaluation, training (also from YAML configs), notebooks.
+
+Subcommands: ``make-data``, ``prepare-coco``, ``eval``, ``compare-conventions``, ``train``,
+``demo-weights``, ``run-all``, ``fit`` / ``validate``.
 
 ``fit`` and ``validate`` hand the rest of the command line to Lightning's CLI
 (``training.lightning_cli``): ``anomalyseg fit -c configs/eomt_oe_demo.yaml``.

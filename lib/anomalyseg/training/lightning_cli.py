@@ -89,6 +89,30 @@ class AnomalysegCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.get("weights_only") is None:  # Lightning's None would load a full pickle
             config["weights_only"] = True
+        if self.subcommand == "fit":
+            message = schedule_mismatch(config)
+            if message:
+                warnings.warn(message, UserWarning, stacklevel=2)
+
+
+def schedule_mismatch(config) -> str | None:
+    """A warning text when a fit's ``trainer.max_steps`` differs from the module's
+    ``model.init_args.max_steps`` (the length of its learning-rate and annealing schedules), else
+    None: overriding only ``--trainer.max_steps`` would stop a 4000-step schedule after 3 steps, or
+    run past its end. A stop before the end can be intended (resume tests), so it is a warning."""
+    trainer = config.get("trainer") or {}
+    init_args = (config.get("model") or {}).get("init_args") or {}
+    stop, schedule = trainer.get("max_steps"), init_args.get("max_steps")
+    if stop is None or schedule is None or int(stop) < 0 or int(stop) == int(schedule):
+        return None
+    side = "before" if int(stop) < int(schedule) else "after"
+    return (
+        f"trainer.max_steps = {stop} but model.init_args.max_steps = {schedule}: the module's "
+        f"learning-rate and annealing schedules run over {schedule} steps and the trainer stops "
+        f"after {stop}. Set both (e.g. --trainer.max_steps={stop} "
+        f"--model.init_args.max_steps={stop}) unless stopping {side} the schedule's end is "
+        "intended."
+    )
 
 
 def run_lightning_cli(argv: list[str]) -> None:
