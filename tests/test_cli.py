@@ -114,30 +114,19 @@ def test_train_then_eval_end_to_end(model, trained, tiny_data, tmp_path, capsys)
     assert f"{100 * row.auprc:.2f} / {100 * row.fpr_at_95_tpr:.2f}" in out
 
 
+def _train_erfnet(tiny_data, folder, steps, capsys):
+    """`anomalyseg train erfnet` on the tiny data into ``folder``: (exit code, stdout, stderr)."""
+    data = tiny_data / "cityscapes"
+    argv = ["train", "erfnet", "--cityscapes-root", data, "--out", folder, "--steps", steps]
+    return run([*argv, "--crop-size", 32, 64, "--workers", 0], capsys)
+
+
 def test_train_refuses_fewer_steps_than_the_folder_holds(trained, tiny_data, capsys):
     """A folder holding a 2-step run asked for 1 step: refused, instead of returning the 2-step
-    model
-    while Lightning reports `max_steps=1 reached`."""
+    model while Lightning reports `max_steps=1 reached`."""
     folder = trained["erfnet"]
     before = (folder / "erfnet.safetensors").read_bytes()
-    code, _, err = run(
-        [
-            "train",
-            "erfnet",
-            "--cityscapes-root",
-            tiny_data / "cityscapes",
-            "--out",
-            folder,
-            "--steps",
-            1,
-            "--crop-size",
-            32,
-            64,
-            "--workers",
-            0,
-        ],
-        capsys,
-    )
+    code, _, err = _train_erfnet(tiny_data, folder, 1, capsys)
     assert code == 1
     assert_one_paragraph(err, "step 2", "1 steps", str(folder))
     assert (folder / "erfnet.safetensors").read_bytes() == before
@@ -151,24 +140,7 @@ def test_truncated_last_ckpt_is_named_with_the_other_checkpoints(
     others = sorted(p.name for p in folder.glob("*.ckpt") if p.name != "last.ckpt")
     data = (folder / "last.ckpt").read_bytes()
     (folder / "last.ckpt").write_bytes(data[: len(data) // 2])
-    code, _, err = run(
-        [
-            "train",
-            "erfnet",
-            "--cityscapes-root",
-            tiny_data / "cityscapes",
-            "--out",
-            folder,
-            "--steps",
-            4,
-            "--crop-size",
-            32,
-            64,
-            "--workers",
-            0,
-        ],
-        capsys,
-    )
+    code, _, err = _train_erfnet(tiny_data, folder, 4, capsys)
     assert code == 1
     assert_one_paragraph(err, str(folder / "last.ckpt"), "truncated", *others)
 
