@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from anomalyseg.data.benchmarks import load_benchmarks
 from anomalyseg.data.cityscapes import CityscapesSegmentation
-from anomalyseg.evaluate import OutputCache, evaluate_anomaly, evaluate_miou
+from anomalyseg.evaluate import OutputCache, evaluate_anomaly, evaluate_miou, frame_name
 from anomalyseg.evaluate_sharded import evaluate_sharded, predict_to_cache
 from anomalyseg.protocol import applied, get_protocol
 from anomalyseg.results import MIOU_DATASET, read_results
@@ -104,7 +104,7 @@ def test_cached_outputs_are_the_segmenters_own_and_not_computed_twice(
         key = cache.key(seg)
         for name, ds in sets.items():
             for item in ds:
-                stored = load_file(cache.path(seg, name, item["stem"], key))
+                stored = load_file(cache.path(seg, name, frame_name(item), key))
                 expected = seg.raw_outputs(item["image"])
                 assert stored.keys() == expected.keys()
                 for k in expected:

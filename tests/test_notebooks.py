@@ -50,6 +50,7 @@ def test_data_prep_reports_everything_ok(pipeline_run):
     _, run_dir = pipeline_run
     text = json.dumps(_outputs(run_dir / "00_data_prep.ipynb"))
     assert "all data sets found and readable" in text
+    assert "components_per_frame" in text and "anomaly_share" in text  # the anomaly statistics
 
 
 def test_source_notebooks_are_clean():

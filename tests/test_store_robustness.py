@@ -17,6 +17,7 @@ from anomalyseg.evaluate import (
     collect_outputs,
     evaluate_anomaly,
     evaluate_miou,
+    frame_name,
 )
 from anomalyseg.results import (
     ResultsStoreError,
@@ -243,7 +244,7 @@ def test_damaged_cache_file_is_evicted_and_recomputed(tmp_path):
     cache = OutputCache(tmp_path / "cache")
     seg = ToySegmenter()
     collect_outputs(seg, data, "fs_static", cache, progress=False)
-    path = cache.path(seg, "fs_static", "1")
+    path = cache.path(seg, "fs_static", frame_name(data[1]))
     good = {k: v.clone() for k, v in load_file(path).items()}  # load_file maps the file
     path.write_bytes(path.read_bytes()[:-7])  # truncated by a crash or a full disk
     seg2 = ToySegmenter()
@@ -255,6 +256,25 @@ def test_damaged_cache_file_is_evicted_and_recomputed(tmp_path):
     path.write_bytes(b"garbage")
     with pytest.raises(OSError, match=f"{path}.*Delete it"):
         frames[1].raw
+
+
+def test_a_frame_replaced_under_the_same_stem_is_computed_again(tmp_path):
+    # Regenerated data (a new generator version, another seed) keep the file names: the cache
+    # must answer the new pixels, not the outputs of the frame that had the name before.
+    cache = OutputCache(tmp_path / "cache")
+    old, new = ListData(seed=0), ListData(seed=1)
+    assert [i["stem"] for i in old.items] == [i["stem"] for i in new.items]
+    collect_outputs(ToySegmenter(), old, "fs_static", cache, progress=False)
+    seg = ToySegmenter()
+    frames = collect_outputs(seg, new, "fs_static", cache, progress=False)
+    assert seg.forwards == len(new)
+    for frame, item in zip(frames, new.items):
+        torch.testing.assert_close(frame.raw["logits"], seg.raw_outputs(item["image"])["logits"])
+    again = ToySegmenter()
+    collect_outputs(again, new, "fs_static", cache, progress=False)
+    assert again.forwards == 0  # the same pixels: read from the cache
+    assert frame_name(old[0]) != frame_name(new[0])
+    assert frame_name(old[0]) == frame_name({"stem": "0", "image": old[0]["image"].clone()})
 
 
 def test_full_disk_leaves_no_temporary_file_and_names_the_file(tmp_path, monkeypatch):

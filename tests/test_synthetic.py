@@ -254,6 +254,120 @@ def test_ensure_data_is_idempotent_and_refuses_other_settings(tiny, tmp_path):
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 
+def test_ensure_data_replaces_an_earlier_generator_version_only(tiny, tmp_path):
+    # After an update of the generator, `make demo` regenerates the data it made before instead of
+    # stopping; a data set from a newer generator (or of another preset/seed) is still refused.
+    old = tmp_path / "old"
+    synthetic.make_data(old, "tiny", seed=0, progress=False)
+    marker = json.loads((old / synthetic.MARKER).read_text())
+    marker.pop("training_data_version")
+    (old / synthetic.MARKER).write_text(json.dumps({**marker, "version": 1}))
+    (old / "Validation_Dataset" / "stale.txt").write_text("from generator version 1")
+    assert synthetic.ensure_data(old, "tiny", seed=0, progress=False) == old
+    marker_now = json.loads((old / synthetic.MARKER).read_text())
+    assert marker_now["version"] == synthetic.GENERATOR_VERSION
+    assert not (old / "Validation_Dataset" / "stale.txt").exists()
+    assert _digest(old) == _digest(tiny)
+    newer = {**marker, "version": synthetic.GENERATOR_VERSION + 1}
+    (old / synthetic.MARKER).write_text(json.dumps(newer))
+    with pytest.raises(ValueError, match=f"version {synthetic.GENERATOR_VERSION + 1}"):
+        synthetic.ensure_data(old, "tiny", seed=0, progress=False)
+
+
+# What the shipped demo weights trained on: the first Cityscapes-layout frames of both splits
+# and COCO stand-ins of the demo preset, seed 0, per TRAINING_DATA_VERSION. When the digest
+# changes, the training frames changed: bump TRAINING_DATA_VERSION and retrain the shipped
+# weights (`anomalyseg demo-weights`, README), which record the version they trained on.
+TRAINING_FRAMES_SHA256 = {
+    1: "a03666623d56eb477c5fd49f94797d2a4e4caa9acb5752d06bd7d7b7c4847140",
+}
+
+
+def test_training_frames_change_only_with_the_training_data_version():
+    from anomalyseg import demo_models
+
+    demo = synthetic.PRESETS["demo"]
+    h = hashlib.sha256()
+    for stream in (0, 1):  # train, val
+        for i in range(2):
+            image, labels = synthetic.cityscapes_frame(
+                synthetic._rng(0, stream, i), demo.height, demo.width
+            )
+            h.update(image.tobytes() + labels.tobytes())
+    for i in range(2):
+        rng = synthetic._rng(0, 21, i)
+        size = demo.coco_size if rng.uniform() < 0.7 else demo.coco_size[::-1]
+        image, anns = synthetic.coco_image(rng, *size, 100 + i, 1)
+        h.update(image.tobytes() + repr(anns).encode())
+    assert h.hexdigest() == TRAINING_FRAMES_SHA256[synthetic.TRAINING_DATA_VERSION]
+    for model, entry in demo_models.read_manifest().items():
+        assert entry["data"]["training_data_version"] == synthetic.TRAINING_DATA_VERSION, model
+
+
+def _components(labels: list[np.ndarray]) -> tuple[float, np.ndarray]:
+    """Anomaly share of the scored pixels and each component's area as a share of its frame."""
+    from scipy import ndimage
+
+    anomaly = scored = 0
+    areas = []
+    for label in labels:
+        a = label == 1
+        anomaly, scored = anomaly + a.sum(), scored + (label != 255).sum()
+        comps, k = ndimage.label(a, structure=np.ones((3, 3)))
+        areas += list(ndimage.sum(a, comps, range(1, k + 1)) / a.size)
+    return anomaly / scored, np.array(areas)
+
+
+def _anomaly_components(folder: str, n: int) -> tuple[float, np.ndarray]:
+    """``_components`` of ``n`` demo-size frames of ``folder``."""
+    H, W = synthetic.PRESETS["demo"].frame_size(folder)
+    return _components(
+        [
+            BENCHMARKS[folder].convert(
+                synthetic.benchmark_frame(synthetic._rng(0, 10, i), folder, H, W)[1]
+            )
+            for i in range(n)
+        ]
+    )
+
+
+def test_anomaly_statistics_of_a_benchmark_folder(tiny):
+    from anomalyseg.data.benchmarks import anomaly_statistics
+
+    for folder in BENCHMARKS:
+        ds = AnomalyBenchmark(tiny / "Validation_Dataset" / folder)
+        share, areas = _components([ds[i]["label"].numpy() for i in range(len(ds))])
+        stats = anomaly_statistics(ds)
+        assert stats["frames"] == len(ds)
+        assert stats["anomaly_share"] == pytest.approx(100 * share)
+        assert stats["components_per_frame"] == pytest.approx(len(areas) / len(ds))
+        expected = np.percentile(100 * areas, [10, 50, 90])
+        got = [stats["area_p10"], stats["area_p50"], stats["area_p90"]]
+        assert got == pytest.approx(expected)
+    # two components touching at a corner are one (8-connectivity), as SMIYC counts them
+    blocks = np.zeros((4, 6), np.uint8)
+    blocks[0, 0] = blocks[1, 1] = blocks[3, 5] = 1
+    assert _components([blocks])[1].tolist() == [2 / 24, 1 / 24]
+
+
+def test_anomaly_sizes_follow_the_real_benchmarks():
+    # Road Anomaly and RoadAnomaly21 show large objects, mostly animals, near the car: the two real
+    # Road Anomaly-style frames in ../shared/realdata hold one object of 10% and 27% of the frame.
+    # RoadObstacle21 and FS Lost&Found show small obstacles far ahead on the road.
+    real = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "road_samples"
+    masks = [np.asarray(Image.open(p)) for p in sorted(real.glob("labels_masks/*.png"))]
+    if not masks:
+        pytest.skip(f"no real road frames at {real}")
+    real_area = float(np.median([(m == 1).mean() for m in masks]))
+    for folder in ("RoadAnomaly", "RoadAnomaly21"):
+        share, areas = _anomaly_components(folder, 8)
+        assert 0.03 < share < 0.3, (folder, share)
+        assert real_area / 8 < np.median(areas) < real_area * 2, (folder, np.median(areas))
+    for folder in ("RoadObsticle21", "FS_LostFound_full"):
+        share, areas = _anomaly_components(folder, 8)
+        assert share < 0.02 and np.median(areas) < 0.002, (folder, share, np.median(areas))
+
+
 def test_bad_settings_are_named(tmp_path):
     with pytest.raises(ValueError, match="preset 'huge'"):
         synthetic.make_data(tmp_path / "x", "huge")

@@ -3,7 +3,7 @@
 Training ERFNet and the small EoMT well on 2 CPU cores takes longer than a demo should, so the
 repository carries the weights that ``anomalyseg demo-weights`` trained on the embedded data set
 (preset ``demo``, its fixed seed), as fp16 safetensors, with ``manifest.json``: for each model the
-command that made it, the data (preset, seed, generator version), the training settings the zoo
+command that made it, the data (preset, seed, training-data version), the training settings the zoo
 resolves (steps, batch, crops, lr...), the val mIoU of the shipped fp16 weights, the wall time, and
 the sha256 and size of each file.
 
@@ -107,8 +107,10 @@ def verify(model: str, folder: str | Path | None = None) -> dict:
 
 
 def data_identity(cityscapes_root: str | Path) -> dict | None:
-    """Preset, seed and generator version of the embedded data set that holds ``cityscapes_root``
-    (its ``EMBEDDED_DATA.json`` marker), or None for real data."""
+    """Preset, seed and training-data version of the embedded data set that holds
+    ``cityscapes_root`` (its ``EMBEDDED_DATA.json`` marker), or None for real data: what decides
+    the frames a model trains on. The benchmark frames may change (``GENERATOR_VERSION``) without
+    invalidating weights trained on the same training frames (``TRAINING_DATA_VERSION``)."""
     from .data.synthetic import _read_marker
 
     marker = _read_marker(Path(cityscapes_root).parent)
@@ -117,7 +119,8 @@ def data_identity(cityscapes_root: str | Path) -> dict | None:
     return {
         "preset": marker.get("preset", {}).get("name"),
         "seed": marker.get("seed"),
-        "version": marker.get("version"),
+        # Markers of generator version 1 have no training_data_version: theirs was 1.
+        "training_data_version": marker.get("training_data_version", 1),
     }
 
 

@@ -52,11 +52,13 @@ from .scores import (
 # ----------------------------------------------------------------------------- output cache
 class OutputCache:
     """Raw model outputs per frame, as safetensors files under
-    ``<root>/<model>/<key>/<dataset>/<stem>.safetensors`` (or in memory without root).
+    ``<root>/<model>/<key>/<dataset>/<frame>.safetensors`` (or in memory without root).
 
     ``key`` hashes the segmenter's name, checkpoint, ``cache_tag`` and a fingerprint of its
     weights, so a model trained further or fine-tuned in place never reads the outputs of its
-    former self, even under the same checkpoint path."""
+    former self, even under the same checkpoint path; ``<frame>`` is ``frame_name(item)``, the
+    frame's stem and a hash of its pixels, so a data set regenerated or replaced under the same
+    file names never gets the outputs of its former frames."""
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else None
@@ -69,25 +71,26 @@ class OutputCache:
         parts = "|".join(str(x) for x in (*fields, weights_fingerprint(segmenter)))
         return hashlib.sha1(parts.encode()).hexdigest()[:12]
 
-    def path(self, segmenter: Segmenter, dataset: str, stem: str, key: str | None = None) -> Path:
+    def path(self, segmenter: Segmenter, dataset: str, frame: str, key: str | None = None) -> Path:
+        """Where ``segmenter``'s outputs of ``frame`` (``frame_name(item)``) are kept."""
         return (
             self.root
             / segmenter.name
             / (key or self.key(segmenter))
             / dataset
-            / f"{stem}.safetensors"
+            / f"{frame}.safetensors"
         )
 
     def get(
-        self, segmenter: Segmenter, dataset: str, stem: str, key: str | None = None
+        self, segmenter: Segmenter, dataset: str, frame: str, key: str | None = None
     ) -> dict[str, torch.Tensor] | None:
         """The cached outputs of one frame, or None; a damaged file is removed (and None
         returned)."""
         if self.root is None:
             return self._memory.get(
-                (id(segmenter), getattr(segmenter, "cache_tag", ""), dataset, stem)
+                (id(segmenter), getattr(segmenter, "cache_tag", ""), dataset, frame)
             )
-        path = self.path(segmenter, dataset, stem, key)
+        path = self.path(segmenter, dataset, frame, key)
         if not path.exists():
             return None
         try:
@@ -100,17 +103,24 @@ class OutputCache:
         self,
         segmenter: Segmenter,
         dataset: str,
-        stem: str,
+        frame: str,
         raw: dict[str, torch.Tensor],
         key: str | None = None,
     ) -> None:
         if self.root is None:
-            self._memory[(id(segmenter), getattr(segmenter, "cache_tag", ""), dataset, stem)] = raw
+            self._memory[(id(segmenter), getattr(segmenter, "cache_tag", ""), dataset, frame)] = raw
             return
-        path = self.path(segmenter, dataset, stem, key)
+        path = self.path(segmenter, dataset, frame, key)
         _results.atomic_write(
             path, lambda tmp: save_file({k: v.contiguous() for k, v in raw.items()}, tmp)
         )
+
+
+def frame_name(item: dict) -> str:
+    """The output cache's name of a data set item (``{"stem": str, "image": uint8 [3, H, W]}``):
+    ``<stem>-<first 10 hex digits of the SHA-1 of its decoded pixels>``."""
+    pixels = item["image"].contiguous().numpy().tobytes()
+    return f"{item['stem']}-{hashlib.sha1(pixels).hexdigest()[:10]}"
 
 
 def _evict(path: Path, error: Exception) -> None:
@@ -284,20 +294,21 @@ def _collect(
                     stem
                 )  # the course drops a frame whose anomaly vanished in the resize
             continue
+        name = frame_name(item)
         if cache.root is None:
-            raw = cache.get(segmenter, dataset_name, stem)
+            raw = cache.get(segmenter, dataset_name, name)
             if raw is None:
                 raw = segmenter.raw_outputs(item["image"])
-                cache.put(segmenter, dataset_name, stem, raw)
+                cache.put(segmenter, dataset_name, name, raw)
             frames.append(Frame(stem, raw, label, native_size=full))
             continue
-        path = cache.path(segmenter, dataset_name, stem, key)
+        path = cache.path(segmenter, dataset_name, name, key)
         if path.exists() and not _readable(
             path
         ):  # truncated by a crash or a full disk: compute it again
             _evict(path, ValueError("incomplete safetensors file"))
         if not path.exists():
-            cache.put(segmenter, dataset_name, stem, segmenter.raw_outputs(item["image"]), key)
+            cache.put(segmenter, dataset_name, name, segmenter.raw_outputs(item["image"]), key)
         frames.append(Frame(stem, None, label, load=partial(_load_cached, path), native_size=full))
     return frames
 

@@ -38,13 +38,13 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .evaluate import OutputCache, _readable, evaluate_anomaly, evaluate_miou
+from .evaluate import OutputCache, _readable, evaluate_anomaly, evaluate_miou, frame_name
 from .protocol import EvalProtocol, _segmenters, applied, get_protocol
 from .results import MIOU_DATASET, new_run_id
 
 
 class _Frames(Dataset):
-    """Every frame of several data sets as one sequence: item ``{"dataset": name, "stem": str,
+    """Every frame of several data sets as one sequence: item ``{"dataset": name, "frame": str,
     "image": uint8 [3, H, W] or None}``; None for a frame whose outputs are already cached (checked
     in the loader's workers, beside the decoding)."""
 
@@ -58,9 +58,10 @@ class _Frames(Dataset):
     def __getitem__(self, i: int) -> dict:
         name, j = self.index[i]
         item = self.datasets[name][j]
-        path = self.cache.path(self.segmenter, name, item["stem"], self.key)
+        frame = frame_name(item)
+        path = self.cache.path(self.segmenter, name, frame, self.key)
         done = path.exists() and _readable(path)
-        return {"dataset": name, "stem": item["stem"], "image": None if done else item["image"]}
+        return {"dataset": name, "frame": frame, "image": None if done else item["image"]}
 
 
 def _first(batch: list[dict]) -> dict:
@@ -88,7 +89,7 @@ def _move(segmenter, device: torch.device) -> None:
 class SegmenterPredictor(L.LightningModule):
     """A ``Segmenter`` (``models/base.py``) as a LightningModule for ``Trainer.predict``.
 
-    ``predict_step`` takes one item of ``_Frames`` and returns ``{"dataset", "stem", "raw"}``,
+    ``predict_step`` takes one item of ``_Frames`` and returns ``{"dataset", "frame", "raw"}``,
     ``raw`` being ``segmenter.raw_outputs(image)`` (CPU tensors, e.g. EoMT's ``mask_logits``
     float16 ``[N, Q, S/4, S/4]`` and ``class_logits`` ``[N, Q, C+1]``, ERFNet's logits
     ``[C, h, w]``), or ``raw=None`` for a frame already cached. The segmenter's networks are moved
@@ -103,7 +104,7 @@ class SegmenterPredictor(L.LightningModule):
 
     def predict_step(self, item: dict, batch_idx: int) -> dict[str, Any]:
         raw = None if item["image"] is None else self.segmenter.raw_outputs(item["image"])
-        return {"dataset": item["dataset"], "stem": item["stem"], "raw": raw}
+        return {"dataset": item["dataset"], "frame": item["frame"], "raw": raw}
 
 
 class CacheWriter(BasePredictionWriter):
@@ -123,7 +124,7 @@ class CacheWriter(BasePredictionWriter):
             self.cache.put(
                 self.segmenter,
                 prediction["dataset"],
-                prediction["stem"],
+                prediction["frame"],
                 prediction["raw"],
                 self.key,
             )
