@@ -18,6 +18,7 @@ from anomalyseg import cli
 from anomalyseg.data.benchmarks import load_benchmarks
 from anomalyseg.models.erfnet import ERFNet
 from anomalyseg.results import read_results
+from anomalyseg.scores import default_scores
 from helpers import run_cli as run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,6 +113,23 @@ def test_train_then_eval_end_to_end(model, trained, tiny_data, tmp_path, capsys)
     # the printed cells are the stored figures
     row = anomaly[(anomaly.dataset == "RoadAnomaly21") & (anomaly.score == "msp")].iloc[0]
     assert f"{100 * row.auprc:.2f} / {100 * row.fpr_at_95_tpr:.2f}" in out
+
+
+@pytest.mark.parametrize("model", ["erfnet", "eomt"])
+def test_eval_scores_default_to_the_models_standard_scores(
+    model, trained, tiny_data, tmp_path, capsys
+):
+    """Without --scores, EoMT is scored with RbA too (it was left out: the default was the scores
+    shared by both models)."""
+    ckpt = trained[model] / ("erfnet.safetensors" if model == "erfnet" else "model")
+    results = tmp_path / "results.csv"
+    bench = ["--benchmarks-root", tiny_data / "Validation_Dataset", "--benchmarks", "fs_static"]
+    size = ["--input-size", 64, 128] if model == "erfnet" else []
+    argv = ["eval", "--model", model, "--checkpoint", ckpt, *bench, "--results", results, *size]
+    code, _, err = run([*argv, "--workers", 0], capsys)
+    assert code == 0, err
+    assert tuple(read_results(results).score) == default_scores(model)
+    assert ("rba" in default_scores(model)) == (model == "eomt")
 
 
 def _train_erfnet(tiny_data, folder, steps, capsys):

@@ -104,7 +104,9 @@ def _eval(a):
     from .evaluate import OutputCache, evaluate_anomaly, evaluate_miou
     from .report.tables import anomaly_table, markdown, miou_table
     from .results import COLUMNS, check_store, new_run_id
+    from .scores import default_scores
 
+    a.scores = a.scores or list(default_scores(a.model))
     if a.benchmarks_root is None and a.cityscapes_root is None:
         raise ValueError(
             "nothing to evaluate. Give --benchmarks-root (the course's Validation_Dataset folder) "
@@ -419,8 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--scores",
         nargs="+",
-        default=list(default_scores()),
-        help="anomaly scores (anomalyseg.scores.SCORE_TABLE; default: those of every model)",
+        default=None,
+        help="anomaly scores (anomalyseg.scores.SCORE_TABLE; default: the model's standard ones, "
+        f"{', '.join(default_scores('erfnet'))} for ERFNet, with {default_scores('eomt')[-1]} "
+        "for EoMT)",
     )
     s.add_argument("--temperatures", nargs="+", type=positive_float, default=[1.0])
     s.add_argument("--temperature-on", choices=("pixel", "class"), default="pixel")
