@@ -4,6 +4,7 @@ used by the zoo instead of a training only for exactly the settings and data the
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -43,24 +44,9 @@ def shipped_tiny(tmp_path_factory):
     maintainer runs on the demo preset to make the shipped weights (the EoMT first: the others
     train on it)."""
     root = tmp_path_factory.mktemp("demo_weights")
-    for model in demo_models.MODELS:
-        main(
-            [
-                "demo-weights",
-                "--model",
-                model,
-                "--steps",
-                "2",
-                "--preset",
-                "tiny",
-                "--data-root",
-                str(root / "data"),
-                "--work-dir",
-                str(root / "work"),
-                "--out",
-                str(root / "out"),
-            ]
-        )
+    folders = ["--data-root", root / "data", "--work-dir", root / "work", "--out", root / "out"]
+    argv = ["demo-weights", "--model", "all", "--steps", 2, "--preset", "tiny", *folders]
+    main([str(a) for a in argv])
     return root
 
 
@@ -204,6 +190,17 @@ def test_models_on_the_shipped_eomt_install_only_on_it(
     assert demo_models.install_trained(model, other, ws, other_base, settings) is None
     with pytest.raises(ValueError, match="not trained on the shipped EoMT"):
         demo_models.install_trained("erfnet", tmp_path / "x", ws, base, settings)
+
+
+def test_steps_default_to_what_the_notebook_asks_for(shipped_tiny, tmp_path):
+    from anomalyseg.pipeline import notebook_parameters, train_demo_weights
+
+    out = tmp_path / "out"
+    shutil.copytree(shipped_tiny / "out", out)
+    data = shipped_tiny / "data"
+    entry = train_demo_weights("head_stats", None, data, tmp_path / "work", out, preset="tiny")
+    assert entry["steps"] == notebook_parameters("tiny", "05_anomaly_head")["train_steps"]
+    assert f"--steps {entry['steps']} " in entry["command"]
 
 
 def test_models_on_the_eomt_need_the_shipped_eomt_first(tmp_path):

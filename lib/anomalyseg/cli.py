@@ -251,27 +251,30 @@ def _train(a):
 
 
 def _demo_weights(a):
+    from .demo_models import MODELS
     from .pipeline import train_demo_weights
 
-    entry = train_demo_weights(
-        a.model,
-        a.steps,
-        a.data_root,
-        a.work_dir / a.model,
-        a.out,
-        seed=a.seed,
-        val_every_n_steps=a.val_every,
-        preset=a.preset,
-    )
-    metric = (
-        f"val mIoU {100 * entry['val_miou']:.2f}% (fp16 weights)"
-        if "val_miou" in entry
-        else f"last training loss {entry['final_train_loss']:.4f}"
-    )
-    print(
-        f"{a.model}: {entry['steps']} steps, {metric}, {entry['wall_s']} s; written to "
-        f"{a.out / a.model} and {a.out / 'manifest.json'}"
-    )
+    for model in MODELS if a.model == "all" else (a.model,):
+        entry = train_demo_weights(
+            model,
+            a.steps,
+            a.data_root,
+            a.work_dir / model,
+            a.out,
+            seed=a.seed,
+            val_every_n_steps=a.val_every,
+            preset=a.preset,
+        )
+        metric = (
+            f"val mIoU {100 * entry['val_miou']:.2f}% (fp16 weights)"
+            if "val_miou" in entry
+            else f"last training loss {entry['final_train_loss']:.4f}"
+        )
+        print(
+            f"{model}: {entry['steps']} steps, {metric}, {entry['wall_s']} s; written to "
+            f"{a.out / model} and {a.out / 'manifest.json'}",
+            flush=True,
+        )
 
 
 def _run_all(a):
@@ -532,12 +535,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--model",
-        choices=MODELS,
+        choices=(*MODELS, "all"),
         required=True,
         help="eomt_oe (notebook 04) and the heads (05) train on the shipped eomt: "
-        "make that one first",
+        "make that one first; all: every model, in that order",
     )
-    s.add_argument("--steps", type=positive_int, required=True)
+    s.add_argument(
+        "--steps",
+        type=positive_int,
+        help="training steps (default: what the preset's notebook asks for, as the shipped "
+        "weights were trained)",
+    )
     s.add_argument(
         "--seed",
         type=nonnegative_int,

@@ -238,7 +238,7 @@ def run_all(
 # -------------------------------------------------------------------------- anomalyseg demo-weights
 def train_demo_weights(
     model: str,
-    steps: int,
+    steps: int | None,
     data_root: str | Path,
     work_dir: str | Path,
     out: str | Path | None = None,
@@ -246,7 +246,8 @@ def train_demo_weights(
     val_every_n_steps: int | None = None,
     preset: str = "demo",
 ) -> dict:
-    """Train the demo's ``model`` (one of ``dm.MODELS``) for ``steps`` with ``preset``'s recipe
+    """Train the demo's ``model`` (one of ``dm.MODELS``) for ``steps`` (None: the steps the
+    preset's notebook asks for, those the shipped weights must match) with ``preset``'s recipe
     (``notebooks/presets.yaml``, the parameters of the notebook that trains it) on the embedded
     data at ``<data_root>/<preset>`` (generated when missing), in ``work_dir`` (resumable), then
     write its fp16 weights, training log and manifest entry to ``out``. Returns the entry.
@@ -265,7 +266,9 @@ def train_demo_weights(
     started, out, work_dir = time.time(), Path(out or dm.WEIGHTS_DIR), Path(work_dir)
     ws = open_workspace(data_root=data_root, preset=preset, seed=seed, output_dir=work_dir)
     steps_key = {"eomt_oe": "finetune_steps"}.get(model, "train_steps")
-    params = {**notebook_parameters(preset, dm._NOTEBOOK[model]), steps_key: steps, "seed": seed}
+    params = notebook_parameters(preset, dm._NOTEBOOK[model])
+    steps = int(steps or params[steps_key])
+    params = {**params, steps_key: steps, "seed": seed}
     train_settings = dm.demo_train_settings(model, params)
     if model in dm.SEGMENTERS:
         train_settings["val_every_n_steps"] = val_every_n_steps or steps
