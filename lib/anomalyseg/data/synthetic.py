@@ -750,6 +750,15 @@ def _draw_anomaly(
     return cv
 
 
+def _footprint(mask: np.ndarray) -> np.ndarray:
+    """The lowest tenth (at least 2 rows) of the rows ``mask`` [H, W] covers, as a row mask."""
+    rows = np.nonzero(mask.any(1))[0]
+    low = rows[-1] - max(2, (rows[-1] - rows[0] + 1) // 10) + 1
+    keep = np.zeros(mask.shape, bool)
+    keep[max(low, rows[0]) : rows[-1] + 1] = True
+    return keep
+
+
 def _place_anomalies(
     rng,
     cv: Canvas,
@@ -763,13 +772,15 @@ def _place_anomalies(
     tries: int = 40,
     strict: bool = True,
     max_share: float = 0.25,
-    lateral: float | None = None,
+    in_view: float | None = None,
 ) -> int:
     """Place up to ``n`` anomalies on the road (``where="road"``) or anywhere on the ground; returns
     how many were placed. A position is rejected when the anomaly would be too small to see (under
     ``min_px`` pixels), cover more than ``max_share`` of the frame, cover void or, if ``strict``,
-    cover an object or stand mostly off the road it was put on. ``lateral`` keeps the anomalies
-    within that many metres left or right of the camera."""
+    cover an object or stand mostly off the road it was put on. With ``in_view``, an anomaly stands
+    on ground the frame shows (not nearer than the frame's bottom row) with its centre in the
+    middle ``in_view`` share of the frame's width, and is rejected where the frame's edge cuts
+    it."""
     cam, placed = st.cam, 0
     labels = cv.labels()
     for _ in range(tries):
@@ -777,16 +788,24 @@ def _place_anomalies(
             break
         Z = rng.uniform(*depth)
         lo, hi = st.road if where == "road" else (st.facade[0] + 1, st.facade[1] - 1)
-        if lateral is not None:  # in the car's path, not cut off by the frame's edge
-            lo, hi = max(lo, -lateral), min(hi, lateral)
-        X = rng.uniform(lo + 0.3, hi - 0.3)
+        if in_view is not None:
+            Z = max(Z, cam.z_near * 1.1)
+            margin = cv.W * (1 - in_view) / 2
+            lo = max(lo, (margin - cam.cx) * Z / cam.f)
+            hi = min(hi, (cv.W - margin - cam.cx) * Z / cam.f)
+        X = rng.uniform(lo + 0.3, hi - 0.3) if hi - lo > 0.6 else (lo + hi) / 2
         other = _draw_anomaly(rng, cam, cv.H, cv.W, X, Z, rng.uniform(*size), _pick(rng, kinds))
         mask = other.ids() > 0
         covered = labels[mask]
         if mask.sum() < min_px or mask.mean() > max_share or (covered == IGNORE_INDEX).any():
             continue
+        if in_view is not None and (mask[:, 0].any() or mask[:, -1].any() or mask[-1].any()):
+            continue
+        # A large object standing near the car mostly hides what is behind it: whether it stands
+        # on the road is judged by its footprint (its lowest rows) then.
+        ground = covered if in_view is None else labels[mask & _footprint(mask)]
         if strict and (
-            np.isin(covered, _THINGS).any() or (where == "road" and (covered == ROAD).mean() < 0.5)
+            np.isin(covered, _THINGS).any() or (where == "road" and (ground == ROAD).mean() < 0.5)
         ):
             continue
         cv.overlay(other)
@@ -805,8 +824,9 @@ class _Anomalies:
     (inclusive range) placed on the ``where`` ground (``"road"`` or ``"any"``), ``size`` metres
     across at ``depth`` metres, at least ``min_px`` pixels (at 256x512) and at most ``max_share``
     of the frame each, ego-vehicle ``hood`` probability, ``kinds`` (repeats weight the draw) and
-    ``ego_free`` metres of the ego lane kept free of vehicles; ``lateral``: anomalies at most that
-    many metres left or right of the camera (None: anywhere on their ground)."""
+    ``ego_free`` metres of the ego lane kept free of vehicles; ``in_view``: anomalies stand on
+    visible ground with their centre in that middle share of the frame's width (None: anywhere on
+    their ground, even cut off by the frame's edge)."""
 
     style: str
     count: tuple[int, int]
@@ -818,7 +838,7 @@ class _Anomalies:
     kinds: tuple[str, ...]
     ego_free: float = 0.0
     max_share: float = 0.25
-    lateral: float | None = None
+    in_view: float | None = None
 
 
 # The anomaly statistics follow the real benchmarks' descriptions (notebook 00 tabulates them
@@ -830,11 +850,11 @@ class _Anomalies:
 _BENCH = {
     "RoadAnomaly": _Anomalies(
         "suburban", (1, 2), "road", (1.5, 4.0), (2.5, 10), 60, 0.0,
-        ("animal", "animal", "animal", "box", "blob"), ego_free=20.0, max_share=0.4, lateral=3.0,
+        ("animal", "animal", "animal", "box", "blob"), ego_free=20.0, max_share=0.4, in_view=0.6,
     ),
     "RoadAnomaly21": _Anomalies(
         "urban", (1, 3), "any", (1.5, 5.0), (2.5, 12), 60, 0.5,
-        ("animal", "animal", "box", "blob", "blob"), ego_free=30.0, max_share=0.4,
+        ("animal", "animal", "box", "blob", "blob"), ego_free=30.0, max_share=0.4, in_view=0.9,
     ),
     "RoadObsticle21": _Anomalies(
         "empty", (1, 3), "road", (0.2, 0.8), (5, 40), 12, 0.3,
@@ -867,7 +887,7 @@ def benchmark_frame(
         n = int(rng.integers(b.count[0], b.count[1] + 1))
         placed = _place_anomalies(
             rng, cv, st, n, where, size, depth, min_px, b.kinds,
-            max_share=b.max_share, lateral=b.lateral,
+            tries=40 if b.in_view is None else 200, max_share=b.max_share, in_view=b.in_view,
         )  # fmt: skip
         if placed == 0:  # a crowded frame: accept an anomaly in front of whatever it covers
             placed = _place_anomalies(
@@ -882,6 +902,7 @@ def benchmark_frame(
                 ("blob",),
                 400,
                 strict=False,
+                in_view=b.in_view,
             )
         if placed == 0:
             raise RuntimeError(
