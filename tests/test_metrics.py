@@ -20,6 +20,8 @@ from anomalyseg.metrics import (
     anomaly_metrics,
     auprc,
     auroc,
+    counts_metrics,
+    counts_metrics_rows,
     curve_points,
     ece,
     fpr_at_95_tpr,
@@ -170,7 +172,10 @@ def test_torch_inputs_match_numpy():
 
 def test_degenerate_sets():
     scores = np.float32([0.1, 0.2, 0.3])
-    with pytest.warns(RuntimeWarning, match="no anomaly pixel"):
+    with (
+        pytest.warns(RuntimeWarning, match="no anomaly pixel"),
+        pytest.warns(RuntimeWarning, match="no in-distribution pixel"),
+    ):
         m = anomaly_metrics(scores, np.array([0, 0, 255]))
     assert np.isnan([m["auprc"], m["fpr_at_95_tpr"], m["auroc"]]).all() and m["num_pixels"] == 2
     with pytest.warns(RuntimeWarning, match="no in-distribution pixel"):
@@ -286,7 +291,10 @@ def test_binned_errors_and_degenerate_sets():
     with pytest.raises(ValueError, match="NaN at 1 pixels"):
         acc.update(np.array([0.1, np.nan], np.float32), np.array([0, 1], np.uint8))
     acc.update(np.array([0.1, 0.2], np.float32), np.array([0, 255], np.uint8))
-    with pytest.warns(RuntimeWarning, match="no anomaly pixel"):
+    with (
+        pytest.warns(RuntimeWarning, match="no anomaly pixel"),
+        pytest.warns(RuntimeWarning, match="no in-distribution pixel"),
+    ):
         assert np.isnan(acc.compute()["auprc"])
     empty = BinnedAnomalyAccumulator(12)
     empty.update(np.array([0.1], np.float32), np.array([255], np.uint8))
@@ -423,3 +431,67 @@ def test_calibration_errors():
         )
     with pytest.raises(ValueError, match="ECE of no pixel"):
         CalibrationAccumulator().ece()
+
+
+def _histograms(scores, labels):
+    """Anomaly and in-distribution counts per distinct score, ascending (the bins of exact
+    frame statistics)."""
+    u, inv = np.unique(scores, return_inverse=True)
+    return (
+        np.bincount(inv[labels == 1], minlength=len(u)),
+        np.bincount(inv[labels == 0], minlength=len(u)),
+    )
+
+
+def test_counts_metrics_rows_equal_counts_metrics_bit_for_bit():
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(40):  # sparse histograms: empty bins everywhere, as in a bootstrap resample
+        D = int(rng.integers(1, 300))
+        pos = rng.poisson(rng.uniform(0.05, 3), D) * (rng.random(D) < rng.uniform(0.1, 1))
+        neg = rng.poisson(rng.uniform(0.5, 30), D) * (rng.random(D) < rng.uniform(0.1, 1))
+        pos[rng.integers(D)] += 1
+        rows.append((pos, neg + (neg.sum() == 0)))
+    for seed in range(6):  # the long collinear runs of test_fpr95_course_exact_on_long_runs
+        r = np.random.default_rng(seed)
+        scores = np.arange(3000, dtype=np.float32) // int(r.integers(1, 4))
+        labels = np.zeros(3000, np.uint8)
+        start = int(r.integers(0, 2500))
+        labels[start : start + int(r.choice([20, 40, 333]))] = 1
+        rows.append(_histograms(scores, labels))
+    rows.append(_histograms(np.repeat(np.arange(500.0), 2), np.tile([0, 1], 500)))
+    D = max(len(p) for p, _ in rows)
+    P = np.array([np.r_[np.zeros(D - len(p), int), p] for p, _ in rows])  # empty low bins
+    N = np.array([np.r_[np.zeros(D - len(n), int), n] for _, n in rows])
+    for convention in ("course", "smiyc"):
+        got = counts_metrics_rows(P, N, convention)
+        # float64 counts (a bootstrap's weighted sums) give the same bits
+        assert all(
+            np.array_equal(got[k], v)
+            for k, v in counts_metrics_rows(P.astype(float), N.astype(float), convention).items()
+        )
+        for k in ("auprc", "fpr_at_95_tpr", "auroc"):
+            ref = [counts_metrics(p, n, convention)[k] for p, n in zip(P, N)]
+            np.testing.assert_array_equal(got[k], ref)  # exact, not approximately
+    # and the metric itself: ood-metrics' FPR95 and sklearn's AuPRC of the pixels
+    scores = np.repeat(np.arange(D, dtype=np.float32), (P + N)[-3])
+    labels = np.concatenate(
+        [np.r_[np.ones(p, int), np.zeros(n, int)] for p, n in zip(P[-3], N[-3])]
+    )
+    got = counts_metrics_rows(P[-3:-2], N[-3:-2])
+    assert got["fpr_at_95_tpr"][0] == ood_metrics_fpr95(scores, labels)
+    assert got["auprc"][0] == pytest.approx(average_precision_score(labels, scores), abs=1e-14)
+
+
+def test_counts_metrics_rows_degenerate_rows():
+    P, N = np.array([[0, 0, 0], [1, 0, 2], [3, 1, 0]]), np.array([[2, 1, 0], [0, 0, 0], [0, 2, 5]])
+    with (
+        pytest.warns(RuntimeWarning, match="no anomaly pixel"),
+        pytest.warns(RuntimeWarning, match="no in-distribution pixel"),
+    ):
+        got = counts_metrics_rows(P, N)
+    assert np.isnan([got[k][0] for k in got]).all()  # no anomaly: every metric undefined
+    assert got["auprc"][1] == 1.0 and np.isnan([got["auroc"][1], got["fpr_at_95_tpr"][1]]).all()
+    assert got["auroc"][2] == counts_metrics(P[2], N[2])["auroc"]
+    with pytest.raises(ValueError, match="no valid pixel"):
+        counts_metrics_rows(np.zeros((1, 3), int), np.zeros((1, 3), int))

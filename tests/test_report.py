@@ -223,6 +223,24 @@ def test_save_all_writes_every_figure(store, tmp_path):
     assert tables.comparison_markdown(tables.comparison_table(df)) in md
 
 
+def test_save_all_saves_figures_already_drawn(store, tmp_path, monkeypatch):
+    path, df = store
+    drawn = {"bars_auprc": figures.bar_chart(df, "auprc"), "pr_curves": None}
+    calls = []
+    for name in ("bar_chart", "curves_figure"):
+        make = getattr(figures, name)
+        monkeypatch.setattr(
+            figures, name, lambda *a, _m=make, **k: calls.append(a[-1]) or _m(*a, **k)
+        )
+    written = {p.name for p in figures.save_all(df, path, tmp_path / "f", drawn=drawn)}
+    # the drawn bar chart is saved as it is, the empty entry skipped, the others drawn here
+    assert calls == ["fpr_at_95_tpr", "roc"]
+    assert {"bars_auprc.png", "bars_auprc.pdf", "roc_curves.png"} <= written
+    assert "pr_curves.png" not in written
+    again = {p.name for p in figures.save_all(df, path, tmp_path / "g")}
+    assert again == written | {"pr_curves.png", "pr_curves.pdf"}
+
+
 def test_qualitative_grid_shows_each_methods_best_map(store):
     path, df = store
     rows = df[df.dataset.isin(BENCHES) & (df.temperature == 1.0) & (df.score != "anomaly_head")]

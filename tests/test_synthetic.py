@@ -65,6 +65,16 @@ def test_same_seed_same_bytes_other_seed_differs(tiny, tmp_path):
     assert sum(changed.get(k) != first[k] for k in frames) == len(frames)
 
 
+def test_two_processes_write_the_same_bytes_as_one(tiny, tmp_path):
+    # every image has its own RNG stream and file, and the COCO annotation ids are numbered in
+    # image order whichever process drew the image
+    two = synthetic.make_data(tmp_path / "two", "tiny", seed=0, progress=False, workers=2)
+    assert synthetic._default_workers(TINY) == 1  # the fixture `tiny` ran in one process
+    assert _digest(two) == _digest(tiny)
+    anns = json.loads((two / "coco/annotations/instances_train2017.json").read_text())
+    assert [a["id"] for a in anns["annotations"]] == list(range(1, len(anns["annotations"]) + 1))
+
+
 def test_cityscapes_layout_and_train_ids(tiny):
     root = tiny / "cityscapes"
     for split, n in (("train", TINY.n_train), ("val", TINY.n_val)):

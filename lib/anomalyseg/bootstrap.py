@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import components as _components
-from .metrics import counts_metrics
+from .metrics import cumulative_metrics_rows
 from .results import DATASET_ORDER, DATASET_TITLES
 
 SEED = 0
@@ -85,32 +85,44 @@ def canonical(stats: dict) -> dict:
 
 
 def pixel_metrics(
-    stats: dict, weights: np.ndarray, convention: str = "course", chunk: int = 128
+    stats: dict, weights: np.ndarray, convention: str = "course", chunk: int = 64
 ) -> dict[str, np.ndarray]:
     """``auprc``, ``fpr_at_95_tpr`` and ``auroc`` ``[B]`` of the frames pooled with ``weights``
     ``[B, F]`` (frame multiplicities), from the stored histograms ``stats["pos"]``,
-    ``stats["neg"]`` ``[F, D]``."""
-    pos, neg = np.asarray(stats["pos"], np.float64), np.asarray(stats["neg"], np.float64)
-    weights = np.asarray(weights, np.float64)
+    ``stats["neg"]`` ``[F, D]``: ``counts_metrics`` of each resample's pooled counts, ``chunk``
+    resamples per array pass (``metrics.cumulative_metrics_rows``).
+
+    A resample's cumulative counts are the weighted sum of the frames' cumulative counts (one
+    matrix product, exact: integer weights times integer counts), and its AUROC trapezoid sum
+    ``sum_i neg_i (tps_i + tps_i-1)`` is the quadratic form ``w M w`` of the frames' pairwise sums
+    ``M[f, g] = sum_i neg_f,i (2 tps_g,i - pos_g,i)`` (int64, exact)."""
+    pos, neg = np.asarray(stats["pos"], np.int64), np.asarray(stats["neg"], np.int64)
+    filled = (pos.sum(0) + neg.sum(0)) > 0  # a bin no frame fills is empty in every resample
+    pos, neg = pos[:, filled][:, ::-1], neg[:, filled][:, ::-1]  # highest score first
+    tps, fps = np.cumsum(pos, axis=1), np.cumsum(neg, axis=1)
+    pairs = neg @ (2 * tps - pos).T  # [F, F]
+    tps, fps = tps.astype(np.float64), fps.astype(np.float64)
+    weights = np.asarray(weights)
     out = {k: np.empty(len(weights)) for k in PIXEL_METRICS}
     for start in range(0, len(weights), chunk):
         w = weights[start : start + chunk]
-        P, N = (
-            (w @ pos).round().astype(np.int64),
-            (w @ neg).round().astype(np.int64),
-        )  # exact integers in float64
-        for j in range(len(w)):
-            m = counts_metrics(P[j], N[j], convention)
-            for k in out:
-                out[k][start + j] = m[k]
+        wf = w.astype(np.float64)
+        m = cumulative_metrics_rows(
+            wf @ tps,
+            wf @ fps,
+            convention,
+            trapezoids=np.einsum("bf,fg,bg->b", w.astype(np.int64), pairs, w.astype(np.int64)),
+        )
+        for k in out:
+            out[k][start : start + len(w)] = m[k]
     return out
 
 
 def component_samples(stats: dict, weights: np.ndarray) -> dict[str, np.ndarray]:
     """``siou_gt``, ``ppv``, ``f1_mean`` ``[B]`` of resampled frames (stored component counts)."""
     counts = {k: stats[k] for k in ("siou_sum", "n_gt", "ppv_sum", "n_pred", "tp", "fn", "fp")}
-    rows = [_components.aggregate(counts, w) for w in np.asarray(weights)]
-    return {k: np.array([r[k] for r in rows]) for k in COMPONENT_METRICS}
+    rows = _components.aggregate_rows(counts, weights)
+    return {k: rows[k] for k in COMPONENT_METRICS}
 
 
 def size_recall(stats: dict, weights: np.ndarray) -> np.ndarray:

@@ -191,30 +191,56 @@ def aggregate(counts: dict[str, np.ndarray], weights: np.ndarray | None = None) 
     Returns fractions: ``siou_gt`` and ``ppv`` (means over all components), ``f1_mean`` and
     ``f1_25``, ``f1_50``, ``f1_75``, and the component counts ``components_gt``,
     ``components_pred``.
-    A mean over no component is NaN (SMIYC divides 0 by 0)."""
+    A mean over no component is NaN (SMIYC divides 0 by 0). Many weightings at once:
+    ``aggregate_rows``."""
     w = np.ones(len(counts["n_gt"])) if weights is None else np.asarray(weights, np.float64)
-    tot = {k: np.tensordot(w, np.asarray(v, np.float64), axes=(0, 0)) for k, v in counts.items()}
+    return {
+        k: (int(v[0]) if k.startswith("components_") else float(v[0]))
+        for k, v in aggregate_rows(counts, w[None]).items()
+    }
 
-    def div(a, b) -> float:
-        return float(a / b) if float(b) > 0 else float("nan")
+
+# The per-frame sums that are not integers: their weighted totals are summed as one frame
+# weighting at a time (``np.tensordot``), so that a bootstrap resample adds them in the same
+# order as a single ``aggregate``; the integer counts are exact in any order (one matrix product).
+_FLOAT_SUMS = ("siou_sum", "ppv_sum")
+
+
+def aggregate_rows(counts: dict[str, np.ndarray], weights: np.ndarray) -> dict[str, np.ndarray]:
+    """``aggregate`` for each row of ``weights`` ``[B, F]`` (frame multiplicities of B
+    resamples): the same keys, arrays ``[B]``, equal bit for bit to ``aggregate`` row by row."""
+    w = np.asarray(weights, np.float64)
+    tot = {
+        k: (
+            np.array([np.tensordot(r, np.asarray(v, np.float64), axes=(0, 0)) for r in w])
+            if k in _FLOAT_SUMS
+            else w @ np.asarray(v, np.float64)
+        )
+        for k, v in counts.items()
+    }
+
+    def div(a, b) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
 
     denom = 2 * tot["tp"] + tot["fn"] + tot["fp"]
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = np.where(denom > 0, 2 * tot["tp"] / np.where(denom > 0, denom, 1), np.nan)
     pick = (
         {round(t, 2): i for i, t in enumerate(SIOU_THRESHOLDS)}
-        if len(f1) == len(SIOU_THRESHOLDS)
+        if f1.shape[1] == len(SIOU_THRESHOLDS)
         else {}
     )
     out = dict(
         siou_gt=div(tot["siou_sum"], tot["n_gt"]),
         ppv=div(tot["ppv_sum"], tot["n_pred"]),
-        f1_mean=float(np.mean(f1)) if len(f1) else float("nan"),
-        components_gt=int(np.round(tot["n_gt"])),
-        components_pred=int(np.round(tot["n_pred"])),
+        # one row at a time: numpy's mean of a row, as a single aggregate takes it
+        f1_mean=np.array([np.mean(r) if len(r) else np.nan for r in f1], np.float64),
+        components_gt=np.round(tot["n_gt"]).astype(np.int64),
+        components_pred=np.round(tot["n_pred"]).astype(np.int64),
     )
     for t in (0.25, 0.5, 0.75):
-        out[f"f1_{int(round(t * 100))}"] = float(f1[pick[t]]) if t in pick else float("nan")
+        out[f"f1_{int(round(t * 100))}"] = f1[:, pick[t]] if t in pick else np.full(len(w), np.nan)
     return out
 
 

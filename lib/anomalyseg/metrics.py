@@ -348,12 +348,103 @@ def counts_metrics(pos_counts, neg_counts, convention: str = "course") -> dict:
     """The anomaly metrics of scores given as counts per bin: ``pos_counts``, ``neg_counts`` ``[D]``
     (anomaly and in-distribution pixels) over D bins in ascending score order, the pixels of a bin
     tied. Exact when each bin holds one distinct score (sklearn's values); the pooled frames of a
-    bootstrap resample are a weighted sum of per-frame counts (``bootstrap``)."""
+    bootstrap resample are a weighted sum of per-frame counts (``bootstrap``). Many count vectors
+    at once: ``counts_metrics_rows``."""
     _check_convention(convention)
     pos, neg = np.asarray(pos_counts)[::-1], np.asarray(neg_counts)[::-1]
     used = (pos + neg) > 0
     tps, fps = np.cumsum(pos[used]), np.cumsum(neg[used])
     return _curve_metrics(tps, fps, int(pos.sum()), int(neg.sum()), convention)
+
+
+def counts_metrics_rows(
+    pos_counts, neg_counts, convention: str = "course"
+) -> dict[str, np.ndarray]:
+    """``counts_metrics`` of each row of ``pos_counts``, ``neg_counts`` ``[B, D]`` (counts per bin
+    in ascending score order): ``auprc``, ``fpr_at_95_tpr``, ``auroc`` ``[B]``, equal bit for bit
+    to ``counts_metrics`` row by row. See ``cumulative_metrics_rows``."""
+    pos, neg = np.asarray(pos_counts)[:, ::-1], np.asarray(neg_counts)[:, ::-1]
+    return cumulative_metrics_rows(np.cumsum(pos, axis=1), np.cumsum(neg, axis=1), convention)
+
+
+def cumulative_metrics_rows(
+    tps, fps, convention: str = "course", trapezoids=None
+) -> dict[str, np.ndarray]:
+    """``counts_metrics`` of B count vectors given cumulatively, from the highest-score bin down:
+    ``tps``, ``fps`` ``[B, D]`` (anomaly and in-distribution pixels at or above each bin; integer
+    counts, or float64 holding exact integers). Returns ``auprc``, ``fpr_at_95_tpr``, ``auroc``
+    ``[B]``, equal bit for bit to ``counts_metrics`` row by row (the same float operations on the
+    same values), in a few array passes instead of B calls: the bootstrap's 1000 resamples.
+    ``trapezoids`` ``[B]``: the AUROC's integer sum ``sum_i (fps_i - fps_i-1)(tps_i + tps_i-1)``
+    where the caller has it cheaper (``bootstrap.pixel_metrics``: a quadratic form of the frame
+    multiplicities); summed here otherwise.
+
+    An empty bin repeats the previous counts, so the AuPRC terms (recall step x precision) run
+    over all D bins (an empty bin's is 0); their sum alone runs row by row over the non-empty bins,
+    so that numpy adds the same terms in the same order. FPR95 (``course``) interpolates between
+    the two ROC points around TPR 0.95 that ``roc_curve(drop_intermediate=True)`` keeps, found by
+    walking from the crossing to the nearest bends. Rows without anomaly pixels give NaN (and
+    without in-distribution pixels NaN FPR95 and AUROC), with ``_empty_result``'s warning."""
+    _check_convention(convention)
+    tps, fps = np.asarray(tps), np.asarray(fps)
+    P, N = tps[:, -1], fps[:, -1]
+    for p, n in {(int(p), int(n)) for p, n in zip(P > 0, N > 0)}:
+        _empty_result(p, n)  # raises on a row without pixels, warns on a degenerate one
+    seen = tps + fps
+    used = np.empty(seen.shape, bool)  # the non-empty bins: the thresholds of _curve_metrics
+    used[:, 0] = seen[:, 0] > 0
+    np.not_equal(seen[:, 1:], seen[:, :-1], out=used[:, 1:])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = tps / P[:, None]
+        step = np.empty_like(recall)  # recall[i] - recall[i - 1], recall[-1] = 0
+        step[:, 0] = recall[:, 0]
+        np.subtract(recall[:, 1:], recall[:, :-1], out=step[:, 1:])
+        step *= np.divide(tps, seen, out=recall)  # x precision
+        if trapezoids is None:
+            prev_t = np.pad(tps[:, :-1], ((0, 0), (1, 0)))
+            prev_f = np.pad(fps[:, :-1], ((0, 0), (1, 0)))
+            trapezoids = np.sum((fps - prev_f) * (tps + prev_t), axis=1)
+        auroc = np.asarray(trapezoids).astype(np.float64) / (2.0 * P * N)
+    out = {k: np.full(len(P), np.nan) for k in ("auprc", "fpr_at_95_tpr", "auroc")}
+    for b in np.flatnonzero(P > 0):
+        u = np.flatnonzero(used[b])
+        out["auprc"][b] = max(0.0, np.sum(step[b, u]))
+        if N[b] == 0:
+            continue
+        out["auroc"][b] = auroc[b]
+        t, f, Pb, Nb = tps[b], fps[b], int(P[b]), int(N[b])
+        if convention == "smiyc":
+            out["fpr_at_95_tpr"][b] = f[np.searchsorted(t, _min_count(Pb, TARGET_TPR))] / Nb
+        else:
+            out["fpr_at_95_tpr"][b] = _interp_kept(t, f, u, Pb, Nb)
+    return out
+
+
+def _interp_kept(tps: np.ndarray, fps: np.ndarray, used: np.ndarray, P: int, N: int) -> float:
+    """``np.interp(0.95, tpr, fpr)`` over the points ``roc_curve(drop_intermediate=True)`` keeps of
+    the cumulative counts ``tps``, ``fps`` at the non-empty bins ``used`` (as ``_curve_metrics``
+    does on those), reading only the two kept points around the crossing: the last one with
+    TPR <= 0.95 (or the origin) and the next."""
+    n = len(used)
+
+    def kept(i: int) -> bool:  # the first, the last, and where the (fps, tps) curve bends
+        if i == 0 or i == n - 1:
+            return True
+        a, b, c = used[i - 1], used[i], used[i + 1]
+        return fps[c] - 2 * fps[b] + fps[a] != 0 or tps[c] - 2 * tps[b] + tps[a] != 0
+
+    # the first non-empty bin with TPR > 0.95: the first bin where tps passes the count
+    hi = int(np.searchsorted(used, np.searchsorted(tps, _max_count(P, TARGET_TPR), "right")))
+    while not kept(hi):
+        hi += 1
+    lo = hi - 1
+    while lo >= 0 and not kept(lo):
+        lo -= 1
+    x0, y0 = (tps[used[lo]] / P, fps[used[lo]] / N) if lo >= 0 else (0.0, 0.0)
+    if x0 == TARGET_TPR:  # np.interp's rule at a point
+        return float(y0)
+    x1, y1 = tps[used[hi]] / P, fps[used[hi]] / N
+    return float((y1 - y0) / (x1 - x0) * (TARGET_TPR - x0) + y0)
 
 
 def _max_count(P: int, rate: float) -> int:

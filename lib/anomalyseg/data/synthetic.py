@@ -1094,54 +1094,101 @@ def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, stream, index])
 
 
-def _write_all(out: Path, preset: Preset, seed: int, progress: bool, prepare_coco: bool) -> None:
+def _items(preset: Preset, seed: int) -> list[tuple]:
+    """Every image of the data set, in writing order: ``("city", stream, index)``,
+    ``("bench", k, index)`` (k-th benchmark) and ``("coco", index, image_id)``."""
+    items = [
+        ("city", stream, i)
+        for stream, n in enumerate((preset.n_train, preset.n_val))
+        for i in range(n)
+    ]
+    items += [("bench", k, i) for k, (_, n) in enumerate(preset.benchmark_frames) for i in range(n)]
+    ids = np.sort(_rng(seed, 20, 0).choice(580000, preset.n_coco, replace=False)) + 9
+    return items + [("coco", i, image_id) for i, image_id in enumerate(ids.tolist())]
+
+
+def _write_item(out: Path, preset: Preset, seed: int, item: tuple):
+    """Draw and write one image of ``_items`` (its own RNG stream, so any process can); a COCO
+    image returns its ``images`` entry and its annotations, numbered from 1."""
+    kind, k, i = item
+    if kind == "city":
+        split, cities = (("train", TRAIN_CITIES), ("val", VAL_CITIES))[k]
+        city = cities[i % len(cities)]
+        stem = f"{city}_{i // len(cities):06d}_{19 + 20 * (i % 7):06d}"
+        image, labels = cityscapes_frame(_rng(seed, k, i), *preset.frame_size())
+        _save(
+            image,
+            out / "cityscapes" / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
+            **_IMAGE_KW["png"],
+        )
+        labels_dir = out / "cityscapes" / "gtFine" / split / city
+        _save(labels, labels_dir / f"{stem}_gtFine_labelTrainIds.png", **_IMAGE_KW["png"])
+        return None
+    if kind == "bench":
+        folder, n = preset.benchmark_frames[k]
+        ext = BENCHMARKS[folder].image_ext
+        empty = int(_rng(seed, 10 + k, 10**6).integers(n))  # one frame without anomalies
+        image, mask = benchmark_frame(
+            _rng(seed, 10 + k, i), folder, *preset.frame_size(folder), with_anomaly=i != empty
+        )
+        root = out / "Validation_Dataset" / folder
+        _save(image, root / "images" / f"{i}.{ext}", **_IMAGE_KW[ext])
+        _save(mask, root / "labels_masks" / f"{i}.png", **_IMAGE_KW["png"])
+        return None
+    image_id = i
+    rng = _rng(seed, 21, k)
+    h, w = preset.coco_size if rng.uniform() < 0.7 else preset.coco_size[::-1]
+    image, anns = coco_image(rng, h, w, image_id, 1)
+    name = f"{image_id:012d}.jpg"
+    _save(image, out / "coco" / "train2017" / name, quality=92)
+    return {"id": image_id, "file_name": name, "height": h, "width": w, "license": 0}, anns
+
+
+def _default_workers(preset: Preset) -> int:
+    # Starting a worker process (a fresh interpreter importing numpy, PIL and this module) takes
+    # about a second: more than the whole tiny set, a sixtieth of the demo set's one-process time.
+    if preset.total < 100:
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, 8))
+
+
+def _write_all(
+    out: Path, preset: Preset, seed: int, progress: bool, prepare_coco: bool, workers: int
+) -> None:
     bar = tqdm(
         total=preset.total, desc=f"embedded data ({preset.name})", unit="img", disable=not progress
     )
-    H, W = preset.frame_size()
-    for stream, (split, n, cities) in enumerate(
-        (("train", preset.n_train, TRAIN_CITIES), ("val", preset.n_val, VAL_CITIES))
-    ):
-        for i in range(n):
-            city = cities[i % len(cities)]
-            stem = f"{city}_{i // len(cities):06d}_{19 + 20 * (i % 7):06d}"
-            image, labels = cityscapes_frame(_rng(seed, stream, i), H, W)
-            _save(
-                image,
-                out / "cityscapes" / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
-                **_IMAGE_KW["png"],
-            )
-            labels_dir = out / "cityscapes" / "gtFine" / split / city
-            _save(labels, labels_dir / f"{stem}_gtFine_labelTrainIds.png", **_IMAGE_KW["png"])
-            bar.update()
-    for k, (folder, n) in enumerate(preset.benchmark_frames):
-        ext = BENCHMARKS[folder].image_ext
-        H, W = preset.frame_size(folder)
-        empty = int(
-            _rng(seed, 10 + k, 10**6).integers(n)
-        )  # one frame without anomalies: loaders skip it
-        for i in range(n):
-            image, mask = benchmark_frame(
-                _rng(seed, 10 + k, i), folder, H, W, with_anomaly=i != empty
-            )
-            root = out / "Validation_Dataset" / folder
-            _save(image, root / "images" / f"{i}.{ext}", **_IMAGE_KW[ext])
-            _save(mask, root / "labels_masks" / f"{i}.png", **_IMAGE_KW["png"])
-            bar.update()
-    coco = out / "coco"
-    (coco / "train2017").mkdir(parents=True)
-    ids = np.sort(_rng(seed, 20, 0).choice(580000, preset.n_coco, replace=False)) + 9
+    (out / "coco" / "train2017").mkdir(parents=True)
+    items = _items(preset, seed)
     images, annotations = [], []
-    for i, image_id in enumerate(ids.tolist()):
-        rng = _rng(seed, 21, i)
-        h, w = preset.coco_size if rng.uniform() < 0.7 else preset.coco_size[::-1]
-        image, anns = coco_image(rng, h, w, image_id, len(annotations) + 1)
-        name = f"{image_id:012d}.jpg"
-        _save(image, coco / "train2017" / name, quality=92)
-        images.append({"id": image_id, "file_name": name, "height": h, "width": w, "license": 0})
-        annotations += anns
+
+    def collect(result) -> None:
+        if result is not None:  # a COCO image: its annotations numbered on from the ones before
+            entry, anns = result
+            images.append(entry)
+            first = len(annotations) + 1
+            annotations.extend({**a, "id": first + j} for j, a in enumerate(anns))
         bar.update()
+
+    if workers <= 1:
+        for item in items:
+            collect(_write_item(out, preset, seed, item))
+    else:
+        # Each image has its own RNG stream and file, so the bytes do not depend on which process
+        # draws it; results come back in item order. "spawn": a Jupyter kernel's threads make fork
+        # unsafe.
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        from functools import partial
+
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            for result in pool.map(partial(_write_item, out, preset, seed), items, chunksize=4):
+                collect(result)
+        finally:  # on an interrupt, let no worker write into a folder about to be removed
+            pool.shutdown(wait=True, cancel_futures=True)
     bar.close()
+    coco = out / "coco"
     instances = {
         "info": {
             "description": "anomalyseg embedded COCO-layout objects (procedural, not COCO images)",
@@ -1195,6 +1242,7 @@ def make_data(
     *,
     progress: bool = True,
     prepare_coco: bool = True,
+    workers: int | None = None,
 ) -> Path:
     """Generate the embedded data set into ``out`` and return ``out``.
 
@@ -1202,6 +1250,9 @@ def make_data(
     an interrupted run never leaves a half data set. An existing ``out`` is replaced only when it is
     an earlier embedded data set (it holds ``EMBEDDED_DATA.json``) or empty. ``prepare_coco=False``
     skips ``anomalyseg.data.coco.prepare_coco_ood`` (the raw COCO layout is still written).
+    ``workers`` processes draw the images (default: up to 8, one per usable core, and one for a
+    set under 100 images); every image has its own RNG stream, so the bytes are the same for any
+    number.
     """
     spec, out = _check_args(preset, seed), Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and _read_marker(out) is None)):
@@ -1219,7 +1270,8 @@ def make_data(
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would become the data set's own mode
     try:
-        _write_all(tmp, spec, int(seed), progress, prepare_coco)
+        n = _default_workers(spec) if workers is None else int(workers)
+        _write_all(tmp, spec, int(seed), progress, prepare_coco, n)
         marker = {
             "generator": "anomalyseg.data.synthetic",
             "version": GENERATOR_VERSION,

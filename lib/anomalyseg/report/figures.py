@@ -727,10 +727,16 @@ def save_all(
     figures_dir: str | Path,
     frames: int = 2,
     protocol: str = "course",
+    drawn: Mapping[str, object] | None = None,
 ) -> list[Path]:
     """Write the comparison table (markdown, LaTeX) and every figure that has rows (PNG and PDF)
     into ``figures_dir``; returns the paths written. The table holds the rows evaluated under
-    ``protocol``; the figures, the ``course`` protocol's."""
+    ``protocol``; the figures, the ``course`` protocol's.
+
+    ``drawn``: figures already drawn from the same ``df`` by their file names (``bars_auprc``,
+    ``bars_fpr_at_95_tpr``, ``pr_curves``, ``roc_curves``, ``temperature_pixel``,
+    ``temperature_class``, ``miou_temperature``, ``qualitative``; ``None`` where there was nothing
+    to draw), as notebook 06 shows them: saved as they are instead of drawn a second time."""
     from .tables import comparison_table, save_tables
 
     written = []
@@ -747,8 +753,9 @@ def save_all(
         "miou_temperature": lambda: miou_temperature_figure(df),
         "qualitative": lambda: qualitative_grid(df, results_path, frames=frames),
     }
+    drawn = drawn or {}
     for name, make in figures.items():
-        fig = make()
+        fig = drawn[name] if name in drawn else make()
         if fig is None:
             continue
         png = save_figure(fig, figures_dir, name)
