@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +113,21 @@ def test_the_package_has_no_import_cycle():
     found = cycle(graph)
     if found:
         pytest.fail("import cycle: " + " -> ".join(found))
+
+
+def test_the_report_starts_without_torch():
+    # notebook 06 reads the store and never runs a model: its modules (and the explorer) import
+    # without torch, which takes seconds to import; a score is still computed with it
+    code = (
+        "import sys\n"
+        "from anomalyseg.report import explorer, figures, selection, tables\n"
+        "from anomalyseg import results, scores, workspace\n"
+        "assert 'torch' not in sys.modules, 'imported torch'\n"
+        "import torch\n"
+        "x = torch.randn(19, 4, 5)\n"
+        "got = scores.rba(x)\n"
+        "assert torch.equal(got, -torch.tanh(x).sum(0))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -32,11 +32,15 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import torch
 from PIL import Image
+
+# torch is imported where a frame or map is resized: the protocols' names and settings serve the
+# report (``report.selection``), which reads the store and never needs torch.
+if TYPE_CHECKING:
+    import torch
 
 INPUT_RESIZES = ("pil", "tensor")
 SCORINGS = ("eval_size", "full_resolution", "blocks2x2")
@@ -100,6 +104,8 @@ class EvalProtocol:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        import torch
+
         return torch.float32 if self.logits_dtype == "float32" else torch.float16
 
     def differences(self, other: "EvalProtocol") -> dict[str, tuple]:
@@ -191,6 +197,8 @@ def resize_image(image: torch.Tensor, size: tuple[int, int], how: str = "pil") -
     scale, and it rounds in fixed point), exactly as torchvision's ``Resize`` on the PIL image the
     course opens and as upstream EoMT's ``window_imgs_semantic``. ``how="tensor"``: torchvision's
     antialiased bilinear on the tensor (close to PIL, up to 2 grey levels apart)."""
+    import torch
+
     size = (int(size[0]), int(size[1]))
     if tuple(image.shape[-2:]) == size:
         return image
@@ -208,6 +216,8 @@ def resize_image(image: torch.Tensor, size: tuple[int, int], how: str = "pil") -
 def resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Nearest-neighbour resize of a label map ``[H, W]`` with PIL's ``NEAREST``, as the course's
     ``Resize(NEAREST)`` on the PIL mask (samples at pixel centres). Same dtype as ``label``."""
+    import torch
+
     size = (int(size[0]), int(size[1]))
     if tuple(label.shape) == size:
         return label
@@ -232,6 +242,8 @@ def block_scores(scores: torch.Tensor) -> torch.Tensor:
 def block_labels(label: torch.Tensor) -> torch.Tensor:
     """Maximum of each 2x2 block of a 0 / 1 / 255 label ``[H, W]`` -> ``[H // 2, W // 2]``: a block
     touching void (255) is void, one touching an anomaly (and no void) is an anomaly (seed 000)."""
+    import torch
+
     h, w = (label.shape[-2] // 2) * 2, (label.shape[-1] // 2) * 2
     x = label[..., :h, :w]
     return torch.maximum(
@@ -253,6 +265,8 @@ def scored_map(scores: torch.Tensor, protocol: EvalProtocol) -> torch.Tensor:
 # ----------------------------------------------------------------------------- segmenters
 def _segmenters(segmenter, seen: set | None = None) -> Iterator[object]:
     """The segmenter and every segmenter it wraps (``HeadSegmenter.base`` and its forward copy)."""
+    import torch
+
     seen = set() if seen is None else seen
     if id(segmenter) in seen:
         return

