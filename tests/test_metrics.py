@@ -172,10 +172,7 @@ def test_torch_inputs_match_numpy():
 
 def test_degenerate_sets():
     scores = np.float32([0.1, 0.2, 0.3])
-    with (
-        pytest.warns(RuntimeWarning, match="no anomaly pixel"),
-        pytest.warns(RuntimeWarning, match="no in-distribution pixel"),
-    ):
+    with pytest.warns(RuntimeWarning, match="no anomaly pixel"):
         m = anomaly_metrics(scores, np.array([0, 0, 255]))
     assert np.isnan([m["auprc"], m["fpr_at_95_tpr"], m["auroc"]]).all() and m["num_pixels"] == 2
     with pytest.warns(RuntimeWarning, match="no in-distribution pixel"):
@@ -291,10 +288,7 @@ def test_binned_errors_and_degenerate_sets():
     with pytest.raises(ValueError, match="NaN at 1 pixels"):
         acc.update(np.array([0.1, np.nan], np.float32), np.array([0, 1], np.uint8))
     acc.update(np.array([0.1, 0.2], np.float32), np.array([0, 255], np.uint8))
-    with (
-        pytest.warns(RuntimeWarning, match="no anomaly pixel"),
-        pytest.warns(RuntimeWarning, match="no in-distribution pixel"),
-    ):
+    with pytest.warns(RuntimeWarning, match="no anomaly pixel"):
         assert np.isnan(acc.compute()["auprc"])
     empty = BinnedAnomalyAccumulator(12)
     empty.update(np.array([0.1], np.float32), np.array([255], np.uint8))
