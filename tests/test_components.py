@@ -278,3 +278,21 @@ def test_bad_input_is_clear():
         C.frame_components(np.zeros((2, 3, 4), bool), np.zeros((2, 3, 4), np.uint8))
     with pytest.raises(ValueError, match="one shape"):
         C.frame_components(np.zeros((3, 4), bool), np.zeros((4, 3), np.uint8))
+
+
+def test_aggregate_rows_equal_one_aggregate_per_weighting():
+    # a bootstrap's resamples at once: each row is the pooled frames taken w[f] times, with the
+    # same bits as one aggregate of that weighting; a frame weighting without components is NaN
+    rng = np.random.default_rng(3)
+    counts = [
+        C.frame_counts(rng.random(int(n)), rng.random(int(m)))
+        for n, m in rng.integers(0, 4, (7, 2))
+    ]
+    stacked = {k: np.stack([c[k] for c in counts]) for k in counts[0]}
+    weights = np.vstack([rng.multinomial(7, np.ones(7) / 7, 50), np.zeros((1, 7), int)])
+    weights[-1, np.flatnonzero(stacked["n_gt"] == 0)[:1]] = 7  # one frame without components
+    rows = C.aggregate_rows(stacked, weights)
+    for b, w in enumerate(weights):
+        one = C.aggregate(stacked, w)
+        for k, v in one.items():
+            assert (np.isnan(v) and np.isnan(rows[k][b])) or rows[k][b] == v, (b, k)
