@@ -185,3 +185,72 @@ def test_bench_frame_stats_smoke(tiny_data, capsys):
             0 <= _number(r["binned - exact AuPRC (max, points)"]) < 0.5
         )  # tiny frames: bins are the scores
     assert "notebook 06's tables (intervals" in out
+
+
+def test_diagnose_eomt_smoke(tiny_data, tmp_path, capsys):
+    """Every variant builds, trains 2 steps and is scored; the table and the JSON agree, and the
+    mIoU columns are the means of the per-class IoUs (absent classes 0, the course convention)."""
+    import json
+
+    bench = _load("diagnose_eomt")
+    out_json = tmp_path / "diag.json"
+    names = list(bench.VARIANTS)
+    args = ["--data-root", str(tiny_data / "cityscapes"), "--steps", "2", "--batch-size", "1"]
+    out = bench.main([*args, "--variants", *names, "--out", str(out_json)])
+    assert out.strip() in capsys.readouterr().out and out.startswith("machine: ")
+    rows = parse_markdown_table(out)
+    assert list(rows[0]) == list(bench.HEADERS)
+    assert [r["variant"] for r in rows] == names
+    stored = {r["variant"]: r for r in json.loads(out_json.read_text())["results"]}
+    assert list(stored) == names
+    for row in rows:
+        r = stored[row["variant"]]
+        assert r["steps"] == 2 and r["params"] > 0 and r["s_per_step"] > 0
+        iou = [0.0 if v is None else v for v in r["iou"].values()]
+        assert len(iou) == 19 and all(0.0 <= v <= 1.0 for v in iou)
+        assert r["val_miou"] == pytest.approx(sum(iou) / 19)
+        assert r["stuff_miou"] == pytest.approx(sum(iou[:11]) / 11)  # road .. sky
+        assert r["things_miou"] == pytest.approx(sum(iou[11:]) / 8)  # person .. bicycle
+        assert _number(row["val mIoU (%)"]) == pytest.approx(100 * r["val_miou"], abs=0.06)
+    # a second run with one variant keeps the others in the JSON
+    bench.main([*args, "--variants", "baseline", "--out", str(out_json)])
+    assert [r["variant"] for r in json.loads(out_json.read_text())["results"]] == names
+
+
+def test_diagnose_eomt_variants_change_one_factor(capsys):
+    """Each variant differs from the shipped recipe in exactly what it declares (plus the mask
+    settings small_eomt_config derives from the patch and window sizes)."""
+    bench = _load("diagnose_eomt")
+    base = bench.build("baseline", 100, 1e-3, 0)
+    base_config, base_hp = base.model.config.to_dict(), dict(base.hparams)
+    derived = {"num_upscale_blocks", "train_num_points"}
+    for name, (_, config_overrides, module_overrides) in bench.VARIANTS.items():
+        module = bench.build(name, 100, 1e-3, 0)
+        config = module.model.config.to_dict()
+        changed = {k for k in config if config[k] != base_config[k]} - derived
+        assert changed == set(config_overrides), name
+        hp = dict(module.hparams)
+        changed_hp = {k for k in hp if hp[k] != base_hp[k]} - {"model_config"}
+        expected = set(module_overrides) | ({"attn_mask_annealing"} if name == "linear" else set())
+        assert changed_hp == expected, name
+    with pytest.raises(SystemExit):
+        bench.main(["--data-root", ".", "--variants", "nope"])
+    assert "unknown variant 'nope'" in capsys.readouterr().err
+
+
+def test_diagnose_eomt_linear_windows():
+    """The per-pixel linear diagnostic segments a 1:2 frame as two side-by-side windows (the frame
+    is already at window scale, so windowing neither resizes nor overlaps)."""
+    import torch
+
+    bench = _load("diagnose_eomt")
+    module = bench.build("linear", 10, 1e-3, 0).eval()
+    image = torch.randint(0, 256, (3, 128, 256), dtype=torch.uint8, generator=torch.Generator())
+    with torch.no_grad():
+        expected = torch.cat(
+            [module.logits(image[None, :, :, :128])[0], module.logits(image[None, :, :, 128:])[0]],
+            dim=-1,
+        )
+    got = module.predict(image)
+    assert got.shape == (19, 128, 256)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
