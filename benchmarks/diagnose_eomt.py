@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from _common import machine_line, markdown_table
-from anomalyseg.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+from anomalyseg.data.benchmarks import AnomalyBenchmark
+from anomalyseg.labels import ANOMALY, CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from anomalyseg.metrics import ConfusionMatrix
 from anomalyseg.models.eomt import (
     EomtSegmenter,
@@ -87,6 +88,7 @@ HEADERS = (
     "s/step",
     "CPU s/step",
     "val mIoU (%)",
+    "no-object queries dropped (%)",
     "stuff mIoU (%)",
     "things mIoU (%)",
 )
@@ -163,19 +165,57 @@ def build(name: str, steps: int, lr: float, seed: int) -> EomtModule:
     return cls(config, **kwargs)
 
 
-def evaluate(module: EomtModule, data) -> ConfusionMatrix:
-    """Confusion matrix of the val frames at their stored size, windowed inference."""
-    module.eval()
+def evaluate(module: EomtModule, data) -> tuple[ConfusionMatrix, ConfusionMatrix | None]:
+    """Confusion matrices of the val frames at their stored size, windowed inference: with the
+    package's fusion (every query's class probabilities times its mask), and for EoMT variants
+    also with the queries whose most likely class is the no-object class left out of the fusion
+    (as Mask2Former's panoptic inference drops them), a fusion that needs no training."""
     cm = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX)
-    if isinstance(module, PixelLinearModule):
-        predict = module.predict
-    else:
-        predict = EomtSegmenter(module.model, checkpoint="diagnose").predict
+    dropped = None
+    predict = predictor(module)
+    segmenter = getattr(predict, "__self__", None)
+    if isinstance(segmenter, EomtSegmenter):
+        dropped = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX)
     with torch.no_grad():
         for batch in data.val_dataloader():
             for image, target in zip(batch["image"], batch["target"]):
-                cm.update(predict(image).argmax(0), target)
-    return cm
+                if dropped is None:
+                    cm.update(predict(image).argmax(0), target)
+                    continue
+                raw = segmenter.raw_outputs(image)
+                cm.update(segmenter.class_map(raw).argmax(0), target)
+                logits = raw["class_logits"].clone()
+                empty = logits.argmax(-1) == logits.shape[-1] - 1  # [N, Q]
+                logits[..., :-1] = logits[..., :-1].masked_fill(empty[..., None], -1e4)
+                dropped.update(
+                    segmenter.class_map(dict(raw, class_logits=logits)).argmax(0), target
+                )
+    return cm, dropped
+
+
+def predictor(module: EomtModule):
+    """``uint8 [3, H, W] -> [19, H, W]`` class map of a trained variant, windowed inference."""
+    module.eval()
+    if isinstance(module, PixelLinearModule):
+        return module.predict
+    return EomtSegmenter(module.model, checkpoint="diagnose").predict
+
+
+def anomaly_classes(predict, folder: str | Path) -> dict[str, float]:
+    """Fraction of the anomaly pixels of the benchmark ``folder`` that the argmax assigns to each
+    class (largest first): what an anomaly is mistaken for."""
+    counts = torch.zeros(NUM_CLASSES, dtype=torch.int64)
+    with torch.no_grad():
+        for item in AnomalyBenchmark(folder):
+            pred = predict(item["image"]).argmax(0)
+            counts += torch.bincount(pred[item["label"] == ANOMALY], minlength=NUM_CLASSES)
+    frac = counts.double() / max(1, int(counts.sum()))
+    order = torch.argsort(frac, descending=True).tolist()
+    return {CLASS_NAMES[i]: float(frac[i]) for i in order if frac[i] > 0}
+
+
+def top_classes(fractions: dict[str, float], k: int = 3) -> str:
+    return ", ".join(f"{name} {100 * f:.0f}%" for name, f in list(fractions.items())[:k])
 
 
 def run_variant(name: str, args) -> dict:
@@ -199,7 +239,7 @@ def run_variant(name: str, args) -> dict:
     cpu, wall = time.process_time(), time.perf_counter()
     trainer.fit(module, datamodule=data)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    cm = evaluate(module, data)
+    cm, dropped = evaluate(module, data)
     iou = cm.iou()
     params = (
         module.used_parameters()
@@ -210,6 +250,9 @@ def run_variant(name: str, args) -> dict:
     def mean(ids) -> float:
         return float(sum(0.0 if iou[i] != iou[i] else iou[i] for i in ids) / len(ids))
 
+    anomalies = {}
+    if args.anomaly_root is not None:
+        anomalies = anomaly_classes(predictor(module), args.anomaly_root)
     return {
         "variant": name,
         "what": VARIANTS[name][0],
@@ -218,9 +261,11 @@ def run_variant(name: str, args) -> dict:
         "s_per_step": wall / args.steps,
         "cpu_s_per_step": cpu / args.steps,
         "val_miou": float(cm.miou()),
+        "val_miou_no_object_dropped": None if dropped is None else float(dropped.miou()),
         "stuff_miou": mean(STUFF),
         "things_miou": mean(THINGS),
         "iou": {CLASS_NAMES[i]: (None if iou[i] != iou[i] else float(iou[i])) for i in range(19)},
+        "anomaly_pixels_predicted_as": anomalies,
         "config": module.model.config.to_dict() | {"lr": module.hparams.lr},
     }
 
@@ -234,6 +279,9 @@ def table(results: list[dict]) -> str:
             f"{r['s_per_step']:.2f}",
             f"{r['cpu_s_per_step']:.2f}",
             f"{100 * r['val_miou']:.1f}",
+            "-"
+            if r.get("val_miou_no_object_dropped") is None
+            else f"{100 * r['val_miou_no_object_dropped']:.1f}",
             f"{100 * r['stuff_miou']:.1f}",
             f"{100 * r['things_miou']:.1f}",
         )
@@ -252,6 +300,12 @@ def main(argv=None) -> str:
         "--variants", nargs="+", default=["baseline", "linear"], help=f"of {list(VARIANTS)}"
     )
     parser.add_argument("--out", type=Path, help="JSON file of the results (updated per variant)")
+    parser.add_argument(
+        "--anomaly-root",
+        type=Path,
+        help="a benchmark folder (images/, labels_masks/) whose anomaly pixels' predicted classes "
+        "are counted; default <data-root>/../Validation_Dataset/RoadAnomaly21 when present",
+    )
     parser.add_argument("--batch-size", type=int, default=BASE_BATCH)
     parser.add_argument("--lr", type=float, default=BASE_LR, help="the recipe's lr")
     parser.add_argument("--seed", type=int, default=0)
@@ -262,6 +316,9 @@ def main(argv=None) -> str:
             parser.error(f"unknown variant {name!r}; expected some of {list(VARIANTS)}")
     if not (Path(args.data_root) / "leftImg8bit" / "val").is_dir():
         parser.error(f"--data-root {args.data_root}: expected leftImg8bit/val/ under it")
+    if args.anomaly_root is None:
+        ra21 = Path(args.data_root).parent / "Validation_Dataset" / "RoadAnomaly21"
+        args.anomaly_root = ra21 if ra21.is_dir() else None
     torch.set_num_threads(args.threads)
     machine = machine_line("cpu")
     print(machine, flush=True)
@@ -278,6 +335,10 @@ def main(argv=None) -> str:
             stored[name] = r
             args.out.write_text(json.dumps({"results": list(stored.values())}, indent=1))
     out = f"{machine}\n\n{table(results)}\n"
+    if args.anomaly_root is not None:
+        rows = [(r["variant"], top_classes(r["anomaly_pixels_predicted_as"])) for r in results]
+        out += f"\nanomaly pixels of {args.anomaly_root}, predicted as (argmax):\n\n"
+        out += markdown_table(("variant", "top classes"), rows) + "\n"
     print(out)
     return out
 
