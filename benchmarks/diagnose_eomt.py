@@ -57,14 +57,21 @@ BASE_LR, BASE_BATCH = 1e-3, 4
 STUFF = tuple(range(11))
 THINGS = tuple(range(11, NUM_CLASSES))
 
-# name -> (what changed, small_eomt_config overrides, EomtModule overrides)
-VARIANTS: dict[str, tuple[str, dict, dict]] = {
+# name -> (what changed, small_eomt_config overrides, EomtModule overrides[, TrainSettings
+# overrides: the data stream])
+VARIANTS: dict[str, tuple] = {
     "baseline": ("the shipped recipe", {}, {}),
     "linear": ("per-pixel linear head on the same ViT (no queries, masks, matching)", {}, {}),
     "no_anneal": ("masked attention off from the start", {}, {"attn_mask_annealing": False}),
     "noobj_1": ("no-object class weight 0.1 -> 1.0", {"no_object_weight": 1.0}, {}),
     "class_w5": ("class loss weight 2 -> 5", {"class_weight": 5.0}, {}),
     "lr_2e-3": ("lr 1e-3 -> 2e-3", {}, {"lr": 2e-3}),
+    "scale_1": (
+        "no scale jitter (0.5-2 -> 1: crops at the evaluation scale, as ERFNet's recipe)",
+        {},
+        {},
+        {"scale_range": (1.0, 1.0)},
+    ),
     "lr_5e-4": ("lr 1e-3 -> 5e-4", {}, {"lr": 5e-4}),
     "queries_48": ("24 -> 48 queries", {"num_queries": 48}, {}),
     "wide_256": ("hidden 128 -> 256 (8 heads)", {"hidden_size": 256, "num_attention_heads": 8}, {}),
@@ -157,7 +164,7 @@ def build(name: str, steps: int, lr: float, seed: int) -> EomtModule:
         raise SystemExit(
             f"--variants: unknown variant {name!r}; expected some of {list(VARIANTS)}."
         )
-    _, config_overrides, module_overrides = VARIANTS[name]
+    _, config_overrides, module_overrides = VARIANTS[name][:3]
     L.seed_everything(seed, workers=True, verbose=False)
     config = small_eomt_config(**config_overrides)
     kwargs = {"max_steps": steps, "lr": lr, "seed": seed, **module_overrides}
@@ -218,11 +225,17 @@ def top_classes(fractions: dict[str, float], k: int = 3) -> str:
     return ", ".join(f"{name} {100 * f:.0f}%" for name, f in list(fractions.items())[:k])
 
 
+def datamodule(name: str, data_root, size: int, batch_size: int, seed: int):
+    """The package's EoMT data stream (``eomt_datamodule``) with the variant's TrainSettings."""
+    overrides = VARIANTS[name][3] if len(VARIANTS[name]) > 3 else {}
+    train = TrainSettings(batch_size=batch_size, seed=seed, num_workers=0, **overrides)
+    return eomt_datamodule(data_root, size, train)
+
+
 def run_variant(name: str, args) -> dict:
     module = build(name, args.steps, args.lr, args.seed)
     size = module.model.config.image_size
-    train = TrainSettings(batch_size=args.batch_size, seed=args.seed, num_workers=0)
-    data = eomt_datamodule(args.data_root, size, train)
+    data = datamodule(name, args.data_root, size, args.batch_size, args.seed)
     trainer = L.Trainer(
         max_steps=args.steps,
         max_epochs=-1,

@@ -217,14 +217,16 @@ def test_diagnose_eomt_smoke(tiny_data, tmp_path, capsys):
     assert [r["variant"] for r in json.loads(out_json.read_text())["results"]] == names
 
 
-def test_diagnose_eomt_variants_change_one_factor(capsys):
+def test_diagnose_eomt_variants_change_one_factor(tiny_data, capsys):
     """Each variant differs from the shipped recipe in exactly what it declares (plus the mask
     settings small_eomt_config derives from the patch and window sizes)."""
     bench = _load("diagnose_eomt")
     base = bench.build("baseline", 100, 1e-3, 0)
     base_config, base_hp = base.model.config.to_dict(), dict(base.hparams)
     derived = {"num_upscale_blocks", "train_num_points"}
-    for name, (_, config_overrides, module_overrides) in bench.VARIANTS.items():
+    tiny = str(tiny_data / "cityscapes")
+    base_jitter = bench.datamodule("baseline", tiny, 128, 2, 0).train_transforms
+    for name, (_, config_overrides, module_overrides, *train) in bench.VARIANTS.items():
         module = bench.build(name, 100, 1e-3, 0)
         config = module.model.config.to_dict()
         changed = {k for k in config if config[k] != base_config[k]} - derived
@@ -233,6 +235,8 @@ def test_diagnose_eomt_variants_change_one_factor(capsys):
         changed_hp = {k for k in hp if hp[k] != base_hp[k]} - {"model_config"}
         expected = set(module_overrides) | ({"attn_mask_annealing"} if name == "linear" else set())
         assert changed_hp == expected, name
+        jitter = bench.datamodule(name, tiny, 128, 2, 0).train_transforms
+        assert (repr(jitter) != repr(base_jitter)) == bool(train and train[0]), name
     with pytest.raises(SystemExit):
         bench.main(["--data-root", ".", "--variants", "nope"])
     assert "unknown variant 'nope'" in capsys.readouterr().err
