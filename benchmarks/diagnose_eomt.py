@@ -72,6 +72,13 @@ VARIANTS: dict[str, tuple] = {
         {},
         {"scale_range": (1.0, 1.0)},
     ),
+    # not one factor: the two recipe changes that helped, together (a candidate recipe)
+    "lr_2e-3_scale_1": (
+        "lr 2e-3 and no scale jitter (the two together)",
+        {},
+        {"lr": 2e-3},
+        {"scale_range": (1.0, 1.0)},
+    ),
     "lr_5e-4": ("lr 1e-3 -> 5e-4", {}, {"lr": 5e-4}),
     "queries_48": ("24 -> 48 queries", {"num_queries": 48}, {}),
     "wide_256": ("hidden 128 -> 256 (8 heads)", {"hidden_size": 256, "num_attention_heads": 8}, {}),
