@@ -264,7 +264,7 @@ def test_ensure_data_is_idempotent_and_refuses_other_settings(tiny, tmp_path):
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 
-def test_ensure_data_replaces_an_earlier_generator_version_only(tiny, tmp_path):
+def test_ensure_data_replaces_an_earlier_generator_version_only(tiny, tmp_path, capsys):
     # After an update of the generator, `make demo` regenerates the data it made before instead of
     # stopping; a data set from a newer generator (or of another preset/seed) is still refused.
     old = tmp_path / "old"
@@ -274,6 +274,9 @@ def test_ensure_data_replaces_an_earlier_generator_version_only(tiny, tmp_path):
     (old / synthetic.MARKER).write_text(json.dumps({**marker, "version": 1}))
     (old / "Validation_Dataset" / "stale.txt").write_text("from generator version 1")
     assert synthetic.ensure_data(old, "tiny", seed=0, progress=False) == old
+    assert f"generator version 1; generating version {synthetic.GENERATOR_VERSION}" in (
+        capsys.readouterr().out
+    )
     marker_now = json.loads((old / synthetic.MARKER).read_text())
     assert marker_now["version"] == synthetic.GENERATOR_VERSION
     assert not (old / "Validation_Dataset" / "stale.txt").exists()

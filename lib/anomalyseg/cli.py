@@ -251,9 +251,11 @@ def _train(a):
 
 
 def _demo_weights(a):
-    from .demo_models import MODELS
+    from .demo_models import MODELS, WEIGHTS_DIR
     from .pipeline import train_demo_weights
 
+    if a.out.resolve() == WEIGHTS_DIR.resolve():
+        print(f"Replacing the shipped demo weights in {a.out} (--out writes elsewhere).")
     for model in MODELS if a.model == "all" else (a.model,):
         entry = train_demo_weights(
             model,
@@ -560,7 +562,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("checkpoints/demo-weights"),
         help="training folder (resumable)",
     )
-    s.add_argument("--out", type=Path, default=WEIGHTS_DIR)
+    s.add_argument(
+        "--out",
+        type=Path,
+        default=WEIGHTS_DIR,
+        help="where the weights and manifest.json go (default: the package's shipped "
+        "demo_weights folder, whose files are replaced: pass another folder to try it out)",
+    )
     s.add_argument(
         "--val-every", type=positive_int, help="validate every N steps (default: once, at the end)"
     )

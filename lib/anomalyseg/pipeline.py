@@ -295,7 +295,8 @@ def train_demo_weights(
         metrics["val_miou_by_step"] = {int(s): round(float(v), 4) for s, v in validated}
     entry = {
         "command": f"anomalyseg demo-weights --model {model} --steps {steps} --seed {seed}"
-        + (f" --preset {preset}" if preset != "demo" else ""),
+        + (f" --preset {preset}" if preset != "demo" else "")
+        + (f" --val-every {val_every_n_steps}" if val_every_n_steps else ""),
         "data": dm.data_identity(ws.cityscapes),
         "settings": settings,
         "steps": steps,

@@ -26,6 +26,11 @@ def console_progress() -> bool:
     return os.environ.get(ENV) == "1"
 
 
+def notice(text: str) -> None:
+    """Print ``text``; in a ``run-all`` kernel as a progress line, so the console shows it too."""
+    print(f"{MARK}{text}" if console_progress() else text, flush=True)
+
+
 def _duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     if seconds < 60:

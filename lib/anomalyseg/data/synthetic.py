@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..labels import BENCHMARKS, CLASS_NAMES, IGNORE_INDEX
-from ..progress import tqdm
+from ..progress import notice, tqdm
 from . import _draw as d
 from ._draw import Camera, Canvas
 
@@ -1336,10 +1336,9 @@ def ensure_data(
     if found == (spec.name, int(seed), GENERATOR_VERSION, True):
         return root
     if found[:2] == (spec.name, int(seed)) and found[3] and int(found[2]) < GENERATOR_VERSION:
-        print(
+        notice(
             f"{root} holds the embedded data set of generator version {found[2]}; generating "
-            f"version {GENERATOR_VERSION} in its place (preset {spec.name!r}, seed {seed}).",
-            flush=True,
+            f"version {GENERATOR_VERSION} in its place (preset {spec.name!r}, seed {seed})."
         )
         return make_data(root, preset, seed, progress=progress)
     raise ValueError(
