@@ -21,7 +21,7 @@ from anomalyseg.metrics import (
     auprc,
     auroc,
     counts_metrics,
-    counts_metrics_rows,
+    cumulative_metrics_rows,
     curve_points,
     ece,
     fpr_at_95_tpr,
@@ -437,6 +437,13 @@ def _histograms(scores, labels):
     )
 
 
+def counts_metrics_rows(pos_counts, neg_counts, convention="course"):
+    """``cumulative_metrics_rows`` of per-bin counts ``[B, D]`` in ascending score order, the
+    input ``counts_metrics`` takes one row of."""
+    pos, neg = np.asarray(pos_counts)[:, ::-1], np.asarray(neg_counts)[:, ::-1]
+    return cumulative_metrics_rows(np.cumsum(pos, axis=1), np.cumsum(neg, axis=1), convention)
+
+
 def test_counts_metrics_rows_equal_counts_metrics_bit_for_bit():
     rng = np.random.default_rng(0)
     rows = []
@@ -477,7 +484,7 @@ def test_counts_metrics_rows_equal_counts_metrics_bit_for_bit():
     assert got["auprc"][0] == pytest.approx(average_precision_score(labels, scores), abs=1e-14)
 
 
-def test_counts_metrics_rows_degenerate_rows():
+def test_cumulative_metrics_rows_degenerate_rows():
     P, N = np.array([[0, 0, 0], [1, 0, 2], [3, 1, 0]]), np.array([[2, 1, 0], [0, 0, 0], [0, 2, 5]])
     with (
         pytest.warns(RuntimeWarning, match="no anomaly pixel"),

@@ -349,22 +349,12 @@ def counts_metrics(pos_counts, neg_counts, convention: str = "course") -> dict:
     (anomaly and in-distribution pixels) over D bins in ascending score order, the pixels of a bin
     tied. Exact when each bin holds one distinct score (sklearn's values); the pooled frames of a
     bootstrap resample are a weighted sum of per-frame counts (``bootstrap``). Many count vectors
-    at once: ``counts_metrics_rows``."""
+    at once: ``cumulative_metrics_rows``."""
     _check_convention(convention)
     pos, neg = np.asarray(pos_counts)[::-1], np.asarray(neg_counts)[::-1]
     used = (pos + neg) > 0
     tps, fps = np.cumsum(pos[used]), np.cumsum(neg[used])
     return _curve_metrics(tps, fps, int(pos.sum()), int(neg.sum()), convention)
-
-
-def counts_metrics_rows(
-    pos_counts, neg_counts, convention: str = "course"
-) -> dict[str, np.ndarray]:
-    """``counts_metrics`` of each row of ``pos_counts``, ``neg_counts`` ``[B, D]`` (counts per bin
-    in ascending score order): ``auprc``, ``fpr_at_95_tpr``, ``auroc`` ``[B]``, equal bit for bit
-    to ``counts_metrics`` row by row. See ``cumulative_metrics_rows``."""
-    pos, neg = np.asarray(pos_counts)[:, ::-1], np.asarray(neg_counts)[:, ::-1]
-    return cumulative_metrics_rows(np.cumsum(pos, axis=1), np.cumsum(neg, axis=1), convention)
 
 
 def cumulative_metrics_rows(

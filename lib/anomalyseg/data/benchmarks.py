@@ -163,11 +163,16 @@ def load_benchmarks(
     return {c: AnomalyBenchmark(present.get(c, root / n)) for c, n in wanted.items()}
 
 
+def _labels(dataset: AnomalyBenchmark):
+    """The converted masks (0 / 1 / 255, ``[H, W]``) of ``dataset``'s frames, without the images."""
+    for _, _, mask_path in dataset.frames:
+        yield dataset.spec.convert(read_mask(mask_path))
+
+
 def anomaly_fraction(dataset: AnomalyBenchmark) -> float:
     """Share of anomaly pixels among valid ones: the AuPRC of a random score (chance level)."""
     pos = tot = 0
-    for _, _, mask_path in dataset.frames:
-        m = dataset.spec.convert(read_mask(mask_path))
+    for m in _labels(dataset):
         pos += int((m == 1).sum())
         tot += int(((m == 0) | (m == 1)).sum())
     return pos / max(tot, 1)
@@ -185,8 +190,7 @@ def anomaly_statistics(dataset: AnomalyBenchmark) -> dict[str, float]:
     from scipy import ndimage
 
     areas, pos, tot = [], 0, 0
-    for _, _, mask_path in dataset.frames:
-        m = dataset.spec.convert(read_mask(mask_path))
+    for m in _labels(dataset):
         a = m == ANOMALY
         pos, tot = pos + int(a.sum()), tot + int((m != 255).sum())
         comps, n = ndimage.label(a, structure=np.ones((3, 3)))

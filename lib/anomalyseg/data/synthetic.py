@@ -1135,8 +1135,8 @@ def _write_item(out: Path, preset: Preset, seed: int, item: tuple):
         _save(image, root / "images" / f"{i}.{ext}", **_IMAGE_KW[ext])
         _save(mask, root / "labels_masks" / f"{i}.png", **_IMAGE_KW["png"])
         return None
-    image_id = i
-    rng = _rng(seed, 21, k)
+    index, image_id = k, i  # ("coco", index, image_id)
+    rng = _rng(seed, 21, index)
     h, w = preset.coco_size if rng.uniform() < 0.7 else preset.coco_size[::-1]
     image, anns = coco_image(rng, h, w, image_id, 1)
     name = f"{image_id:012d}.jpg"
