@@ -590,6 +590,7 @@ def evaluate_anomaly(
                             notes=notes,
                             **stats_row,
                             protocol=protocol.name,
+                            data_fingerprint=_results.data_fingerprint(dataset),
                         )
                     )
         # Each benchmark's rows are stored as soon as they exist: a later benchmark that fails
@@ -738,6 +739,7 @@ def evaluate_miou(
                 curves="",
                 notes=notes,
                 protocol=protocol.name,
+                data_fingerprint=_results.data_fingerprint(dataset),
             )
         )
     if results_path is not None:
@@ -865,7 +867,11 @@ def anomaly_rows_or_evaluate(
     scores = list(default_scores(segmenter) if scores is None else scores)
     name, checkpoint = segmenter.name, segmenter.checkpoint
     datasets = list(benchmarks)
-    have = _results.stored_anomaly_rows(results_csv, name, checkpoint, scores, datasets, protocol)
+    # Rows of other frames under the same names (data regenerated, masks corrected) are not reused.
+    prints = {d: _results.data_fingerprint(ds) for d, ds in benchmarks.items()}
+    have = _results.stored_anomaly_rows(
+        results_csv, name, checkpoint, scores, datasets, protocol, prints
+    )
     done = set(zip(have["dataset"], have["score"])) if len(have) else set()
     missing = [s for s in scores if any((d, s) not in done for d in benchmarks)]
     if not missing:
@@ -880,7 +886,9 @@ def anomaly_rows_or_evaluate(
         notes=notes,
         protocol=protocol,
     )
-    rows = _results.stored_anomaly_rows(results_csv, name, checkpoint, scores, datasets, protocol)
+    rows = _results.stored_anomaly_rows(
+        results_csv, name, checkpoint, scores, datasets, protocol, prints
+    )
     how = f"{name}: evaluated {', '.join(missing)}" + (
         f"; {len(have)} rows reused from {results_csv}" if len(have) else ""
     )
@@ -899,7 +907,13 @@ def miou_or_evaluate(
     """Cityscapes-val mIoU (fraction) of ``segmenter`` at class temperature 1 under ``protocol``:
     stored for its checkpoint (``results.stored_miou``), or evaluated and appended. Returns
     ``(miou, how)``."""
-    stored = _results.stored_miou(results_csv, segmenter.name, segmenter.checkpoint, protocol)
+    stored = _results.stored_miou(
+        results_csv,
+        segmenter.name,
+        segmenter.checkpoint,
+        protocol,
+        fingerprint=_results.data_fingerprint(dataset),
+    )
     if stored is not None:
         return stored, f"{segmenter.name}: mIoU reused from {results_csv}"
     rows, _ = evaluate_miou(

@@ -60,9 +60,13 @@ COLUMNS = (
     "f1_mean",
     "frame_stats",
     "protocol",
+    "data_fingerprint",
 )
 # ``protocol``: the name of the ``anomalyseg.protocol.EvalProtocol`` a row was evaluated under. Rows
 # stored before the column existed have none and count as ``legacy`` in tables (``protocol_rows``).
+# ``data_fingerprint``: ``data.io.files_fingerprint`` of the frames a row was computed on (empty for
+# rows stored before it existed and for data sets that do not give one): stored rows are reused
+# only for the same frames.
 # Course order of the benchmark columns, with their short titles.
 DATASET_TITLES = {name: spec.title for name, spec in BENCHMARKS.items()}
 DATASET_ORDER = ("RoadAnomaly21", "RoadObsticle21", "FS_LostFound_full", "fs_static", "RoadAnomaly")
@@ -379,7 +383,11 @@ def read_results(path: str | Path = "results/results.csv") -> pd.DataFrame:
             "comma must be quoted; remove the extra field (or quote it) in those lines with a "
             "text editor. Nothing was changed."
         )
-    df = pd.read_csv(io.StringIO(text), sep=sep, keep_default_na=False, na_values=[""])
+    # Hex digests may be all digits ("0123456", "12e4...") and would read as numbers.
+    hex_columns = {"git_commit": str, "data_fingerprint": str}
+    df = pd.read_csv(
+        io.StringIO(text), sep=sep, keep_default_na=False, na_values=[""], dtype=hex_columns
+    )
     for col in NUMERIC_COLUMNS:
         if col in df:
             values = (
@@ -434,6 +442,25 @@ def checkpoint_rows(
     return df[(df["model"] == model) & (df["checkpoint"].astype(str) == str(checkpoint))]
 
 
+def data_fingerprint(dataset) -> str:
+    """The ``data_fingerprint`` of a row computed on ``dataset``: its ``fingerprint`` (the data
+    sets of ``anomalyseg.data``), or "" for a data set that gives none."""
+    return str(getattr(dataset, "fingerprint", "") or "")
+
+
+def _same_data(df: pd.DataFrame, fingerprints: dict[str, str] | None) -> pd.Series:
+    """Rows whose ``data_fingerprint`` is that of their dataset in ``fingerprints`` (a dataset
+    without one there, or with "", accepts any row; rows stored without one match no fingerprint:
+    they are computed again once)."""
+    keep = pd.Series(True, index=df.index)
+    column = "data_fingerprint"
+    stored = df[column].fillna("").astype(str) if column in df else pd.Series("", index=df.index)
+    for dataset, fp in (fingerprints or {}).items():
+        if fp:
+            keep &= (df["dataset"] != dataset) | (stored == fp)
+    return keep
+
+
 def stored_anomaly_rows(
     path: str | Path,
     model: str,
@@ -441,14 +468,17 @@ def stored_anomaly_rows(
     scores: Iterable[str] | None = None,
     datasets: Iterable[str] = DATASET_ORDER,
     protocol: str | None = "course",
+    fingerprints: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     """Latest stored benchmark rows of exactly this model and checkpoint at T = 1 (pixel or class
     temperature: identical at 1) under ``protocol`` (``anomalyseg.protocol``), one per (dataset,
-    score), for ``scores`` (None: every score) on ``datasets``."""
+    score), for ``scores`` (None: every score) on ``datasets``, computed on the frames
+    ``fingerprints`` names (``{dataset: data_fingerprint}``; None: any frames)."""
     df = checkpoint_rows(read_results(path), model, checkpoint, protocol)
     if not len(df):
         return df
     keep = df["dataset"].isin(list(datasets)) & np.isclose(df["temperature"].astype(float), 1.0)
+    keep &= _same_data(df, fingerprints)
     if scores is not None:
         keep &= df["score"].isin(list(scores))
     return latest(df[keep], keys=("dataset", "score")).reset_index(drop=True)
@@ -460,14 +490,17 @@ def stored_miou(
     checkpoint: str,
     protocol: str | None = "course",
     dataset: str = MIOU_DATASET,
+    fingerprint: str = "",
 ) -> float | None:
     """The latest stored mIoU (fraction) of exactly this model and checkpoint at class temperature
-    1 under ``protocol`` on ``dataset``, or None when the store has none."""
+    1 under ``protocol`` on ``dataset`` (computed on the frames ``fingerprint`` names; "": any), or
+    None when the store has none."""
     df = checkpoint_rows(read_results(path), model, checkpoint, protocol)
     if not len(df):
         return None
     at_one = np.isclose(df["temperature"].astype(float), 1.0)
-    rows = df[(df["score"] == "miou") & (df["dataset"] == dataset) & at_one]
+    same = _same_data(df, {dataset: fingerprint})
+    rows = df[(df["score"] == "miou") & (df["dataset"] == dataset) & at_one & same]
     return float(rows["miou"].iloc[-1]) if len(rows) else None
 
 

@@ -9,6 +9,7 @@ single anomaly pixel are skipped, as the course does, and counted in ``skipped``
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..labels import ANOMALY, BENCHMARKS, BINARY, BenchmarkSpec
-from .io import DatasetError, check_values, read_mask, read_rgb
+from .io import DatasetError, check_values, files_fingerprint, read_mask, read_rgb
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -77,6 +78,11 @@ class AnomalyBenchmark(Dataset):
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """``io.files_fingerprint`` of the frames this benchmark scores (skipped ones apart)."""
+        return files_fingerprint((image, mask) for _, image, mask in self.frames)
 
     def __getitem__(self, i: int) -> dict:
         stem, image_path, mask_path = self.frames[i]

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +16,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from ..labels import IGNORE_INDEX, NUM_CLASSES
-from .io import DatasetError, check_values, read_mask, read_rgb
+from .io import DatasetError, check_values, files_fingerprint, read_mask, read_rgb
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelTrainIds.png"
@@ -103,6 +104,11 @@ class CityscapesSegmentation(Dataset):
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """``io.files_fingerprint`` of this split's frames and train-id labels."""
+        return files_fingerprint(self.pairs)
 
     def __getitem__(self, i: int) -> dict:
         image_path, label_path = self.pairs[i]
