@@ -195,6 +195,10 @@ def test_table_after_eval_shows_only_this_run(erfnet_file, tiny_data, tmp_path, 
     mine = df[(df.checkpoint == str(other))].iloc[0]
     assert f"{100 * mine.auprc:.2f} / {100 * mine.fpr_at_95_tpr:.2f}" in out
     assert len(df) == 5 + 1  # the store keeps both runs
+    # the reader's names and a caption saying what the cells are, under which convention
+    assert "**AuPRC / FPR95 (%) per benchmark, `course` convention**" in out
+    assert "| Model | Score | Road Anomaly |" in out and "| ERFNet | MSP | " in out
+    assert "| erfnet |" not in out and "| msp |" not in out
 
 
 def test_make_data_and_prepare_coco_end_to_end(tiny_data, tmp_path, capsys):

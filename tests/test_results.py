@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from anomalyseg import results
+from anomalyseg.protocol import describe
 from anomalyseg.report import tables
 
 
@@ -81,6 +82,25 @@ def test_course_table_formats_percent_and_keeps_latest(tmp_path):
     assert table.loc[("erfnet", "msp"), "Road Anomaly"] == "12.42 / 82.58"
     md = tables.markdown(table)
     assert "| erfnet | msp | 29.10 / 62.51 | 12.42 / 82.58 |" in md
+
+
+def test_tables_with_titles_show_display_names_and_caption(tmp_path):
+    path = tmp_path / "results.csv"
+    results.append_rows(
+        [
+            _row(model="eomt", score="max_logit", auprc=0.25),
+            _row(model="eomt", score="miou", dataset="cityscapes_val", miou=0.5),
+        ],
+        path,
+    )
+    df = results.read_results(path)
+    md = tables.markdown(tables.with_titles(tables.anomaly_table(df)))
+    assert md.splitlines()[0] == "**AuPRC / FPR95 (%) per benchmark, `course` convention**"
+    assert "| Model | Score | SMIYC RA-21 |" in md and "| EoMT | MaxLogit | 25.00 / " in md
+    assert md.endswith("_" + describe("course") + "_")
+    md = tables.markdown(tables.with_titles(tables.miou_table(df)))
+    assert md.splitlines()[0] == "**mIoU (%), `course` convention**"
+    assert "| Model | Benchmark | T | mIoU |" in md and "| EoMT | Cityscapes val | 1.0 | 50.00 |" in md
 
 
 def test_run_ids_are_unique_and_sortable():

@@ -102,7 +102,7 @@ def _eval(a):
     from .data.benchmarks import load_benchmarks
     from .data.cityscapes import CityscapesSegmentation
     from .evaluate import OutputCache, evaluate_anomaly, evaluate_miou
-    from .report.tables import anomaly_table, markdown, miou_table
+    from .report.tables import anomaly_table, markdown, miou_table, with_titles
     from .results import COLUMNS, check_store, new_run_id
     from .scores import default_scores
 
@@ -181,20 +181,15 @@ def _eval(a):
     print(f"run {run_id}: {seg.name} {seg.checkpoint}; rows appended to {a.results}")
     if benchmarks:
         temperature = a.temperatures[0] if len(a.temperatures) == 1 else None
-        print(
-            markdown(
-                anomaly_table(
-                    mine,
-                    index=("model", "score", "temperature")
-                    if temperature is None
-                    else ("model", "score"),
-                    temperature=temperature,
-                    protocol=protocol,
-                )
-            )
+        table = anomaly_table(
+            mine,
+            index=("model", "score", "temperature") if temperature is None else ("model", "score"),
+            temperature=temperature,
+            protocol=protocol,
         )
+        print(markdown(with_titles(table)))
     if val is not None:
-        print(markdown(miou_table(mine)))
+        print(markdown(with_titles(miou_table(mine))))
 
 
 def _compare_conventions(a):

@@ -59,14 +59,15 @@ def _pct(x: float) -> str:
 
 
 def markdown(table: pd.DataFrame) -> str:
-    """A GitHub-markdown rendering of any table (no extra dependency); a table that names its
-    evaluation protocol (``table.attrs["protocol"]``, set by ``anomaly_table``) gets it as a
-    caption."""
+    """A GitHub-markdown rendering of any table (no extra dependency). ``table.attrs["caption"]``
+    (what the cells are, set by ``anomaly_table`` and ``miou_table``) goes above it in bold; the
+    evaluation protocol it names (``table.attrs["protocol"]``) under it, described."""
     if table.empty:
         return "_no results yet_"
     t = table.reset_index() if any(n is not None for n in table.index.names) else table
     header = [str(c) for c in t.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines = [f"**{table.attrs['caption']}**", ""] if table.attrs.get("caption") else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in t.itertuples(index=False)]
     if table.attrs.get("protocol"):
         lines += ["", f"_{describe(table.attrs['protocol'])}_"]
@@ -407,18 +408,61 @@ def anomaly_table(
     table = table[cols].rename(columns=DATASET_TITLES).fillna("–")
     table.columns.name = " / ".join(METRIC_TITLES[m] for m in metrics)
     table.attrs["protocol"] = protocol  # markdown names it under the table
+    table.attrs["caption"] = _caption(f"{table.columns.name} (%) per benchmark", protocol)
     return table
 
 
 def miou_table(df: pd.DataFrame) -> pd.DataFrame:
-    """mIoU (percent) per model and class temperature, latest row of each."""
+    """mIoU (percent) per model and class temperature, latest row of each; the caption names the
+    protocol when the rows share one."""
     rows = df[df["score"] == "miou"] if len(df) else df
     rows = latest(rows)
     if not len(rows):
         return pd.DataFrame()
     out = rows[["model", "dataset", "temperature", "miou"]].copy()
     out["miou"] = out["miou"].map(_pct)
-    return out.reset_index(drop=True)
+    out = out.reset_index(drop=True)
+    protocols = set(rows["protocol"]) if "protocol" in rows else set()
+    out.attrs["caption"] = _caption("mIoU (%)", protocols.pop() if len(protocols) == 1 else None)
+    return out
+
+
+def _caption(cells: str, protocol: str | None) -> str:
+    return cells + (f", `{protocol}` convention" if protocol else "")
+
+
+# Display headers of the store's id columns, for ``with_titles``.
+ID_HEADERS = {
+    "model": "Model",
+    "score": "Score",
+    "dataset": "Benchmark",
+    "temperature": "T",
+    "temperature_on": "T on",
+    "protocol": "Protocol",
+    "miou": "mIoU",
+}
+_ID_TITLES = {"model": model_title, "score": score_title, "dataset": dataset_title}
+
+
+def with_titles(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of a table of the store's ids (``anomaly_table``, ``miou_table``) as a reader sees it:
+    models, scores and benchmarks by their display names (``report.names``: ``eomt`` -> ``EoMT``,
+    ``max_logit`` -> ``MaxLogit``), headers of the id columns and index levels by ``ID_HEADERS``;
+    cells and ``attrs`` (caption, protocol) kept."""
+    out = table.copy()
+    if any(n is not None for n in out.index.names):
+        ids = out.index.to_frame(index=False)
+        for col, title in _ID_TITLES.items():
+            if col in ids:
+                ids[col] = ids[col].map(title)
+        ids = ids.rename(columns=ID_HEADERS)
+        out.index = pd.MultiIndex.from_frame(ids) if ids.shape[1] > 1 else pd.Index(ids.iloc[:, 0])
+    for col, title in _ID_TITLES.items():
+        if col in out.columns:
+            out[col] = out[col].map(title)
+    out = out.rename(columns=ID_HEADERS)
+    out.attrs = dict(table.attrs)
+    return out
 
 
 # ------------------------------------------------------------------------ calibration (notebook 03)
