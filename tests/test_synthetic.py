@@ -363,6 +363,32 @@ def test_anomaly_statistics_of_a_benchmark_folder(tiny):
     assert _components([blocks])[1].tolist() == [2 / 24, 1 / 24]
 
 
+def test_anomaly_statistics_table_names_its_units(tiny):
+    """Notebook 00's table: one row per benchmark by its title, the statistics under readable
+    headers with units, values as ``anomaly_statistics`` gives them (rounded for display)."""
+    from anomalyseg.data.benchmarks import anomaly_statistics, load_benchmarks
+    from anomalyseg.report.tables import anomaly_statistics_table
+
+    benches = load_benchmarks(tiny / "Validation_Dataset", list(BENCHMARKS))
+    table = anomaly_statistics_table(benches)
+    assert list(table.index) == [BENCHMARKS[n].title for n in BENCHMARKS]
+    assert list(table.columns) == [
+        "frames",
+        "anomaly pixels (% of scored pixels = chance AuPRC)",
+        "anomaly components per frame (8-connected)",
+        "component area p10 (% of the frame)",
+        "component area p50 (% of the frame)",
+        "component area p90 (% of the frame)",
+    ]
+    for name, ds in benches.items():
+        row, stats = table.loc[BENCHMARKS[name].title], anomaly_statistics(ds)
+        assert row.iloc[0] == len(ds) and table["frames"].dtype.kind == "i"
+        assert row.iloc[1] == pytest.approx(stats["anomaly_share"], abs=0.005)
+        assert row.iloc[2] == pytest.approx(stats["components_per_frame"], abs=0.005)
+        for got, key in zip(row.iloc[3:], ("area_p10", "area_p50", "area_p90")):
+            assert got == pytest.approx(stats[key], abs=0.0005)
+
+
 def test_anomaly_sizes_follow_the_real_benchmarks():
     # Road Anomaly and RoadAnomaly21 show large objects, mostly animals, near the car: the two real
     # Road Anomaly-style frames in ../shared/realdata hold one object of 10% and 27% of the frame.

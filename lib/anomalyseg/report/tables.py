@@ -1,7 +1,7 @@
 """Tables: the comparison table and its markdown / LaTeX renderings, the store's tables of one
 evaluation (``anomaly_table``, ``miou_table``), the conventions side by side, calibration, chance
-level, the learned scores against the best post-hoc one, Outlier Exposure's before / after, the
-bootstrap tables of notebook 06, and ``missing_report``.
+level, the benchmarks' anomaly statistics, the learned scores against the best post-hoc one,
+Outlier Exposure's before / after, the bootstrap tables of notebook 06, and ``missing_report``.
 
 Every function reads rows (the results store's DataFrame, ``anomalyseg.results.read_results``, or
 the rows an evaluation returned); none runs a model. Metrics stay fractions in the DataFrames that
@@ -589,6 +589,35 @@ def chance_table(
             }
         )
     return pd.DataFrame(out).set_index("benchmark")
+
+
+# ---------------------------------------------------------- the benchmarks' anomalies (notebook 00)
+# ``data.benchmarks.anomaly_statistics``'s keys as a reader reads them, with units, and decimals.
+STATISTICS_HEADERS = {
+    "frames": ("frames", 0),
+    "anomaly_share": ("anomaly pixels (% of scored pixels = chance AuPRC)", 2),
+    "components_per_frame": ("anomaly components per frame (8-connected)", 2),
+    "area_p10": ("component area p10 (% of the frame)", 3),
+    "area_p50": ("component area p50 (% of the frame)", 3),
+    "area_p90": ("component area p90 (% of the frame)", 3),
+}
+
+
+def anomaly_statistics_table(benchmarks: Mapping[str, AnomalyBenchmark]) -> pd.DataFrame:
+    """``data.benchmarks.anomaly_statistics`` of each benchmark (course order, unknown names after),
+    one row each, titled by ``names.dataset_title``; columns ``STATISTICS_HEADERS`` (readable
+    names with units, rounded for display)."""
+    from ..data.benchmarks import anomaly_statistics
+
+    names = [d for d in DATASET_ORDER if d in benchmarks]
+    names += [d for d in benchmarks if d not in DATASET_ORDER]
+    table = pd.DataFrame(
+        [anomaly_statistics(benchmarks[n]) for n in names],
+        index=pd.Index([dataset_title(n) for n in names], name="benchmark"),
+    )
+    table = table.round({key: digits for key, (_, digits) in STATISTICS_HEADERS.items()})
+    table = table.astype({"frames": int})
+    return table.rename(columns={key: head for key, (head, _) in STATISTICS_HEADERS.items()})
 
 
 # --------------------------------------------------------------------- learned scores (notebook 05)
