@@ -148,3 +148,60 @@ def test_every_trainer_runs_on_the_records_devices(method, tiny_data, tmp_path, 
         "bf16-mixed",
     )
     assert kw["max_steps"] == RECIPE_DEFAULTS[method]["max_steps"]
+
+
+# ----------------------------------------------------------------------------- Lightning's console
+def test_quiet_lightning_drops_only_the_named_messages(tmp_path, caplog, recwarn):
+    """Lightning's litlogger tip (logged as a Trainer is built) and torch's LeafSpec deprecation
+    (Lightning's own ``_pytree`` makes a ``LeafSpec``) are dropped inside ``quiet_lightning``; an
+    other warning or log message of the same kinds still shows, and nothing is dropped after."""
+    import logging
+    import warnings
+
+    import lightning as L
+    from lightning.pytorch.utilities import rank_zero_info
+    from lightning.pytorch.utilities._pytree import _tree_flatten
+
+    from anomalyseg.training.callbacks import quiet_lightning
+
+    def console():
+        caplog.clear()
+        recwarn.clear()
+        L.Trainer(default_root_dir=tmp_path, accelerator="cpu", enable_progress_bar=False)
+        _tree_flatten(1)
+        rank_zero_info("an other message")
+        warnings.warn("an other deprecation", FutureWarning)
+        return caplog.text, [str(w.message) for w in recwarn]
+
+    caplog.set_level(logging.INFO)
+    warnings.simplefilter("always")
+    text, warned = console()  # what Lightning prints unfiltered: the messages exist
+    assert "litlogger" in text and any("LeafSpec" in w for w in warned)
+    with quiet_lightning():
+        text, warned = console()
+    assert "litlogger" not in text and not any("LeafSpec" in w for w in warned)
+    assert "an other message" in text and "an other deprecation" in warned
+    text, warned = console()
+    assert "litlogger" in text and any("LeafSpec" in w for w in warned)
+
+
+@pytest.mark.parametrize("max_epochs, description", [(-1, "Epoch 0"), (3, "Epoch 0/2")])
+def test_the_progress_bar_of_a_step_bounded_run_has_no_negative_epoch(
+    max_epochs, description, tmp_path
+):
+    """Every training here stops at max_steps with max_epochs=-1: Lightning's rich bar read
+    ``Epoch 0/-2``; an epoch-bounded run keeps Lightning's ``Epoch 0/2``."""
+    import lightning as L
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from anomalyseg.training.callbacks import StepsProgressBar, use_steps_progress_bar
+
+    bar = RichProgressBar(refresh_rate=7)
+    trainer = L.Trainer(
+        max_steps=2, max_epochs=max_epochs, default_root_dir=tmp_path, callbacks=[bar], logger=False
+    )
+    use_steps_progress_bar(trainer)
+    assert trainer.progress_bar_callback is bar and isinstance(bar, StepsProgressBar)
+    assert bar.refresh_rate == 7  # the bar's own settings kept
+    bar.setup(trainer, L.LightningModule(), "fit")  # as the fit does, before the first epoch
+    assert bar._get_train_description(0).strip() == description

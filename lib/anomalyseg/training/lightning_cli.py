@@ -22,6 +22,8 @@ from pathlib import Path
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
+from .callbacks import quiet_lightning, use_steps_progress_bar
+
 SUBCOMMANDS = ("fit", "validate")
 
 
@@ -85,6 +87,12 @@ class AnomalysegCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
         )
 
+    def instantiate_trainer(self, **kwargs):
+        with quiet_lightning():  # Lightning's tips as it builds the Trainer
+            trainer = super().instantiate_trainer(**kwargs)
+        use_steps_progress_bar(trainer)
+        return trainer
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.get("weights_only") is None:  # Lightning's None would load a full pickle
@@ -121,7 +129,7 @@ def run_lightning_cli(argv: list[str]) -> None:
         raise ValueError(
             f"anomalyseg: expected one of {list(SUBCOMMANDS)} before the config, got {argv[:1]}."
         )
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_lightning():
         # `anomalyseg` hands on its own argv: the same list as sys.argv[1:], which is intended here
         warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
         AnomalysegCLI(list(argv))

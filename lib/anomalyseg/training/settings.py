@@ -33,7 +33,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from ..devices import lightning_device
-from .callbacks import console_callbacks
+from .callbacks import console_callbacks, quiet_lightning, use_steps_progress_bar
 from .data import check_counts, resume_from
 from .oe_config import OEConfig
 
@@ -362,25 +362,27 @@ def fit_and_export(
         every_val = min(train.val_every_n_steps or max_steps, max_steps)
         val_check = {"val_check_interval": every_val, "check_val_every_n_epoch": None}
     accelerator, devices = lightning_device(train.accelerator or follow_device, train.devices)
-    trainer = L.Trainer(
-        max_steps=max_steps,
-        max_epochs=-1,
-        accelerator=accelerator,
-        devices=devices,
-        strategy=train.strategy,
-        precision=train.precision,
-        default_root_dir=out_dir,
-        logger=make_logger(train.logger, out_dir, name, run_config),
-        callbacks=[checkpoint, *callbacks, *train.callbacks, *console_callbacks()],
-        enable_progress_bar=train.progress,
-        enable_model_summary=train.progress,
-        log_every_n_steps=max(1, min(50, max_steps // 20)),
-        num_sanity_val_steps=0,
-        limit_val_batches=train.limit_val_batches if has_val else 0,
-        **val_check,
-    )
+    with quiet_lightning():
+        trainer = L.Trainer(
+            max_steps=max_steps,
+            max_epochs=-1,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=train.strategy,
+            precision=train.precision,
+            default_root_dir=out_dir,
+            logger=make_logger(train.logger, out_dir, name, run_config),
+            callbacks=[checkpoint, *callbacks, *train.callbacks, *console_callbacks()],
+            enable_progress_bar=train.progress,
+            enable_model_summary=train.progress,
+            log_every_n_steps=max(1, min(50, max_steps // 20)),
+            num_sanity_val_steps=0,
+            limit_val_batches=train.limit_val_batches if has_val else 0,
+            **val_check,
+        )
+    use_steps_progress_bar(trainer)
     last = out_dir / "last.ckpt"
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_lightning():
         # Expected: a resumed run writes into its own non-empty folder; a resumed epoch end may pass
         # ModelCheckpoint before validation logs val_miou again; the head has no validation.
         warnings.filterwarnings(
