@@ -3,9 +3,12 @@ used by the zoo instead of a training only for exactly the settings and data the
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -16,6 +19,8 @@ from anomalyseg.results import training_log
 from anomalyseg.workspace import open_workspace
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+CONVERT_SCRIPT = REPO / "data_scripts" / "convert_val_miou_by_step.py"
 
 
 def test_shipped_files_match_their_manifest():
@@ -29,6 +34,11 @@ def test_shipped_files_match_their_manifest():
             assert 0 < entry["val_miou"] <= 1
         else:
             assert entry["final_train_loss"] > 0
+        if model in demo_models.SEGMENTERS:  # validated every --val-every optimizer steps
+            every = int(entry["command"].split("--val-every ")[1].split()[0])
+            steps = [s for s, _ in entry["val_miou_by_step"]]
+            assert steps == list(range(every, entry["steps"] + 1, every))
+            assert all(0 < miou <= 1 for _, miou in entry["val_miou_by_step"])
         for rel in entry["files"]:
             if rel.endswith(".safetensors"):
                 assert {
@@ -48,6 +58,34 @@ def shipped_tiny(tmp_path_factory):
     argv = ["demo-weights", "--model", "all", "--steps", 2, "--preset", "tiny", *folders]
     main([str(a) for a in argv])
     return root
+
+
+@pytest.mark.parametrize("model", ["erfnet", "eomt"])
+def test_val_miou_by_step_counts_steps_done_in_order(shipped_tiny, model):
+    """2 steps validated once at the end: the entry says [[2, its mIoU]], the mIoU of the row
+    Lightning's CSV log holds at its 0-based step 1."""
+    entry = demo_models.read_manifest(shipped_tiny / "out")[model]
+    log = pd.read_csv(shipped_tiny / "out" / model / "metrics.csv").dropna(subset=["val_miou"])
+    assert log["step"].tolist() == [1]
+    assert entry["val_miou_by_step"] == [[2, round(float(log["val_miou"].iloc[0]), 4)]]
+
+
+def test_old_manifests_convert_to_pairs_only_in_that_field(tmp_path):
+    spec = importlib.util.spec_from_file_location("convert", CONVERT_SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    old = {"1499": 0.3, "499": 0.1, "999": 0.2}  # JSON's sorted keys, 0-based steps
+    assert script.converted(old) == [[500, 0.1], [1000, 0.2], [1500, 0.3]]
+    manifest = {
+        "erfnet": {"steps": 1500, "val_miou_by_step": old, "files": {"a": {"sha256": "x"}}},
+        "eomt": {"steps": 1000, "val_miou_by_step": [[1000, 0.4]]},
+        "head_stats": {"final_train_loss": 0.5},
+    }
+    (tmp_path / demo_models.MANIFEST).write_text(json.dumps(manifest))
+    assert script.convert(tmp_path) == ["erfnet"]
+    manifest["erfnet"]["val_miou_by_step"] = [[500, 0.1], [1000, 0.2], [1500, 0.3]]
+    assert demo_models.read_manifest(tmp_path) == manifest
+    assert script.convert(tmp_path) == []  # rerun: nothing left to convert
 
 
 @pytest.mark.parametrize("model", ["erfnet", "eomt"])

@@ -269,6 +269,16 @@ def _file_table(dst: Path, model: str) -> dict:
     }
 
 
+def val_miou_by_step(log) -> list[list]:
+    """The validations of a training log (``results.training_log``'s DataFrame, with ``step`` and
+    ``val_miou`` columns): ``[[steps_done, val_miou], ...]`` in training order, ``steps_done``
+    counting optimizer steps done (Lightning logs the validation after N steps at ``step`` N - 1),
+    the mIoU a fraction rounded to 4 decimals. A list of pairs, not a mapping: the manifest's
+    sorted JSON keys would put "1499" before "499"."""
+    done = log.dropna(subset=["val_miou"])[["step", "val_miou"]].values
+    return [[int(step) + 1, round(float(miou), 4)] for step, miou in done]
+
+
 def _write_entry(out: str | Path, model: str, entry: dict) -> None:
     manifest = read_manifest(out)
     manifest[model] = entry

@@ -291,8 +291,7 @@ def train_demo_weights(
     log.to_csv(dst / dm._LOG, index=False)
     metrics = metrics(dst)
     if "val_miou" in log:
-        validated = log.dropna(subset=["val_miou"])[["step", "val_miou"]].values
-        metrics["val_miou_by_step"] = {int(s): round(float(v), 4) for s, v in validated}
+        metrics["val_miou_by_step"] = dm.val_miou_by_step(log)
     entry = {
         "command": f"anomalyseg demo-weights --model {model} --steps {steps} --seed {seed}"
         + (f" --preset {preset}" if preset != "demo" else "")
