@@ -219,6 +219,37 @@ def test_make_data_and_prepare_coco_end_to_end(tiny_data, tmp_path, capsys):
     assert list((coco / "annotations").rglob("*.png"))
 
 
+def test_help_names_every_default():
+    """Each option with a default shows it in --help, as typed; None (described in the help, or
+    no default) is never shown."""
+    import argparse
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {name: " ".join(p.format_help().split()) for name, p in sub.choices.items()}
+    for expected in (
+        "--workers WORKERS (default: 2)",
+        "--results RESULTS (default: results/results.csv)",
+        "--temperature-on {pixel,class} (default: pixel)",
+        "--input-size H W ERFNet input H W (divisible by 8) (default: 512 1024)",
+        "--temperatures TEMPERATURES [TEMPERATURES ...] (default: 1.0)",
+    ):
+        assert expected in helps["eval"], expected
+    for expected in (
+        "--preset {tiny,demo} (default: demo)",
+        "--data-root DATA_ROOT (default: data)",
+        "--seed SEED seed of the embedded data set and of the training (default: 0)",
+        "--work-dir WORK_DIR training folder (resumable) (default: checkpoints/demo-weights)",
+    ):
+        assert expected in helps["demo-weights"], expected
+    assert "--out OUT (default: data/demo)" in helps["make-data"]
+    for name, text in helps.items():
+        assert "(default: None)" not in text and "(default: False)" not in text, name
+        assert "%(" not in text, name
+        assert not re.search(r"\(default: [^)]*\) \(default:", text), name  # once, if shared
+    assert "--workers WORKERS (default: 2)" in helps["compare-conventions"]  # eval's, shared
+
+
 # ----------------------------------------------------------------------------- the error boundary
 def test_eval_without_data_is_refused(erfnet_file, tmp_path, capsys):
     code, _, err = run(

@@ -58,6 +58,26 @@ positive_float = _number(
 )
 
 
+def _name_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append ``(default: X)`` to the ``--help`` of each option of ``parser`` and its subcommands
+    that has a default (not None, not a flag left off) its help does not already describe; X as
+    it would be typed (``512 1024`` for a pair)."""
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for sub in [parser, *(p for a in subparsers for p in a.choices.values())]:
+        for action in sub._actions:
+            default, text = action.default, action.help or ""
+            if (
+                not action.option_strings
+                or default is None
+                or default is False
+                or default is argparse.SUPPRESS
+                or "default" in text
+            ):
+                continue
+            shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else default
+            action.help = f"{text} (default: {shown})".lstrip().replace("%", "%%")
+
+
 # ----------------------------------------------------------------------------- subcommands
 def _make_data(a):
     from .data.synthetic import make_data
@@ -594,6 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the executed notebooks go (default: runs/ of the checkout)",
     )
     s.set_defaults(func=_run_all)
+    _name_defaults(p)
     return p
 
 
