@@ -163,6 +163,22 @@ def test_prepare_keeps_largest_fitting_object_of_non_overlapping_images(
         ).read_bytes()
 
 
+def test_reading_message_gives_the_time_only_for_a_large_json(coco_root, tmp_path, capsys):
+    """The tiny json is read at once: its message gives its size, not the full COCO json's 20 s;
+    a json of the full train2017 size (448 MB) is announced with its time."""
+    from anomalyseg.data.coco import _reading_note
+
+    prepare_coco_ood(coco_root, max_images=None, **{**SETTINGS, "progress": True})
+    out = capsys.readouterr().out
+    json_path = coco_root / "annotations" / "instances_train2017.json"
+    kb = json_path.stat().st_size / 1e3
+    assert f"Reading {json_path} ({kb:.0f} kB) ..." in out and " s)" not in out
+    big = tmp_path / "instances_train2017.json"
+    with open(big, "wb") as f:
+        f.truncate(448_000_000)  # sparse: its size only
+    assert _reading_note(big) == "448.0 MB, about 20 s"
+
+
 def test_subset_is_a_seeded_shuffle(coco_root, expected):
     chosen = []
     for seed in range(6):
