@@ -310,14 +310,31 @@ def table(results: list[dict]) -> str:
     return markdown_table(HEADERS, rows)
 
 
+def variants_help() -> str:
+    """``--help``'s list of the variants: name and what it changes, from ``VARIANTS``."""
+    width = max(map(len, VARIANTS))
+    lines = [f"  {name:{width}}  {spec[0]}" for name, spec in VARIANTS.items()]
+    return "variants (--variants; benchmarks/README.md says which were measured):\n" + "\n".join(
+        lines
+    )
+
+
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=variants_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--data-root", required=True, help="Cityscapes-layout folder (train and val splits)"
     )
     parser.add_argument("--steps", type=int, default=800, help="optimiser steps per variant")
     parser.add_argument(
-        "--variants", nargs="+", default=["baseline", "linear"], help=f"of {list(VARIANTS)}"
+        "--variants",
+        nargs="+",
+        default=["baseline", "linear"],
+        metavar="VARIANT",
+        help="variants to run, one after the other (listed below; default: baseline linear)",
     )
     parser.add_argument("--out", type=Path, help="JSON file of the results (updated per variant)")
     parser.add_argument(

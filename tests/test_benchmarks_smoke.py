@@ -242,6 +242,23 @@ def test_diagnose_eomt_variants_change_one_factor(tiny_data, capsys):
     assert "unknown variant 'nope'" in capsys.readouterr().err
 
 
+def test_diagnose_eomt_help_lists_every_variant_and_the_readme_says_which_ran(capsys):
+    """--help lists every variant of ``VARIANTS`` with what it changes; benchmarks/README.md
+    names each one as measured or not run, once."""
+    bench = _load("diagnose_eomt")
+    with pytest.raises(SystemExit):
+        bench.main(["--help"])
+    listing = capsys.readouterr().out.split("variants (--variants")[1]
+    for name, (what, *_) in bench.VARIANTS.items():
+        assert re.search(rf"^  {re.escape(name)} +{re.escape(what)}$", listing, re.M), name
+    readme = (Path(__file__).resolve().parents[1] / "benchmarks" / "README.md").read_text()
+    section = readme.split("## `diagnose_eomt.py`")[1].split("\n## ")[0]
+    ran, not_run = section.split("Measured (the tables below):")[1].split("Defined but not run:")
+    not_run = not_run.split("\n\n")[0]
+    ran, not_run = (set(re.findall(r"`([\w.-]+)`", t)) for t in (ran, not_run))
+    assert not ran & not_run and ran | not_run == set(bench.VARIANTS)
+
+
 def test_diagnose_eomt_linear_windows():
     """The per-pixel linear diagnostic segments a 1:2 frame as two side-by-side windows (the frame
     is already at window scale, so windowing neither resizes nor overlaps)."""
