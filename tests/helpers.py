@@ -88,7 +88,6 @@ def tiny_overrides(config: dict, data: Path, out: Path, eomt: Path, steps: int =
         args += [
             "--data.init_args.crop_size=[64,128]",
             "--data.init_args.val_size=[64,128]",
-            "--trainer.sync_batchnorm=false",
             f"--trainer.val_check_interval={steps}",
         ]
     else:

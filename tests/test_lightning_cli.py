@@ -217,3 +217,33 @@ def test_a_fit_whose_trainer_stops_off_the_schedule_is_warned():
     assert "before" in text
     config["trainer"]["max_steps"] = -1
     assert schedule_mismatch(config) is None
+
+
+@pytest.mark.parametrize(
+    "accelerator, cuda, stays",
+    [
+        ("cpu", True, False),
+        ("auto", False, False),
+        ("gpu", False, False),
+        ("mps", False, False),
+        ("auto", True, True),
+        ("gpu", True, True),
+        ("cuda", True, True),
+    ],
+)
+def test_sync_batchnorm_applies_only_on_cuda(accelerator, cuda, stays, monkeypatch):
+    """ERFNet's Cityscapes config syncs batch norm over its GPUs; off CUDA (torch's SyncBatchNorm
+    raises on CPU processes) the option is switched off with a warning that says why."""
+    from anomalyseg.training.lightning_cli import sync_batchnorm_off_cuda
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    config = read_config(REPO / "configs" / "erfnet_cityscapes.yaml")
+    assert config["trainer"]["sync_batchnorm"] is True
+    config["trainer"]["accelerator"] = accelerator
+    text = sync_batchnorm_off_cuda(config)
+    assert config["trainer"]["sync_batchnorm"] is stays
+    assert (text is None) == stays
+    if not stays:
+        assert "needs CUDA" in text and repr(accelerator) in text and "switched off" in text
+    config["trainer"]["sync_batchnorm"] = False  # not asked for: nothing to say
+    assert sync_batchnorm_off_cuda(config) is None

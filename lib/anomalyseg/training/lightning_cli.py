@@ -101,6 +101,9 @@ class AnomalysegCLI(LightningCLI):
             message = schedule_mismatch(config)
             if message:
                 warnings.warn(message, UserWarning, stacklevel=2)
+        message = sync_batchnorm_off_cuda(config)
+        if message:
+            warnings.warn(message, UserWarning, stacklevel=2)
 
 
 def schedule_mismatch(config) -> str | None:
@@ -120,6 +123,32 @@ def schedule_mismatch(config) -> str | None:
         f"after {stop}. Set both (e.g. --trainer.max_steps={stop} "
         f"--model.init_args.max_steps={stop}) unless stopping {side} the schedule's end is "
         "intended."
+    )
+
+
+def sync_batchnorm_off_cuda(config) -> str | None:
+    """Switch ``trainer.sync_batchnorm`` off in ``config`` where it cannot work, and say so;
+    None when it stays as it is.
+
+    Lightning's ``sync_batchnorm`` turns every batch norm into torch's ``SyncBatchNorm``, which
+    syncs over CUDA (NCCL) only: on N > 1 CPU processes (gloo) its forward raises ("expected
+    input tensor to be on GPU"). ERFNet's Cityscapes config asks for it for its GPU runs, so on
+    an accelerator other than CUDA (``cpu``, ``mps``, or ``auto`` / ``gpu`` on a machine without
+    CUDA) each process keeps its own batch statistics instead, as without the option."""
+    import torch
+
+    trainer = config.get("trainer") or {}
+    accelerator = trainer.get("accelerator") or "auto"
+    if not trainer.get("sync_batchnorm") or not isinstance(accelerator, str):
+        return None
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return None
+    trainer["sync_batchnorm"] = False
+    return (
+        f"trainer.sync_batchnorm = true needs CUDA (torch's SyncBatchNorm syncs over NCCL), and "
+        f"this run's accelerator is {accelerator!r}"
+        + ("" if accelerator == "cpu" else " without CUDA")
+        + ": switched off, each process normalises with its own batch's statistics."
     )
 
 
