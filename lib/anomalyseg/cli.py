@@ -209,7 +209,7 @@ def _eval(a):
         )
         print(markdown(with_titles(table)))
     if val is not None:
-        print(markdown(with_titles(miou_table(mine))))
+        print(("\n" if benchmarks else "") + markdown(with_titles(miou_table(mine))))
 
 
 def _compare_conventions(a):
