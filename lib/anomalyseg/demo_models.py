@@ -255,7 +255,7 @@ def demo_train_settings(model: str, params: dict) -> dict:
 # The parameters (besides the steps) each notebook hands its trainer, under the trainer's names.
 _SETTINGS = {
     "erfnet": ("batch_size", "crop_size", "scale_range", "lr", "seed", "num_workers"),
-    "eomt": ("batch_size", "crop_size", "seed", "num_workers"),
+    "eomt": ("batch_size", "crop_size", "scale_range", "lr", "seed", "num_workers"),
     "eomt_oe": ("batch_size", "crop_size", "lr", "seed"),
     "head_stats": ("batch_size", "crop_size", "ood_prob", "pos_weight", "lr", "seed"),
     "head_hybrid": ("batch_size", "crop_size", "ood_prob", "pos_weight", "lr", "seed"),
