@@ -1,4 +1,5 @@
-"""``anomalyseg run-all``: execute the numbered notebooks in order with papermill; and
+"""``anomalyseg run-all``: execute the numbered notebooks with papermill, each once the notebooks
+it reads (``NEEDS``) have finished, up to ``jobs`` at once; and
 ``anomalyseg demo-weights`` (``train_demo_weights``): train the demo's shipped weights as the
 notebooks would (through the zoo, with the preset's notebook parameters) and write them to
 ``demo_models``' folder and manifest.
@@ -13,8 +14,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,6 +36,30 @@ NOTEBOOKS = (
     "05_anomaly_head",
     "06_comparison_report",
 )
+
+# What each notebook reads that an earlier one writes: run-all starts a notebook once these have
+# finished. Every need comes earlier in NOTEBOOKS, so the numbered order is one valid order and
+# `--jobs 1` runs exactly that.
+NEEDS: dict[str, tuple[str, ...]] = {
+    # Every notebook opens the workspace, which generates the embedded data set when it is
+    # missing: 00 does it first, so that two kernels never generate it into one folder.
+    "00_data_prep": (),
+    "01_erfnet_baseline": ("00_data_prep",),
+    # 02 also prints 01's stored ERFNet rows beside its own (mIoU lines, anomaly table, the
+    # eomt_auprc_bars figure) when they are there; it does not wait for them.
+    "02_eomt_eval": ("00_data_prep",),
+    # 01's ERFNet (its checkpoint, input size and cached logits) and 02's EoMT: without them 03
+    # leaves ERFNet out and installs or trains the EoMT into checkpoints/eomt a second time.
+    "03_temperature_scaling": ("01_erfnet_baseline", "02_eomt_eval"),
+    # 02's EoMT is the base; its 'before' rows are reused from the store (else evaluated again).
+    "04_outlier_exposure": ("02_eomt_eval",),
+    # 02's frozen EoMT; 04 prepares the COCO objects the heads paste (ensure_ood_objects: needed
+    # on real COCO, and a coco_max_images other than the embedded data's rewrites them) and
+    # stores the eomt_oe rows 05's comparison table reads.
+    "05_anomaly_head": ("02_eomt_eval", "04_outlier_exposure"),
+    # The report reads everything in the store.
+    "06_comparison_report": NOTEBOOKS[:6],
+}
 
 
 def notebooks_dir() -> Path:
@@ -72,6 +100,17 @@ def notebook_parameters(preset: str, notebook: str) -> dict:
     return {**defaults, **preset_parameters(preset, notebook)}
 
 
+# Notebooks that run at once share the console: every line is written whole, under this lock.
+_CONSOLE = threading.Lock()
+
+
+def _say(line: str, out=None) -> None:
+    out = out or sys.stdout
+    with _CONSOLE:
+        out.write(line + "\n")
+        out.flush()
+
+
 class _ProgressEcho:
     """papermill's ``stdout_file``: receives each cell's stdout as the kernel sends it and echoes
     the package's ``[progress]`` lines to the console, tagged with the notebook's number."""
@@ -84,10 +123,11 @@ class _ProgressEcho:
         self._partial = lines.pop()
         for line in lines:
             if line.startswith(_progress.MARK):
-                self.out.write(f"[run-all] {self.tag} {line[len(_progress.MARK) :]}\n")
+                _say(f"[run-all] {self.tag} {line[len(_progress.MARK) :]}", self.out)
 
     def flush(self) -> None:
-        self.out.flush()
+        with _CONSOLE:
+            self.out.flush()
 
 
 @contextmanager
@@ -147,7 +187,107 @@ def read_params(path: str | Path) -> dict:
 
 
 class NotebookFailed(RuntimeError):
-    """A notebook of the pipeline raised; the message names it and the failing cell's error."""
+    """Notebooks of the pipeline raised; the message names each with its failing cell's error and
+    the ``--from`` that resumes the run."""
+
+
+# How long an interrupted run-all waits for its kernels after a KeyboardInterrupt in their cells,
+# and again after killing them, before it gives up on them.
+_STOP_S = 15.0
+
+
+def _tracked_kernel_manager(started: list):
+    """nbclient's ``kernel_manager_class`` for papermill: jupyter_client's own, which also appends
+    itself to ``started`` once its kernel runs, so that an interrupted run-all can stop it."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class TrackedKernelManager(AsyncKernelManager):
+        async def _async_post_start_kernel(self, **kw) -> None:
+            await super()._async_post_start_kernel(**kw)
+            started.append(self)
+
+    return TrackedKernelManager
+
+
+def _signal_kernels(managers: list, signum: int) -> None:
+    """``signum`` to the process group of each kernel in ``managers`` that still runs. A kernel
+    runs in a session of its own (jupyter_client starts it so): the terminal's Ctrl-C reaches
+    run-all only, never the kernels."""
+    for km in list(managers):
+        process = getattr(getattr(km, "provisioner", None), "process", None)
+        if process is None or process.poll() is not None:
+            continue
+        try:
+            os.killpg(os.getpgid(process.pid), signum)
+        except OSError:  # gone meanwhile
+            pass
+
+
+def _run_scheduled(todo: list[str], finished: set[str], jobs: int, execute, kernels: list):
+    """``execute(name)`` for each notebook of ``todo`` (numbered order), in up to ``jobs`` threads,
+    each started once every notebook it ``NEEDS`` is in ``finished`` (which grows as they
+    finish); the lowest number first among those ready. After a failure nothing new starts and
+    the running ones finish. Returns ``{name: exception}`` of the failed ones.
+
+    A KeyboardInterrupt (Ctrl-C; the CLI turns SIGTERM into one) reaches this thread only: it
+    sends the running kernels SIGINT (a KeyboardInterrupt in their cell, which papermill records
+    in the executed copy, and nbclient then shuts the kernel down), waits ``_STOP_S`` for them,
+    SIGKILLs what still runs (also at a second Ctrl-C), waits again and raises."""
+    failed, running, pending = {}, {}, list(todo)
+    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="run-all")
+    try:
+        while pending or running:
+            while not failed and len(running) < jobs:
+                ready = next((n for n in pending if set(NEEDS[n]) <= finished), None)
+                if ready is None:
+                    break
+                pending.remove(ready)
+                running[pool.submit(execute, ready)] = ready
+            if not running:  # after a failure, what is left waits on it or is not started
+                break
+            # A timeout, so that a Ctrl-C that woke another thread is seen here within 1 s.
+            completed, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+            for future in sorted(completed, key=running.get):
+                name, error = running.pop(future), future.exception()
+                if error is None:
+                    finished.add(name)
+                    continue
+                failed[name] = error
+                if running:
+                    _say(
+                        f"[run-all] {name} failed; starting nothing new, waiting for "
+                        f"{', '.join(sorted(running.values()))} to finish"
+                    )
+    except BaseException:
+        _say(
+            f"[run-all] interrupted: stopping {', '.join(sorted(running.values())) or 'nothing'}"
+            " (a KeyboardInterrupt in the running cell)"
+        )
+        _signal_kernels(kernels, signal.SIGINT)
+        try:
+            left = wait(running, timeout=_STOP_S).not_done
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once
+            left = {f for f in running if not f.done()}
+        if left:
+            _signal_kernels(kernels, signal.SIGKILL)
+            wait(left, timeout=_STOP_S)
+        raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    if pending and not failed:  # cannot happen while every need comes earlier in NOTEBOOKS
+        raise RuntimeError(f"run-all: {pending} wait on notebooks that never run")
+    return failed
+
+
+def _failure_text(name: str, error: BaseException, copy: Path) -> str:
+    import papermill as pm
+
+    if isinstance(error, pm.PapermillExecutionError):
+        return (
+            f"notebook {name} failed in cell {error.exec_count}: {error.ename}: {error.evalue} "
+            f"(the executed copy with the traceback is {copy})"
+        )
+    return f"notebook {name} stopped: {type(error).__name__}: {error}"
 
 
 def run_all(
@@ -162,14 +302,29 @@ def run_all(
     extra_parameters: dict | None = None,
     kernel_name: str | None = None,
     progress: bool = True,
+    jobs: int = 2,
 ) -> Path:
-    """Execute notebooks 00 to 06 in order; executed copies go to ``runs/<run id>/``.
+    """Execute notebooks 00 to 06, each in its own kernel once the notebooks it ``NEEDS`` have
+    finished, up to ``jobs`` at once (1: one after the other in numbered order); executed copies
+    go to ``runs/<run id>/``.
 
     ``start_at`` / ``stop_after`` take a notebook name or its number (``"03"``) to resume or cut a
-    run. Stops at the first failing notebook with its name and the cell's error.
+    run: the notebooks from ``start_at`` to ``stop_after`` in numbered order run, those before
+    ``start_at`` count as done. When a notebook fails, the running ones finish (their work is
+    kept), nothing new starts, and ``NotebookFailed`` names each failed notebook, its cell and
+    error, and the ``--from`` to resume with: the earliest notebook that did not finish.
+
+    ``progress``: papermill's cell counter (with ``jobs == 1`` only: bars of two notebooks from
+    two threads overwrite each other on one console line) and the notebooks' ``[progress]``
+    lines, tagged with their number. ``ANOMALYSEG_CONSOLE_PROGRESS`` is set once for the whole
+    run (environment variables are the process's, shared by the threads).
     """
     import papermill as pm
 
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(
+            f"run-all: jobs is the number of notebooks run at once (>= 1), got {jobs!r}."
+        )
     root = notebooks_dir()
     repo = root.parent
     names = list(NOTEBOOKS)
@@ -195,14 +350,18 @@ def run_all(
             f"{params_file}: unknown parameters {unknown}; no notebook has them, so they would be "
             f"ignored. Valid names: {', '.join(sorted(parameter_names()))}."
         )
-    run_dir = Path(runs_dir or repo / "runs") / (run_id or new_run_id(f"run-{preset}"))
+    # Absolute: papermill writes the executed copy while the kernel runs in notebooks/.
+    run_dir = Path(runs_dir or repo / "runs").resolve() / (run_id or new_run_id(f"run-{preset}"))
     run_dir.mkdir(parents=True, exist_ok=True)
     common = {
         "preset": preset,
         "data_root": str(Path(data_root or repo / "data").resolve()),
         "output_dir": str(Path(output_dir or repo).resolve()),
     }
-    for name in names[first : last + 1]:
+    kernels: list = []
+    manager_class = _tracked_kernel_manager(kernels)
+
+    def execute(name: str) -> None:
         params = {
             **preset_parameters(preset, name),
             **common,
@@ -210,28 +369,44 @@ def run_all(
             **(extra_parameters or {}),
         }
         started = time.time()
-        print(f"[run-all] {name} ...", flush=True)
+        _say(f"[run-all] {name} ...")
+        pm.execute_notebook(
+            str(root / f"{name}.ipynb"),
+            str(run_dir / f"{name}.ipynb"),
+            parameters=params,
+            kernel_name=kernel_name,
+            progress_bar=progress and jobs == 1,
+            log_output=False,
+            stdout_file=_ProgressEcho(name.split("_", 1)[0]) if progress else None,
+            extra_arguments=_KERNEL_ARGS,
+            # The kernel's working directory: papermill's cwd= would os.chdir the whole process
+            # around each notebook, which threads running two notebooks share.
+            resources={"metadata": {"path": str(root)}},
+            kernel_manager_class=manager_class,
+        )
+        _say(f"[run-all] {name} done in {time.time() - started:.0f} s")
+
+    todo, finished = names[first : last + 1], set(names[:first])
+
+    def resume() -> str:
+        cut = f" --to {names[last].split('_', 1)[0]}" if stop_after else ""
+        since = next(n for n in todo if n not in finished).split("_", 1)[0]
+        return f"`anomalyseg run-all --preset {preset} --from {since}{cut}`"
+
+    with _console_progress():
         try:
-            with _console_progress():
-                pm.execute_notebook(
-                    str(root / f"{name}.ipynb"),
-                    str(run_dir / f"{name}.ipynb"),
-                    parameters=params,
-                    cwd=str(root),
-                    kernel_name=kernel_name,
-                    progress_bar=progress,
-                    log_output=False,
-                    stdout_file=_ProgressEcho(name.split("_", 1)[0]) if progress else None,
-                    extra_arguments=_KERNEL_ARGS,
-                )
-        except pm.PapermillExecutionError as e:
-            raise NotebookFailed(
-                f"Notebook {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}. The "
-                f"executed copy with the traceback is {run_dir / (name + '.ipynb')}; fix the cause "
-                f"and resume with `anomalyseg run-all --preset {preset} --from "
-                f"{name.split('_', 1)[0]}`."
-            ) from None
-        print(f"[run-all] {name} done in {time.time() - started:.0f} s", flush=True)
+            failed = _run_scheduled(todo, finished, jobs, execute, kernels)
+        except KeyboardInterrupt:
+            _say(f"[run-all] interrupted; resume with {resume()}")
+            raise
+    if failed:
+        told = "; ".join(
+            _failure_text(n, failed[n], run_dir / f"{n}.ipynb") for n in sorted(failed)
+        )
+        raise NotebookFailed(
+            f"{told[0].upper()}{told[1:]}. Fix the cause and resume with {resume()} (the "
+            "earliest notebook that did not finish)."
+        )
     return run_dir
 
 
