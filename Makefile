@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PRESET ?= demo
+# Notebooks run at once by `make demo` (anomalyseg run-all --jobs): 2 for the two cores it targets.
+JOBS ?= 2
 # Two pytest workers on CI's two cores; notebooks and training tests dominate the wall time. loadfile keeps
 # a file's tests on one worker, so module fixtures (the tiny pipeline run of test_notebooks) run once.
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
@@ -19,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(VENV)/bin/anomalyseg run-all --preset $(PRESET)
+	$(VENV)/bin/anomalyseg run-all --preset $(PRESET) --jobs $(JOBS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -305,6 +305,7 @@ def _run_all(a):
         start_at=a.start_at,
         stop_after=a.stop_after,
         runs_dir=a.runs_dir,
+        jobs=a.jobs,
     )
     print(f"executed notebooks in {run_dir}")
 
@@ -605,13 +606,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--params", type=Path, help="YAML file of notebook parameters overriding the preset's"
     )
     s.add_argument(
-        "--from", dest="start_at", help="resume at this notebook (name or number, e.g. 03)"
+        "--from",
+        dest="start_at",
+        help="resume at this notebook (name or number, e.g. 03); the ones before it count as done",
     )
     s.add_argument("--to", dest="stop_after", help="stop after this notebook")
     s.add_argument(
         "--runs-dir",
         type=Path,
         help="where the executed notebooks go (default: runs/ of the checkout)",
+    )
+    s.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=2,
+        help="notebooks run at once, each in its own kernel once the notebooks it reads have "
+        "finished (anomalyseg.pipeline.NEEDS; 06 runs last); 1 runs them one after the other in "
+        "numbered order, with papermill's cell counter (default: 2, the cores `make demo` "
+        "targets)",
     )
     s.set_defaults(func=_run_all)
     _name_defaults(p)
