@@ -20,6 +20,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from anomalyseg.evaluate import evaluate_anomaly, evaluate_miou
 from anomalyseg.report import figures, names, selection, tables
 from anomalyseg.results import read_results
+from anomalyseg.scores import score_title
 from test_evaluate import ListData, ToySegmenter
 
 BENCHES = ("RoadAnomaly21", "fs_static")
@@ -148,6 +149,22 @@ def test_latex_bolds_the_best_of_each_column(store):
             bold = re.fullmatch(r"\\textbf\{(.*)\}", cell[j])
             assert float(bold.group(1) if bold else cell[j]) == shown[i]
             assert bool(bold) == (shown[i] == best), (d, metric, i)
+
+
+def test_conventions_table_does_not_depend_on_the_stores_row_order(store):
+    """run-all --jobs appends the rows of notebooks that run at once in either order: the table
+    lists benchmarks in course order, scores in the score table's, the mIoU last, whatever the
+    order of the rows it reads."""
+    from anomalyseg.scores import SCORE_ORDER
+
+    _, df = store
+    table = tables.conventions_table(df, "eomt")
+    learned_first = pd.concat([df[df.score == "anomaly_head"], df[df.score != "anomaly_head"]])
+    pd.testing.assert_frame_equal(tables.conventions_table(learned_first, "eomt"), table)
+    scores = [s for s in SCORE_ORDER if s in {"msp", "max_logit", "rba", "anomaly_head"}]
+    assert list(table.index) == [
+        (names.dataset_title(d), score_title(s)) for d in BENCHES for s in scores
+    ] + [("Cityscapes val", "mIoU")]
 
 
 def test_latex_marks_missing_cells_and_escapes_titles():

@@ -31,7 +31,7 @@ from .names import (
     model_title,
     score_key,
 )
-from .selection import anomaly_rows, check_store_frame, miou_rows, temperature_sweeps
+from .selection import anomaly_rows, check_store_frame, miou_rows, sort_rows, temperature_sweeps
 
 if TYPE_CHECKING:
     from ..data.benchmarks import AnomalyBenchmark
@@ -237,9 +237,9 @@ def conventions_table(
     temperature: float = 1.0,
 ) -> pd.DataFrame:
     """One model under every protocol it was evaluated with, side by side: rows (benchmark, score)
-    plus the Cityscapes-val mIoU, one column per protocol (``course`` first), cells ``AuPRC /
-    FPR95`` (or mIoU) in percent, latest row of each. ``model=None``: the store must hold only one
-    model with rows under more than one protocol. Rows without a recorded protocol count as
+    in report order plus the Cityscapes-val mIoU last, one column per protocol (``course`` first),
+    cells ``AuPRC / FPR95`` (or mIoU) in percent, latest row of each. ``model=None``: the store
+    must hold only one model with rows under more than one protocol. Rows without a recorded protocol count as
     ``legacy``. Explains a gap between two reports of the same checkpoint (``convention_settings``
     lists what each protocol does)."""
     check_store_frame(df)
@@ -266,6 +266,9 @@ def conventions_table(
     rows = latest(rows[rows["model"] == model], keys=("dataset", "score", "protocol"))
     if not len(rows):
         return pd.DataFrame()
+    # Report order (benchmarks, then the mIoU), not the store's: notebooks that run at once
+    # (run-all --jobs) append in either order.
+    rows = sort_rows(rows, ["dataset", "score"])
     known = [p for p in PROTOCOLS if p in set(rows["protocol"])]
     order = known + sorted(set(rows["protocol"]) - set(known))
     cell = [
