@@ -532,13 +532,15 @@ def test_run_all_end_to_end_and_its_refusals(tiny_data, tmp_path, capsys):
         "--runs-dir",
         tmp_path / "runs",
     ]
-    code, out, err = run([*common, "--from", "00", "--to", "00"], capsys)
+    code, out, err = run([*common, "--from", "00", "--to", "00", "--jobs", "2"], capsys)
     assert code == 0, err
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert (run_dir / "00_data_prep.ipynb").is_file() and str(run_dir) in out
     code, _, err = run([*common, "--from", "05", "--to", "02"], capsys)
     assert code == 1
     assert_one_paragraph(err, "05_anomaly_head", "02_eomt_eval")
+    code, _, err = run([*common, "--jobs", "0"], capsys)
+    assert code == 2 and "--jobs: '0': must be an integer > 0" in err  # argparse's usage error
     params = tmp_path / "p.yaml"
     params.write_text("benchmark_root: /data/Validation_Dataset\n")
     code, _, err = run([*common, "--params", params], capsys)

@@ -1,5 +1,5 @@
-"""Every notebook runs under papermill on the `tiny` preset, through `anomalyseg run-all`: the same
-code path as a user's run, only the parameters differ."""
+"""Every notebook runs under papermill on the `tiny` preset, through `anomalyseg run-all` with its
+default two notebooks at once: the same code path as a user's run, only the parameters differ."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ def pipeline_run(tmp_path_factory):
         runs_dir=root / "runs",
         stop_after=PRESENT[-1],
         progress=False,
+        jobs=2,  # run-all's default: notebooks whose inputs are ready run side by side
     )
     return root, run_dir
 
