@@ -42,7 +42,7 @@ NOTEBOOKS = (
 # `--jobs 1` runs exactly that.
 NEEDS: dict[str, tuple[str, ...]] = {
     # Every notebook opens the workspace, which generates the embedded data set when it is
-    # missing: 00 does it first, so that two kernels never generate it into one folder.
+    # missing: 00 does it first (and a run that starts later runs its first notebook alone).
     "00_data_prep": (),
     "01_erfnet_baseline": ("00_data_prep",),
     # 02 also prints 01's stored ERFNet rows beside its own (mIoU lines, anomaly table, the
@@ -226,19 +226,24 @@ def _signal_kernels(managers: list, signum: int) -> None:
 def _run_scheduled(todo: list[str], finished: set[str], jobs: int, execute, kernels: list):
     """``execute(name)`` for each notebook of ``todo`` (numbered order), in up to ``jobs`` threads,
     each started once every notebook it ``NEEDS`` is in ``finished`` (which grows as they
-    finish); the lowest number first among those ready. After a failure nothing new starts and
-    the running ones finish. Returns ``{name: exception}`` of the failed ones.
+    finish) and the first of ``todo`` has finished; the lowest number first among those ready.
+    After a failure nothing new starts and the running ones finish. Returns ``{name: exception}``
+    of the failed ones.
 
     A KeyboardInterrupt (Ctrl-C; the CLI turns SIGTERM into one) reaches this thread only: it
     sends the running kernels SIGINT (a KeyboardInterrupt in their cell, which papermill records
     in the executed copy, and nbclient then shuts the kernel down), waits ``_STOP_S`` for them,
     SIGKILLs what still runs (also at a second Ctrl-C), waits again and raises."""
+    # Every notebook generates the embedded data set when it is missing or of an older generator
+    # version (open_workspace), replacing the folder: the first notebook of a run (00, or the
+    # --from one) does it alone, so that two kernels never generate it into one folder.
+    needs = {n: set(NEEDS[n]) | ({todo[0]} if n != todo[0] else set()) for n in todo}
     failed, running, pending = {}, {}, list(todo)
     pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="run-all")
     try:
         while pending or running:
             while not failed and len(running) < jobs:
-                ready = next((n for n in pending if set(NEEDS[n]) <= finished), None)
+                ready = next((n for n in pending if needs[n] <= finished), None)
                 if ready is None:
                     break
                 pending.remove(ready)
@@ -310,7 +315,8 @@ def run_all(
 
     ``start_at`` / ``stop_after`` take a notebook name or its number (``"03"``) to resume or cut a
     run: the notebooks from ``start_at`` to ``stop_after`` in numbered order run, those before
-    ``start_at`` count as done. When a notebook fails, the running ones finish (their work is
+    ``start_at`` count as done, and the first one runs alone (it generates the embedded data set
+    when it is missing, as 00 does). When a notebook fails, the running ones finish (their work is
     kept), nothing new starts, and ``NotebookFailed`` names each failed notebook, its cell and
     error, and the ``--from`` to resume with: the earliest notebook that did not finish.
 
