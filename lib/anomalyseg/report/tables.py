@@ -239,9 +239,9 @@ def conventions_table(
     """One model under every protocol it was evaluated with, side by side: rows (benchmark, score)
     in report order plus the Cityscapes-val mIoU last, one column per protocol (``course`` first),
     cells ``AuPRC / FPR95`` (or mIoU) in percent, latest row of each. ``model=None``: the store
-    must hold only one model with rows under more than one protocol. Rows without a recorded protocol count as
-    ``legacy``. Explains a gap between two reports of the same checkpoint (``convention_settings``
-    lists what each protocol does)."""
+    must hold only one model with rows under more than one protocol. Rows without a recorded
+    protocol count as ``legacy``. Explains a gap between two reports of the same checkpoint
+    (``convention_settings`` lists what each protocol does)."""
     check_store_frame(df)
     df = df.assign(
         protocol=df["protocol"]
