@@ -149,6 +149,31 @@ def test_from_and_to_with_two_jobs(tmp_path, monkeypatch):
     assert rec.at("start", "04_outlier_exposure") < rec.at("end", "03_temperature_scaling")
 
 
+def test_kernels_share_the_cores_out_unless_the_user_set_their_threads(tmp_path, monkeypatch):
+    """Each kernel inherits run-all's environment at its start: with two at once, each gets half
+    the cores as torch threads (OMP_NUM_THREADS); one at a time, or a user's own setting, stays."""
+    seen = []
+
+    class EnvRecorder(Recorder):
+        def __call__(self, input_path, output_path, parameters=None, **kwargs):
+            seen.append(
+                (os.environ.get("OMP_NUM_THREADS"), os.environ.get("ANOMALYSEG_CONSOLE_PROGRESS"))
+            )
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    _run(tmp_path, EnvRecorder(), monkeypatch, jobs=2, stop_after="01")
+    assert seen == [(str(max(1, cores // 2)), "1")] * 2
+    assert "OMP_NUM_THREADS" not in os.environ  # put back as it was
+    seen.clear()
+    _run(tmp_path, EnvRecorder(), monkeypatch, jobs=1, stop_after="01")
+    assert seen == [(None, "1")] * 2
+    seen.clear()
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    _run(tmp_path, EnvRecorder(), monkeypatch, jobs=2, stop_after="01")
+    assert seen == [("3", "1")] * 2
+
+
 @pytest.mark.parametrize("jobs", [0, -1, 1.5, True])
 def test_jobs_must_be_a_positive_count(tmp_path, monkeypatch, jobs):
     with pytest.raises(ValueError, match="jobs is the number of notebooks run at once"):

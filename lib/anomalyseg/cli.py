@@ -621,9 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=2,
         help="notebooks run at once, each in its own kernel once the notebooks it reads have "
-        "finished (anomalyseg.pipeline.NEEDS; 06 runs last); 1 runs them one after the other in "
-        "numbered order, with papermill's cell counter (default: 2, the cores `make demo` "
-        "targets)",
+        "finished (anomalyseg.pipeline.NEEDS; 06 runs last), with cores / N torch threads "
+        "(OMP_NUM_THREADS, unless set); 1 runs them one after the other in numbered order, with "
+        "papermill's cell counter (default: 2, the cores `make demo` targets)",
     )
     s.set_defaults(func=_run_all)
     _name_defaults(p)
