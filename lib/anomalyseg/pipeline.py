@@ -416,7 +416,7 @@ def run_all(
 
     def resume() -> str:
         cut = f" --to {names[last].split('_', 1)[0]}" if stop_after else ""
-        since = next(n for n in todo if n not in finished).split("_", 1)[0]
+        since = next((n for n in todo if n not in finished), todo[-1]).split("_", 1)[0]
         return f"`anomalyseg run-all --preset {preset} --from {since}{cut}`"
 
     with _kernel_environment({_progress.ENV: "1", **_kernel_threads(jobs)}):
