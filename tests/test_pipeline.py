@@ -242,14 +242,21 @@ def test_ctrl_c_stops_the_running_kernels(tmp_path):
         kernels = [int(p.read_text()) for p in pids]
         interrupted = time.time()
         os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
-        out, _ = proc.communicate(timeout=60)
+        try:
+            out, _ = proc.communicate(timeout=150)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            left = proc.communicate()[0]
+            pytest.fail(f"run-all still ran 150 s after Ctrl-C; its output:\n{left}")
     finally:  # a failed test leaves nothing running either
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         for p in pids:
             if p.is_file() and p.read_text() and _alive(int(p.read_text())):
                 os.kill(int(p.read_text()), signal.SIGKILL)
-    assert proc.returncode != 0 and time.time() - interrupted < 30, out
+    # run-all gives its kernels _STOP_S after SIGINT and again after SIGKILL; the rest is process
+    # exit, which a loaded CI machine (2 cores, another test file beside) stretches.
+    assert proc.returncode != 0 and time.time() - interrupted < 4 * pipeline._STOP_S, out
     assert "[run-all] interrupted: stopping 01_erfnet_baseline, 02_eomt_eval" in out
     assert "resume with `anomalyseg run-all --preset tiny --from 01 --to 02`" in out
     for pid in kernels:
