@@ -201,6 +201,18 @@ def test_table_after_eval_shows_only_this_run(erfnet_file, tiny_data, tmp_path, 
     assert "| erfnet |" not in out and "| msp |" not in out
 
 
+def test_make_data_writes_where_run_all_looks(tmp_path, monkeypatch, capsys):
+    # run-all and demo-weights read <--data-root data>/<preset>: make-data's default is the same
+    # folder, so `make-data --preset tiny` never fills data/demo with the tiny preset.
+    from anomalyseg.data.synthetic import _read_marker
+
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(["make-data", "--preset", "tiny"], capsys)
+    assert code == 0, err
+    assert _read_marker(tmp_path / "data" / "tiny")["preset"]["name"] == "tiny"
+    assert not (tmp_path / "data" / "demo").exists()
+
+
 def test_make_data_and_prepare_coco_end_to_end(tiny_data, tmp_path, capsys):
     code, out, err = run(
         ["make-data", "--preset", "tiny", "--out", tmp_path / "d", "--seed", 3], capsys
@@ -242,7 +254,7 @@ def test_help_names_every_default():
         "--work-dir WORK_DIR training folder (resumable) (default: checkpoints/demo-weights)",
     ):
         assert expected in helps["demo-weights"], expected
-    assert "--out OUT (default: data/demo)" in helps["make-data"]
+    assert "(default: data/<preset>" in helps["make-data"]
     for name, text in helps.items():
         assert "(default: None)" not in text and "(default: False)" not in text, name
         assert "%(" not in text, name

@@ -107,7 +107,9 @@ def test_a_failure_lets_the_running_notebook_finish_and_starts_nothing_new(tmp_p
     text = str(info.value)
     assert "02_eomt_eval failed in cell 5: ValueError: boom in 02_eomt_eval" in text
     assert "01_erfnet_baseline" not in text  # it finished: its work is kept
-    assert "`anomalyseg run-all --preset tiny --from 02`" in text
+    folders = f"--data-root {tmp_path / 'data'} --output-dir {tmp_path / 'out'}"
+    assert f"`anomalyseg run-all --preset tiny {folders} --runs-dir {tmp_path / 'runs'} " in text
+    assert text.endswith("--from 02` (the earliest notebook that did not finish).")
 
 
 def test_the_resume_point_is_the_earliest_notebook_that_did_not_finish(tmp_path, monkeypatch):
@@ -182,10 +184,15 @@ def test_jobs_must_be_a_positive_count(tmp_path, monkeypatch, jobs):
 
 
 _SLEEPER = """\
+import signal
 import sys
 from pathlib import Path
 
 from anomalyseg import pipeline
+
+# Ctrl-C as a terminal's foreground command gets it: a script's background job (CI started with
+# `&`) ignores SIGINT, and Python then keeps ignoring it in every process started below.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 root = Path(sys.argv[1])
 pipeline.notebooks_dir = lambda: root / "notebooks"
@@ -258,7 +265,12 @@ def test_ctrl_c_stops_the_running_kernels(tmp_path):
     # exit, which a loaded CI machine (2 cores, another test file beside) stretches.
     assert proc.returncode != 0 and time.time() - interrupted < 4 * pipeline._STOP_S, out
     assert "[run-all] interrupted: stopping 01_erfnet_baseline, 02_eomt_eval" in out
-    assert "resume with `anomalyseg run-all --preset tiny --from 01 --to 02`" in out
+    # the run's own folders, so that the command resumes this run and not the checkout's
+    resume = (
+        f"resume with `anomalyseg run-all --preset tiny --output-dir {tmp_path / 'out'} "
+        f"--runs-dir {tmp_path / 'runs'} --from 01 --to 02`"
+    )
+    assert resume in out
     for pid in kernels:
         assert not _alive(pid), f"kernel {pid} lives on"
     for name in NOTEBOOKS[1:3]:

@@ -82,7 +82,7 @@ def _name_defaults(parser: argparse.ArgumentParser) -> None:
 def _make_data(a):
     from .data.synthetic import make_data
 
-    out = make_data(a.out, preset=a.preset, seed=a.seed)
+    out = make_data(a.out or Path("data") / a.preset, preset=a.preset, seed=a.seed)
     print(f"embedded data ({a.preset}, seed {a.seed}) written to {out}")
 
 
@@ -410,8 +410,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("make-data", help="generate the embedded procedural road benchmark")
     s.add_argument("--preset", choices=("tiny", "demo"), default="demo")
-    s.add_argument("--out", type=Path, default=Path("data/demo"))
-    s.add_argument("--seed", type=nonnegative_int, default=0)
+    s.add_argument(
+        "--out",
+        type=Path,
+        help="folder to write (default: data/<preset>, where run-all and demo-weights look with "
+        "their default --data-root data)",
+    )
+    s.add_argument(
+        "--seed", type=nonnegative_int, default=0, help="seed of the drawn scenes and anomalies"
+    )
     s.set_defaults(func=_make_data)
 
     s = sub.add_parser(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -414,10 +415,21 @@ def run_all(
 
     todo, finished = names[first : last + 1], set(names[:first])
 
+    # The resume command repeats the folders and files the run was given: without them it would
+    # read and write the checkout's data/, results/ and checkpoints/ instead.
+    given = [
+        ("--data-root", data_root),
+        ("--output-dir", output_dir),
+        ("--runs-dir", runs_dir),
+        ("--params", params_file),
+        ("--jobs", jobs if jobs != 2 else None),
+    ]
+    options = "".join(f" {flag} {shlex.quote(str(v))}" for flag, v in given if v is not None)
+
     def resume() -> str:
         cut = f" --to {names[last].split('_', 1)[0]}" if stop_after else ""
         since = next((n for n in todo if n not in finished), todo[-1]).split("_", 1)[0]
-        return f"`anomalyseg run-all --preset {preset} --from {since}{cut}`"
+        return f"`anomalyseg run-all --preset {preset}{options} --from {since}{cut}`"
 
     with _kernel_environment({_progress.ENV: "1", **_kernel_threads(jobs)}):
         try:
