@@ -25,11 +25,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import tempfile
-import threading
 import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -1186,12 +1183,7 @@ def _write_all(
 
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         try:
-            # map submits every item, starting the workers; an interrupt (Ctrl-C, SIGTERM) while
-            # the parent writes a starting worker's set-up into its pipe would leave that worker a
-            # truncated pipe and a traceback on the console: deferred until they all started.
-            with _signals_deferred():
-                results = pool.map(partial(_write_item, out, preset, seed), items, chunksize=4)
-            for result in results:
+            for result in pool.map(partial(_write_item, out, preset, seed), items, chunksize=4):
                 collect(result)
         finally:  # on an interrupt, let no worker write into a folder about to be removed
             pool.shutdown(wait=True, cancel_futures=True)
@@ -1296,24 +1288,6 @@ def make_data(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-@contextmanager
-def _signals_deferred():
-    """SIGINT and SIGTERM held back (delivered on leaving) in the main thread, where the OS can;
-    elsewhere a no-op. Processes started inside inherit the mask, so a pool's workers are stopped
-    by the pool's own shutdown, not by the terminal's Ctrl-C."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not (
-        threading.main_thread()
-    ):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _remove_stale_partials(out: Path) -> None:
