@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from anomalyseg import progress
-from anomalyseg.pipeline import _KERNEL_ARGS, _console_progress, _ProgressEcho
+from anomalyseg.pipeline import _KERNEL_ARGS, _kernel_environment, _ProgressEcho
 from anomalyseg.training.callbacks import ConsoleProgress, console_callbacks
 
 
@@ -149,7 +149,7 @@ def test_kernel_progress_reaches_the_console_while_the_cell_runs(tmp_path, capfd
     ]
     nbformat.write(nb, tmp_path / "t.ipynb")
     out = io.StringIO()
-    with _console_progress():
+    with _kernel_environment({progress.ENV: "1"}):  # what run-all sets for its kernels
         pm.execute_notebook(
             str(tmp_path / "t.ipynb"),
             str(tmp_path / "o.ipynb"),

@@ -147,11 +147,6 @@ def _kernel_environment(values: dict[str, str]):
                 os.environ[k] = v
 
 
-def _console_progress():
-    """Kernels started inside inherit ``ANOMALYSEG_CONSOLE_PROGRESS=1`` (see ``progress``)."""
-    return _kernel_environment({_progress.ENV: "1"})
-
-
 def _kernel_threads(jobs: int) -> dict[str, str]:
     """``OMP_NUM_THREADS`` for kernels that run ``jobs`` at once: the cores this process may use,
     shared out (at least 1), unless the user set it. torch takes its intra-op threads from it; by
